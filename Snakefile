@@ -1,0 +1,46 @@
+# stpredict: predict spatially resolved gene expression from H&E histology.
+# Table of contents only; the rules live in workflow/rules, the logic in src/stpredict.
+#
+#   snakemake --cores 2                 the demo run (default target `all`)
+#   snakemake --cores 2 sections        read every section into results/sections/
+#   snakemake --cores 2 patches         + patch stores in results/patches/
+#   snakemake --cores 2 qc              + spot QC in results/qc/
+#   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
+
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/ingest.smk"
+include: "workflow/rules/patches.smk"
+include: "workflow/rules/qc.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        "results/run/config.resolved.yaml",
+        "results/qc/summary.tsv",
+        expand("results/patches/{sample}/spots.npy", sample=SAMPLE_IDS),
+
+
+rule sections:
+    input:
+        expand("results/sections/{sample}.h5ad", sample=SAMPLE_IDS),
+
+
+rule patches:
+    input:
+        expand("results/patches/{sample}/spots.npy", sample=SAMPLE_IDS),
+
+
+rule qc:
+    input:
+        "results/qc/summary.tsv",

@@ -1,0 +1,76 @@
+# Helpers shared by every rule: config and sample-sheet validation, wildcard constraints,
+# input functions (get_*). No rule lives here.
+import re
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from stpredict.config import (
+    check_sheet_paths,
+    load_schema,
+    read_sheet,
+    validate_sheet,
+)
+from stpredict.demo import demo_outputs
+from stpredict.errors import ConfigError
+
+validate(config, workflow.source_path("../schemas/config.schema.yaml"))
+
+DEMO_DIR = "results/demo"
+DEMO_OUTPUTS = demo_outputs(DEMO_DIR)
+
+try:
+    SAMPLES = validate_sheet(
+        read_sheet(config["samples"]),
+        load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
+        config["samples"],
+    )
+    check_sheet_paths(
+        SAMPLES,
+        config["samples"],
+        produced=DEMO_OUTPUTS["files"] + DEMO_OUTPUTS["directories"],
+    )
+    gene_map = config["reading"]["gene_map"]
+    if gene_map and gene_map not in DEMO_OUTPUTS["files"] and not Path(gene_map).exists():
+        raise ConfigError(
+            "reading.gene_map names a file that does not exist",
+            file=gene_map,
+            fix="correct the path or set reading.gene_map to an empty string",
+        )
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
+
+SAMPLE_IDS = SAMPLES["sample_id"].tolist()
+
+
+wildcard_constraints:
+    sample="|".join(re.escape(s) for s in SAMPLE_IDS),
+
+
+def get_row(wildcards):
+    """The sample-sheet row of ``wildcards.sample`` as a plain dict."""
+    return SAMPLES.loc[wildcards.sample].to_dict()
+
+
+def get_section_inputs(wildcards):
+    """Raw inputs of one section: only the cells that are filled in."""
+    row = get_row(wildcards)
+    inputs = {
+        col: row[col]
+        for col in ("raw", "spots", "image", "annotation", "clusters")
+        if row[col]
+    }
+    if config["reading"]["gene_map"]:
+        inputs["gene_map"] = config["reading"]["gene_map"]
+    return inputs
+
+
+def get_image(wildcards):
+    """The full-resolution image of a section (patches are cut from it)."""
+    row = get_row(wildcards)
+    if not row["image"]:
+        raise WorkflowError(
+            f"sample '{wildcards.sample}': no 'image' in {config['samples']}: patches need "
+            "the full-resolution image. Fix: fill the 'image' column."
+        )
+    return row["image"]

@@ -1,0 +1,32 @@
+# Raw Space Ranger / legacy ST outputs -> one AnnData per section, with geometry checks.
+
+
+rule read_section:
+    input:
+        unpack(get_section_inputs),
+    output:
+        h5ad="results/sections/{sample}.h5ad",
+    params:
+        row=get_row,
+        mpp_tolerance=config["reading"]["mpp_tolerance"],
+        bounds_check=config["reading"]["bounds_check"],
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    log:
+        "results/logs/read_section/{sample}.log",
+    script:
+        "../scripts/read_section.py"
+
+
+rule write_run_config:
+    output:
+        config="results/run/config.resolved.yaml",
+        samples="results/run/samples.tsv",
+    params:
+        config=config,
+        samples=SAMPLES,
+    log:
+        "results/logs/write_run_config.log",
+    script:
+        "../scripts/write_run_config.py"

@@ -1,0 +1,41 @@
+# Spot QC: UMI / gene thresholds and the whiteness filter, a figure per section, a summary.
+
+
+rule filter_spots:
+    input:
+        section="results/sections/{sample}.h5ad",
+        patches="results/patches/{sample}/spots.tsv",
+    output:
+        h5ad="results/qc/{sample}.h5ad",
+        tsv="results/qc/{sample}.tsv",
+        png=report(
+            "results/qc/{sample}.png",
+            caption="../report/qc_section.rst",
+            category="Quality control",
+            labels={"section": "{sample}"},
+        ),
+    params:
+        qc=config["qc"],
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    log:
+        "results/logs/filter_spots/{sample}.log",
+    script:
+        "../scripts/filter_spots.py"
+
+
+rule summarise_qc:
+    input:
+        tsv=expand("results/qc/{sample}.tsv", sample=SAMPLE_IDS),
+        h5ad=expand("results/qc/{sample}.h5ad", sample=SAMPLE_IDS),
+    output:
+        summary=report(
+            "results/qc/summary.tsv",
+            caption="../report/qc_summary.rst",
+            category="Quality control",
+        ),
+    log:
+        "results/logs/summarise_qc.log",
+    script:
+        "../scripts/summarise_qc.py"

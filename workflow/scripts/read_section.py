@@ -1,0 +1,19 @@
+import pandas as pd
+
+from stpredict.io import write_h5ad
+from stpredict.readers import read_section
+from stpredict.workflow import script_logging
+
+with script_logging(snakemake.log[0]) as log:
+    gene_map = None
+    if "gene_map" in snakemake.input.keys():
+        gene_map = pd.read_csv(snakemake.input.gene_map, sep="\t", dtype=str)
+    adata = read_section(
+        snakemake.params.row,
+        mpp_tolerance=snakemake.params.mpp_tolerance,
+        bounds_check=snakemake.params.bounds_check,
+        gene_map=gene_map,
+    )
+    log.info("%s: %d spots x %d genes, %.3f µm/px (%s)", snakemake.wildcards.sample,
+             adata.n_obs, adata.n_vars, adata.uns["stpredict"]["mpp"], adata.uns["stpredict"]["mpp_source"])
+    write_h5ad(adata, snakemake.output.h5ad)
