@@ -1,0 +1,73 @@
+"""Shared test fixtures: repository paths, real-format fixtures, and the demo workflow run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "fixtures" / "real"
+
+
+def pytest_collection_modifyitems(config, items):
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except Exception:  # pragma: no cover
+        has_cuda = False
+    skip_gpu = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def real_fixtures() -> Path:
+    if not REAL.is_dir():
+        pytest.skip("real-format fixtures (../shared/fixtures/real) are absent")
+    return REAL
+
+
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "config", "workflow", "resources", "profiles")
+
+
+def copy_workflow(dest: Path) -> Path:
+    """Copy what a run needs (not results/) into ``dest``; return it."""
+    for name in WORKFLOW_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+    """Run the real snakemake CLI in ``workdir``; return the completed process."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+        )
+    return proc
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """The demo workflow run for real up to the QC summary and patch stores (shared by the workflow tests)."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("demo_run"))
+    run_snakemake(workdir, "all")
+    return workdir

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from stpredict.config import check_sheet_paths, load_schema, read_sheet, validate_sheet
+from stpredict.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+SHEET_SCHEMA = load_schema(REPO / "workflow/schemas/samples.schema.yaml")
+CONFIG_SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+GOOD = {
+    "sample_id": ["A1", "B1"],
+    "patient_id": ["P1", "P2"],
+    "platform": ["visium", "st"],
+    "raw": ["a/outs", "b/counts.tsv"],
+    "spots": ["", "b/spots.txt"],
+    "image": ["a.tif", "b.jpg"],
+}
+
+
+def write(tmp_path: Path, data: dict, name: str = "samples.tsv") -> Path:
+    p = tmp_path / name
+    pd.DataFrame(data).to_csv(p, sep="\t", index=False)
+    return p
+
+
+def load(p: Path) -> pd.DataFrame:
+    return validate_sheet(read_sheet(p), SHEET_SCHEMA, p)
+
+
+def test_good_sheet_is_indexed_by_sample(tmp_path):
+    df = load(write(tmp_path, GOOD))
+    assert list(df.index) == ["A1", "B1"]
+    assert df.loc["B1", "spots"] == "b/spots.txt"
+    assert df.loc["A1", "mpp"] == ""  # optional columns added empty
+
+
+def test_bad_platform_names_row_column_and_sample(tmp_path):
+    data = {**GOOD, "platform": ["visium", "xenium"]}
+    p = write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load(p)
+    msg = str(e.value)
+    assert "row 3" in msg and "'platform'" in msg and "sample 'B1'" in msg and str(p) in msg
+    assert "\n" not in msg
+
+
+def test_st_row_needs_spots(tmp_path):
+    p = write(tmp_path, {**GOOD, "spots": ["", ""]})
+    with pytest.raises(ConfigError, match=r"row 3, column 'spots'"):
+        load(p)
+
+
+def test_duplicate_sample_ids(tmp_path):
+    p = write(tmp_path, {**GOOD, "sample_id": ["A1", "A1"]})
+    with pytest.raises(ConfigError, match="duplicate sample_id A1 in rows 2, 3"):
+        load(p)
+
+
+def test_bad_sample_id_characters(tmp_path):
+    p = write(tmp_path, {**GOOD, "sample_id": ["A1", "B 1"]})
+    with pytest.raises(ConfigError, match="column 'sample_id'"):
+        load(p)
+
+
+def test_missing_required_column(tmp_path):
+    data = dict(GOOD)
+    del data["patient_id"]
+    p = write(tmp_path, data)
+    with pytest.raises(ConfigError, match="lacks required column.*patient_id"):
+        read_sheet(p)
+
+
+def test_unknown_column(tmp_path):
+    p = write(tmp_path, {**GOOD, "imgae": ["", ""]})
+    with pytest.raises(ConfigError, match="unknown column.*imgae"):
+        read_sheet(p)
+
+
+def test_series_needs_order_and_one_patient(tmp_path):
+    p = write(tmp_path, {**GOOD, "series": ["S", ""]})
+    with pytest.raises(ConfigError, match="column 'order'"):
+        load(p)
+    p = write(tmp_path, {**GOOD, "series": ["S", "S"], "order": ["1", "2"]})
+    with pytest.raises(ConfigError, match="spans several patients"):
+        load(p)
+    p = write(tmp_path, {**GOOD, "patient_id": ["P1", "P1"], "series": ["S", "S"], "order": ["1", "1"]})
+    with pytest.raises(ConfigError, match="share series"):
+        load(p)
+
+
+def test_ihc_needs_gene(tmp_path):
+    p = write(tmp_path, {**GOOD, "ihc_image": ["x.tif", ""]})
+    with pytest.raises(ConfigError, match="column 'ihc_gene'"):
+        load(p)
+
+
+def test_missing_paths_are_reported_unless_produced(tmp_path):
+    p = write(tmp_path, GOOD)
+    df = load(p)
+    with pytest.raises(ConfigError, match="sample 'A1'.*column 'raw'.*a/outs"):
+        check_sheet_paths(df, p)
+    check_sheet_paths(df, p, produced=["a", "a.tif", "b"])  # all under produced paths
+
+
+def test_config_files_validate():
+    for name in ("config.yaml", "config/stnet.yaml", "config/deepspace.yaml"):
+        cfg = yaml.safe_load((REPO / name).read_text())
+        validate(cfg, str(CONFIG_SCHEMA))
+
+
+def test_config_rejects_unknown_and_bad_values():
+    from snakemake.exceptions import WorkflowError
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["qc"]["min_umi"] = -1
+    with pytest.raises(WorkflowError):
+        validate(cfg, str(CONFIG_SCHEMA))
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    cfg["patchs"] = {}
+    with pytest.raises(WorkflowError):
+        validate(cfg, str(CONFIG_SCHEMA))
+
+
+def test_schema_defaults_fill_a_minimal_config():
+    cfg = {"samples": "x.tsv"}
+    validate(cfg, str(CONFIG_SCHEMA))
+    assert cfg["qc"]["min_umi"] == 500 and cfg["patches"]["size_px"] == 32
+    assert cfg["qc"]["whiteness"]["percentile"] == 80
+
+
+def test_every_schema_property_has_a_description():
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert sub.get("description"), f"{path}.{key} has no description"
+            walk(sub, f"{path}.{key}")
+
+    walk(yaml.safe_load(CONFIG_SCHEMA.read_text()), "config")
+    walk(SHEET_SCHEMA, "sheet")
+
+
+def test_config_readme_documents_every_key():
+    text = (REPO / "config/README.md").read_text()
+
+    def walk(node, prefix):
+        for key, sub in node.get("properties", {}).items():
+            full = f"{prefix}{key}"
+            assert f"`{full}`" in text, f"config/README.md does not document `{full}`"
+            walk(sub, full + ".")
+
+    walk(yaml.safe_load(CONFIG_SCHEMA.read_text()), "")
+    for col in SHEET_SCHEMA["properties"]:
+        assert f"`{col}`" in text
