@@ -106,7 +106,7 @@ def test_missing_paths_are_reported_unless_produced(tmp_path):
     df = load(p)
     with pytest.raises(ConfigError, match="sample 'A1'.*column 'raw'.*a/outs"):
         check_sheet_paths(df, p)
-    check_sheet_paths(df, p, produced=["a", "a.tif", "b"])  # all under produced paths
+    check_sheet_paths(df, p, produced=["a", "a.tif", "b", "b.jpg"])  # all under produced paths
 
 
 def test_config_files_validate():
