@@ -1,0 +1,399 @@
+"""Image patches around spot centres, stored as one contiguous uint8 array per section.
+
+Geometry
+--------
+A centre ``(x, y)`` in full-resolution pixels (``x`` = column, ``y`` = row) is first rounded to the
+nearest integer pixel (halves round up: ``floor(v + 0.5)``). For a crop of ``c`` pixels and
+``r = c // 2`` the crop is ``image[y - r : y - r + c, x - r : x - r + c]``: for even ``c`` the
+centre pixel is the first of the lower half (the crop spans ``r`` pixels before the centre and
+``r - 1`` after it), for odd ``c`` it is the middle pixel. Pixels outside the image are filled
+with ``pad_value`` and the share of the crop that lies outside is recorded as ``pad_frac``.
+When ``c`` differs from the stored size ``S`` the crops are resized in batches with bilinear
+interpolation and antialiasing (``torch.nn.functional.interpolate``, on CPU).
+
+Reading
+-------
+Centres are processed sorted by row, in horizontal bands: one region per group of centres is
+read from the image (``SlideImage.read_region``; a TIFF is read by region through zarr and never
+decoded whole) and every crop of the group is cut from it. Rows are written in the original
+order of the centres.
+
+Store (see docs/DESIGN.md)
+--------------------------
+``.npy`` C-contiguous ``(N, S, S, 3)`` uint8 (memory-mappable), ``.tsv`` with
+``id, x, y, pad_frac, white_frac, mean_r, mean_g, mean_b, white`` (row i = patch i) and ``.json``
+with the geometry and the whiteness thresholds.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from stpredict.errors import ConfigError, GeometryError
+from stpredict.images import SlideImage
+from stpredict.io import atomic_path, write_json, write_table
+
+__all__ = [
+    "PatchSpec",
+    "STNET",
+    "DEEPSPACE",
+    "deepspace_crop_px",
+    "crop_windows",
+    "extract_patches",
+    "load_patches",
+    "patch_means",
+    "whiteness",
+    "resize_batch",
+]
+
+log = logging.getLogger(__name__)
+
+PATCH_COLUMNS = ["id", "x", "y", "pad_frac", "white_frac", "mean_r", "mean_g", "mean_b", "white"]
+
+
+def deepspace_crop_px(mpp: float, spot_radius_um: float = 27.5, factor: float = 2.5) -> int:
+    """Crop side of DeepSpaCE's paper rule: ``2 * ceil(r_px * factor)``.
+
+    Parameters
+    ----------
+    mpp
+        Microns per pixel of the full-resolution image.
+    spot_radius_um
+        Visium spot radius in µm (55 µm diameter).
+    factor
+        Multiple of the spot radius taken as the half-width (DeepSpaCE: 2.5).
+
+    Returns
+    -------
+    int
+        The crop side in pixels; the half-width is ``ceil(spot_radius_um / mpp * factor)``,
+        i.e. a square of about ``2 * 2.5 * 27.5 = 137.5`` µm.
+    """
+    if not mpp or mpp <= 0:
+        raise ConfigError(f"pixel size must be positive, got {mpp!r}", fix="check the section's mpp")
+    r_px = spot_radius_um / mpp
+    return 2 * math.ceil(r_px * factor)
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Field of view and stored size of the patches.
+
+    Parameters
+    ----------
+    fov_um
+        Side of the square field of view in µm (the crop side becomes ``round(fov_um / mpp)``).
+    fov_px
+        Side of the crop in full-resolution pixels (independent of the pixel size).
+    size_px
+        Side of the stored patch in pixels; crops of another size are resized to it.
+    pad_value
+        Fill value (0-255) for the part of a crop that lies outside the image.
+
+    Notes
+    -----
+    Exactly one of ``fov_um`` and ``fov_px`` must be given. Presets: :data:`STNET`
+    (224 px crops, no resizing) and :data:`DEEPSPACE` (137.5 µm resized to 224 px);
+    :meth:`deepspace_paper` reproduces DeepSpaCE's rounding (``2 * ceil(27.5 / mpp * 2.5)``).
+    """
+
+    fov_um: float | None = None
+    fov_px: int | None = None
+    size_px: int = 224
+    pad_value: int = 255
+
+    def __post_init__(self) -> None:
+        if (self.fov_um is None) == (self.fov_px is None):
+            raise ConfigError(
+                f"patch spec needs exactly one of fov_um and fov_px (got fov_um={self.fov_um}, "
+                f"fov_px={self.fov_px})",
+                fix="set either patches.fov_um (µm) or patches.fov_px (pixels) in the config",
+            )
+        if self.fov_um is not None and not self.fov_um > 0:
+            raise ConfigError(f"fov_um must be > 0, got {self.fov_um}")
+        if self.fov_px is not None and int(self.fov_px) < 1:
+            raise ConfigError(f"fov_px must be >= 1, got {self.fov_px}")
+        if int(self.size_px) < 1:
+            raise ConfigError(f"size_px must be >= 1, got {self.size_px}")
+        if not 0 <= int(self.pad_value) <= 255:
+            raise ConfigError(f"pad_value must be in 0..255, got {self.pad_value}")
+
+    def crop_px(self, mpp: float | None = None) -> int:
+        """Side of the full-resolution crop in pixels for an image of ``mpp`` µm/px."""
+        if self.fov_px is not None:
+            return int(self.fov_px)
+        if mpp is None or not mpp > 0:
+            raise ConfigError(
+                f"a field of view in µm ({self.fov_um}) needs the pixel size, got mpp={mpp!r}",
+                fix="give the section's mpp (sample sheet column 'mpp' or the reader's estimate) "
+                "or set patches.fov_px instead",
+            )
+        return max(1, int(round(self.fov_um / mpp)))
+
+    @classmethod
+    def stnet(cls) -> PatchSpec:
+        """ST-Net: 224 x 224 px at full resolution, no resizing."""
+        return cls(fov_px=224, size_px=224)
+
+    @classmethod
+    def deepspace(cls) -> PatchSpec:
+        """DeepSpaCE field of view expressed in µm: 137.5 µm resized to 224 px."""
+        return cls(fov_um=137.5, size_px=224)
+
+    @classmethod
+    def deepspace_paper(cls, mpp: float) -> PatchSpec:
+        """DeepSpaCE's exact pixel rule for this ``mpp`` (see :func:`deepspace_crop_px`)."""
+        return cls(fov_px=deepspace_crop_px(mpp), size_px=224)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as a JSON-serialisable dict."""
+        return asdict(self)
+
+
+STNET = PatchSpec.stnet()
+DEEPSPACE = PatchSpec.deepspace()
+
+
+def crop_windows(xy: np.ndarray, crop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-left corners ``(x0, y0)`` of the crops centred on ``xy`` (see the module notes)."""
+    xy = np.asarray(xy, dtype=np.float64)
+    centre = np.floor(xy + 0.5).astype(np.int64)
+    r = crop // 2
+    return centre[:, 0] - r, centre[:, 1] - r
+
+
+def _pad_fraction(x0: np.ndarray, y0: np.ndarray, crop: int, shape: tuple[int, int]) -> np.ndarray:
+    h, w = shape
+    ix = np.clip(np.minimum(x0 + crop, w) - np.maximum(x0, 0), 0, None)
+    iy = np.clip(np.minimum(y0 + crop, h) - np.maximum(y0, 0), 0, None)
+    return 1.0 - (ix * iy) / float(crop * crop)
+
+
+def resize_batch(crops: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``(k, c, c, 3)`` uint8 crops to ``(k, size, size, 3)`` (bilinear, antialiased)."""
+    import torch
+    import torch.nn.functional as F
+
+    if crops.shape[1] == size and crops.shape[2] == size:
+        return crops
+    t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    out = out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    return out.numpy()
+
+
+def _bands(y0: np.ndarray, order: np.ndarray, crop: int, band_px: int, batch: int) -> list[np.ndarray]:
+    """Split centres (``order`` = indices sorted by ``y0``) into groups spanning few rows."""
+    groups: list[np.ndarray] = []
+    span = max(band_px, crop)
+    start = 0
+    n = len(order)
+    while start < n:
+        top = y0[order[start]]
+        stop = start + 1
+        while stop < n and stop - start < batch and y0[order[stop]] + crop - top <= span:
+            stop += 1
+        groups.append(order[start:stop])
+        start = stop
+    return groups
+
+
+def patch_means(patches: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Per-patch mean of each channel, ``(N, 3)`` float64, computed in chunks."""
+    n = len(patches)
+    out = np.empty((n, 3), dtype=np.float64)
+    for a in range(0, n, chunk):
+        block = np.asarray(patches[a : a + chunk])
+        out[a : a + chunk] = block.reshape(len(block), -1, 3).mean(axis=1, dtype=np.float64)
+    return out
+
+
+def whiteness(
+    patches: np.ndarray,
+    percentile: float = 80.0,
+    max_white_frac: float = 0.5,
+    means: np.ndarray | None = None,
+    chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeepSpaCE whiteness filter.
+
+    Parameters
+    ----------
+    patches
+        ``(N, S, S, 3)`` uint8 array or memmap of one section's crops.
+    percentile
+        The threshold of each channel is this percentile of the per-crop mean of the channel
+        over the section's crops.
+    max_white_frac
+        A crop is flagged when strictly more than this share of its pixels is white.
+    means
+        Per-crop channel means if already computed (see :func:`patch_means`).
+    chunk
+        Number of patches held in memory at once.
+
+    Returns
+    -------
+    white_frac : ndarray
+        ``(N,)`` share of pixels exceeding the threshold in all three channels (strictly).
+    white_flag : ndarray
+        ``(N,)`` bool, ``white_frac > max_white_frac``.
+    thresholds : ndarray
+        ``(3,)`` float thresholds ``[r, g, b]``.
+    """
+    n = len(patches)
+    if n == 0:
+        return np.zeros(0), np.zeros(0, dtype=bool), np.full(3, np.nan)
+    if means is None:
+        means = patch_means(patches, chunk)
+    thresholds = np.percentile(means, percentile, axis=0)
+    # for uint8 pixels, p > t  <=>  p > floor(t); floor(t) lies in 0..255 since 0 <= t <= 255
+    thr = np.floor(thresholds).clip(0, 255).astype(np.uint8)
+    white_frac = np.empty(n, dtype=np.float64)
+    for a in range(0, n, chunk):
+        block = np.asarray(patches[a : a + chunk])
+        mask = (block[..., 0] > thr[0]) & (block[..., 1] > thr[1]) & (block[..., 2] > thr[2])
+        white_frac[a : a + chunk] = mask.reshape(len(block), -1).mean(axis=1)
+    return white_frac, white_frac > max_white_frac, thresholds
+
+
+def extract_patches(
+    image: SlideImage,
+    xy: np.ndarray,
+    spec: PatchSpec,
+    mpp: float | None,
+    out_npy: str | os.PathLike[str],
+    out_tsv: str | os.PathLike[str],
+    out_json: str | os.PathLike[str],
+    ids: list[str] | np.ndarray | pd.Index | None = None,
+    batch: int = 256,
+    band_px: int = 1024,
+    percentile: float = 80.0,
+    max_white_frac: float = 0.5,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Cut one patch per centre and write the section's patch store.
+
+    Parameters
+    ----------
+    image
+        The full-resolution image the coordinates refer to.
+    xy
+        ``(N, 2)`` centres in full-resolution pixels, ``[x, y]`` = ``[column, row]``.
+    spec
+        Field of view and stored size.
+    mpp
+        Microns per pixel of ``image`` (needed when ``spec.fov_um`` is set; recorded otherwise).
+    out_npy, out_tsv, out_json
+        Output paths; each is written to a temporary path and renamed when complete.
+    ids
+        One id per centre (spot barcodes); defaults to ``"0", "1", ...``.
+    batch
+        Maximum number of crops cut from one band and resized together.
+    band_px
+        Maximum height in pixels of one band read from the image.
+    percentile, max_white_frac
+        Parameters of :func:`whiteness`.
+    progress
+        Show a tqdm progress bar.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The table written to ``out_tsv``.
+    """
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.ndim != 2 or xy.shape[1] != 2:
+        raise GeometryError(f"centres must be an (n, 2) array of [x, y], got shape {xy.shape}",
+                            file=image.path, sample=image.sample)
+    if not np.isfinite(xy).all():
+        raise GeometryError("centres contain NaN or infinite coordinates", file=image.path,
+                            sample=image.sample, fix="check the spot coordinates of the section")
+    n = len(xy)
+    ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
+    if len(ids) != n:
+        raise GeometryError(f"{len(ids)} ids for {n} centres", sample=image.sample)
+    crop = spec.crop_px(mpp)
+    size = int(spec.size_px)
+    x0, y0 = crop_windows(xy, crop)
+    pad_frac = _pad_fraction(x0, y0, crop, image.shape)
+    n_out = int((pad_frac >= 1.0).sum())
+    if n_out:
+        log.warning("%s: %d of %d crops lie entirely outside the image %s", image.sample, n_out, n,
+                    image.path)
+    order = np.argsort(y0, kind="stable")
+    groups = _bands(y0, order, crop, band_px, batch)
+    log.info("%s: %d patches, crop %d px -> %d px, %d bands", image.sample, n, crop, size, len(groups))
+
+    means = np.empty((n, 3), dtype=np.float64)
+    with atomic_path(out_npy) as tmp_npy:
+        store = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        with tqdm(total=n, desc=f"patches {image.sample or image.path.name}", unit="patch",
+                  disable=not progress, leave=False) as bar:
+            for grp in groups:
+                bx0 = int(x0[grp].min())
+                by0 = int(y0[grp].min())
+                bw = int(x0[grp].max()) + crop - bx0
+                bh = int(y0[grp].max()) + crop - by0
+                region = image.read_region(bx0, by0, bw, bh, fill=int(spec.pad_value))
+                crops = np.empty((len(grp), crop, crop, 3), dtype=np.uint8)
+                for k, i in enumerate(grp):
+                    ox, oy = int(x0[i]) - bx0, int(y0[i]) - by0
+                    crops[k] = region[oy : oy + crop, ox : ox + crop]
+                out = resize_batch(crops, size)
+                store[np.sort(grp)] = out[np.argsort(grp)]
+                means[grp] = out.reshape(len(grp), -1, 3).mean(axis=1, dtype=np.float64)
+                bar.update(len(grp))
+        store.flush()
+        white_frac, white_flag, thresholds = whiteness(store, percentile, max_white_frac, means=means)
+        del store
+    table = pd.DataFrame({
+        "id": ids,
+        "x": xy[:, 0],
+        "y": xy[:, 1],
+        "pad_frac": pad_frac,
+        "white_frac": white_frac,
+        "mean_r": means[:, 0],
+        "mean_g": means[:, 1],
+        "mean_b": means[:, 2],
+        "white": white_flag,
+    })
+    write_table(table, out_tsv)
+    meta = {
+        "fov_um": spec.fov_um if spec.fov_um is not None else (crop * mpp if mpp else None),
+        "fov_px": crop,
+        "size_px": size,
+        "pad_value": int(spec.pad_value),
+        "mpp": mpp,
+        "image": str(image.path),
+        "image_shape": list(image.shape),
+        "spec": spec.to_dict(),
+        "n": n,
+        "n_white": int(white_flag.sum()),
+        "whiteness": {
+            "percentile": float(percentile),
+            "max_white_frac": float(max_white_frac),
+            "thresholds": [float(t) for t in thresholds],
+        },
+        "created_by": "stpredict.patches.extract_patches",
+    }
+    write_json(meta, out_json)
+    log.info("%s: wrote %s (%d patches, %d white)", image.sample, out_npy, n, int(white_flag.sum()))
+    return table
+
+
+def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
+    """Open a patch store read-only as a memory map ``(N, S, S, 3)`` uint8."""
+    arr = np.load(Path(npy), mmap_mode="r")
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise GeometryError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}", file=npy,
+                            fix="re-run the patch extraction rule")
+    return arr
