@@ -1,0 +1,118 @@
+"""Real Snakemake runs on the demo cohort: outputs, contracts, and bad inputs failing cleanly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import copy_workflow, run_snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def sheet(workdir: Path) -> pd.DataFrame:
+    return pd.read_csv(workdir / "config/samples_demo.tsv", sep="\t", dtype=str, keep_default_na=False)
+
+
+def test_lint_is_clean(repo, tmp_path):
+    proc = run_snakemake(copy_workflow(tmp_path), "--lint", check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Lints for" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+
+
+@pytest.mark.parametrize("preset", ["config.yaml", "config/stnet.yaml", "config/deepspace.yaml"])
+def test_presets_dry_run(tmp_path, preset):
+    workdir = copy_workflow(tmp_path)
+    proc = run_snakemake(workdir, "-n", "--configfile", preset, "all")
+    assert "read_section" in proc.stdout and "extract_patches" in proc.stdout
+
+
+def test_demo_run_outputs(demo_run):
+    rows = sheet(demo_run)
+    assert (demo_run / "results/demo/gene_roles.tsv").is_file()
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t")
+    assert {"morphology", "noise"} <= set(roles["role"])
+    resolved = (demo_run / "results/run/config.resolved.yaml").read_text()
+    assert "stpredict_version" in resolved and "min_umi" in resolved
+    summary = pd.read_csv(demo_run / "results/qc/summary.tsv", sep="\t")
+    assert len(summary) == len(rows)
+    for row in rows.itertuples():
+        a = ad.read_h5ad(demo_run / f"results/sections/{row.sample_id}.h5ad")
+        meta = a.uns["stpredict"]
+        h, w = meta["image_shape"]
+        xy = a.obsm["spatial"]
+        assert a.n_obs > 100 and a.n_vars > 100
+        assert (xy[:, 0] >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] >= 0).all() and (xy[:, 1] < h).all()
+        expected_mpp = 2.0 if row.platform == "visium" else 2.5
+        assert meta["mpp"] == pytest.approx(expected_mpp, rel=0.03), row.sample_id
+        assert row.sample_id in a.uns["spatial"]
+        # patch store: one contiguous uint8 array, rows in obs order
+        store = np.load(demo_run / f"results/patches/{row.sample_id}/spots.npy", mmap_mode="r")
+        assert store.dtype == np.uint8 and store.shape == (a.n_obs, 32, 32, 3)
+        index = pd.read_csv(demo_run / f"results/patches/{row.sample_id}/spots.tsv", sep="\t", dtype={"id": str})
+        assert list(index["id"]) == list(a.obs_names)
+        geo = json.loads((demo_run / f"results/patches/{row.sample_id}/spots.json").read_text())
+        assert geo["size_px"] == 32 and geo["fov_um"] == pytest.approx(110)
+        # tissue patches are darker than white glass: the store holds H&E, not padding
+        assert store[: min(200, len(store))].mean() < 235
+        qc = ad.read_h5ad(demo_run / f"results/qc/{row.sample_id}.h5ad")
+        assert {"pass_umi", "pass_genes", "pass_white", "keep"} <= set(qc.obs.columns)
+        assert (demo_run / f"results/qc/{row.sample_id}.png").stat().st_size > 10_000
+
+
+def test_permeabilisation_failure_is_flagged(demo_run):
+    qc = ad.read_h5ad(demo_run / "results/qc/P1_D2.h5ad")
+    truth = pd.read_csv(demo_run / "results/demo/truth/P1_D2_spots.tsv", sep="\t", index_col=0)
+    failed = [c for c in truth.columns if "perm" in c.lower()][0]
+    bad = truth.index[truth[failed].astype(bool)].intersection(qc.obs_names)
+    good = truth.index[~truth[failed].astype(bool)].intersection(qc.obs_names)
+    assert len(bad) > 20
+    assert (~qc.obs.loc[bad, "pass_umi"]).mean() > 0.9  # UMIs collapsed there
+    assert qc.obs.loc[good, "pass_umi"].mean() > 0.9
+
+
+def _bad_run(demo_run: Path, tmp_path: Path, rows: pd.DataFrame, target: str):
+    """Run read_section on a modified sheet inside the demo workdir; return the process."""
+    p = demo_run / f"config/bad_{tmp_path.name}.tsv"
+    rows.to_csv(p, sep="\t", index=False)
+    return run_snakemake(demo_run, "--config", f"samples={p.relative_to(demo_run)}", "--", target, check=False)
+
+
+def test_transposed_coordinates_fail_with_clear_message(demo_run, tmp_path):
+    rows = sheet(demo_run)
+    st = rows[rows.platform == "st"].iloc[[0]].copy()
+    spots = pd.read_csv(demo_run / st["spots"].iloc[0], sep=None, engine="python")
+    assert {"pixel_x", "pixel_y"} <= set(spots.columns)
+    spots[["pixel_x", "pixel_y"]] = spots[["pixel_y", "pixel_x"]].to_numpy()
+    bad_spots = Path("results/bad_input") / "transposed.spots.txt"
+    (demo_run / bad_spots).parent.mkdir(parents=True, exist_ok=True)
+    spots.to_csv(demo_run / bad_spots, sep="\t", index=False)
+    st["sample_id"], st["spots"] = "TRANSPOSED", str(bad_spots)
+    proc = _bad_run(demo_run, tmp_path, st, "results/sections/TRANSPOSED.h5ad")
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("stpredict error:")]
+    assert lines, proc.stderr[-3000:]
+    assert "sample 'TRANSPOSED'" in lines[0] and "transposed" in lines[0].lower()
+    assert not (demo_run / "results/sections/TRANSPOSED.h5ad").exists()
+
+
+def test_duplicate_sample_ids_fail_before_running(demo_run, tmp_path):
+    rows = sheet(demo_run)
+    rows = pd.concat([rows, rows.iloc[[0]]])
+    proc = _bad_run(demo_run, tmp_path, rows, "sections")
+    assert proc.returncode != 0
+    assert f"duplicate sample_id {rows.sample_id.iloc[0]}" in proc.stderr + proc.stdout
+
+
+def test_missing_file_fails_before_running(demo_run, tmp_path):
+    rows = sheet(demo_run).iloc[[0]].copy()
+    rows["sample_id"], rows["image"] = "NOFILE", "results/demo/does_not_exist.tif"
+    proc = _bad_run(demo_run, tmp_path, rows, "results/sections/NOFILE.h5ad")
+    assert proc.returncode != 0
+    out = proc.stderr + proc.stdout
+    assert "sample 'NOFILE'" in out and "does_not_exist.tif" in out and "column 'image'" in out
