@@ -1,0 +1,1188 @@
+"""Readers of Space Ranger ``outs/`` folders and legacy ST files into one AnnData per section.
+
+Every reader returns the section AnnData of docs/DESIGN.md: raw counts in a float32 CSR ``X``,
+``obs`` with array / pixel coordinates, ``obsm["spatial"] = [x, y]`` in full-resolution pixels,
+``uns["spatial"][sample_id]`` as scanpy / squidpy expect, ``uns["stpredict"]`` (provenance,
+µm/px and its source) and ``uns["positions"]`` (every array position of the coordinate file).
+Formats and pitfalls follow FORMATS.md; problems raise :class:`~stpredict.errors.InputError` /
+:class:`~stpredict.errors.GeometryError` with one-line messages naming file, sample and fix.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import math
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from stpredict.errors import InputError
+from stpredict.geometry import (
+    ST_PITCH_UM,
+    ST_SPOT_UM,
+    VISIUM_PITCH_UM,
+    VISIUM_SCALEFACTOR_SPOT_UM,
+    VISIUM_SPOT_UM,
+    check_bounds,
+    estimate_mpp_from_pitch,
+    reconcile_mpp,
+    st_um_per_unit,
+)
+from stpredict.images import SlideImage
+
+__all__ = [
+    "read_visium",
+    "read_st",
+    "read_section",
+    "read_visium_positions",
+    "read_st_counts",
+    "read_st_spots",
+    "read_st_annotation",
+    "repair_barcodes",
+]
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+POSITION_COLUMNS = [
+    "barcode",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "pxl_row_in_fullres",
+    "pxl_col_in_fullres",
+]
+_SPOT_ID = re.compile(r"^\s*(-?\d+(?:\.\d*)?)\s*x\s*(-?\d+(?:\.\d*)?)\s*$")
+_R_BARCODE = re.compile(r"\.(\d+)$")
+_LOWRES_MAX = 600
+_HIRES_MAX = 2000
+
+
+# --------------------------------------------------------------------------- small helpers
+def _open_text(path: Path) -> Any:
+    if path.name.endswith(".gz"):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _first_lines(path: Path, n: int = 3) -> list[str]:
+    try:
+        with _open_text(path) as fh:
+            out = []
+            for line in fh:
+                if line.strip():
+                    out.append(line.rstrip("\r\n"))
+                if len(out) >= n:
+                    break
+            return out
+    except (OSError, UnicodeDecodeError, EOFError) as exc:
+        raise InputError(
+            f"cannot read the file ({exc})",
+            file=path,
+            fix="give an uncompressed or gzipped text file",
+        ) from exc
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _first_existing(candidates: Sequence[Path]) -> Path | None:
+    for c in candidates:
+        if c.exists():
+            return c
+    return None
+
+
+def _missing(what: str, looked: Sequence[Path], sample: str | None, fix: str) -> InputError:
+    listing = ", ".join(str(p) for p in looked)
+    return InputError(f"{what} not found (looked for: {listing})", sample=sample, fix=fix)
+
+
+def repair_barcodes(values: Sequence[str] | pd.Index) -> list[str]:
+    """Undo R's name mangling of 10x barcodes: ``AAAC...GT.1`` -> ``AAAC...GT-1``."""
+    return [_R_BARCODE.sub(r"-\1", str(v).strip()) for v in values]
+
+
+def _examples(values: Sequence[Any], k: int = 3) -> str:
+    vals = [str(v) for v in list(values)[:k]]
+    return ", ".join(vals)
+
+
+def _spot_ids(values: Sequence[Any], file: Path, sample: str | None) -> list[str]:
+    """Normalise ``"{x}x{y}"`` ids (floats rounded) to integer ids."""
+    out = []
+    for v in values:
+        m = _SPOT_ID.match(str(v))
+        if m is None:
+            raise InputError(
+                f"spot id {str(v)!r} is not of the form '{{x}}x{{y}}' (e.g. '10x13')",
+                file=file,
+                sample=sample,
+                fix="give the legacy ST count matrix with spots as rows and the 'XxY' id in the "
+                "first column",
+            )
+        out.append(f"{int(round(float(m.group(1))))}x{int(round(float(m.group(2))))}")
+    return out
+
+
+def _load_png_rgb(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(path) as im:
+        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+
+
+def _label_csv(path: Path, sample: str | None, kind: str) -> pd.Series:
+    """Read a two-column ``id,label`` CSV (``barcode,label`` / ``Barcode,Cluster``)."""
+    if not path.is_file():
+        raise InputError(
+            f"{kind} file does not exist",
+            file=path,
+            sample=sample,
+            fix=f"check the sample sheet's '{kind}' column",
+        )
+    try:
+        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"cannot parse the {kind} table ({exc})",
+            file=path,
+            sample=sample,
+            fix="give a CSV with two columns: barcode and label",
+        ) from exc
+    if df.shape[1] < 2:
+        raise InputError(
+            f"the {kind} table has {df.shape[1]} column(s); expected 2 (barcode, label)",
+            file=path,
+            sample=sample,
+            fix="give a CSV with a header and two columns, e.g. 'barcode,label'",
+        )
+    return pd.Series(df.iloc[:, 1].astype(str).to_numpy(), index=df.iloc[:, 0].astype(str))
+
+
+def _map_labels(
+    obs_names: pd.Index, labels: pd.Series, path: Path, sample: str | None, kind: str
+) -> np.ndarray:
+    labels = labels[~labels.index.duplicated(keep="first")]
+    mapped = labels.reindex(obs_names)
+    if mapped.notna().sum() == 0:
+        raise InputError(
+            f"none of the {len(labels)} ids of the {kind} table match the section's spots "
+            f"(table: {_examples(labels.index)}; section: {_examples(obs_names)})",
+            file=path,
+            sample=sample,
+            fix=f"check that the {kind} file belongs to this section",
+        )
+    return mapped.fillna("").astype(str).to_numpy()
+
+
+def _csr_float32(x: Any) -> sp.csr_matrix:
+    m = sp.csr_matrix(x, dtype=np.float32)
+    m.sort_indices()
+    return m
+
+
+def _finish_obs(adata: ad.AnnData) -> None:
+    x = adata.X
+    adata.obs["total_counts"] = np.asarray(x.sum(axis=1)).ravel().astype(np.float64)
+    adata.obs["n_genes_by_counts"] = np.asarray((x > 0).sum(axis=1)).ravel().astype(np.int64)
+
+
+def _positions_uns(
+    barcode: Sequence[str], in_tissue: Any, rows: Any, cols: Any, x: Any, y: Any
+) -> dict[str, np.ndarray]:
+    return {
+        "barcode": np.asarray([str(b) for b in barcode], dtype=object),
+        "in_tissue": np.asarray(in_tissue, dtype=bool),
+        "array_row": np.asarray(rows, dtype=np.int64),
+        "array_col": np.asarray(cols, dtype=np.int64),
+        "x": np.asarray(x, dtype=np.float64),
+        "y": np.asarray(y, dtype=np.float64),
+    }
+
+
+def _open_image(image: PathLike | None, sample: str) -> SlideImage | None:
+    if image is None or str(image) == "":
+        return None
+    return SlideImage(image, sample=sample)
+
+
+def _clean(value: Any) -> Any:
+    """Drop ``None`` from nested dicts (h5ad cannot store it)."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items() if v is not None}
+    return value
+
+
+# --------------------------------------------------------------------------- Visium
+def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataFrame:
+    """Read ``tissue_positions(_list).csv(.gz)``, with or without a header line.
+
+    The header is detected by content: a first line whose second to fourth fields are not all
+    numbers is a header, and its names must be the Space Ranger ones.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``barcode, in_tissue (bool), array_row, array_col (int),
+        pxl_row_in_fullres, pxl_col_in_fullres (float)``.
+    """
+    path = Path(path)
+    fix = (
+        "give Space Ranger's spatial/tissue_positions.csv (with header) or "
+        "tissue_positions_list.csv (no header): barcode,in_tissue,array_row,array_col,"
+        "pxl_row_in_fullres,pxl_col_in_fullres"
+    )
+    lines = _first_lines(path, 2)
+    if not lines:
+        raise InputError("positions file is empty", file=path, sample=sample, fix=fix)
+    first = [f.strip().strip('"') for f in lines[0].split(",")]
+    if len(first) != 6:
+        raise InputError(
+            f"positions file has {len(first)} comma-separated columns; expected 6",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    has_header = not all(_is_number(f) for f in first[1:6])
+    if has_header and [f.lower() for f in first] != POSITION_COLUMNS:
+        raise InputError(
+            f"positions file has an unexpected header {','.join(first)!r}",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    try:
+        df = pd.read_csv(
+            path,
+            header=0 if has_header else None,
+            names=POSITION_COLUMNS,
+            dtype={"barcode": str},
+            compression="infer",
+        )
+    except (pd.errors.ParserError, ValueError) as exc:
+        raise InputError(
+            f"cannot parse the positions file ({exc})", file=path, sample=sample, fix=fix
+        ) from exc
+    num = df[POSITION_COLUMNS[1:]].apply(pd.to_numeric, errors="coerce")
+    if num.isna().any().any() or len(df) == 0:
+        bad = int(num.isna().any(axis=1).sum())
+        raise InputError(
+            f"{bad} row(s) of the positions file have non-numeric values",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    if not num["in_tissue"].isin([0, 1]).all():
+        raise InputError(
+            "column 2 (in_tissue) holds values other than 0/1; columns may be in the wrong order",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    out = pd.DataFrame(
+        {
+            "barcode": repair_barcodes(df["barcode"]),
+            "in_tissue": num["in_tissue"].astype(bool).to_numpy(),
+            "array_row": np.rint(num["array_row"]).astype(np.int64).to_numpy(),
+            "array_col": np.rint(num["array_col"]).astype(np.int64).to_numpy(),
+            "pxl_row_in_fullres": num["pxl_row_in_fullres"].astype(np.float64).to_numpy(),
+            "pxl_col_in_fullres": num["pxl_col_in_fullres"].astype(np.float64).to_numpy(),
+        }
+    )
+    dup = out["barcode"].duplicated()
+    if dup.any():
+        raise InputError(
+            f"{int(dup.sum())} duplicate barcode(s) in the positions file (e.g. "
+            f"{_examples(out['barcode'][dup])})",
+            file=path,
+            sample=sample,
+            fix="give the positions file Space Ranger wrote, one row per barcode",
+        )
+    return out
+
+
+def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[str, str]]:
+    import scanpy as sc
+
+    h5 = outs / "filtered_feature_bc_matrix.h5"
+    mtx = outs / "filtered_feature_bc_matrix"
+    fix = "point the sample sheet's 'raw' column at Space Ranger's outs/ folder"
+    meta: dict[str, str] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if h5.is_file():
+            try:
+                adata = sc.read_10x_h5(h5)
+            except Exception as exc:  # noqa: BLE001 - any h5py / scanpy failure is a bad input
+                raise InputError(
+                    f"cannot read the 10x HDF5 matrix ({type(exc).__name__}: {exc})",
+                    file=h5,
+                    sample=sample,
+                    fix="give Space Ranger's filtered_feature_bc_matrix.h5, uncorrupted",
+                ) from exc
+            try:
+                import h5py
+
+                with h5py.File(h5, "r") as f:
+                    for key in ("chemistry_description", "software_version"):
+                        if key in f.attrs:
+                            v = f.attrs[key]
+                            v = v[0] if isinstance(v, np.ndarray) and v.size else v
+                            meta[key] = v.decode() if isinstance(v, bytes) else str(v)
+            except OSError:
+                pass
+            return adata, h5, meta
+        if mtx.is_dir():
+            try:
+                adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=True)
+            except Exception as exc:  # noqa: BLE001
+                raise InputError(
+                    f"cannot read the 10x matrix folder ({type(exc).__name__}: {exc})",
+                    file=mtx,
+                    sample=sample,
+                    fix="the folder must hold matrix.mtx(.gz), barcodes.tsv(.gz), features.tsv(.gz)",
+                ) from exc
+            return adata, mtx, meta
+    raise _missing("count matrix", [h5, mtx], sample, fix)
+
+
+def read_visium(
+    outs_dir: PathLike,
+    sample_id: str,
+    patient_id: str,
+    image: PathLike | None = None,
+    annotation: PathLike | None = None,
+    clusters: PathLike | None = None,
+    mpp: float | None = None,
+    mpp_tolerance: float = 0.1,
+    bounds_check: bool = True,
+) -> ad.AnnData:
+    """Read a Space Ranger ``outs/`` folder into the section AnnData (docs/DESIGN.md).
+
+    Parameters
+    ----------
+    outs_dir
+        Space Ranger ``outs/`` folder: ``filtered_feature_bc_matrix.h5`` (or the
+        ``filtered_feature_bc_matrix/`` mtx folder) and ``spatial/`` with
+        ``tissue_positions.csv`` (SR >= 2, header) or ``tissue_positions_list.csv`` (SR 1.x, no
+        header), optionally gzipped, ``scalefactors_json.json`` and the hires / lowres PNGs.
+    sample_id, patient_id
+        Section and patient ids.
+    image
+        Full-resolution H&E the ``pxl_*_in_fullres`` coordinates refer to. ``None``: no bounds
+        check and µm/px from the spot pitch / scalefactors only (a warning is logged).
+    annotation
+        CSV ``barcode,label``.
+    clusters
+        CSV ``Barcode,Cluster``; default: ``analysis/clustering/(gene_expression_)graphclust/
+        clusters.csv`` under ``outs_dir`` when present.
+    mpp
+        Known µm/px of ``image`` (sample sheet); cross-checked with the other estimates.
+    mpp_tolerance
+        Largest allowed relative disagreement between µm/px estimates.
+    bounds_check
+        Run :func:`stpredict.geometry.check_bounds` when an image is given.
+
+    Returns
+    -------
+    anndata.AnnData
+        Spots = the matrix's barcodes.
+    """
+    outs = Path(outs_dir)
+    if not outs.is_dir():
+        raise InputError(
+            "Space Ranger outs folder does not exist",
+            file=outs,
+            sample=sample_id,
+            fix="point the sample sheet's 'raw' column at Space Ranger's outs/ folder",
+        )
+    spatial = outs / "spatial"
+    adata, matrix_path, meta = _read_10x_matrix(outs, sample_id)
+
+    pos_candidates = [
+        spatial / name
+        for name in (
+            "tissue_positions.csv",
+            "tissue_positions.csv.gz",
+            "tissue_positions_list.csv",
+            "tissue_positions_list.csv.gz",
+        )
+    ]
+    pos_path = _first_existing(pos_candidates)
+    if pos_path is None:
+        raise _missing(
+            "spot positions file",
+            pos_candidates,
+            sample_id,
+            "point 'raw' at a Space Ranger outs/ folder that contains spatial/",
+        )
+    pos = read_visium_positions(pos_path, sample_id)
+
+    sf_path = spatial / "scalefactors_json.json"
+    if not sf_path.is_file():
+        raise _missing(
+            "scale factors", [sf_path], sample_id, "copy Space Ranger's spatial/ folder completely"
+        )
+    try:
+        scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()}
+    except (ValueError, TypeError) as exc:
+        raise InputError(
+            f"cannot parse the scale factors ({exc})",
+            file=sf_path,
+            sample=sample_id,
+            fix="give Space Ranger's scalefactors_json.json",
+        ) from exc
+
+    # --- matrix barcodes vs positions
+    barcodes = pd.Index(repair_barcodes(adata.obs_names))
+    if barcodes.duplicated().any():
+        dup = barcodes[barcodes.duplicated()]
+        raise InputError(
+            f"{len(dup)} duplicate barcode(s) in the count matrix (e.g. {_examples(dup)})",
+            file=matrix_path,
+            sample=sample_id,
+            fix="give the matrix Space Ranger wrote, one column per barcode",
+        )
+    pos_idx = pd.Index(pos["barcode"])
+    absent = barcodes[~barcodes.isin(pos_idx)]
+    if len(absent):
+        raise InputError(
+            f"{len(absent)} of {len(barcodes)} matrix barcodes are absent from the positions file "
+            f"'{pos_path}' (e.g. {_examples(absent)}; positions hold e.g. "
+            f"{_examples(pos_idx)})",
+            file=matrix_path,
+            sample=sample_id,
+            fix="use the matrix and spatial/ folder of the same Space Ranger run",
+        )
+    adata.obs_names = barcodes
+    p = pos.set_index("barcode").loc[barcodes]
+
+    # --- var
+    var = adata.var
+    gene_ids = (
+        var["gene_ids"].astype(str).to_numpy()
+        if "gene_ids" in var
+        else np.asarray(adata.var_names, dtype=str)
+    )
+    ftypes = (
+        var["feature_types"].astype(str).to_numpy()
+        if "feature_types" in var
+        else np.full(adata.n_vars, "Gene Expression")
+    )
+    names = pd.Index([str(v) for v in adata.var_names])
+    new = ad.AnnData(
+        X=_csr_float32(adata.X),
+        obs=pd.DataFrame(index=pd.Index(barcodes.astype(str), name=None)),
+        var=pd.DataFrame(
+            {"gene_ids": gene_ids.astype(str), "feature_types": ftypes.astype(str)},
+            index=names,
+        ),
+    )
+    if not new.var_names.is_unique:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new.var_names_make_unique()
+    new.var["ambiguous"] = np.zeros(new.n_vars, dtype=bool)
+    adata = new
+
+    obs = adata.obs
+    obs["sample_id"] = str(sample_id)
+    obs["patient_id"] = str(patient_id)
+    obs["in_tissue"] = p["in_tissue"].to_numpy(dtype=bool)
+    obs["array_row"] = p["array_row"].to_numpy(dtype=np.int64)
+    obs["array_col"] = p["array_col"].to_numpy(dtype=np.int64)
+    obs["pxl_row_in_fullres"] = p["pxl_row_in_fullres"].to_numpy(dtype=np.float64)
+    obs["pxl_col_in_fullres"] = p["pxl_col_in_fullres"].to_numpy(dtype=np.float64)
+    obs["annotation"] = ""
+    obs["cluster"] = ""
+    adata.obsm["spatial"] = np.column_stack(
+        [obs["pxl_col_in_fullres"].to_numpy(), obs["pxl_row_in_fullres"].to_numpy()]
+    ).astype(np.float64)
+
+    if annotation:
+        labels = _label_csv(Path(annotation), sample_id, "annotation")
+        labels.index = pd.Index(repair_barcodes(labels.index))
+        obs["annotation"] = _map_labels(
+            obs.index, labels, Path(annotation), sample_id, "annotation"
+        )
+    cl_path = (
+        Path(clusters)
+        if clusters
+        else _first_existing(
+            [
+                outs / "analysis/clustering/graphclust/clusters.csv",
+                outs / "analysis/clustering/gene_expression_graphclust/clusters.csv",
+            ]
+        )
+    )
+    if cl_path is not None:
+        labels = _label_csv(cl_path, sample_id, "clusters")
+        labels.index = pd.Index(repair_barcodes(labels.index))
+        obs["cluster"] = _map_labels(obs.index, labels, cl_path, sample_id, "clusters")
+    _finish_obs(adata)
+
+    # --- pixel size
+    img = _open_image(image, sample_id)
+    try:
+        pitch_mpp: float | None = estimate_mpp_from_pitch(
+            pos["array_row"],
+            pos["array_col"],
+            pos["pxl_col_in_fullres"],
+            pos["pxl_row_in_fullres"],
+            "visium",
+        )
+    except Exception as exc:  # noqa: BLE001 - a missing pitch is just a missing estimate
+        log.warning("sample %s: no spot-pitch estimate (%s)", sample_id, exc)
+        pitch_mpp = None
+    sdf = scalefactors.get("spot_diameter_fullres")
+    estimates = {
+        "image_tags": None if img is None else img.mpp_tags,
+        "sheet": None if mpp is None else float(mpp),
+        "microns_per_pixel": scalefactors.get("microns_per_pixel"),
+        "pitch": pitch_mpp,
+        "spot_diameter_fullres": VISIUM_SCALEFACTOR_SPOT_UM / sdf if sdf else None,
+    }
+    mpp_value, mpp_source = reconcile_mpp(
+        estimates, mpp_tolerance, sample_id, file=image if image else sf_path
+    )
+    spot_px = VISIUM_SPOT_UM / mpp_value
+
+    if img is None:
+        log.warning(
+            "sample %s: no full-resolution image given; no bounds check, µm/px %.4f from %s",
+            sample_id,
+            mpp_value,
+            mpp_source,
+        )
+    elif bounds_check:
+        in_t = pos["in_tissue"].to_numpy()
+        xy = pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(dtype=float)
+        check_bounds(
+            img,
+            xy[in_t],
+            xy[~in_t],
+            spot_px / 2,
+            sample_id,
+            pos_path,
+            pitch_px=VISIUM_PITCH_UM / mpp_value,
+        )
+
+    # --- uns
+    images: dict[str, np.ndarray] = {}
+    for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
+        f = spatial / name
+        if f.is_file():
+            images[key] = _load_png_rgb(f)
+    if "lowres" not in images and img is not None:
+        thumb, scale = img.thumbnail(_LOWRES_MAX)
+        images["lowres"] = np.ascontiguousarray(thumb)
+        scalefactors.setdefault("tissue_lowres_scalef", float(scale))
+    sf_out = {
+        "tissue_hires_scalef": float(scalefactors.get("tissue_hires_scalef", 1.0)),
+        "tissue_lowres_scalef": float(scalefactors.get("tissue_lowres_scalef", 1.0)),
+        "spot_diameter_fullres": float(sdf if sdf else VISIUM_SCALEFACTOR_SPOT_UM / mpp_value),
+        "fiducial_diameter_fullres": float(scalefactors.get("fiducial_diameter_fullres", 0.0)),
+    }
+    for k, v in scalefactors.items():
+        sf_out.setdefault(k, float(v))
+    meta["source_image_path"] = "" if image is None else str(image)
+    adata.uns["spatial"] = {sample_id: {"images": images, "scalefactors": sf_out, "metadata": meta}}
+    adata.uns["stpredict"] = _stpredict_uns(
+        sample_id,
+        patient_id,
+        "visium",
+        "read_visium",
+        outs,
+        image,
+        img,
+        mpp_value,
+        mpp_source,
+        estimates,
+        VISIUM_SPOT_UM,
+        VISIUM_PITCH_UM,
+    )
+    adata.uns["positions"] = _positions_uns(
+        pos["barcode"],
+        pos["in_tissue"],
+        pos["array_row"],
+        pos["array_col"],
+        pos["pxl_col_in_fullres"],
+        pos["pxl_row_in_fullres"],
+    )
+    return adata
+
+
+def _stpredict_uns(
+    sample_id: str,
+    patient_id: str,
+    platform: str,
+    reader: str,
+    raw: PathLike,
+    image: PathLike | None,
+    img: SlideImage | None,
+    mpp_value: float,
+    mpp_source: str,
+    estimates: Mapping[str, float | None],
+    spot_um: float,
+    pitch_um: float,
+) -> dict[str, Any]:
+    return {
+        "sample_id": str(sample_id),
+        "patient_id": str(patient_id),
+        "platform": platform,
+        "reader": reader,
+        "raw": str(raw),
+        "image": "" if image is None else str(image),
+        "image_shape": np.asarray([0, 0] if img is None else list(img.shape), dtype=np.int64),
+        "mpp": float(mpp_value),
+        "mpp_source": mpp_source,
+        "mpp_estimates": {k: float(v) for k, v in estimates.items() if v is not None},
+        "spot_diameter_um": float(spot_um),
+        "spot_pitch_um": float(pitch_um),
+        "spot_diameter_px": float(spot_um / mpp_value),
+        "units": "UMI counts",
+        "series": "",
+        "order": "",
+        "ihc_image": "",
+        "ihc_gene": "",
+    }
+
+
+# --------------------------------------------------------------------------- legacy ST
+def _sniff_sep(line: str) -> str:
+    if "\t" in line:
+        return "\t"
+    if "," in line:
+        return ","
+    return r"\s+"
+
+
+def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
+    """Read a legacy ST count matrix (spots x genes TSV, gz or not, rows ``"{x}x{y}"``).
+
+    A genes x spots file (spot ids in the header) is transposed. Float ids are rounded.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Integer-valued counts indexed by the normalised spot id, one column per gene.
+    """
+    path = Path(path)
+    fix = "give the ST count matrix: tab-separated, one row per spot, first column the 'XxY' id"
+    if not path.is_file():
+        raise InputError("count matrix does not exist", file=path, sample=sample, fix=fix)
+    lines = _first_lines(path, 2)
+    if len(lines) < 2:
+        raise InputError("count matrix has no data rows", file=path, sample=sample, fix=fix)
+    sep = _sniff_sep(lines[0])
+    try:
+        df = pd.read_csv(
+            path,
+            sep=sep,
+            index_col=0,
+            compression="infer",
+            engine="c" if len(sep) == 1 else "python",
+        )
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"cannot parse the count matrix ({exc})", file=path, sample=sample, fix=fix
+        ) from exc
+    idx = df.index.astype(str)
+    if not all(_SPOT_ID.match(v) for v in idx[:20]):
+        cols = [str(c) for c in df.columns]
+        if cols and all(_SPOT_ID.match(c) for c in cols[:20]):
+            df = df.T
+            idx = df.index.astype(str)
+    df.index = pd.Index(_spot_ids(idx, path, sample))
+    df.columns = [str(c) for c in df.columns]
+    vals = df.apply(pd.to_numeric, errors="coerce")
+    if vals.isna().any().any():
+        bad = [c for c in vals.columns if vals[c].isna().any()][:3]
+        raise InputError(
+            f"count matrix has non-numeric values (columns e.g. {', '.join(bad)})",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    if vals.index.duplicated().any():
+        dup = vals.index[vals.index.duplicated()]
+        raise InputError(
+            f"{len(dup)} duplicate spot id(s) in the count matrix (e.g. {_examples(dup)})",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    return vals
+
+
+def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
+    """Read any legacy ST spot-coordinate file variant (FORMATS.md §2), sniffing the layout.
+
+    Variants: ``x y pixel_x pixel_y`` (ST-Net ``spots.txt``, tab or comma); ``x y new_x new_y
+    pixel_x pixel_y [selected]`` (HER2ST / STUtility tables, xfuse ``spots.tsv``); published
+    ST-Net ``spots_*.csv(.gz)``: comma-separated, index ``"{x}x{y}"``, columns ``X, Y``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the spot id ``"{x}x{y}"`` (rounded array coordinates); columns ``x, y``
+        (int), ``fit_x, fit_y`` (float array coordinates: ``new_x/new_y`` when present),
+        ``pixel_x, pixel_y`` (float), ``selected`` (bool; all True without the column).
+    """
+    path = Path(path)
+    fix = (
+        "give an ST spot file with columns 'x y pixel_x pixel_y' (optionally new_x new_y "
+        "selected), or the published spots_*.csv with an 'XxY' index and columns X, Y"
+    )
+    if not path.is_file():
+        raise InputError("spot-coordinate file does not exist", file=path, sample=sample, fix=fix)
+    lines = _first_lines(path, 2)
+    if len(lines) < 2:
+        raise InputError("spot-coordinate file has no data rows", file=path, sample=sample, fix=fix)
+    sep = _sniff_sep(lines[0])
+    try:
+        df = pd.read_csv(
+            path, sep=sep, compression="infer", engine="c" if len(sep) == 1 else "python"
+        )
+    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+        raise InputError(
+            f"cannot parse the spot file ({exc})", file=path, sample=sample, fix=fix
+        ) from exc
+    cols = {str(c).strip().lower(): c for c in df.columns}
+    if {"x", "y", "pixel_x", "pixel_y"} <= set(cols):
+        num = pd.DataFrame({k: pd.to_numeric(df[cols[k]], errors="coerce") for k in cols})
+        need = ["x", "y", "pixel_x", "pixel_y"] + [
+            c for c in ("new_x", "new_y", "selected") if c in cols
+        ]
+        if num[need].isna().any().any():
+            raise InputError(
+                f"{int(num[need].isna().any(axis=1).sum())} row(s) of the spot file have "
+                "non-numeric coordinates",
+                file=path,
+                sample=sample,
+                fix=fix,
+            )
+        x = np.rint(num["x"]).astype(np.int64).to_numpy()
+        y = np.rint(num["y"]).astype(np.int64).to_numpy()
+        out = pd.DataFrame(
+            {
+                "x": x,
+                "y": y,
+                "fit_x": (num["new_x"] if "new_x" in cols else num["x"]).astype(float).to_numpy(),
+                "fit_y": (num["new_y"] if "new_y" in cols else num["y"]).astype(float).to_numpy(),
+                "pixel_x": num["pixel_x"].astype(float).to_numpy(),
+                "pixel_y": num["pixel_y"].astype(float).to_numpy(),
+                "selected": (num["selected"] != 0).to_numpy()
+                if "selected" in cols
+                else np.ones(len(num), dtype=bool),
+            },
+            index=pd.Index([f"{a}x{b}" for a, b in zip(x, y, strict=True)]),
+        )
+    else:
+        first = df.columns[0]
+        ids = df[first].astype(str)
+        if "X" in df.columns and "Y" in df.columns and all(_SPOT_ID.match(v) for v in ids[:20]):
+            ids_n = _spot_ids(ids, path, sample)
+            xy = [tuple(int(t) for t in s.split("x")) for s in ids_n]
+            px = pd.to_numeric(df["X"], errors="coerce")
+            py = pd.to_numeric(df["Y"], errors="coerce")
+            if px.isna().any() or py.isna().any():
+                raise InputError(
+                    "columns X / Y of the spot file have non-numeric values",
+                    file=path,
+                    sample=sample,
+                    fix=fix,
+                )
+            out = pd.DataFrame(
+                {
+                    "x": np.array([a for a, _ in xy], dtype=np.int64),
+                    "y": np.array([b for _, b in xy], dtype=np.int64),
+                    "fit_x": np.array([a for a, _ in xy], dtype=float),
+                    "fit_y": np.array([b for _, b in xy], dtype=float),
+                    "pixel_x": px.astype(float).to_numpy(),
+                    "pixel_y": py.astype(float).to_numpy(),
+                    "selected": np.ones(len(df), dtype=bool),
+                },
+                index=pd.Index(ids_n),
+            )
+        else:
+            raise InputError(
+                f"unrecognised spot-file columns {', '.join(map(str, df.columns))}",
+                file=path,
+                sample=sample,
+                fix=fix,
+            )
+    if out.index.duplicated().any():
+        dup = out.index[out.index.duplicated()]
+        raise InputError(
+            f"{len(dup)} duplicate spot position(s) after rounding x/y (e.g. {_examples(dup)})",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    return out
+
+
+_TUMOR = {"tumor", "tumour", "1", "true", "yes", "t"}
+_NON = {"non", "non-tumor", "non_tumor", "nontumor", "normal", "0", "false", "no", "n"}
+
+
+def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
+    """Read an ST-Net ``*_Coords.tsv`` tumour annotation by position.
+
+    Its header is shifted one column left of its data (``xcoord ycoord tumor`` above rows
+    ``10x13 10.02 13.04 tumor``); repaired headers (four names) are accepted too. The first
+    field of a row is the spot id, the last the label, normalised to ``tumor`` / ``non``.
+
+    Returns
+    -------
+    pandas.Series
+        Labels indexed by the normalised spot id.
+    """
+    path = Path(path)
+    fix = "give ST-Net's *_Coords.tsv (rows: spot id, x, y, tumor/non)"
+    if not path.is_file():
+        raise InputError("annotation file does not exist", file=path, sample=sample, fix=fix)
+    with _open_text(path) as fh:
+        rows = [ln.rstrip("\r\n") for ln in fh if ln.strip()]
+    if len(rows) < 2:
+        raise InputError("annotation file has no data rows", file=path, sample=sample, fix=fix)
+    sep = "\t" if "\t" in rows[1] else ("," if "," in rows[1] else None)
+    ids, labels = [], []
+    for ln in rows[1:]:
+        fields = [f.strip().strip('"') for f in (ln.split(sep) if sep else ln.split())]
+        if len(fields) < 2:
+            raise InputError(
+                f"annotation row {ln!r} has {len(fields)} field(s); expected id, x, y, label",
+                file=path,
+                sample=sample,
+                fix=fix,
+            )
+        ids.append(fields[0])
+        lab = fields[-1].lower()
+        labels.append("tumor" if lab in _TUMOR else "non" if lab in _NON else fields[-1])
+    s = pd.Series(labels, index=pd.Index(_spot_ids(ids, path, sample)), dtype=str)
+    return s[~s.index.duplicated(keep="first")]
+
+
+def _gene_symbols(ids: Sequence[str], gene_map: pd.DataFrame | None) -> list[str]:
+    if gene_map is None or len(gene_map) == 0:
+        return list(ids)
+    cols = {str(c).lower(): c for c in gene_map.columns}
+    id_col = cols.get("gene_id", gene_map.columns[0])
+    sym_col = cols.get("gene", cols.get("gene_name", cols.get("symbol", gene_map.columns[-1])))
+    m = dict(zip(gene_map[id_col].astype(str), gene_map[sym_col].astype(str), strict=True))
+    m_nover = {k.split(".")[0]: v for k, v in m.items()}
+    out = []
+    for g in ids:
+        sym = m.get(g) or m_nover.get(g.split(".")[0])
+        out.append(sym if sym and sym != "nan" else g)
+    return out
+
+
+def read_st(
+    counts: PathLike,
+    spots: PathLike,
+    sample_id: str,
+    patient_id: str,
+    image: PathLike,
+    annotation: PathLike | None = None,
+    clusters: PathLike | None = None,
+    mpp: float | None = None,
+    mpp_tolerance: float = 0.1,
+    bounds_check: bool = True,
+    gene_map: pd.DataFrame | None = None,
+) -> ad.AnnData:
+    """Read a legacy ST section (count matrix + spot file + H&E) into the section AnnData.
+
+    Parameters
+    ----------
+    counts
+        Spots x genes TSV (gz or not), rows ``"{x}x{y}"``.
+    spots
+        Spot-coordinate file, any variant of :func:`read_st_spots`; with a ``selected`` column
+        only selected spots are kept (the others are off-tissue references for the bounds check).
+    sample_id, patient_id
+        Section and patient ids.
+    image
+        Full-resolution H&E the pixel coordinates refer to.
+    annotation
+        ST-Net ``*_Coords.tsv`` (shifted header), labels ``tumor`` / ``non``.
+    clusters
+        CSV ``Barcode,Cluster`` keyed by spot id.
+    mpp
+        Known µm/px of ``image``; cross-checked with the image tags and the spot pitch.
+    mpp_tolerance
+        Largest allowed relative disagreement between µm/px estimates.
+    bounds_check
+        Run :func:`stpredict.geometry.check_bounds`.
+    gene_map
+        Optional table ``gene_id -> gene`` mapping Ensembl ids to symbols (unmapped ids kept).
+
+    Returns
+    -------
+    anndata.AnnData
+        Spots = count rows that have (selected) coordinates; ``array_row = y``,
+        ``array_col = x``.
+    """
+    counts_p, spots_p = Path(counts), Path(spots)
+    if image is None or str(image) == "":
+        raise InputError(
+            "no image given for a legacy ST section",
+            sample=sample_id,
+            fix="fill the sample sheet's 'image' column with the full-resolution H&E",
+        )
+    cnt = read_st_counts(counts_p, sample_id)
+    spt = read_st_spots(spots_p, sample_id)
+
+    common = cnt.index[cnt.index.isin(spt.index)]
+    only_counts = cnt.index[~cnt.index.isin(spt.index)]
+    if len(common) == 0 or len(common) < 0.5 * len(cnt):
+        raise InputError(
+            f"only {len(common)} of {len(cnt)} count-matrix spots have coordinates in "
+            f"'{spots_p}' (count ids e.g. {_examples(only_counts)}; spot-file ids e.g. "
+            f"{_examples(spt.index)})",
+            file=counts_p,
+            sample=sample_id,
+            fix="use the count matrix and spot file of the same section",
+        )
+    if len(only_counts):
+        log.warning(
+            "sample %s: %d count rows without coordinates dropped (e.g. %s)",
+            sample_id,
+            len(only_counts),
+            _examples(only_counts),
+        )
+    keep = common[spt.loc[common, "selected"].to_numpy()]
+    if len(keep) == 0:
+        raise InputError(
+            "no count-matrix spot is selected (selected == 1) in the spot file",
+            file=spots_p,
+            sample=sample_id,
+            fix="check the 'selected' column of the spot file",
+        )
+    c = cnt.loc[keep]
+    s = spt.loc[keep]
+
+    gene_ids = [str(g) for g in c.columns]
+    ambiguous = np.array([g.startswith("__ambiguous") for g in gene_ids], dtype=bool)
+    names = _gene_symbols(gene_ids, gene_map)
+    adata = ad.AnnData(
+        X=_csr_float32(c.to_numpy(dtype=np.float32)),
+        obs=pd.DataFrame(index=pd.Index(list(keep))),
+        var=pd.DataFrame(
+            {
+                "gene_ids": np.asarray(gene_ids, dtype=str),
+                "feature_types": np.full(len(gene_ids), "Gene Expression"),
+                "ambiguous": ambiguous,
+            },
+            index=pd.Index(names),
+        ),
+    )
+    if not adata.var_names.is_unique:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            adata.var_names_make_unique()
+    obs = adata.obs
+    obs["sample_id"] = str(sample_id)
+    obs["patient_id"] = str(patient_id)
+    obs["in_tissue"] = True
+    obs["array_row"] = s["y"].to_numpy(dtype=np.int64)
+    obs["array_col"] = s["x"].to_numpy(dtype=np.int64)
+    obs["pxl_row_in_fullres"] = s["pixel_y"].to_numpy(dtype=np.float64)
+    obs["pxl_col_in_fullres"] = s["pixel_x"].to_numpy(dtype=np.float64)
+    obs["annotation"] = ""
+    obs["cluster"] = ""
+    adata.obsm["spatial"] = s[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    if annotation:
+        labels = read_st_annotation(annotation, sample_id)
+        obs["annotation"] = _map_labels(
+            obs.index, labels, Path(annotation), sample_id, "annotation"
+        )
+    if clusters:
+        labels = _label_csv(Path(clusters), sample_id, "clusters")
+        labels.index = pd.Index(_spot_ids(labels.index, Path(clusters), sample_id))
+        obs["cluster"] = _map_labels(obs.index, labels, Path(clusters), sample_id, "clusters")
+    _finish_obs(adata)
+
+    # --- pixel size (fit on every position of the spot file, off-tissue ones too)
+    img = SlideImage(image, sample=sample_id)
+    try:
+        pitch_mpp: float | None = estimate_mpp_from_pitch(
+            spt["fit_y"], spt["fit_x"], spt["pixel_x"], spt["pixel_y"], "st"
+        )
+    except Exception as exc:  # noqa: BLE001
+        log.warning("sample %s: no spot-pitch estimate (%s)", sample_id, exc)
+        pitch_mpp = None
+    estimates = {
+        "image_tags": img.mpp_tags,
+        "sheet": None if mpp is None else float(mpp),
+        "pitch": pitch_mpp,
+    }
+    mpp_value, mpp_source = reconcile_mpp(estimates, mpp_tolerance, sample_id, file=image)
+    spot_px = ST_SPOT_UM / mpp_value
+    unit_um = st_um_per_unit(spt["x"], spt["y"])
+    if bounds_check:
+        sel = spt["selected"].to_numpy()
+        xy = spt[["pixel_x", "pixel_y"]].to_numpy(dtype=float)
+        in_mask = spt.index.isin(keep)
+        off = xy[~sel] if (~sel).any() else None
+        check_bounds(
+            img,
+            xy[in_mask],
+            off,
+            spot_px / 2,
+            sample_id,
+            spots_p,
+            pitch_px=unit_um / mpp_value,
+        )
+
+    thumb, lscale = img.thumbnail(_LOWRES_MAX)
+    images = {"lowres": np.ascontiguousarray(thumb)}
+    hscale = lscale
+    if max(img.shape) > _LOWRES_MAX:
+        hires, hscale = img.thumbnail(_HIRES_MAX)
+        images["hires"] = np.ascontiguousarray(hires)
+    adata.uns["spatial"] = {
+        sample_id: {
+            "images": images,
+            "scalefactors": {
+                "tissue_hires_scalef": float(hscale),
+                "tissue_lowres_scalef": float(lscale),
+                "spot_diameter_fullres": float(spot_px),
+                "fiducial_diameter_fullres": float(spot_px),
+            },
+            "metadata": {"source_image_path": str(image), "platform": "legacy ST"},
+        }
+    }
+    adata.uns["stpredict"] = _stpredict_uns(
+        sample_id,
+        patient_id,
+        "st",
+        "read_st",
+        counts_p,
+        image,
+        img,
+        mpp_value,
+        mpp_source,
+        estimates,
+        ST_SPOT_UM,
+        ST_PITCH_UM,
+    )
+    adata.uns["stpredict"]["spots"] = str(spots_p)
+    adata.uns["stpredict"]["array_unit_um"] = float(unit_um)
+    adata.uns["positions"] = _positions_uns(
+        list(spt.index), spt["selected"], spt["y"], spt["x"], spt["pixel_x"], spt["pixel_y"]
+    )
+    return adata
+
+
+# --------------------------------------------------------------------------- dispatch
+def _field(row: Mapping[str, Any], key: str) -> str:
+    v = row.get(key, "")
+    if v is None:
+        return ""
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    return str(v).strip()
+
+
+def read_section(
+    row: Mapping[str, Any],
+    mpp_tolerance: float = 0.1,
+    bounds_check: bool = True,
+    gene_map: pd.DataFrame | None = None,
+) -> ad.AnnData:
+    """Read one sample-sheet row (docs/DESIGN.md columns) into the section AnnData.
+
+    Empty strings, ``None`` and NaN mean "absent". Dispatches on ``row["platform"]``
+    (``visium`` / ``st``) and fills ``uns["stpredict"]`` with ``series``, ``order``,
+    ``ihc_image`` and ``ihc_gene`` from the row.
+    """
+    sample = _field(row, "sample_id")
+    patient = _field(row, "patient_id")
+    platform = _field(row, "platform").lower()
+    raw = _field(row, "raw")
+    mpp_text = _field(row, "mpp")
+    try:
+        mpp = float(mpp_text) if mpp_text else None
+    except ValueError as exc:
+        raise InputError(
+            f"mpp {mpp_text!r} is not a number",
+            sample=sample,
+            fix="give the image's µm per pixel in the sample sheet's mpp column, or leave it empty",
+        ) from exc
+    opt = {k: (_field(row, k) or None) for k in ("image", "annotation", "clusters")}
+    if not raw:
+        raise InputError(
+            "the sample sheet's 'raw' column is empty",
+            sample=sample,
+            fix="give the Space Ranger outs/ folder (Visium) or the count matrix (ST)",
+        )
+    if platform == "visium":
+        adata = read_visium(
+            raw,
+            sample,
+            patient,
+            image=opt["image"],
+            annotation=opt["annotation"],
+            clusters=opt["clusters"],
+            mpp=mpp,
+            mpp_tolerance=mpp_tolerance,
+            bounds_check=bounds_check,
+        )
+    elif platform == "st":
+        spots = _field(row, "spots")
+        if not spots:
+            raise InputError(
+                "the sample sheet's 'spots' column is empty for a legacy ST section",
+                sample=sample,
+                fix="give the ST spot-coordinate file",
+            )
+        adata = read_st(
+            raw,
+            spots,
+            sample,
+            patient,
+            image=opt["image"] or "",
+            annotation=opt["annotation"],
+            clusters=opt["clusters"],
+            mpp=mpp,
+            mpp_tolerance=mpp_tolerance,
+            bounds_check=bounds_check,
+            gene_map=gene_map,
+        )
+    else:
+        raise InputError(
+            f"unknown platform {platform!r}",
+            sample=sample,
+            fix="set the sample sheet's platform column to 'visium' or 'st'",
+        )
+    info = adata.uns["stpredict"]
+    info["series"] = _field(row, "series")
+    order = _field(row, "order")
+    try:
+        info["order"] = int(float(order)) if order else ""
+    except ValueError:
+        info["order"] = order
+    info["ihc_image"] = _field(row, "ihc_image")
+    info["ihc_gene"] = _field(row, "ihc_gene")
+    adata.uns["stpredict"] = _clean(info)
+    return adata
