@@ -2,4 +2,6 @@
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from stpredict.demo.cohort import demo_outputs, demo_sheet, make_demo
+
+__all__ = ["make_demo", "demo_sheet", "demo_outputs"]
