@@ -109,8 +109,10 @@ def _first_existing(candidates: Sequence[Path]) -> Path | None:
 
 
 def _missing(what: str, looked: Sequence[Path], sample: str | None, fix: str) -> InputError:
-    listing = ", ".join(str(p) for p in looked)
-    return InputError(f"{what} not found (looked for: {listing})", sample=sample, fix=fix)
+    listing = ", ".join(p.name for p in looked)
+    return InputError(
+        f"{what} not found (looked for: {listing})", file=looked[0].parent, sample=sample, fix=fix
+    )
 
 
 def repair_barcodes(values: Sequence[str] | pd.Index) -> list[str]:
