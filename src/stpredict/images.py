@@ -62,6 +62,7 @@ class SlideImage:
                 "directory Snakemake runs in)",
             )
         self._array: np.ndarray | None = None
+        self._store: Any = None
         self._zarr: Any = None
         self._levels: list[Any] = []
         self.mpp_tags: float | None = None
@@ -108,6 +109,7 @@ class SlideImage:
         self._check_dtype_channels(dtype, shape)
         self.shape = (shape[0], shape[1])
         store = tifffile.imread(self.path, aszarr=True)
+        self._store = store
         root = zarr.open(store, mode="r")
         if hasattr(root, "shape"):
             self._levels = [root]
@@ -192,6 +194,26 @@ class SlideImage:
         if (arr.shape[1], arr.shape[0]) != new:
             arr = np.asarray(Image.fromarray(arr).resize(new, Image.Resampling.BOX))
         return arr, scale
+
+    def close(self) -> None:
+        """Release the open TIFF file handle (also done on garbage collection and ``with``)."""
+        store, self._store = self._store, None
+        if store is not None:
+            self._zarr = None
+            self._levels = []
+            store.close()
+
+    def __enter__(self) -> SlideImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
 
     def __repr__(self) -> str:
         return f"SlideImage({str(self.path)!r}, shape={self.shape}, mpp_tags={self.mpp_tags})"
