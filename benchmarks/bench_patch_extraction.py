@@ -93,8 +93,7 @@ def ours(path: Path, xy: np.ndarray, out: Path) -> float:
     extract_patches(image, xy, SPEC, MPP, out / "p.npy", out / "p.tsv", out / "p.json",
                     progress=False)
     dt = time.perf_counter() - t0
-    if image._zarr is not None:
-        image._zarr.store.close()
+    image.close()
     return dt
 
 

@@ -20,7 +20,7 @@ H, W = 300, 400
 
 @pytest.fixture()
 def opened():
-    """Open images and close their TIFF stores afterwards (SlideImage has no close() yet)."""
+    """Open images and close their TIFF stores afterwards."""
     images = []
 
     def _open(path, sample=None):
@@ -30,8 +30,7 @@ def opened():
 
     yield _open
     for im in images:
-        if im._zarr is not None:
-            im._zarr.store.close()
+        im.close()
 
 
 def _coded_image() -> np.ndarray:
