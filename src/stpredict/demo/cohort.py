@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -327,7 +328,7 @@ def demo_outputs(outdir: str | Path = "results/demo", small: bool = False) -> di
 
 # ---------------------------------------------------------------- shared helpers
 def visium_barcodes() -> np.ndarray:
-    """Fixed 16-nt barcodes (+ ``-1``) of the 4,992 positions, row-major over valid (row, col)."""
+    """Return the fixed 16-nt barcodes (+ ``-1``) of the 4,992 positions, row-major over valid (row, col)."""
     rng = np.random.default_rng(np.random.SeedSequence([10, 4992]))
     seen: set[str] = set()
     out: list[str] = []
@@ -372,7 +373,7 @@ def _vis_geometry(s: VisiumSpec, small: bool):
 
 
 def _vis_block(seed: int, block: str):
-    return make_block(seed, block, half_um=5200.0, a_um=2500.0, b_um=2100.0, tilt=0.35)
+    return make_block(seed, block, half_um=5200.0, a_um=2400.0, b_um=2000.0, tilt=0.35)
 
 
 def _vis_view(seed: int, s: VisiumSpec, small: bool) -> View:
@@ -390,7 +391,7 @@ def _counts(
     hid: np.ndarray,
     depth: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Expected shares and negative-binomial (gamma-Poisson) counts."""
+    """Draw expected shares and negative-binomial (gamma-Poisson) counts."""
     p = expected_shares(panel, fr_t, nd, hid)
     noise = np.flatnonzero(panel.kind == 1)
     p[:, noise] *= rng.lognormal(-0.18, 0.6, (len(depth), len(noise)))
@@ -436,7 +437,7 @@ def _clusters(counts: np.ndarray, seed: int) -> np.ndarray:
     u, sv, _ = np.linalg.svd(z, full_matrices=False)
     pcs = u[:, :15] * sv[:15]
     k = min(7, len(counts))
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed % (2**31)).fit(pcs)
+    km = KMeans(n_clusters=k, n_init=1, random_state=seed % (2**31)).fit(pcs)
     # renumber by size (largest = 1), ties by label, for stable output
     sizes = np.bincount(km.labels_, minlength=k)
     order = np.lexsort((np.arange(k), -sizes))
@@ -493,7 +494,7 @@ def _task_visium(args: tuple[str, int, bool, VisiumSpec]) -> dict[str, Any]:
     if s.layout == "sr2":
         pos = pos.sort_values("barcode", kind="stable")
     fmt.write_positions(paths["positions"], pos, header=s.layout == "sr2")
-    hi = 2000.0 / max(shape)
+    hi = min(2000.0 / max(shape), 0.5)
     lo = 600.0 / max(shape)
     spot_px = VIS_FOOTPRINT_UM / mpp
     fmt.write_scalefactors(paths["scalefactors"], hi, lo, spot_px, 1.615 * spot_px)
@@ -527,7 +528,7 @@ def _task_visium(args: tuple[str, int, bool, VisiumSpec]) -> dict[str, Any]:
 
 
 def ihc_affine(shape: tuple[int, int]) -> np.ndarray:
-    """The known misregistration: H&E full-res px ``[x, y, 1]`` -> IHC px (3x3)."""
+    """Return the known misregistration: H&E full-res px ``[x, y, 1]`` -> IHC px (3x3)."""
     h, w = shape
     c = np.array([(w - 1) / 2, (h - 1) / 2])
     rs = 1.01 * _rot(2.0)
@@ -724,8 +725,11 @@ def _run(task: tuple[Any, tuple]) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     fn, args = task
+    t0 = time.perf_counter()
     with threadpool_limits(1):
-        return fn(args)
+        out = fn(args)
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
 
 
 # ---------------------------------------------------------------- public: generator

@@ -151,9 +151,9 @@ def write_10x_mtx(
         '%metadata_json: {"software_version": "stpredict-demo", "format_version": 2}\n'
         f"{n_genes} {n_bc} {len(vals)}\n"
     )
-    body = io.StringIO()
-    np.savetxt(body, np.column_stack([rows, cols, vals]).astype(np.int64), fmt="%d")
-    _write_text(folder / "matrix.mtx.gz", head + body.getvalue())
+    body = pd.DataFrame({"g": rows, "b": cols, "v": vals}).astype(np.int64)
+    text = body.to_csv(sep=" ", header=False, index=False, lineterminator="\n")
+    _write_text(folder / "matrix.mtx.gz", head + text)
     _write_text(folder / "barcodes.tsv.gz", "".join(f"{b}\n" for b in barcodes))
     _write_text(
         folder / "features.tsv.gz",
@@ -206,7 +206,7 @@ def _rgb_u8(rgb: np.ndarray) -> np.ndarray:
 def write_png(path: PathLike, rgb: np.ndarray) -> None:
     """Write an RGB uint8 array as PNG."""
     with atomic_path(path) as tmp:
-        Image.fromarray(_rgb_u8(rgb)).save(tmp, format="PNG", compress_level=6)
+        Image.fromarray(_rgb_u8(rgb)).save(tmp, format="PNG", compress_level=3)
 
 
 def write_jpeg(path: PathLike, rgb: np.ndarray, quality: int = 90) -> None:

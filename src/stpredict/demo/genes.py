@@ -106,7 +106,7 @@ class Panel:
         return len(self.symbols)
 
     def roles_table(self) -> pd.DataFrame:
-        """The ``gene_roles.tsv`` table (gene, gene_id, role, driver)."""
+        """Return the ``gene_roles.tsv`` table (gene, gene_id, role, driver)."""
         return pd.DataFrame(
             {"gene": self.symbols, "gene_id": self.ids, "role": self.role, "driver": self.driver}
         )
@@ -199,7 +199,7 @@ def make_panel(small: bool = False) -> Panel:
 def expected_shares(
     panel: Panel, fractions: np.ndarray, density: np.ndarray, hidden: np.ndarray
 ) -> np.ndarray:
-    """Expected expression shares per spot (rows sum to 1, before noise-gene jitter).
+    """Compute expected expression shares per spot (rows sum to 1, before noise-gene jitter).
 
     Parameters
     ----------

@@ -12,6 +12,7 @@ stains are composed by Beer–Lambert optical density with skimage's HED vectors
 
 from __future__ import annotations
 
+import functools
 import zlib
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ ND_GAIN = 0.4  # nuclear density modulation exp(ND_GAIN * field)
 
 
 def rng_for(seed: int, key: str) -> np.random.Generator:
-    """Generator for one named unit of work (independent of process and of Python ``hash``)."""
+    """Return the generator of one named unit of work (independent of process and of Python ``hash``)."""
     return np.random.default_rng(np.random.SeedSequence([seed, zlib.crc32(key.encode())]))
 
 
@@ -74,6 +75,7 @@ def _smooth(rng: np.random.Generator, n: int, sigma_um: float) -> np.ndarray:
     return (f - f.mean()) / f.std()
 
 
+@functools.lru_cache(maxsize=4)
 def make_block(
     seed: int, block_id: str, half_um: float, a_um: float, b_um: float, tilt: float = 0.3
 ) -> Block:
@@ -256,10 +258,10 @@ def render(
     vh, ve, vd = (rgb_from_hed[i].astype(np.float32) for i in range(3))
     # near-white glass with faint noise
     glass_od = BG_STAIN[BG][0] * vh + BG_STAIN[BG][1] * ve
-    tile = rng.normal(0.0, 0.6, (128, 128, 3)).astype(np.float32)
+    tile = 255.0 * np.exp(-glass_od)[None, None, :] + rng.normal(0.0, 0.6, (128, 128, 3))
+    tile = np.clip(np.rint(tile), 0, 255).astype(np.uint8)
     reps = (-(-h // 128), -(-w // 128), 1)
-    glass = 255.0 * np.exp(-glass_od)[None, None, :] + np.tile(tile, reps)[:h, :w]
-    rgb = np.clip(np.rint(glass), 0, 255).astype(np.uint8)
+    rgb = np.ascontiguousarray(np.tile(tile, reps)[:h, :w])
     tissue = np.flatnonzero(lab.any(axis=1)), np.flatnonzero(lab.any(axis=0))
     if len(tissue[0]) == 0:
         return rgb, np.zeros((0, 2))
