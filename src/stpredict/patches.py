@@ -392,7 +392,8 @@ def extract_patches(
         "whiteness": {
             "percentile": float(percentile),
             "max_white_frac": float(max_white_frac),
-            "thresholds": [float(t) for t in thresholds],
+            # null when there are no crops (strict JSON has no NaN)
+            "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds],
         },
         "created_by": "stpredict.patches.extract_patches",
     }

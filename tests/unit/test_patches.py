@@ -202,3 +202,10 @@ def test_failure_leaves_no_output(tmp_path, coded, monkeypatch):
     with pytest.raises(RuntimeError):
         _run(tmp_path, SlideImage(png), np.array([[10, 10]]), P.PatchSpec(fov_px=8, size_px=8))
     assert list(tmp_path.glob("p*")) == [] and list(tmp_path.glob(".p*")) == []
+
+
+def test_no_centres_gives_empty_store(tmp_path, coded):
+    img, png, tif = coded
+    table, npy, tsv, js = _run(tmp_path, SlideImage(png), np.zeros((0, 2)), P.STNET)
+    assert len(table) == 0 and P.load_patches(npy).shape == (0, 224, 224, 3)
+    assert json.loads(js.read_text())["whiteness"]["thresholds"] == [None, None, None]
