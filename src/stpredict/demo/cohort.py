@@ -7,6 +7,7 @@ the bytes written do not depend on ``threads``.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -327,6 +328,7 @@ def demo_outputs(outdir: str | Path = "results/demo", small: bool = False) -> di
 
 
 # ---------------------------------------------------------------- shared helpers
+@functools.lru_cache(maxsize=1)
 def visium_barcodes() -> np.ndarray:
     """Return the fixed 16-nt barcodes (+ ``-1``) of the 4,992 positions, row-major over valid (row, col)."""
     rng = np.random.default_rng(np.random.SeedSequence([10, 4992]))
@@ -425,10 +427,32 @@ def _write_downscaled(rgb: np.ndarray, path: str, scalef: float) -> None:
     fmt.write_png(path, np.asarray(small_img))
 
 
-def _clusters(counts: np.ndarray, seed: int) -> np.ndarray:
-    """k-means (k=7) on PCA of log-normalised counts; labels numbered from 1."""
-    from sklearn.cluster import KMeans
+def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator, n_iter: int = 50) -> np.ndarray:
+    """Lloyd's k-means with k-means++ seeding (deterministic given ``rng``)."""
+    n = len(x)
+    centres = [x[rng.integers(n)]]
+    d2 = ((x - centres[0]) ** 2).sum(axis=1)
+    for _ in range(1, k):
+        prob = d2 / d2.sum() if d2.sum() > 0 else np.full(n, 1.0 / n)
+        centres.append(x[rng.choice(n, p=prob)])
+        d2 = np.minimum(d2, ((x - centres[-1]) ** 2).sum(axis=1))
+    c = np.array(centres)
+    labels = np.zeros(n, dtype=np.int64)
+    for it in range(n_iter):
+        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(axis=2)
+        new = dist.argmin(axis=1)
+        if it > 0 and np.array_equal(new, labels):
+            break
+        labels = new
+        for j in range(k):
+            members = x[labels == j]
+            if len(members):
+                c[j] = members.mean(axis=0)
+    return labels
 
+
+def _clusters(counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Cluster spots: k-means (k=7) on PCA of log-normalised counts; labels numbered from 1."""
     tot = np.maximum(counts.sum(axis=1, keepdims=True), 1)
     x = np.log1p(counts / tot * 1e4)
     var = x.var(axis=0)
@@ -437,13 +461,13 @@ def _clusters(counts: np.ndarray, seed: int) -> np.ndarray:
     u, sv, _ = np.linalg.svd(z, full_matrices=False)
     pcs = u[:, :15] * sv[:15]
     k = min(7, len(counts))
-    km = KMeans(n_clusters=k, n_init=1, random_state=seed % (2**31)).fit(pcs)
+    lab = _kmeans(pcs, k, rng)
     # renumber by size (largest = 1), ties by label, for stable output
-    sizes = np.bincount(km.labels_, minlength=k)
+    sizes = np.bincount(lab, minlength=k)
     order = np.lexsort((np.arange(k), -sizes))
     remap = np.empty(k, dtype=int)
     remap[order] = np.arange(1, k + 1)
-    return remap[km.labels_]
+    return remap[lab]
 
 
 # ---------------------------------------------------------------- tasks
@@ -500,7 +524,7 @@ def _task_visium(args: tuple[str, int, bool, VisiumSpec]) -> dict[str, Any]:
     fmt.write_scalefactors(paths["scalefactors"], hi, lo, spot_px, 1.615 * spot_px)
     _write_downscaled(rgb, paths["hires"], hi)
     _write_downscaled(rgb, paths["lowres"], lo)
-    clusters = _clusters(counts, seed)
+    clusters = _clusters(counts, rng_for(seed, "clusters:" + s.sample))
     with atomic_path(paths["clusters"]) as tmp:
         pd.DataFrame({"Barcode": barcodes[idx], "Cluster": clusters}).to_csv(tmp, index=False)
     fmt.write_tiff(paths["image"], rgb, mpp, tile=512, compression="jpeg")
@@ -710,7 +734,7 @@ def _task_wsi(args: tuple[str, int, bool]) -> dict[str, Any]:
     h, w = _wsi_shape(small)
     half = max(h, w) * WSI_MPP / 2 + 800.0
     block = make_block(
-        seed, "W1", half_um=half, a_um=0.36 * w * WSI_MPP, b_um=0.36 * h * WSI_MPP, tilt=0.1
+        seed, "W1", half_um=half, a_um=0.3 * w * WSI_MPP, b_um=0.32 * h * WSI_MPP, tilt=0.1
     )
     view = View(block, view_matrix(WSI_MPP, (h, w), 0.0, (0.0, 0.0)), (h, w), WSI_MPP, None)
     lab = label_map(view, seed)

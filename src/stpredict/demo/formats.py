@@ -52,7 +52,7 @@ def _write_bytes(path: PathLike, data: bytes) -> None:
     path = Path(path)
     if path.suffix == ".gz":
         buf = io.BytesIO()
-        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=4) as gz:
             gz.write(data)
         data = buf.getvalue()
     with atomic_path(path) as tmp:

@@ -17,6 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import fft as sfft
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 from skimage.color import rgb_from_hed
@@ -69,9 +70,9 @@ class Block:
 
 def _smooth(rng: np.random.Generator, n: int, sigma_um: float) -> np.ndarray:
     """Standardised periodic Gaussian random field (FFT filtering of white noise)."""
-    spec = np.fft.rfft2(rng.standard_normal((n, n)))
+    spec = sfft.rfft2(rng.standard_normal((n, n), dtype=np.float32))
     spec = ndi.fourier_gaussian(spec, sigma_um / BLOCK_RES, n=n)
-    f = np.fft.irfft2(spec, s=(n, n))
+    f = sfft.irfft2(spec, s=(n, n))
     return (f - f.mean()) / f.std()
 
 
@@ -93,7 +94,8 @@ def make_block(
         Rotation of the ellipse (radians).
     """
     rng = rng_for(seed, "block:" + block_id)
-    n = int(np.ceil(2 * half_um / BLOCK_RES)) + 1
+    n = sfft.next_fast_len(int(np.ceil(2 * half_um / BLOCK_RES)) + 1, real=True)
+    half_um = (n - 1) * BLOCK_RES / 2
     c = np.arange(n) * BLOCK_RES - half_um
     yy, xx = np.meshgrid(c, c, indexing="ij")
     ct, st = np.cos(tilt), np.sin(tilt)
@@ -153,25 +155,48 @@ def sample_field(view: View, idx: list[int] | int, x: np.ndarray, y: np.ndarray)
 
 
 def label_map(view: View, seed: int) -> np.ndarray:
-    """Full-resolution class label map (uint8, 0 = background glass) of a view."""
+    """Full-resolution class label map (uint8, 0 = background glass) of a view.
+
+    Fields are sampled on a grid 4x coarser than the image, upsampled 2x bilinearly, reduced
+    to labels and repeated 2x; only the bounding box of the tissue mask is refined.
+    """
     h, w = view.shape
     f = 4
     hc, wc = -(-h // f), -(-w // f)
     rr = (np.arange(hc) + 0.5) * f - 0.5
     cc = (np.arange(wc) + 0.5) * f - 0.5
     y, x = np.meshgrid(rr, cc, indexing="ij")
-    vals = sample_field(view, [0, 1, 2, 3, F_MASK], x.ravel(), y.ravel()).reshape(5, hc, wc)
-    if view.perturb_key is not None:
-        prng = rng_for(seed, "perturb:" + view.perturb_key)
-        sig = 60.0 / (f * view.mpp)
-        for i in range(5):
-            noise = ndi.gaussian_filter(prng.standard_normal((hc, wc)), sig)
-            vals[i] += (0.12 if i < 4 else 0.04) * noise / max(noise.std(), 1e-9)
-    up = np.stack([ndi.zoom(v, 2, order=1) for v in vals])
-    lab = (np.argmax(up[:4], axis=0) + 1).astype(np.uint8)
-    lab[up[4] <= 0] = BG
-    lab = np.repeat(np.repeat(lab, 2, axis=0), 2, axis=1)[:h, :w]
-    return np.ascontiguousarray(lab)
+    prng = rng_for(seed, "perturb:" + view.perturb_key) if view.perturb_key else None
+    sig = 60.0 / (f * view.mpp)
+
+    def perturb(v: np.ndarray, amp: float) -> np.ndarray:
+        if prng is None:
+            return v
+        noise = ndi.gaussian_filter(prng.standard_normal(v.shape), sig)
+        return v + amp * noise / max(float(noise.std()), 1e-9)
+
+    mask = perturb(sample_field(view, F_MASK, x.ravel(), y.ravel()).reshape(hc, wc), 0.04)
+    lab = np.zeros((h, w), dtype=np.uint8)
+    rows, cols = np.flatnonzero((mask > 0).any(axis=1)), np.flatnonzero((mask > 0).any(axis=0))
+    if len(rows) == 0:
+        return lab
+    r0, r1 = max(rows[0] - 2, 0), min(rows[-1] + 3, hc)
+    c0, c1 = max(cols[0] - 2, 0), min(cols[-1] + 3, wc)
+    xs, ys = x[r0:r1, c0:c1].ravel(), y[r0:r1, c0:c1].ravel()
+    logits = sample_field(view, [0, 1, 2, 3], xs, ys).reshape(4, r1 - r0, c1 - c0)
+    full_logits = np.zeros((4, hc, wc))
+    for i in range(4):  # perturb on the whole grid so the noise does not depend on the box
+        full_logits[i, r0:r1, c0:c1] = logits[i]
+        full_logits[i] = perturb(full_logits[i], 0.12)
+    vals = np.concatenate([full_logits[:, r0:r1, c0:c1], mask[None, r0:r1, c0:c1]])
+    up = np.stack([ndi.zoom(v.astype(np.float32), 2, order=1) for v in vals])
+    sub = (np.argmax(up[:4], axis=0) + 1).astype(np.uint8)
+    sub[up[4] <= 0] = BG
+    sub = np.repeat(np.repeat(sub, 2, axis=0), 2, axis=1)
+    rs, cs = r0 * f, c0 * f
+    re, ce = min(rs + sub.shape[0], h), min(cs + sub.shape[1], w)
+    lab[rs:re, cs:ce] = sub[: re - rs, : ce - cs]
+    return lab
 
 
 # nucleus shape bins: (sigma_row_um, sigma_col_um)
@@ -199,7 +224,7 @@ def _nuclei(view: View, lab: np.ndarray, seed: int, key: str, box: tuple[int, in
     rng = rng_for(seed, "nuclei:" + key)
     r0, r1, c0, c1 = box
     area_um2 = (r1 - r0) * (c1 - c0) * view.mpp**2
-    mod_max = np.exp(ND_GAIN * 3.0)
+    mod_max = np.exp(ND_GAIN * 2.0)
     xs, ys, cls, bins, wts = [], [], [], [], []
     for k in (TUM, STR, IMM, FAT):
         n = rng.poisson(DENSITY[k] * 1e-3 * mod_max * area_um2)
@@ -210,7 +235,7 @@ def _nuclei(view: View, lab: np.ndarray, seed: int, key: str, box: tuple[int, in
         wt = rng.uniform(*WEIGHT[k], n)
         keep = lab[y.astype(np.int64), x.astype(np.int64)] == k
         x, y, u, b, wt = x[keep], y[keep], u[keep], b[keep], wt[keep]
-        mod = np.exp(ND_GAIN * np.clip(sample_field(view, F_ND, x, y), -3, 3))
+        mod = np.exp(ND_GAIN * np.clip(sample_field(view, F_ND, x, y), -2, 2))
         keep = u < mod / mod_max
         xs.append(x[keep])
         ys.append(y[keep])
