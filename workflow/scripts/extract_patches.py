@@ -1,0 +1,26 @@
+import anndata as ad
+
+from stpredict.images import open_image
+from stpredict.patches import PatchSpec, extract_patches
+from stpredict.workflow import script_logging
+
+with script_logging(snakemake.log[0]) as log:
+    sample = snakemake.wildcards.sample
+    cfg, white = snakemake.params.patches, snakemake.params.whiteness
+    adata = ad.read_h5ad(snakemake.input.section)
+    spec = PatchSpec(fov_um=cfg["fov_um"], fov_px=cfg["fov_px"], size_px=cfg["size_px"], pad_value=cfg["pad_value"])
+    mpp = float(adata.uns["stpredict"]["mpp"])
+    log.info("%s: %d patches, %s px crop at %.3f µm/px -> %d px", sample, adata.n_obs, spec.crop_px(mpp), mpp, spec.size_px)
+    with open_image(snakemake.input.image, sample=sample) as image:
+        extract_patches(
+            image,
+            adata.obsm["spatial"],
+            spec,
+            mpp,
+            snakemake.output.npy,
+            snakemake.output.tsv,
+            snakemake.output.json,
+            ids=adata.obs_names.to_list(),
+            percentile=white["percentile"],
+            max_white_frac=white["max_white_frac"],
+        )
