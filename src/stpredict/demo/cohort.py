@@ -787,7 +787,8 @@ def make_demo(
     tasks += [(_task_st, (od, seed, small, s)) for s in _st_specs(small)]
     tasks += [(_task_unlabeled, (od, seed, small, i)) for i in range(1, _n_unlabeled(small) + 1)]
     if threads > 1:
-        with ProcessPoolExecutor(max_workers=threads, mp_context=get_context("spawn")) as ex:
+        # fork, not spawn: spawn re-imports __main__, which under Snakemake is the rule's script
+        with ProcessPoolExecutor(max_workers=threads, mp_context=get_context("fork")) as ex:
             results = list(ex.map(_run, tasks))
     else:
         results = [_run(t) for t in tasks]
