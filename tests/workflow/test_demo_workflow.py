@@ -25,6 +25,17 @@ def test_lint_is_clean(repo, tmp_path):
     assert "Lints for" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
 
 
+def test_snakefmt_is_clean(repo):
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"],
+        cwd=repo, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("preset", ["config.yaml", "config/stnet.yaml", "config/deepspace.yaml"])
 def test_presets_dry_run(tmp_path, preset):
     workdir = copy_workflow(tmp_path)

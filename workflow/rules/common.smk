@@ -1,7 +1,22 @@
 # Helpers shared by every rule: config and sample-sheet validation, wildcard constraints,
 # input functions (get_*). No rule lives here.
+import os
 import re
+import sys
 from pathlib import Path
+
+# The library lives in src/: importable here and in every job (also in a conda env or on a
+# cluster node without `pip install -e .`), and always the copy that ships with this workflow.
+_SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, _SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p
+)
+
+
+envvars:
+    "PYTHONPATH",
+
 
 from snakemake.utils import validate
 
@@ -18,6 +33,7 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DEMO_DIR = "results/demo"
 DEMO_OUTPUTS = demo_outputs(DEMO_DIR)
+DEMO_ROLES = f"{DEMO_DIR}/gene_roles.tsv"
 
 try:
     SAMPLES = validate_sheet(
@@ -31,7 +47,11 @@ try:
         produced=DEMO_OUTPUTS["files"] + DEMO_OUTPUTS["directories"],
     )
     gene_map = config["reading"]["gene_map"]
-    if gene_map and gene_map not in DEMO_OUTPUTS["files"] and not Path(gene_map).exists():
+    if (
+        gene_map
+        and gene_map not in DEMO_OUTPUTS["files"]
+        and not Path(gene_map).exists()
+    ):
         raise ConfigError(
             "reading.gene_map names a file that does not exist",
             file=gene_map,
@@ -74,3 +94,13 @@ def get_image(wildcards):
             "the full-resolution image. Fix: fill the 'image' column."
         )
     return row["image"]
+
+
+def get_demo_outdir(wildcards, output):
+    """The demo's root folder, derived from the rule's own output."""
+    return str(Path(output.roles).parent)
+
+
+def get_demo_files():
+    """Every demo file the make_demo rule declares, except the named gene_roles.tsv."""
+    return [f for f in DEMO_OUTPUTS["files"] if f != DEMO_ROLES]

@@ -4,18 +4,21 @@
 
 rule make_demo:
     output:
-        files=DEMO_OUTPUTS["files"],
+        roles=DEMO_ROLES,
+        files=get_demo_files(),
         dirs=[directory(d) for d in DEMO_OUTPUTS["directories"]],
-    params:
-        outdir=DEMO_DIR,
-        seed=config["demo"]["seed"],
-    threads: 2
-    resources:
-        mem_mb=6000,
-        runtime=20,
     log:
         "results/logs/make_demo.log",
     benchmark:
         "results/benchmarks/make_demo.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=20,
+    params:
+        outdir=get_demo_outdir,
+        seed=config["demo"]["seed"],
     script:
         "../scripts/make_demo.py"

@@ -6,15 +6,17 @@ rule read_section:
         unpack(get_section_inputs),
     output:
         h5ad="results/sections/{sample}.h5ad",
+    log:
+        "results/logs/read_section/{sample}.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
     params:
         row=get_row,
         mpp_tolerance=config["reading"]["mpp_tolerance"],
         bounds_check=config["reading"]["bounds_check"],
-    resources:
-        mem_mb=4000,
-        runtime=20,
-    log:
-        "results/logs/read_section/{sample}.log",
     script:
         "../scripts/read_section.py"
 
@@ -23,10 +25,12 @@ rule write_run_config:
     output:
         config="results/run/config.resolved.yaml",
         samples="results/run/samples.tsv",
+    log:
+        "results/logs/write_run_config.log",
+    conda:
+        "../../envs/stpredict.yaml"
     params:
         config=config,
         samples=SAMPLES,
-    log:
-        "results/logs/write_run_config.log",
     script:
         "../scripts/write_run_config.py"

@@ -9,16 +9,18 @@ rule extract_patches:
         npy="results/patches/{sample}/spots.npy",
         tsv="results/patches/{sample}/spots.tsv",
         json="results/patches/{sample}/spots.json",
-    params:
-        patches=config["patches"],
-        whiteness=config["qc"]["whiteness"],
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=30,
     log:
         "results/logs/extract_patches/{sample}.log",
     benchmark:
         "results/benchmarks/extract_patches/{sample}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    params:
+        patches=config["patches"],
+        whiteness=config["qc"]["whiteness"],
     script:
         "../scripts/extract_patches.py"

@@ -14,13 +14,15 @@ rule filter_spots:
             category="Quality control",
             labels={"section": "{sample}"},
         ),
-    params:
-        qc=config["qc"],
+    log:
+        "results/logs/filter_spots/{sample}.log",
+    conda:
+        "../../envs/stpredict.yaml"
     resources:
         mem_mb=4000,
         runtime=10,
-    log:
-        "results/logs/filter_spots/{sample}.log",
+    params:
+        qc=config["qc"],
     script:
         "../scripts/filter_spots.py"
 
@@ -37,5 +39,7 @@ rule summarise_qc:
         ),
     log:
         "results/logs/summarise_qc.log",
+    conda:
+        "../../envs/stpredict.yaml"
     script:
         "../scripts/summarise_qc.py"
