@@ -39,7 +39,7 @@ def real_fixtures() -> Path:
     return REAL
 
 
-WORKFLOW_FILES = ("Snakefile", "config.yaml", "config", "workflow", "resources", "profiles")
+WORKFLOW_FILES = ("Snakefile", "config.yaml", "config", "workflow", "resources", "profiles", "envs")
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -50,6 +50,7 @@ def copy_workflow(dest: Path) -> Path:
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy2(src, dest / name)
+    (dest / "src").symlink_to(REPO / "src")  # the workflow puts <workdir>/src on PYTHONPATH
     return dest
 
 

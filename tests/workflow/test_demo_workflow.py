@@ -39,7 +39,7 @@ def test_snakefmt_is_clean(repo):
 @pytest.mark.parametrize("preset", ["config.yaml", "config/stnet.yaml", "config/deepspace.yaml"])
 def test_presets_dry_run(tmp_path, preset):
     workdir = copy_workflow(tmp_path)
-    proc = run_snakemake(workdir, "-n", "--configfile", preset, "all")
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", preset)
     assert "read_section" in proc.stdout and "extract_patches" in proc.stdout
 
 
