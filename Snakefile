@@ -5,6 +5,7 @@
 #   snakemake --cores 2 sections        read every section into results/sections/
 #   snakemake --cores 2 patches         + patch stores in results/patches/
 #   snakemake --cores 2 qc              + spot QC in results/qc/
+#   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
 
 
@@ -21,6 +22,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/qc.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -29,6 +31,13 @@ rule all:
         "results/run/config.resolved.yaml",
         "results/qc/summary.tsv",
         expand("results/patches/{sample}/spots.npy", sample=SAMPLE_IDS),
+        expand("results/experiments/{experiment}/splits.tsv", experiment=EXPERIMENTS),
+        experiment_predictions(),
+
+
+rule experiments:
+    input:
+        experiment_predictions(),
 
 
 rule sections:

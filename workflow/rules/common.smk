@@ -104,3 +104,86 @@ def get_demo_outdir(wildcards, output):
 def get_demo_files():
     """Every demo file the make_demo rule declares, except the named gene_roles.tsv."""
     return [f for f in DEMO_OUTPUTS["files"] if f != DEMO_ROLES]
+
+
+# ---------------------------------------------------------------------------- experiments
+from stpredict.experiments import (
+    fold_ids,
+    fold_test_samples,
+    inner_folds,
+    outer_folds,
+    experiment_samples,
+    resolve_experiment,
+)
+
+try:
+    EXPERIMENTS = {
+        name: resolve_experiment(exp, config)
+        for name, exp in config.get("experiments", {}).items()
+    }
+    EXPERIMENT_SAMPLES = {
+        name: experiment_samples(exp, SAMPLES) for name, exp in EXPERIMENTS.items()
+    }
+except ConfigError as exc:
+    raise WorkflowError(f"experiments: {exc}") from None
+
+
+wildcard_constraints:
+    experiment="|".join(re.escape(e) for e in EXPERIMENTS) or "NO_EXPERIMENT",
+    fold=r"\d+(\.\d+)?",
+
+
+def get_experiment(wildcards):
+    """The resolved settings of ``wildcards.experiment``."""
+    return EXPERIMENTS[wildcards.experiment]
+
+
+def get_experiment_qc(wildcards):
+    """QC'd section files of the experiment's sections."""
+    return [f"results/qc/{s}.h5ad" for s in EXPERIMENT_SAMPLES[wildcards.experiment]]
+
+
+def get_fold_inputs(wildcards):
+    """Manifest, QC'd sections, patch stores (and inner-fold histories) of a fold."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    samples = EXPERIMENT_SAMPLES[wildcards.experiment]
+    inputs = {
+        "splits": f"results/experiments/{wildcards.experiment}/splits.tsv",
+        "qc": [f"results/qc/{s}.h5ad" for s in samples],
+        "stores": [f"results/patches/{s}/spots.npy" for s in samples],
+    }
+    inner = inner_folds(exp, SAMPLES, wildcards.fold)
+    if inner:
+        inputs["inner"] = [
+            f"results/experiments/{wildcards.experiment}/folds/{f}/history.tsv"
+            for f in inner
+        ]
+    return inputs
+
+
+def get_sample_fold_predictions(wildcards):
+    """Prediction files of the outer folds that test spots of ``wildcards.sample``."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    return [
+        f"results/experiments/{wildcards.experiment}/folds/{k}/predictions.h5ad"
+        for k in outer_folds(exp, SAMPLES)
+        if wildcards.sample in fold_test_samples(exp, SAMPLES, k)
+    ]
+
+
+def held_out_samples(name):
+    """Sections of an experiment that get predictions (every section some fold tests)."""
+    exp = EXPERIMENTS[name]
+    out = []
+    for k in outer_folds(exp, SAMPLES):
+        out += [s for s in fold_test_samples(exp, SAMPLES, k) if s not in out]
+    return out
+
+
+def experiment_predictions(names=None):
+    """Per-section prediction files of the given experiments (all by default)."""
+    return [
+        f"results/experiments/{name}/predictions/{s}.h5ad"
+        for name in (names or EXPERIMENTS)
+        for s in held_out_samples(name)
+    ]

@@ -1,0 +1,437 @@
+"""Experiments: a cohort, a split, targets, a model and its training, as one named unit.
+
+An experiment (``config["experiments"][name]``) combines the sections it uses, the split design,
+the target transform and gene set (fitted per fold, on training spots only), the model, the
+optimiser, augmentation and test-time augmentation. This module turns one into fold ids (known
+before anything runs, so Snakemake can build the DAG), a split manifest, per-fold training and
+per-fold prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from stpredict.errors import ConfigError, InputError
+from stpredict.io import write_h5ad, write_json, write_table
+
+__all__ = [
+    "TRANSFORM_NAMES",
+    "experiment_samples",
+    "fold_ids",
+    "outer_folds",
+    "inner_folds",
+    "fold_test_samples",
+    "build_manifest",
+    "choose_epochs",
+    "train_fold",
+    "predict_fold",
+    "collect_predictions",
+]
+
+log = logging.getLogger(__name__)
+
+#: config name -> :mod:`stpredict.targets` transform kind
+TRANSFORM_NAMES = {
+    "log1p": "log1p_normalized",
+    "log_proportion": "log_proportion",
+    "pearson_minmax": "pearson_residuals_minmax",
+}
+UNITS = {
+    "log1p": "log1p of UMI counts normalised to 10,000 per spot",
+    "log_proportion": "natural log of (count + 1) / sum over genes of (count + 1)",
+    "pearson_minmax": "analytic Pearson residuals (theta 100), min-max scaled on the training spots",
+}
+
+
+# ------------------------------------------------------------------------------ parse time
+def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Sample ids an experiment uses, in sheet order."""
+    sel = exp.get("sections", {}) or {}
+    split = exp["split"]
+    ids = sheet["sample_id"].tolist()
+    if split["scheme"] == "section_imputation":
+        wanted = list(split.get("train_sections", [])) + [split["test_section"]]
+        ids = [s for s in ids if s in wanted]
+        missing = sorted(set(wanted) - set(ids))
+        if missing:
+            raise ConfigError(f"section_imputation names section(s) {missing} that are not in the sample sheet",
+                              fix="use sample_id values from the sheet in split.train_sections / split.test_section")
+        return ids
+    if sel.get("samples"):
+        missing = sorted(set(sel["samples"]) - set(ids))
+        if missing:
+            raise ConfigError(f"sections.samples names {missing}, absent from the sample sheet",
+                              fix="use sample_id values from the sheet")
+        ids = [s for s in ids if s in set(sel["samples"])]
+    if sel.get("patients"):
+        pats = set(sel["patients"])
+        ids = [s for s in ids if sheet.loc[s, "patient_id"] in pats]
+    if sel.get("platform"):
+        ids = [s for s in ids if sheet.loc[s, "platform"] == sel["platform"]]
+    if not ids:
+        raise ConfigError("the experiment selects no section", fix="check its 'sections' settings")
+    return ids
+
+
+def _patients(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    return sorted({str(sheet.loc[s, "patient_id"]) for s in experiment_samples(exp, sheet)})
+
+
+def outer_folds(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Folds whose test predictions are reported (``"0"``, ``"1"``, ...)."""
+    scheme = exp["split"]["scheme"]
+    if scheme == "leave_one_patient_out":
+        return [str(k) for k in range(len(_patients(exp, sheet)))]
+    if scheme in ("random_within_section", "spatial_blocks"):
+        return [str(k) for k in range(int(exp["split"]["n_folds"]))]
+    return ["0"]
+
+
+def inner_folds(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) -> list[str]:
+    """Inner folds of an outer fold (ST-Net's epoch selection); empty when there are none."""
+    if exp["split"]["scheme"] != "leave_one_patient_out" or "." in str(fold):
+        return []
+    n = min(int(exp["split"].get("inner_folds", 0)), len(_patients(exp, sheet)) - 1)
+    return [f"{fold}.{i}" for i in range(n)] if n >= 2 else []
+
+
+def fold_ids(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Every fold that trains a model (inner folds first)."""
+    out = []
+    for k in outer_folds(exp, sheet):
+        out += inner_folds(exp, sheet, k) + [k]
+    return out
+
+
+def fold_test_samples(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) -> list[str]:
+    """Sections with test spots in an outer fold."""
+    samples = experiment_samples(exp, sheet)
+    scheme = exp["split"]["scheme"]
+    if scheme == "leave_one_patient_out":
+        held = _patients(exp, sheet)[int(str(fold).split(".")[0])]
+        return [s for s in samples if str(sheet.loc[s, "patient_id"]) == held]
+    if scheme == "section_imputation":
+        return [exp["split"]["test_section"]]
+    return samples
+
+
+# ------------------------------------------------------------------------------ manifest
+def _seed(exp: Mapping[str, Any], *parts: str) -> int:
+    return (int(exp.get("seed", 0)) * 1_000_003 + zlib.crc32("/".join(parts).encode())) % (2**31)
+
+
+def _kept(adata: ad.AnnData) -> np.ndarray:
+    return adata.obs["keep"].to_numpy(dtype=bool) if "keep" in adata.obs else np.ones(adata.n_obs, bool)
+
+
+def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], sheet: pd.DataFrame,
+                   name: str = "experiment") -> pd.DataFrame:
+    """Split the kept spots of the experiment's sections and audit the result for leakage."""
+    from stpredict import splits
+
+    rows, xy, mpp = [], [], {}
+    for sample, a in sections.items():
+        keep = _kept(a)
+        if exp.get("task", "regression") == "clusters":
+            lab = a.obs["cluster"].astype(str).to_numpy()
+            excluded = {str(c) for c in exp.get("exclude_clusters", [])}
+            keep &= (lab != "") & ~np.isin(lab, list(excluded))
+        rows.append(pd.DataFrame({"sample_id": sample, "spot_id": a.obs_names[keep].astype(str),
+                                  "patient_id": str(sheet.loc[sample, "patient_id"])}))
+        xy.append(np.asarray(a.obsm["spatial"])[keep])
+        mpp[sample] = float(a.uns["stpredict"]["mpp"])
+    spots = pd.concat(rows, ignore_index=True)
+    split = exp["split"]
+    seed = _seed(exp, name, "split")
+    scheme = split["scheme"]
+    if scheme == "leave_one_patient_out":
+        man = splits.leave_one_patient_out(spots, inner_folds=int(split.get("inner_folds", 0)), seed=seed)
+    elif scheme == "random_within_section":
+        man = splits.random_within_section(spots, n_folds=int(split["n_folds"]),
+                                           val_frac=float(split["val_frac"]), seed=seed)
+    elif scheme == "spatial_blocks":
+        spots_xy = np.concatenate(xy)
+        man = splits.spatial_blocks_within_section(
+            spots, spots_xy, block_um=float(split["block_um"]), mpp=mpp, n_folds=int(split["n_folds"]),
+            seed=seed, buffer_um=float(split.get("buffer_um", 0.0)), val_frac=float(split["val_frac"]))
+    elif scheme == "section_imputation":
+        man = splits.section_imputation(spots, split["train_sections"], split["test_section"],
+                                        val_frac=float(split["val_frac"]), seed=seed)
+    else:  # pragma: no cover (schema)
+        raise ConfigError(f"unknown split scheme '{scheme}'")
+    meta = sheet.loc[list(sections), ["sample_id", "patient_id", "series"]].reset_index(drop=True)
+    splits.audit(man, meta)
+    return man
+
+
+def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
+    """ST-Net: the epoch (1-based) with the lowest validation loss averaged over the inner folds."""
+    tables = [pd.read_csv(h, sep="\t") for h in histories]
+    n = min(len(t) for t in tables)
+    if n == 0:
+        raise InputError("an inner fold has an empty training history", file=histories[0])
+    mean = np.mean([t["val_loss"].to_numpy(dtype=float)[:n] for t in tables], axis=0)
+    return int(np.nanargmin(mean)) + 1
+
+
+# ------------------------------------------------------------------------------ fold data
+def _fold_part(manifest: pd.DataFrame, fold: str, role: str) -> pd.DataFrame:
+    from stpredict.splits import fold_rows
+
+    return fold_rows(manifest, fold, role)
+
+
+def _subsets(part: pd.DataFrame, sections: Mapping[str, ad.AnnData]) -> tuple[list[ad.AnnData], list[str], list[np.ndarray]]:
+    """Per section: the AnnData restricted to ``part``'s spots, its sample id and store rows."""
+    ads, samples, rows = [], [], []
+    for sample, g in part.groupby("sample_id", sort=True):
+        a = sections[sample]
+        pos = a.obs_names.get_indexer(g["spot_id"].astype(str))
+        if (pos < 0).any():
+            raise InputError(f"{int((pos < 0).sum())} manifest spots are not in the section",
+                             sample=str(sample), fix="rerun make_splits")
+        ads.append(a[pos].copy())
+        samples.append(str(sample))
+        rows.append(pos.astype(np.int64))
+    return ads, samples, rows
+
+
+def _targets_cfg(exp: Mapping[str, Any]) -> Mapping[str, Any]:
+    return exp["targets"]
+
+
+def _fit_targets(exp: Mapping[str, Any], train_ads: list[ad.AnnData]) -> tuple[Any, Any]:
+    from stpredict.targets import GeneSelector, make_transform
+
+    tcfg = _targets_cfg(exp)
+    g = tcfg["genes"]
+    selector = GeneSelector(mode=g["mode"], n=int(g["n"]), panel=g["panel"] or None,
+                            min_frac=float(g["min_frac"]), allow_missing=bool(g.get("allow_missing", False)),
+                            normalization="log_proportion" if tcfg["transform"] == "log_proportion" else "log1p")
+    selector.fit(train_ads)
+    transform = make_transform(TRANSFORM_NAMES[tcfg["transform"]], genes=list(selector.genes_)).fit(train_ads)
+    return selector, transform
+
+
+def _labels(exp: Mapping[str, Any], ads: list[ad.AnnData]) -> np.ndarray:
+    return np.concatenate([a.obs["cluster"].astype(str).to_numpy() for a in ads]) if ads else np.array([], str)
+
+
+def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | None) -> Any:
+    from stpredict.training import TrainConfig
+
+    t = dict(exp["train"])
+    m = exp["model"]
+    cfg = TrainConfig(backbone=m["backbone"], weights=m["weights"], tiny_width=int(m.get("tiny_width", 8)),
+                      seed=_seed(exp, name, "train", fold), **t)
+    if epochs is not None:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs), "patience": None})
+    return cfg
+
+
+def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
+               sections: Mapping[str, ad.AnnData], stores: Mapping[str, str], out_dir: str | os.PathLike[str],
+               inner_histories: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
+    """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
+
+    Writes ``model.pt``, ``checkpoint.pt``, ``history.tsv``, ``loss.png`` (by
+    :func:`stpredict.training.train`) and ``fitted.json`` (gene set, target transform and
+    classes, each with the record of what it was fitted on) into ``out_dir``.
+    """
+    from stpredict.splits import audit_fitted
+    from stpredict.training import PatchDataset, encode_labels, train
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tr_ads, tr_samples, tr_rows = _subsets(_fold_part(manifest, fold, "train"), sections)
+    va_ads, va_samples, va_rows = _subsets(_fold_part(manifest, fold, "val"), sections)
+    epochs = choose_epochs(inner_histories) if inner_histories else None
+    if epochs is not None:
+        log.info("fold %s: %d epochs chosen on inner folds %s", fold, epochs, list(inner_histories))
+        va_ads, va_samples, va_rows = [], [], []  # final retrain on all training patients
+    fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp.get("task", "regression"),
+                              "epochs_from_inner_folds": epochs}
+    cfg = _train_config(exp, fold, name, epochs)
+    tr_stores = [stores[s] for s in tr_samples]
+    va_stores = [stores[s] for s in va_samples]
+    if exp.get("task", "regression") == "clusters":
+        y_tr = _labels(exp, tr_ads)
+        codes_tr, classes = encode_labels(y_tr, exclude=None)
+        fitted["classes"] = [str(c) for c in classes]
+        fitted["classes_fitted_on"] = {"samples": sorted(tr_samples), "n_spots": int(len(y_tr))}
+        audit_fitted(fitted["classes_fitted_on"], manifest, fold, name="cluster classes")
+        train_ds = PatchDataset(tr_stores, tr_rows, labels=codes_tr)
+        val_ds = None
+        if va_ads:
+            y_va = _labels(exp, va_ads)
+            lut = {c: i for i, c in enumerate(fitted["classes"])}
+            codes_va = np.array([lut.get(c, -1) for c in y_va])
+            ok = codes_va >= 0
+            va_rows_ok, start = [], 0
+            for r in va_rows:
+                va_rows_ok.append(r[ok[start:start + len(r)]])
+                start += len(r)
+            val_ds = PatchDataset(va_stores, va_rows_ok, labels=codes_va[ok])
+        result = train(cfg, train_ds, val_ds, out, classes=fitted["classes"], target_transform="clusters",
+                       device=device)
+    else:
+        selector, transform = _fit_targets(exp, tr_ads)
+        audit_fitted(selector.fitted_on, manifest, fold, name="gene selection")
+        audit_fitted(transform.fitted_on, manifest, fold, name="target transform")
+        fitted["genes"] = selector.to_dict()
+        fitted["transform"] = transform.to_dict()
+        fitted["transform_name"] = _targets_cfg(exp)["transform"]
+        y_tr = np.concatenate([transform.transform(a) for a in tr_ads]).astype(np.float32)
+        train_ds = PatchDataset(tr_stores, tr_rows, targets=y_tr)
+        val_ds = None
+        if va_ads:
+            y_va = np.concatenate([transform.transform(a) for a in va_ads]).astype(np.float32)
+            val_ds = PatchDataset(va_stores, va_rows, targets=y_va)
+        result = train(cfg, train_ds, val_ds, out, genes=list(selector.genes_),
+                       target_transform=fitted["transform_name"], device=device)
+    fitted["train_config"] = cfg.to_dict()
+    fitted["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
+    write_json(fitted, out / "fitted.json")
+    return result
+
+
+def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
+                 sections: Mapping[str, ad.AnnData], stores: Mapping[str, str], model_dir: str | os.PathLike[str],
+                 out_h5ad: str | os.PathLike[str], device: str | None = None, batch_size: int = 128) -> ad.AnnData:
+    """Predict the fold's test spots (with TTA) and write measured + predicted values as AnnData."""
+    from stpredict.inference import load_model, predict
+    from stpredict.targets import from_dict
+
+    model_dir = Path(model_dir)
+    fitted = json.loads((model_dir / "fitted.json").read_text())
+    te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
+    model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
+    preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
+                          tta=int(exp.get("tta", 8)), device=device)
+    obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
+    obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
+    keep_cols = [c for c in ("sample_id", "patient_id", "spot_id", "in_tissue", "array_row", "array_col",
+                             "annotation", "cluster", "total_counts") if c in obs]
+    obs = obs[keep_cols].copy()
+    obs["fold"] = str(fold)
+    spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads])
+    uns: dict[str, Any] = {"experiment": name, "fold": str(fold), "task": fitted["task"],
+                           "tta": int(exp.get("tta", 8)), "model": {k: v for k, v in meta.items()
+                                                                     if isinstance(v, (str, int, float))}}
+    if fitted["task"] == "clusters":
+        classes = fitted["classes"]
+        lut = {c: i for i, c in enumerate(classes)}
+        true = _labels(exp, te_ads)
+        X = np.zeros((len(true), len(classes)), np.float32)
+        for i, c in enumerate(true):
+            if c in lut:
+                X[i, lut[c]] = 1.0
+        p = np.exp(preds - preds.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"cluster_{c}" for c in classes]))
+        out.layers["predicted"] = p.astype(np.float32)
+        out.obs["cluster_true"] = true
+        out.obs["cluster_pred"] = np.asarray(classes)[preds.argmax(1)]
+        uns["units"] = "X: one-hot measured cluster; predicted: class probabilities (softmax)"
+        uns["classes"] = classes
+    else:
+        transform = from_dict(fitted["transform"])
+        X = np.concatenate([transform.transform(a) for a in te_ads]).astype(np.float32)
+        genes = [str(g) for g in from_dict(fitted["genes"]).genes_]
+        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+        out.layers["predicted"] = preds.astype(np.float32)
+        uns["target_transform"] = {"name": fitted["transform_name"], "fitted": fitted["transform"],
+                                   "units": UNITS[fitted["transform_name"]]}
+        uns["genes"] = {"selection": fitted["genes"], "names": genes}
+    out.obsm["spatial"] = spatial
+    out.obsm["embedding"] = embs.astype(np.float32)
+    out.uns["stpredict"] = json.loads(json.dumps(uns, default=str))
+    write_h5ad(out, out_h5ad)
+    return out
+
+
+def collect_predictions(fold_files: Sequence[str | os.PathLike[str]], sample: str,
+                        out_h5ad: str | os.PathLike[str]) -> ad.AnnData:
+    """One AnnData per held-out section from the folds that tested its spots.
+
+    Folds that selected different genes (``top_mean`` fitted per fold) are joined on the genes
+    they share; the per-fold transforms stay in ``uns["folds"]``.
+    """
+    parts, folds = [], {}
+    for f in fold_files:
+        a = ad.read_h5ad(f)
+        a = a[a.obs["sample_id"].astype(str) == sample].copy()
+        if a.n_obs:
+            folds[str(a.uns["stpredict"]["fold"])] = a.uns["stpredict"]
+            parts.append(a)
+    if not parts:
+        raise InputError("no fold holds test spots of this section", sample=sample,
+                         fix="check the experiment's split; this section may never be held out")
+    genes = [g for g in parts[0].var_names if all(g in p.var_names for p in parts[1:])]
+    out = ad.concat([p[:, genes] for p in parts], join="inner", merge="first")
+    out.obs_names = out.obs["spot_id"].astype(str).to_numpy()
+    first = dict(parts[0].uns["stpredict"])
+    first.pop("fold", None)
+    out.uns["stpredict"] = {**first, "sample_id": sample}
+    out.uns["folds"] = folds
+    write_h5ad(out, out_h5ad)
+    return out
+
+
+def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike[str]) -> None:
+    """Write the split manifest (TSV)."""
+    write_table(manifest, path)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a split manifest written by :func:`write_manifest` (ids as strings)."""
+    return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str})
+
+
+def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:
+    """Read QC'd section AnnData files keyed by sample id."""
+    return {s: ad.read_h5ad(p) for s, p in paths.items()}
+
+
+#: defaults of every experiment key (the schema documents them; see config/README.md)
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "task": "regression",
+    "sections": {"samples": [], "patients": [], "platform": ""},
+    "split": {"scheme": "leave_one_patient_out", "inner_folds": 0, "n_folds": 5, "val_frac": 0.2,
+              "block_um": 600.0, "buffer_um": 0.0, "train_sections": [], "test_section": ""},
+    "model": {"backbone": "tiny", "weights": "none", "tiny_width": 8},
+    "train": {"loss": "mse", "optimiser": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
+              "batch_size": 64, "epochs": 10, "patience": None, "augmentation": "dihedral",
+              "num_workers": 0, "head_init": None},
+    "tta": 8,
+    "exclude_clusters": [],
+}
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
+    return out
+
+
+def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill an experiment's unset keys from :data:`EXPERIMENT_DEFAULTS` and the global config.
+
+    ``targets`` defaults to the global ``targets`` section and ``seed`` to the global seed.
+    """
+    base = {**EXPERIMENT_DEFAULTS, "targets": config.get("targets", {}), "seed": config.get("seed", 0)}
+    out = _merge(base, exp)
+    if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
+        out["train"]["loss"] = "cross_entropy"
+    return out

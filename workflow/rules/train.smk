@@ -1,0 +1,82 @@
+# Per-fold training and prediction: split manifests, one GPU job per fold, predictions per
+# held-out section.
+
+
+rule make_splits:
+    input:
+        qc=get_experiment_qc,
+    output:
+        splits="results/experiments/{experiment}/splits.tsv",
+    log:
+        "results/logs/make_splits/{experiment}.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        experiment=get_experiment,
+        sheet=SAMPLES,
+    script:
+        "../scripts/make_splits.py"
+
+
+rule train_fold:
+    input:
+        unpack(get_fold_inputs),
+    output:
+        model=protected("results/experiments/{experiment}/folds/{fold}/model.pt"),
+        history="results/experiments/{experiment}/folds/{fold}/history.tsv",
+        fitted="results/experiments/{experiment}/folds/{fold}/fitted.json",
+    log:
+        "results/logs/train_fold/{experiment}/{fold}.log",
+    benchmark:
+        "results/benchmarks/train_fold/{experiment}/{fold}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=720,
+    params:
+        experiment=get_experiment,
+    script:
+        "../scripts/train_fold.py"
+
+
+rule predict_fold:
+    input:
+        unpack(get_fold_inputs),
+        model="results/experiments/{experiment}/folds/{fold}/model.pt",
+        fitted="results/experiments/{experiment}/folds/{fold}/fitted.json",
+    output:
+        h5ad="results/experiments/{experiment}/folds/{fold}/predictions.h5ad",
+    log:
+        "results/logs/predict_fold/{experiment}/{fold}.log",
+    benchmark:
+        "results/benchmarks/predict_fold/{experiment}/{fold}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        experiment=get_experiment,
+    script:
+        "../scripts/predict_fold.py"
+
+
+rule collect_predictions:
+    input:
+        folds=get_sample_fold_predictions,
+    output:
+        h5ad="results/experiments/{experiment}/predictions/{sample}.h5ad",
+    log:
+        "results/logs/collect_predictions/{experiment}/{sample}.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    script:
+        "../scripts/collect_predictions.py"
