@@ -127,3 +127,71 @@ def test_missing_file_fails_before_running(demo_run, tmp_path):
     assert proc.returncode != 0
     out = proc.stderr + proc.stdout
     assert "sample 'NOFILE'" in out and "does_not_exist.tif" in out and "column 'image'" in out
+
+
+# ------------------------------------------------------------------------------ issue 3
+REGRESSION = ["demo_stnet", "demo_deepspace", "demo_imputation"]
+
+
+def per_gene_r(demo_run: Path, experiment: str) -> pd.DataFrame:
+    """Pearson r per gene x held-out unit (patient for LOPO, else section), from the run's files."""
+    rows = []
+    for f in sorted((demo_run / f"results/experiments/{experiment}/predictions").glob("*.h5ad")):
+        a = ad.read_h5ad(f)
+        unit_col = "patient_id" if experiment == "demo_stnet" else "sample_id"
+        rows.append((a, unit_col))
+    out = {}
+    units = {}
+    for a, col in rows:
+        for unit, idx in a.obs.groupby(col, observed=True).indices.items():
+            units.setdefault(unit, []).append((a, idx))
+    for unit, parts in units.items():
+        X = np.concatenate([np.asarray(a.X)[idx] for a, idx in parts])
+        P = np.concatenate([a.layers["predicted"][idx] for a, idx in parts])
+        genes = parts[0][0].var_names
+        r = [np.corrcoef(X[:, j], P[:, j])[0, 1] if X[:, j].std() > 0 and P[:, j].std() > 0 else np.nan
+             for j in range(X.shape[1])]
+        out[unit] = pd.Series(r, index=genes)
+    return pd.DataFrame(out)
+
+
+def test_prediction_contract(demo_run):
+    for exp in REGRESSION + ["demo_clusters"]:
+        files = sorted((demo_run / f"results/experiments/{exp}/predictions").glob("*.h5ad"))
+        assert files, exp
+        man = pd.read_csv(demo_run / f"results/experiments/{exp}/splits.tsv", sep="\t", dtype=str)
+        assert {"sample_id", "spot_id", "patient_id", "fold", "role"} <= set(man.columns)
+        for f in files:
+            a = ad.read_h5ad(f)
+            assert "predicted" in a.layers and a.layers["predicted"].shape == a.shape
+            assert "fold" in a.obs and a.obsm["spatial"].shape == (a.n_obs, 2)
+            assert np.isfinite(a.layers["predicted"]).all()
+            if exp != "demo_clusters":
+                assert a.uns["stpredict"]["target_transform"]["name"]
+                assert list(a.uns["stpredict"]["genes"]["names"]) == list(a.var_names)
+            # every predicted spot was a test spot of its fold
+            test = man[man.role == "test"]
+            keys = set(zip(test.sample_id, test.spot_id, test.fold))
+            assert all((s, i, k) in keys for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold))
+
+
+@pytest.mark.parametrize("experiment", REGRESSION)
+def test_planted_genes_are_learned_and_noise_is_not(demo_run, experiment):
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")["role"]
+    r = per_gene_r(demo_run, experiment).median(axis=1)  # median over held-out units
+    morph = r[r.index.isin(roles.index[roles == "morphology"])].dropna()
+    noise = r[r.index.isin(roles.index[roles == "noise"])].dropna()
+    assert len(morph) >= 5, f"{experiment}: too few morphology genes predicted"
+    assert morph.median() >= 0.5, f"{experiment}: median r of morphology genes {morph.median():.3f}"
+    if len(noise) >= 5:
+        assert abs(noise.median()) < 0.1, f"{experiment}: median r of noise genes {noise.median():.3f}"
+    if experiment == "demo_stnet":
+        assert len(noise) >= 5, "the ST-Net demo gene set should contain pure-noise genes"
+
+
+def test_cluster_predictions_beat_chance(demo_run):
+    files = sorted((demo_run / "results/experiments/demo_clusters/predictions").glob("*.h5ad"))
+    a = ad.read_h5ad(files[0])
+    acc = (a.obs["cluster_true"].astype(str) == a.obs["cluster_pred"].astype(str)).mean()
+    chance = a.obs["cluster_true"].value_counts(normalize=True).max()
+    assert acc > chance + 0.1, (acc, chance)

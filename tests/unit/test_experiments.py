@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from stpredict.errors import ConfigError
+from stpredict.experiments import (
+    build_manifest,
+    choose_epochs,
+    experiment_samples,
+    fold_ids,
+    fold_test_samples,
+    inner_folds,
+    outer_folds,
+    resolve_experiment,
+)
+from stpredict.splits import LeakageError, audit_fitted
+
+
+def sheet() -> pd.DataFrame:
+    rows = []
+    for p, n in (("PA", 2), ("PB", 2), ("PC", 1), ("PD", 1)):
+        for i in range(n):
+            rows.append({"sample_id": f"{p}_{i}", "patient_id": p, "platform": "st", "series": ""})
+    rows.append({"sample_id": "V1", "patient_id": "PV", "platform": "visium", "series": ""})
+    df = pd.DataFrame(rows)
+    return df.set_index("sample_id", drop=False)
+
+
+def section(sample: str, n: int = 30, seed: int = 0) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    a = ad.AnnData(sp.csr_matrix(rng.poisson(3, (n, 40)).astype(np.float32)))
+    a.obs_names = [f"{i}x{j}" for i, j in zip(range(n), range(n), strict=True)]
+    a.var_names = [f"G{i}" for i in range(40)]
+    a.obs["sample_id"] = sample
+    a.obs["keep"] = np.arange(n) % 10 != 0  # every 10th spot fails QC
+    a.obs["cluster"] = [str(1 + i % 3) for i in range(n)]
+    a.obsm["spatial"] = rng.uniform(0, 1000, (n, 2))
+    a.uns["stpredict"] = {"mpp": 1.0}
+    return a
+
+
+def test_lopo_folds_and_inner_folds_known_before_running():
+    exp = resolve_experiment({"sections": {"platform": "st"},
+                              "split": {"scheme": "leave_one_patient_out", "inner_folds": 2}}, {"seed": 1})
+    s = sheet()
+    assert experiment_samples(exp, s) == ["PA_0", "PA_1", "PB_0", "PB_1", "PC_0", "PD_0"]
+    assert outer_folds(exp, s) == ["0", "1", "2", "3"]
+    assert inner_folds(exp, s, "0") == ["0.0", "0.1"] and inner_folds(exp, s, "0.1") == []
+    assert fold_ids(exp, s)[:3] == ["0.0", "0.1", "0"]
+    assert fold_test_samples(exp, s, "1") == ["PB_0", "PB_1"]
+
+
+def test_manifest_matches_parse_time_folds_and_excludes_failed_spots():
+    exp = resolve_experiment({"sections": {"platform": "st"},
+                              "split": {"scheme": "leave_one_patient_out", "inner_folds": 2}}, {})
+    s = sheet()
+    sections = {x: section(x, seed=i) for i, x in enumerate(experiment_samples(exp, s))}
+    man = build_manifest(exp, sections, s, name="t")
+    assert set(man["fold"]) == set(fold_ids(exp, s))
+    for k in outer_folds(exp, s):
+        test = man[(man.fold == k) & (man.role == "test")]
+        assert sorted(test.sample_id.unique()) == fold_test_samples(exp, s, k)
+    # QC-failed spots never enter a split
+    failed = {(x, n) for x, a in sections.items() for n in a.obs_names[~a.obs["keep"]]}
+    assert not failed & set(zip(man.sample_id, man.spot_id))
+
+
+def test_fitting_on_a_test_section_is_caught():
+    exp = resolve_experiment({"sections": {"platform": "st"}}, {})
+    s = sheet()
+    sections = {x: section(x) for x in experiment_samples(exp, s)}
+    man = build_manifest(exp, sections, s)
+    with pytest.raises(LeakageError):
+        audit_fitted({"samples": ["PA_0", "PB_0"], "n_spots": 10}, man, "0")  # PA is fold 0's test patient
+
+
+def test_clusters_exclude_labels():
+    exp = resolve_experiment({"task": "clusters", "sections": {"samples": ["V1"]}, "exclude_clusters": [2],
+                              "split": {"scheme": "random_within_section", "n_folds": 3}}, {})
+    assert exp["train"]["loss"] == "cross_entropy"
+    s = sheet()
+    man = build_manifest(exp, {"V1": section("V1")}, s)
+    a = section("V1")
+    kept = a.obs.loc[man.spot_id.unique(), "cluster"]
+    assert "2" not in set(kept)
+
+
+def test_imputation_and_bad_names():
+    s = sheet()
+    exp = resolve_experiment({"split": {"scheme": "section_imputation", "train_sections": ["PA_0", "PA_1"],
+                                        "test_section": "PB_0"}}, {})
+    assert outer_folds(exp, s) == ["0"] and fold_test_samples(exp, s, "0") == ["PB_0"]
+    bad = resolve_experiment({"split": {"scheme": "section_imputation", "train_sections": ["NOPE"],
+                                        "test_section": "PB_0"}}, {})
+    with pytest.raises(ConfigError, match="NOPE"):
+        experiment_samples(bad, s)
+
+
+def test_choose_epochs_averages_inner_folds(tmp_path):
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.4, 0.5]}).to_csv(a, sep="\t", index=False)
+    pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.7, 0.3]}).to_csv(b, sep="\t", index=False)
+    assert choose_epochs([a, b]) == 3  # mean 1.0, 0.55, 0.4
+    assert choose_epochs([a]) == 2
