@@ -398,9 +398,29 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str})
 
 
+def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
+    """Read a section AnnData without its images: ``X``, ``obs``, ``var``, ``obsm`` and ``uns["stpredict"]``.
+
+    The H&E copies in ``uns["spatial"]`` make up most of a section file; training and prediction
+    never need them, so they are not decoded.
+    """
+    import h5py
+    from anndata.io import read_elem
+
+    with h5py.File(path, "r") as f:
+        a = ad.AnnData(X=read_elem(f["X"]), obs=read_elem(f["obs"]), var=read_elem(f["var"]),
+                       obsm=read_elem(f["obsm"]) if "obsm" in f else None)
+        uns = f.get("uns")
+        if uns is not None:
+            for key in ("stpredict", "qc"):
+                if key in uns:
+                    a.uns[key] = read_elem(uns[key])
+    return a
+
+
 def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:
-    """Read QC'd section AnnData files keyed by sample id."""
-    return {s: ad.read_h5ad(p) for s, p in paths.items()}
+    """Read QC'd section AnnData files (without images) keyed by sample id."""
+    return {s: read_section_light(p) for s, p in paths.items()}
 
 
 #: defaults of every experiment key (the schema documents them; see config/README.md)

@@ -70,7 +70,7 @@ def test_stnet_preset_full_dag(tmp_path):
     jobs = job_counts(proc.stdout)
     assert jobs["read_section"] == 68 and jobs["extract_patches"] == 68
     assert jobs["train_fold"] == 23 * (4 + 1)  # 4 inner folds + the final retrain per held-out patient
-    assert jobs["predict_fold"] == 23 and jobs["collect_predictions"] == 68
+    assert jobs["predict_fold"] == 23 and jobs["collect_predictions_stnet"] == 1  # writes all 68 sections
 
 
 def test_deepspace_preset_full_dag(tmp_path):

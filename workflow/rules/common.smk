@@ -161,16 +161,6 @@ def get_fold_inputs(wildcards):
     return inputs
 
 
-def get_sample_fold_predictions(wildcards):
-    """Prediction files of the outer folds that test spots of ``wildcards.sample``."""
-    exp = EXPERIMENTS[wildcards.experiment]
-    return [
-        f"results/experiments/{wildcards.experiment}/folds/{k}/predictions.h5ad"
-        for k in outer_folds(exp, SAMPLES)
-        if wildcards.sample in fold_test_samples(exp, SAMPLES, k)
-    ]
-
-
 def held_out_samples(name):
     """Sections of an experiment that get predictions (every section some fold tests)."""
     exp = EXPERIMENTS[name]
