@@ -6,6 +6,7 @@
 #   snakemake --cores 2 patches         + patch stores in results/patches/
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
+#   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
 
 
@@ -38,6 +39,16 @@ rule all:
 rule experiments:
     input:
         experiment_predictions(),
+
+
+rule stnet:
+    input:
+        experiment_predictions([e for e in EXPERIMENTS if "stnet" in e]),
+
+
+rule deepspace:
+    input:
+        experiment_predictions([e for e in EXPERIMENTS if "deepspace" in e]),
 
 
 rule sections:

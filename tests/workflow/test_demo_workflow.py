@@ -195,3 +195,22 @@ def test_cluster_predictions_beat_chance(demo_run):
     acc = (a.obs["cluster_true"].astype(str) == a.obs["cluster_pred"].astype(str)).mean()
     chance = a.obs["cluster_true"].value_counts(normalize=True).max()
     assert acc > chance + 0.1, (acc, chance)
+
+
+@pytest.mark.parametrize("sample", ["P1_D1", "P1_D2"])  # Space Ranger 1.x and >= 2.0 layouts
+def test_reader_agrees_with_scanpy_on_the_demo(demo_run, sample):
+    import warnings
+
+    import scanpy as sc
+
+    ours = ad.read_h5ad(demo_run / f"results/sections/{sample}.h5ad")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = sc.read_visium(demo_run / f"results/demo/visium/{sample}/outs")
+    theirs.var_names_make_unique()
+    assert list(ours.obs_names) == list(theirs.obs_names)
+    assert np.allclose(ours.obsm["spatial"], np.asarray(theirs.obsm["spatial"], dtype=float))
+    common = ours.var_names.intersection(theirs.var_names)
+    assert len(common) == ours.n_vars
+    assert (ours[:, common].X != theirs[:, common].X).nnz == 0
+    assert (ours.obs["array_row"].to_numpy() == theirs.obs["array_row"].to_numpy()).all()
