@@ -15,7 +15,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml (the demo run) is the default; a preset given with --configfile replaces it
+# rather than being merged into it (presets are complete), and --config overrides either.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "workflow/rules/common.smk"

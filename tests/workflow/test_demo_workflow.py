@@ -88,10 +88,17 @@ def test_permeabilisation_failure_is_flagged(demo_run):
 
 
 def _bad_run(demo_run: Path, tmp_path: Path, rows: pd.DataFrame, target: str):
-    """Run read_section on a modified sheet inside the demo workdir; return the process."""
+    """Run a target on a modified sheet inside the demo workdir (no experiments); return the process."""
+    import yaml
+
     p = demo_run / f"config/bad_{tmp_path.name}.tsv"
     rows.to_csv(p, sep="\t", index=False)
-    return run_snakemake(demo_run, "--config", f"samples={p.relative_to(demo_run)}", "--", target, check=False)
+    cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
+    cfg["samples"] = str(p.relative_to(demo_run))
+    cfg["experiments"] = {}
+    cfg_path = demo_run / f"config/bad_{tmp_path.name}.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    return run_snakemake(demo_run, target, "--configfile", str(cfg_path.relative_to(demo_run)), check=False)
 
 
 def test_transposed_coordinates_fail_with_clear_message(demo_run, tmp_path):
