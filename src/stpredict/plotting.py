@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from stpredict.io import atomic_path  # noqa: E402
-from stpredict.qc import spot_totals  # noqa: E402
+from stpredict.qc import _sample_id, spot_totals  # noqa: E402
 
 __all__ = ["plot_section_qc", "section_background", "save_figure"]
 
@@ -37,15 +37,6 @@ def save_figure(fig: Any, out: str | os.PathLike[str], dpi: int = 110) -> None:
     fmt = Path(out).suffix.lstrip(".").lower() or "png"
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-
-
-def _sample_id(adata: Any) -> str:
-    meta = adata.uns.get("stpredict", {})
-    if isinstance(meta, Mapping) and meta.get("sample_id"):
-        return str(meta["sample_id"])
-    if "sample_id" in adata.obs and adata.n_obs:
-        return str(adata.obs["sample_id"].iloc[0])
-    return "section"
 
 
 def section_background(adata: Any, max_size: int = 1024) -> tuple[np.ndarray | None, float]:

@@ -23,3 +23,14 @@ def test_every_dependency_has_a_lower_bound():
     py = tomllib.loads((REPO / "pyproject.toml").read_text())
     for req in py["project"]["dependencies"]:
         assert ">=" in req, f"{req} has no lower bound"
+
+
+def test_ruff_is_clean():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", "src", "tests", "workflow/scripts", "benchmarks"],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]

@@ -178,8 +178,8 @@ def test_prediction_contract(demo_run):
                 assert list(a.uns["stpredict"]["genes"]["names"]) == list(a.var_names)
             # every predicted spot was a test spot of its fold
             test = man[man.role == "test"]
-            keys = set(zip(test.sample_id, test.spot_id, test.fold))
-            assert all((s, i, k) in keys for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold))
+            keys = set(zip(test.sample_id, test.spot_id, test.fold, strict=False))
+            assert all((s, i, k) in keys for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold, strict=False))
 
 
 @pytest.mark.parametrize("experiment", REGRESSION)

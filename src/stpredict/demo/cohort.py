@@ -22,6 +22,7 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage as ndi
 
+from stpredict.config import SHEET_COLUMNS as CONFIG_SHEET_COLUMNS
 from stpredict.demo import formats as fmt
 from stpredict.demo.genes import Panel, expected_shares, make_panel
 from stpredict.demo.tissue import (
@@ -41,21 +42,7 @@ from stpredict.io import atomic_path, write_json, write_table
 
 __all__ = ["make_demo", "demo_sheet", "demo_outputs", "SHEET_COLUMNS"]
 
-SHEET_COLUMNS = [
-    "sample_id",
-    "patient_id",
-    "platform",
-    "raw",
-    "spots",
-    "image",
-    "annotation",
-    "clusters",
-    "ihc_image",
-    "ihc_gene",
-    "series",
-    "order",
-    "mpp",
-]
+SHEET_COLUMNS = list(CONFIG_SHEET_COLUMNS)
 
 # ---------------------------------------------------------------- geometry constants
 VIS_ROWS, VIS_COLS = 78, 128

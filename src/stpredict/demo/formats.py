@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from PIL import Image
 
 from stpredict.io import atomic_path
+from stpredict.readers import POSITION_COLUMNS as READER_POSITION_COLUMNS
 
 __all__ = [
     "write_10x_h5",
@@ -37,14 +38,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike[str]
-POSITION_COLUMNS = [
-    "barcode",
-    "in_tissue",
-    "array_row",
-    "array_col",
-    "pxl_row_in_fullres",
-    "pxl_col_in_fullres",
-]
+POSITION_COLUMNS = list(READER_POSITION_COLUMNS)
 
 
 def _write_bytes(path: PathLike, data: bytes) -> None:
