@@ -76,7 +76,7 @@ def _spatial_axes(ax: Any, img: np.ndarray | None, xy: np.ndarray) -> None:
         ax.set_facecolor("#f4f4f4")
         ax.invert_yaxis()
     ax.set_aspect("equal")
-    if len(xy) and img is None:
+    if len(xy):  # zoom on the spots: the capture area is larger than the tissue
         pad = 0.05 * max(np.ptp(xy[:, 0]), np.ptp(xy[:, 1]), 1.0)
         ax.set_xlim(xy[:, 0].min() - pad, xy[:, 0].max() + pad)
         ax.set_ylim(xy[:, 1].max() + pad, xy[:, 1].min() - pad)
@@ -124,7 +124,7 @@ def plot_section_qc(
     qc = adata.uns.get("qc", {})
     flags = {c: (adata.obs[c].to_numpy(dtype=bool) if c in adata.obs else np.ones(adata.n_obs, bool))
              for c in (*_REASONS, "keep")}
-    spot_s = float(np.clip(12000.0 / max(adata.n_obs, 1), 2, 40))
+    spot_s = float(np.clip(30000.0 / max(adata.n_obs, 1), 4, 60))
 
     fig = plt.figure(figsize=(16, 8.5), layout="constrained")
     gs = fig.add_gridspec(3, 3, width_ratios=[1.25, 1.25, 1])
