@@ -455,3 +455,13 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
         out["train"]["loss"] = "cross_entropy"
     return out
+
+
+def fold_data(qc_paths: Sequence[str], store_paths: Sequence[str]) -> tuple[dict[str, ad.AnnData], dict[str, str]]:
+    """QC'd sections (without images) and patch-store paths keyed by sample id (the file stem)."""
+    samples = [Path(p).stem for p in qc_paths]
+    stores = [str(p) for p in store_paths]
+    if [Path(p).parent.name for p in stores] != samples:
+        raise InputError("the patch stores do not match the sections in order",
+                         fix="list results/patches/{sample}/spots.npy in the order of the QC files")
+    return load_sections(dict(zip(samples, qc_paths, strict=True))), dict(zip(samples, stores, strict=True))

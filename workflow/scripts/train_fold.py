@@ -2,19 +2,19 @@ from pathlib import Path
 
 import torch
 
-from stpredict.experiments import load_sections, read_manifest, train_fold
+from stpredict.experiments import fold_data, read_manifest, train_fold
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     torch.set_num_threads(snakemake.threads)
-    samples = [Path(p).stem for p in snakemake.input.qc]
+    sections, stores = fold_data(snakemake.input.qc, snakemake.input.stores)
     result = train_fold(
         snakemake.params.experiment,
         snakemake.wildcards.experiment,
         snakemake.wildcards.fold,
         read_manifest(snakemake.input.splits),
-        load_sections(dict(zip(samples, snakemake.input.qc, strict=True))),
-        dict(zip(samples, snakemake.input.stores, strict=True)),
+        sections,
+        stores,
         Path(snakemake.output.model).parent,
         inner_histories=snakemake.input.get("inner", []),
     )
