@@ -1,0 +1,423 @@
+"""Evaluation metrics for held-out predictions (ST-Net and HEST style).
+
+Inputs are prediction AnnData objects, one per held-out section: ``X`` holds the measured
+target values (spots x genes), ``layers["predicted"]`` the predictions, ``obs`` the columns
+``sample_id``, ``patient_id``, ``fold``, ``array_row``, ``array_col`` and ``annotation``
+(``"tumor"``, ``"non"`` or ``""``).
+
+Conventions
+-----------
+* A correlation or AUROC is NaN (never 0) when the measured or predicted values of a gene are
+  constant over the evaluated spots or fewer than 3 spots are left; RMSE is still reported.
+  No warnings are emitted for these cases.
+* ``"smoothed"`` targets replace the *measured* values by the ST-Net neighbourhood mean
+  (:func:`smooth_measurements`, computed per section); predictions are left as they are.
+* Units whose correlation is NaN are left out of ``n_units`` and ``n_positive`` in
+  :func:`summarise`; genes with no usable unit get NaN p values and are left out of the
+  multiple-testing correction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import sparse, stats
+
+from stpredict.geometry import hex_neighbors, square_neighbors
+
+__all__ = [
+    "METRIC_COLUMNS",
+    "MIN_STRATUM_SPOTS",
+    "smooth_measurements",
+    "auroc_extremes",
+    "gene_metrics",
+    "score_units",
+    "pooled_metrics",
+    "summarise",
+    "table1",
+]
+
+#: Per-gene metric columns produced by :func:`gene_metrics`.
+METRIC_COLUMNS: tuple[str, ...] = ("pearson", "spearman", "rmse", "auroc", "n_spots")
+#: Smallest number of spots for a tumour / normal stratum to be scored.
+MIN_STRATUM_SPOTS = 10
+_STRATA: dict[str, str] = {"tumor": "tumor", "normal": "non"}
+
+
+def _dense(x: Any) -> np.ndarray:
+    if sparse.issparse(x):
+        x = x.toarray()
+    arr = np.asarray(x, dtype=float)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    return arr
+
+
+# --------------------------------------------------------------------------- smoothing
+def smooth_measurements(
+    X: Any,
+    array_rows: Sequence[float] | np.ndarray,
+    array_cols: Sequence[float] | np.ndarray,
+    platform: str,
+) -> np.ndarray:
+    """ST-Net smoothing of measured values over each spot's neighbourhood.
+
+    Parameters
+    ----------
+    X
+        ``(n_spots, n_genes)`` measured values (dense or sparse; a 1-D vector is one gene).
+    array_rows, array_cols
+        Integer array coordinates of the spots of one section.
+    platform
+        ``"st"``: mean of the spot and its existing neighbours in the 3x3 square window
+        (up to 9 spots). ``"visium"``: mean of the spot and its existing six hexagonal
+        neighbours (up to 7 spots). Only spots present in ``X`` count, so edge spots average
+        over fewer values.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(n_spots, n_genes)`` smoothed values.
+    """
+    arr = _dense(X)
+    if platform == "st":
+        nbrs = square_neighbors(array_rows, array_cols, connectivity=8)
+    elif platform == "visium":
+        nbrs = hex_neighbors(array_rows, array_cols)
+    else:
+        raise ValueError(f"unknown platform {platform!r} (visium | st)")
+    n = arr.shape[0]
+    if len(nbrs) != n:
+        raise ValueError("X and the array coordinates differ in the number of spots")
+    if n == 0:
+        return arr.copy()
+    rows = np.concatenate([np.arange(n)] + [np.full(len(nb), i) for i, nb in enumerate(nbrs)])
+    cols = np.concatenate([np.arange(n)] + list(nbrs))
+    w = sparse.csr_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n))
+    counts = np.asarray(w.sum(axis=1)).ravel()
+    return np.asarray(w @ arr) / counts[:, None]
+
+
+# --------------------------------------------------------------------------- per-gene metrics
+def _is_constant(v: np.ndarray) -> bool:
+    return v.size == 0 or bool(np.all(v == v[0]))
+
+
+def auroc_extremes(measured: np.ndarray, predicted: np.ndarray) -> float:
+    """AUROC of ``predicted`` separating the top from the bottom quarter of ``measured``.
+
+    Parameters
+    ----------
+    measured, predicted
+        1-D arrays of equal length (finite values).
+
+    Returns
+    -------
+    float
+        Area under the ROC curve (ties in ``predicted`` count one half). Negatives are the
+        spots with ``measured <= q25``, positives those with ``measured >= q75`` that are not
+        negatives (``q25``/``q75`` from :func:`numpy.quantile`, linear interpolation); spots in
+        between are ignored. Spots tied at a threshold are therefore always included, and when
+        ``q25 == q75`` the positives are the spots strictly above it. NaN when either class is
+        empty or either input is constant.
+    """
+    m = np.asarray(measured, dtype=float)
+    p = np.asarray(predicted, dtype=float)
+    if m.size < 2 or _is_constant(m) or _is_constant(p):
+        return float("nan")
+    q25, q75 = np.quantile(m, [0.25, 0.75])
+    neg = m <= q25
+    pos = (m >= q75) & ~neg
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(np.concatenate([p[pos], p[neg]]))
+    return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _one_gene(m: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    ok = np.isfinite(m) & np.isfinite(p)
+    m, p = m[ok], p[ok]
+    n = int(m.size)
+    rmse = float(np.sqrt(np.mean((m - p) ** 2))) if n else float("nan")
+    out = {"pearson": np.nan, "spearman": np.nan, "rmse": rmse, "auroc": np.nan, "n_spots": n}
+    if n < 3 or _is_constant(m) or _is_constant(p):
+        return out
+    out["pearson"] = float(stats.pearsonr(m, p)[0])
+    rm, rp = stats.rankdata(m), stats.rankdata(p)
+    out["spearman"] = float(np.corrcoef(rm, rp)[0, 1])
+    out["auroc"] = auroc_extremes(m, p)
+    return out
+
+
+def gene_metrics(
+    measured: Any, predicted: Any, genes: Sequence[str] | pd.Index | None = None
+) -> pd.DataFrame:
+    """Per-gene agreement between measured and predicted values.
+
+    Parameters
+    ----------
+    measured, predicted
+        ``(n_spots, n_genes)`` arrays of the same shape (dense or sparse).
+    genes
+        Gene names for the index (default ``0..n_genes-1``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by gene, columns ``pearson``, ``spearman``, ``rmse``, ``auroc`` (see
+        :func:`auroc_extremes`) and ``n_spots`` (spots with finite measured and predicted
+        values). Correlations and AUROC are NaN when a gene is constant in the measured or
+        predicted values or fewer than 3 spots remain; ``rmse`` is always defined for at
+        least one spot. No warnings are emitted.
+    """
+    m = _dense(measured)
+    p = _dense(predicted)
+    if m.shape != p.shape:
+        raise ValueError(f"measured {m.shape} and predicted {p.shape} differ in shape")
+    idx = pd.Index(genes if genes is not None else range(m.shape[1]), name="gene")
+    if len(idx) != m.shape[1]:
+        raise ValueError("genes does not match the number of columns")
+    rows = [_one_gene(m[:, j], p[:, j]) for j in range(m.shape[1])]
+    df = pd.DataFrame(rows, index=idx, columns=list(METRIC_COLUMNS))
+    df["n_spots"] = df["n_spots"].astype(int)
+    return df
+
+
+# --------------------------------------------------------------------------- AnnData scoring
+def _genes(adatas: Sequence[Any]) -> pd.Index:
+    if not adatas:
+        raise ValueError("no prediction AnnData objects given")
+    genes = pd.Index(adatas[0].var_names)
+    for ad in adatas[1:]:
+        if not pd.Index(ad.var_names).equals(genes):
+            raise ValueError("prediction files differ in their genes (var_names)")
+    return genes
+
+
+def _transform_name(ad: Any) -> str | None:
+    try:
+        return str(ad.uns["stpredict"]["target_transform"]["name"])
+    except (KeyError, TypeError):
+        return None
+
+
+def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
+    out = {"raw": _dense(ad.X)}
+    if platform is not None:
+        out["smoothed"] = smooth_measurements(
+            out["raw"], ad.obs["array_row"].to_numpy(), ad.obs["array_col"].to_numpy(), platform
+        )
+    return out
+
+
+def _annotations(ad: Any) -> np.ndarray:
+    if "annotation" not in ad.obs:
+        return np.full(ad.n_obs, "", dtype=object)
+    return ad.obs["annotation"].astype(object).fillna("").astype(str).to_numpy()
+
+
+def score_units(
+    adatas: Iterable[Any],
+    platform: str,
+    unit: str = "patient_id",
+    strata: bool = True,
+) -> pd.DataFrame:
+    """Score every held-out unit (patient or section) gene by gene.
+
+    Parameters
+    ----------
+    adatas
+        Prediction AnnData objects (one per held-out section, same genes).
+    platform
+        ``"st"`` or ``"visium"``; sets the smoothing neighbourhood.
+    unit
+        ``obs`` column defining a unit, ``"patient_id"`` or ``"sample_id"``. Spots of all
+        sections of a unit are pooled (smoothing is done per section first).
+    strata
+        Also score the ``"tumor"`` (annotation ``"tumor"``) and ``"normal"`` (annotation
+        ``"non"``) spots of a unit, when it has annotations and the stratum has at least
+        :data:`MIN_STRATUM_SPOTS` spots.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per gene x unit x ``target`` (``"raw"`` | ``"smoothed"``) x ``stratum``
+        (``"all"`` | ``"tumor"`` | ``"normal"``), with columns ``gene``, ``unit``,
+        ``unit_by``, ``target``, ``stratum``, ``transform``, the metric columns of
+        :func:`gene_metrics` (``n_spots`` included).
+    """
+    adatas = list(adatas)
+    if unit not in ("patient_id", "sample_id"):
+        raise ValueError(f"unit must be 'patient_id' or 'sample_id', got {unit!r}")
+    genes = _genes(adatas)
+    pieces: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]]] = {}
+    for ad in adatas:
+        targets = _section_targets(ad, platform)
+        pred = _dense(ad.layers["predicted"])
+        ann = _annotations(ad)
+        transform = _transform_name(ad) or ""
+        units = ad.obs[unit].astype(str).to_numpy()
+        for u in pd.unique(units):
+            sel = units == u
+            pieces.setdefault(u, []).append(
+                (transform, {k: v[sel] for k, v in targets.items()}, pred[sel], ann[sel])
+            )
+    frames = []
+    for u, parts in pieces.items():
+        pred = np.vstack([pt[2] for pt in parts])
+        ann = np.concatenate([pt[3] for pt in parts])
+        transforms = sorted({pt[0] for pt in parts if pt[0]})
+        masks: dict[str, np.ndarray] = {"all": np.ones(len(ann), dtype=bool)}
+        if strata and np.any(ann != ""):
+            for name, label in _STRATA.items():
+                sel = ann == label
+                if sel.sum() >= MIN_STRATUM_SPOTS:
+                    masks[name] = sel
+        for target in parts[0][1]:
+            meas = np.vstack([pt[1][target] for pt in parts])
+            for stratum, sel in masks.items():
+                df = gene_metrics(meas[sel], pred[sel], genes).reset_index()
+                df.insert(1, "unit", u)
+                df.insert(2, "unit_by", unit)
+                df.insert(3, "target", target)
+                df.insert(4, "stratum", stratum)
+                df.insert(5, "transform", ",".join(transforms))
+                frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def pooled_metrics(adatas: Iterable[Any], platform: str | None = None) -> pd.DataFrame:
+    """Metrics over all test spots pooled across sections (HEST style).
+
+    Parameters
+    ----------
+    adatas
+        Prediction AnnData objects (same genes).
+    platform
+        When given (``"st"`` | ``"visium"``), smoothed targets are scored as well.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``gene``, ``target`` and the metric columns of :func:`gene_metrics`.
+    """
+    adatas = list(adatas)
+    genes = _genes(adatas)
+    per = [_section_targets(ad, platform) for ad in adatas]
+    pred = np.vstack([_dense(ad.layers["predicted"]) for ad in adatas])
+    frames = []
+    for target in per[0]:
+        meas = np.vstack([t[target] for t in per])
+        df = gene_metrics(meas, pred, genes).reset_index()
+        df.insert(1, "target", target)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- aggregates
+def _binom_p(k: int, n: int) -> float:
+    if n == 0:
+        return float("nan")
+    return float(stats.binomtest(k, n, 0.5, alternative="greater").pvalue)
+
+
+def _adjust(p: pd.Series, method: str) -> pd.Series:
+    from statsmodels.stats.multitest import multipletests
+
+    out = pd.Series(np.nan, index=p.index, dtype=float)
+    ok = p.notna()
+    if ok.any():
+        out[ok] = multipletests(p[ok].to_numpy(), method=method)[1]
+    return out
+
+
+def summarise(per_gene: pd.DataFrame, pooled: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per-gene summary over held-out units, with sign tests and pooled correlations.
+
+    Parameters
+    ----------
+    per_gene
+        Output of :func:`score_units`; only ``stratum == "all"`` rows are used.
+    pooled
+        Output of :func:`pooled_metrics` (optional); its ``pearson`` becomes
+        ``pooled_pearson``, matched on ``gene`` and ``target``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per ``target`` x ``gene`` with ``median_pearson`` (median over units with a
+        defined correlation), ``n_units`` (units with a defined, non-NaN correlation),
+        ``n_positive`` (of those, units with r > 0), ``p_binom`` (one-sided binomial test of
+        ``n_positive`` out of ``n_units`` against 0.5; NaN when ``n_units`` is 0), ``p_holm``
+        and ``q_bh`` (Holm and Benjamini-Hochberg over the genes of a target with a p value),
+        ``significant`` (``q_bh < 0.05``) and ``pooled_pearson`` (NaN without ``pooled``).
+    """
+    df = per_gene[per_gene["stratum"] == "all"]
+    rows = []
+    for (target, gene), g in df.groupby(["target", "gene"], sort=False):
+        r = g["pearson"].to_numpy(dtype=float)
+        r = r[np.isfinite(r)]
+        n_units, n_pos = int(r.size), int((r > 0).sum())
+        rows.append(
+            {
+                "target": target,
+                "gene": gene,
+                "median_pearson": float(np.median(r)) if n_units else float("nan"),
+                "n_units": n_units,
+                "n_positive": n_pos,
+                "p_binom": _binom_p(n_pos, n_units),
+            }
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=["target", "gene", "median_pearson", "n_units", "n_positive", "p_binom"],
+    )
+    out["p_holm"] = np.nan
+    out["q_bh"] = np.nan
+    for _, idx in out.groupby("target", sort=False).groups.items():
+        out.loc[idx, "p_holm"] = _adjust(out.loc[idx, "p_binom"], "holm")
+        out.loc[idx, "q_bh"] = _adjust(out.loc[idx, "p_binom"], "fdr_bh")
+    out["significant"] = (out["q_bh"] < 0.05).to_numpy(dtype=bool)
+    if pooled is not None:
+        pp = pooled[["gene", "target", "pearson"]].rename(columns={"pearson": "pooled_pearson"})
+        out = out.merge(pp, on=["gene", "target"], how="left")
+    else:
+        out["pooled_pearson"] = np.nan
+    return out
+
+
+def table1(summary: pd.DataFrame, n: int = 10) -> pd.DataFrame:
+    """ST-Net Table 1: the genes most consistently predicted across units.
+
+    Parameters
+    ----------
+    summary
+        Output of :func:`summarise`.
+    n
+        Number of genes.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``gene``, ``n_consistent`` (units with r > 0, raw target), ``median_r`` (raw)
+        and ``median_r_smoothed`` (NaN without smoothed rows); sorted by ``n_consistent`` then
+        ``median_r`` (both descending, ties by gene name).
+    """
+    raw = summary[summary["target"] == "raw"].set_index("gene")
+    sm = summary[summary["target"] == "smoothed"].set_index("gene")["median_pearson"]
+    tab = pd.DataFrame(
+        {
+            "gene": raw.index.astype(str),
+            "n_consistent": raw["n_positive"].to_numpy(dtype=int),
+            "median_r": raw["median_pearson"].to_numpy(dtype=float),
+            "median_r_smoothed": sm.reindex(raw.index).to_numpy(dtype=float),
+        }
+    )
+    tab = tab.sort_values(
+        ["n_consistent", "median_r", "gene"], ascending=[False, False, True], na_position="last"
+    )
+    return tab.head(n).reset_index(drop=True)
