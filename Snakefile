@@ -28,6 +28,7 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:
@@ -38,6 +39,7 @@ rule all:
         expand("results/patches/{sample}/spots.npy", sample=SAMPLE_IDS),
         expand("results/experiments/{experiment}/splits.tsv", experiment=EXPERIMENTS),
         experiment_predictions(),
+        experiment_metrics(),
 
 
 rule experiments:

@@ -198,6 +198,16 @@ def _genes(adatas: Sequence[Any]) -> pd.Index:
     return genes
 
 
+def _shared_genes(adatas: Sequence[Any]) -> list[Any]:
+    """Restrict prediction files to the genes they all have (folds may select different genes)."""
+    if not adatas:
+        raise ValueError("no prediction AnnData objects given")
+    shared = pd.Index(adatas[0].var_names)
+    for ad in adatas[1:]:
+        shared = shared.intersection(pd.Index(ad.var_names), sort=False)
+    return [ad if pd.Index(ad.var_names).equals(shared) else ad[:, shared] for ad in adatas]
+
+
 def _transform_name(ad: Any) -> str | None:
     try:
         return str(ad.uns["stpredict"]["target_transform"]["name"])
@@ -253,8 +263,10 @@ def score_units(
     adatas = list(adatas)
     if unit not in ("patient_id", "sample_id"):
         raise ValueError(f"unit must be 'patient_id' or 'sample_id', got {unit!r}")
-    genes = _genes(adatas)
-    pieces: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray]]] = {}
+    if not adatas:
+        raise ValueError("no prediction AnnData objects given")
+    # genes are fitted per fold, so units may differ in their genes; within a unit they agree
+    pieces: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray, pd.Index]]] = {}
     for ad in adatas:
         targets = _section_targets(ad, platform)
         pred = _dense(ad.layers["predicted"])
@@ -264,10 +276,14 @@ def score_units(
         for u in pd.unique(units):
             sel = units == u
             pieces.setdefault(u, []).append(
-                (transform, {k: v[sel] for k, v in targets.items()}, pred[sel], ann[sel])
+                (transform, {k: v[sel] for k, v in targets.items()}, pred[sel], ann[sel],
+                 pd.Index(ad.var_names))
             )
     frames = []
     for u, parts in pieces.items():
+        genes = parts[0][4]
+        if any(not pt[4].equals(genes) for pt in parts[1:]):
+            raise ValueError(f"prediction files of unit {u!r} differ in their genes (var_names)")
         pred = np.vstack([pt[2] for pt in parts])
         ann = np.concatenate([pt[3] for pt in parts])
         transforms = sorted({pt[0] for pt in parts if pt[0]})
@@ -305,7 +321,7 @@ def pooled_metrics(adatas: Iterable[Any], platform: str | None = None) -> pd.Dat
     pandas.DataFrame
         Columns ``gene``, ``target`` and the metric columns of :func:`gene_metrics`.
     """
-    adatas = list(adatas)
+    adatas = _shared_genes(list(adatas))
     genes = _genes(adatas)
     per = [_section_targets(ad, platform) for ad in adatas]
     pred = np.vstack([_dense(ad.layers["predicted"]) for ad in adatas])

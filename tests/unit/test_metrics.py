@@ -260,3 +260,19 @@ def test_table1_order_and_columns():
     assert list(tab.columns) == ["gene", "n_consistent", "median_r", "median_r_smoothed"]
     assert tab["gene"].tolist() == ["b", "a"]
     assert tab["median_r_smoothed"].tolist() == [0.6, 0.3]
+
+
+def test_units_with_fold_specific_genes():
+    """Folds fit their own gene sets: each unit is scored on its genes, pooling on the shared ones."""
+    secs = _dataset()
+    secs[3] = secs[3][:, ["perfect", "noisy"]].copy()  # patient P3's fold selected two genes
+    per = score_units(secs, "st", unit="patient_id", strata=False)
+    p3 = per[(per.unit == "P3") & (per.target == "raw")]
+    assert sorted(p3.gene) == ["noisy", "perfect"]
+    assert set(per[per.unit == "P1"].gene) == {"perfect", "noisy", "flat"}
+    pooled = pooled_metrics(secs)
+    assert sorted(pooled.gene.unique()) == ["noisy", "perfect"]
+    bad = _dataset()
+    bad[1] = bad[1][:, ["perfect", "noisy"]].copy()  # two sections of P1 disagree: refused
+    with pytest.raises(ValueError, match="unit 'P1'"):
+        score_units(bad, "st", unit="patient_id")

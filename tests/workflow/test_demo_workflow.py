@@ -221,3 +221,21 @@ def test_reader_agrees_with_scanpy_on_the_demo(demo_run, sample):
     assert len(common) == ours.n_vars
     assert (ours[:, common].X != theirs[:, common].X).nnz == 0
     assert (ours.obs["array_row"].to_numpy() == theirs.obs["array_row"].to_numpy()).all()
+
+
+# ------------------------------------------------------------------------------ issue 4 (partial)
+def test_metric_tables(demo_run):
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")["role"]
+    for exp in REGRESSION:
+        d = demo_run / f"results/experiments/{exp}/metrics"
+        per = pd.read_csv(d / "per_gene.tsv", sep="\t")
+        assert {"gene", "unit", "target", "stratum", "pearson", "spearman", "rmse", "auroc"} <= set(per.columns)
+        assert {"raw", "smoothed"} <= set(per["target"])
+        summary = pd.read_csv(d / "summary.tsv", sep="\t")
+        raw = summary[summary.target == "raw"].set_index("gene")
+        morph = raw[raw.index.map(roles) == "morphology"]
+        assert morph["median_pearson"].median() >= 0.5 and morph["pooled_pearson"].median() >= 0.5
+    s = pd.read_csv(demo_run / "results/experiments/demo_stnet/metrics/summary.tsv", sep="\t")
+    raw = s[s.target == "raw"]
+    assert raw["n_units"].max() == 6  # the six held-out ST patients
+    assert raw.loc[raw.significant, "gene"].map(roles).eq("morphology").mean() > 0.6

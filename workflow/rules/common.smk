@@ -177,3 +177,32 @@ def experiment_predictions(names=None):
         for name in (names or EXPERIMENTS)
         for s in held_out_samples(name)
     ]
+
+
+def get_experiment_predictions(wildcards):
+    """Per-section prediction files of ``wildcards.experiment``."""
+    return experiment_predictions([wildcards.experiment])
+
+
+def get_experiment_platforms(wildcards):
+    """Platform of each section the experiment predicts."""
+    return {
+        s: SAMPLES.loc[s, "platform"] for s in held_out_samples(wildcards.experiment)
+    }
+
+
+def get_evaluation_unit(wildcards):
+    """Held-out unit of the metrics: the patient for patient-level splits, else the section."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    if exp["split"]["scheme"] == "leave_one_patient_out":
+        return "patient_id"
+    return "sample_id"
+
+
+def experiment_metrics(names=None):
+    """Metric tables of the regression experiments."""
+    return [
+        f"results/experiments/{name}/metrics/summary.tsv"
+        for name in (names or EXPERIMENTS)
+        if EXPERIMENTS[name]["task"] == "regression"
+    ]
