@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from stpredict.images import SlideImage
 
 __all__ = [
+    "visium_lattice",
     "VISIUM_PITCH_UM",
     "VISIUM_SPOT_UM",
     "VISIUM_SCALEFACTOR_SPOT_UM",
@@ -126,6 +127,17 @@ def offset_neighbors(
         for i in np.flatnonzero(hit):
             found[i].append(int(order[pos_c[i]]))
     return [np.array(sorted(f), dtype=np.int64) for f in found]
+
+
+def visium_lattice(n_rows: int = 78, n_cols: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """``(array_row, array_col)`` of a Visium hex lattice, row by row.
+
+    A spot ``(row, col)`` exists only when ``col`` has the parity of ``row``; the full capture
+    area (78 x 128) holds 4,992 spots.
+    """
+    rows = np.repeat(np.arange(n_rows), [len(range(r % 2, n_cols, 2)) for r in range(n_rows)])
+    cols = np.concatenate([np.arange(r % 2, n_cols, 2) for r in range(n_rows)])
+    return rows.astype(np.int64), cols.astype(np.int64)
 
 
 def hex_neighbors(

@@ -16,6 +16,7 @@ from stpredict.geometry import (
     reconcile_mpp,
     spot_neighbors,
     square_neighbors,
+    visium_lattice,
 )
 from stpredict.images import SlideImage
 
@@ -24,12 +25,7 @@ formats = pytest.importorskip("stpredict.demo.formats")
 
 def visium_grid(n_rows: int = 10, n_cols: int = 20, mpp: float = 0.5, origin=(300.0, 200.0)):
     """Full hex lattice: rows r, cols of r's parity; 100 µm pitch."""
-    rows, cols = [], []
-    for r in range(n_rows):
-        for c in range(r % 2, n_cols, 2):
-            rows.append(r)
-            cols.append(c)
-    rows, cols = np.array(rows), np.array(cols)
+    rows, cols = visium_lattice(n_rows, n_cols)
     px = 100.0 / mpp
     x = origin[0] + cols * px / 2
     y = origin[1] + rows * px * np.sqrt(3) / 2

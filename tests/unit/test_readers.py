@@ -14,7 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 from stpredict.errors import GeometryError, InputError
-from stpredict.geometry import estimate_mpp_from_pitch
+from stpredict.geometry import estimate_mpp_from_pitch, visium_lattice
 from stpredict.readers import read_section, read_st, read_st_annotation, read_visium
 
 formats = pytest.importorskip("stpredict.demo.formats")
@@ -171,12 +171,7 @@ def render(path: Path, w: int, h: int, centre, radius: float, kind: str = "png")
 
 
 def visium_positions(n_rows=16, n_cols=32):
-    rows, cols = [], []
-    for r in range(n_rows):
-        for c in range(r % 2, n_cols, 2):
-            rows.append(r)
-            cols.append(c)
-    rows, cols = np.array(rows), np.array(cols)
+    rows, cols = visium_lattice(n_rows, n_cols)
     px = 100.0 / MPP
     x = 40 + cols * px / 2
     y = 40 + rows * px * np.sqrt(3) / 2

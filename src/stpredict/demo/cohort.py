@@ -38,6 +38,7 @@ from stpredict.demo.tissue import (
     spot_stats,
     view_matrix,
 )
+from stpredict.geometry import visium_lattice
 from stpredict.io import atomic_path, write_json, write_table
 
 __all__ = ["make_demo", "demo_sheet", "demo_outputs", "SHEET_COLUMNS"]
@@ -331,12 +332,7 @@ def visium_barcodes() -> np.ndarray:
 
 def visium_array() -> tuple[np.ndarray, np.ndarray]:
     """``(array_row, array_col)`` of the 4,992 spots (col has the parity of row)."""
-    rows, cols = [], []
-    for r in range(VIS_ROWS):
-        for c in range(r % 2, VIS_COLS, 2):
-            rows.append(r)
-            cols.append(c)
-    return np.array(rows), np.array(cols)
+    return visium_lattice(VIS_ROWS, VIS_COLS)
 
 
 def _rot(deg: float) -> np.ndarray:
