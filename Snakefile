@@ -6,6 +6,8 @@
 #   snakemake --cores 2 patches         + patch stores in results/patches/
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
+#   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
+#   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
 
@@ -40,6 +42,17 @@ rule all:
         expand("results/experiments/{experiment}/splits.tsv", experiment=EXPERIMENTS),
         experiment_predictions(),
         experiment_metrics(),
+        experiment_analyses(),
+        expand("results/features/{sample}/nuclear.tsv", sample=feature_samples()),
+        "results/figures/dataset.png",
+        "results/summary.tsv",
+
+
+rule evaluation:
+    input:
+        experiment_analyses(),
+        "results/figures/dataset.png",
+        "results/summary.tsv",
 
 
 rule experiments:

@@ -438,6 +438,29 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 }
 
 
+#: defaults of the ``evaluation`` section (the schema documents them)
+EVALUATION_DEFAULTS: dict[str, Any] = {
+    "baselines": ["mean", "labels", "nuclear_rf", "nmf_rf", "neighbours"],
+    "ols": True,
+    "latent": True,
+    "attributions": {"enabled": True, "gene": "", "n_patches": 3, "n_steps": 32},
+    "maps": {"genes": [], "n_sections": 2},
+    "gene_groups": "",
+    "nuclear": {"fov_um": None, "min_area_um2": 10.0},
+    "random_forest": {"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.33, "max_samples": None},
+    "nmf": {"n_factors": 10, "max_iter": 200},
+}
+
+
+def _check_keys(over: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
+    for k, v in over.items():
+        if k not in base:
+            raise ConfigError(f"unknown key '{where}.{k}' in an experiment",
+                              fix=f"use one of {', '.join(sorted(base))} (config/README.md)")
+        if isinstance(v, Mapping) and isinstance(base[k], Mapping):
+            _check_keys(v, base[k], f"{where}.{k}")
+
+
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in (over or {}).items():
@@ -448,9 +471,13 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """Fill an experiment's unset keys from :data:`EXPERIMENT_DEFAULTS` and the global config.
 
-    ``targets`` defaults to the global ``targets`` section and ``seed`` to the global seed.
+    ``targets`` defaults to the global ``targets`` section, ``evaluation`` to the global
+    ``evaluation`` section (itself filled from :data:`EVALUATION_DEFAULTS`) and ``seed`` to the
+    global seed.
     """
-    base = {**EXPERIMENT_DEFAULTS, "targets": config.get("targets", {}), "seed": config.get("seed", 0)}
+    base = {**EXPERIMENT_DEFAULTS, "targets": config.get("targets", {}), "seed": config.get("seed", 0),
+            "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {}))}
+    _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
     out = _merge(base, exp)
     if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
         out["train"]["loss"] = "cross_entropy"

@@ -38,6 +38,10 @@ __all__ = [
     "pooled_metrics",
     "summarise",
     "table1",
+    "score_experiment",
+    "compare_methods",
+    "method_overview",
+    "COMPARISON_COLUMNS",
 ]
 
 #: Per-gene metric columns produced by :func:`gene_metrics`.
@@ -437,3 +441,97 @@ def table1(summary: pd.DataFrame, n: int = 10) -> pd.DataFrame:
         ["n_consistent", "median_r", "gene"], ascending=[False, False, True], na_position="last"
     )
     return tab.head(n).reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------ experiments
+def score_experiment(
+    adatas: Iterable[Any], platforms: dict[str, str], unit: str = "patient_id"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-gene x unit metrics and the per-gene summary of one method's predictions.
+
+    Parameters
+    ----------
+    adatas
+        Prediction AnnData objects, one per held-out section (CNN or baseline).
+    platforms
+        Platform of every section id (sets the smoothing neighbourhood).
+    unit
+        ``"patient_id"`` or ``"sample_id"``.
+
+    Returns
+    -------
+    per_gene, summary : pandas.DataFrame
+        :func:`score_units` (all platforms concatenated) and :func:`summarise` with the
+        pooled (HEST) correlations; pooled smoothed targets only when one platform is present.
+    """
+    by_platform: dict[str, list[Any]] = {}
+    for a in adatas:
+        by_platform.setdefault(platforms[str(a.obs["sample_id"].iloc[0])], []).append(a)
+    per_gene = pd.concat([score_units(ads, p, unit=unit) for p, ads in by_platform.items()],
+                         ignore_index=True)
+    if len(by_platform) == 1:
+        ((platform, ads),) = by_platform.items()
+        pooled = pooled_metrics(ads, platform=platform)
+    else:
+        pooled = pooled_metrics([a for ads in by_platform.values() for a in ads])
+    return per_gene, summarise(per_gene, pooled)
+
+
+#: columns of :func:`compare_methods`
+COMPARISON_COLUMNS: tuple[str, ...] = (
+    "gene", "method", "target", "median_pearson", "pooled_pearson", "n_units", "n_positive",
+    "q_bh", "median_rmse", "median_auroc",
+)  # fmt: skip
+
+
+def compare_methods(results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per gene x method x target: the CNN and the baselines side by side.
+
+    Parameters
+    ----------
+    results
+        ``{method: (per_gene, summary)}`` as returned by :func:`score_experiment`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`COMPARISON_COLUMNS`; ``median_rmse`` and ``median_auroc`` are medians
+        over units (stratum ``all``, NaN-aware).
+    """
+    frames = []
+    for method, (per_gene, summary) in results.items():
+        pg = per_gene[per_gene["stratum"] == "all"]
+        med = pg.groupby(["target", "gene"], sort=False)[["rmse", "auroc"]].median()
+        med = med.rename(columns={"rmse": "median_rmse", "auroc": "median_auroc"}).reset_index()
+        s = summary.merge(med, on=["target", "gene"], how="left")
+        s.insert(1, "method", method)
+        frames.append(s[list(COMPARISON_COLUMNS)])
+    return pd.concat(frames, ignore_index=True)
+
+
+def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]] | None = None,
+                    target: str = "raw") -> pd.DataFrame:
+    """One row per method (x gene role): medians over genes of the per-gene scores.
+
+    Columns ``method``, ``genes`` (role or ``"all"``), ``n_genes``, ``median_pearson`` (median
+    over genes of the per-gene median r), ``mean_pearson``, ``median_pooled_pearson``,
+    ``n_significant`` (BH q < 0.05), ``median_rmse``, ``median_auroc``.
+    """
+    comp = comparison[comparison["target"] == target]
+    groups = {"all": None, **(genes_by_role or {})}
+    rows = []
+    for method, g in comp.groupby("method", sort=False):
+        for role, genes in groups.items():
+            sub = g if genes is None else g[g["gene"].isin(genes)]
+            if sub.empty:
+                continue
+            rows.append({
+                "method": method, "genes": role, "n_genes": int(len(sub)),
+                "median_pearson": float(sub["median_pearson"].median()),
+                "mean_pearson": float(sub["median_pearson"].mean()),
+                "median_pooled_pearson": float(sub["pooled_pearson"].median()),
+                "n_significant": int((sub["q_bh"] < 0.05).sum()),
+                "median_rmse": float(sub["median_rmse"].median()),
+                "median_auroc": float(sub["median_auroc"].median()),
+            })
+    return pd.DataFrame(rows)

@@ -41,13 +41,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class TinyCNN(nn.Module):
-    """A small CNN for demos and tests: two conv blocks and global average pooling.
+    """A small CNN for demos and tests: three conv blocks and global average pooling.
 
     Parameters
     ----------
     width
-        Channels of the first block (the second has ``2 * width``); embeddings have
-        ``2 * width`` features.
+        Channels of the first block (then ``2 * width`` and ``4 * width``); embeddings have
+        ``4 * width`` features.
     num_classes
         Size of the classifier layer (replaced by :func:`build_model`).
     """
@@ -62,10 +62,14 @@ class TinyCNN(nn.Module):
             nn.Conv2d(width, 2 * width, 3, padding=1, bias=False),
             nn.BatchNorm2d(2 * width),
             nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, bias=False),
+            nn.BatchNorm2d(4 * width),
+            nn.ReLU(inplace=True),
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
-        self.fc = nn.Linear(2 * width, num_classes)
+        self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Classify a batch ``(B, 3, H, W)``."""

@@ -186,15 +186,18 @@ def get_experiment_predictions(wildcards):
 
 def get_experiment_platforms(wildcards):
     """Platform of each section the experiment predicts."""
-    return {
-        s: SAMPLES.loc[s, "platform"] for s in held_out_samples(wildcards.experiment)
-    }
+    name = (
+        wildcards["experiment"] if isinstance(wildcards, dict) else wildcards.experiment
+    )
+    return {s: SAMPLES.loc[s, "platform"] for s in held_out_samples(name)}
 
 
 def get_evaluation_unit(wildcards):
     """Held-out unit of the metrics: the patient for patient-level splits, else the section."""
-    exp = EXPERIMENTS[wildcards.experiment]
-    if exp["split"]["scheme"] == "leave_one_patient_out":
+    name = (
+        wildcards["experiment"] if isinstance(wildcards, dict) else wildcards.experiment
+    )
+    if EXPERIMENTS[name]["split"]["scheme"] == "leave_one_patient_out":
         return "patient_id"
     return "sample_id"
 
@@ -206,3 +209,129 @@ def experiment_metrics(names=None):
         for name in (names or EXPERIMENTS)
         if EXPERIMENTS[name]["task"] == "regression"
     ]
+
+
+# ----------------------------------------------------------------------------- evaluation
+from stpredict.baselines import BASELINES, NEEDS_FEATURES
+
+
+def evaluation(name):
+    """The resolved ``evaluation`` settings of an experiment."""
+    return EXPERIMENTS[name]["evaluation"]
+
+
+def regression_experiments():
+    return [n for n in EXPERIMENTS if EXPERIMENTS[n]["task"] == "regression"]
+
+
+def cluster_experiments():
+    return [n for n in EXPERIMENTS if EXPERIMENTS[n]["task"] == "clusters"]
+
+
+def experiment_baselines(name):
+    """Baselines of a regression experiment (none for cluster experiments)."""
+    if EXPERIMENTS[name]["task"] != "regression":
+        return []
+    return list(evaluation(name)["baselines"])
+
+
+def experiment_units(name):
+    """Held-out units of an experiment (patients for leave-one-patient-out, else sections)."""
+    samples = held_out_samples(name)
+    if EXPERIMENTS[name]["split"]["scheme"] == "leave_one_patient_out":
+        return sorted({str(SAMPLES.loc[s, "patient_id"]) for s in samples})
+    return samples
+
+
+def feature_samples():
+    """Sections whose nuclear features some baseline needs."""
+    out = []
+    for name in regression_experiments():
+        if NEEDS_FEATURES & set(experiment_baselines(name)):
+            out += [s for s in EXPERIMENT_SAMPLES[name] if s not in out]
+    return out
+
+
+def get_nuclear_fov(wildcards):
+    """Field of view of the nuclear features: evaluation.nuclear.fov_um, else the patches'."""
+    fov = config["evaluation"]["nuclear"]["fov_um"] or config["patches"]["fov_um"]
+    return {"fov_um": fov, "fov_px": None if fov else config["patches"]["fov_px"]}
+
+
+def outer_fold_files(name, filename):
+    return {
+        str(k): f"results/experiments/{name}/folds/{k}/{filename}"
+        for k in outer_folds(EXPERIMENTS[name], SAMPLES)
+    }
+
+
+def get_baseline_inputs(wildcards, method):
+    name = wildcards.experiment
+    samples = EXPERIMENT_SAMPLES[name]
+    inputs = {
+        "splits": f"results/experiments/{name}/splits.tsv",
+        "qc": [f"results/qc/{s}.h5ad" for s in samples],
+        "fitted": list(outer_fold_files(name, "fitted.json").values()),
+    }
+    if method in NEEDS_FEATURES:
+        inputs["features"] = [f"results/features/{s}/nuclear.tsv" for s in samples]
+    return inputs
+
+
+def get_baseline_scores(wildcards):
+    return [
+        f"results/experiments/{wildcards.experiment}/baselines/{m}/{f}.tsv"
+        for m in experiment_baselines(wildcards.experiment)
+        for f in ("per_gene", "summary")
+    ]
+
+
+def get_held_out_patches(wildcards):
+    return [
+        f"results/patches/{s}/spots.tsv" for s in held_out_samples(wildcards.experiment)
+    ]
+
+
+def get_held_out_stores(wildcards):
+    return [
+        f"results/patches/{s}/spots.npy" for s in held_out_samples(wildcards.experiment)
+    ]
+
+
+def get_outer_models(wildcards):
+    return list(outer_fold_files(wildcards.experiment, "model.pt").values())
+
+
+def get_all_histories(wildcards):
+    exp = EXPERIMENTS[wildcards.experiment]
+    return [
+        f"results/experiments/{wildcards.experiment}/folds/{k}/history.tsv"
+        for k in fold_ids(exp, SAMPLES)
+    ]
+
+
+def n_umap_figures(name):
+    return min(3, len(experiment_units(name)))
+
+
+def experiment_analyses(names=None):
+    """Every table and figure of the evaluation stage for the given experiments."""
+    out = []
+    for name in names or EXPERIMENTS:
+        base = f"results/experiments/{name}"
+        ev = evaluation(name)
+        if EXPERIMENTS[name]["task"] == "regression":
+            out += [
+                f"{base}/metrics/summary.tsv",
+                f"{base}/metrics/comparison.tsv",
+                f"{base}/figures/consistency.png",
+            ]
+            if ev["ols"]:
+                out.append(f"{base}/metrics/ols.tsv")
+            if ev["attributions"]["enabled"]:
+                out.append(f"{base}/figures/integrated_gradients.png")
+        else:
+            out += [f"{base}/metrics/clusters.tsv", f"{base}/figures/confusion.png"]
+        if ev["latent"]:
+            out.append(f"{base}/latent/purity.tsv")
+    return out

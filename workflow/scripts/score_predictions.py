@@ -1,28 +1,16 @@
 import anndata as ad
-import pandas as pd
 
 from stpredict.errors import ConfigError
 from stpredict.io import write_table
-from stpredict.metrics import pooled_metrics, score_units, summarise, table1
+from stpredict.metrics import score_experiment, table1
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    platforms = snakemake.params.platforms
-    by_platform = {}
-    for path in snakemake.input.predictions:
-        a = ad.read_h5ad(path)
-        if a.uns["stpredict"].get("task") == "clusters":
-            raise ConfigError("score_predictions scores regression experiments; this one predicts clusters",
-                              fix="request metrics only for regression experiments")
-        by_platform.setdefault(platforms[str(a.obs["sample_id"].iloc[0])], []).append(a)
-    per_gene = pd.concat([score_units(ads, p, unit=snakemake.params.unit) for p, ads in by_platform.items()],
-                         ignore_index=True)
-    if len(by_platform) == 1:
-        (platform, ads), = by_platform.items()
-        pooled = pooled_metrics(ads, platform=platform)
-    else:
-        pooled = pooled_metrics([a for ads in by_platform.values() for a in ads])
-    summary = summarise(per_gene, pooled)
+    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
+        raise ConfigError("score_predictions scores regression experiments; this one predicts clusters",
+                          fix="request metrics only for regression experiments")
+    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit)
     log.info("%s: %d genes x %d units scored", snakemake.wildcards.experiment,
              per_gene["gene"].nunique(), per_gene["unit"].nunique())
     write_table(per_gene, snakemake.output.per_gene)

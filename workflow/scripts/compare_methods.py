@@ -1,0 +1,28 @@
+import pandas as pd
+
+from stpredict.io import write_table
+from stpredict.metrics import compare_methods, method_overview
+from stpredict.workflow import script_logging
+
+
+def read(path):
+    return pd.read_csv(path, sep="\t", dtype={"gene": str, "unit": str})
+
+
+with script_logging(snakemake.log[0]) as log:
+    results = {"cnn": (read(snakemake.input.per_gene), read(snakemake.input.summary))}
+    for method in snakemake.params.baselines:
+        base = f"results/experiments/{snakemake.wildcards.experiment}/baselines/{method}"
+        results[method] = (read(f"{base}/per_gene.tsv"), read(f"{base}/summary.tsv"))
+    comparison = compare_methods(results)
+    groups = None
+    if snakemake.params.gene_groups:
+        roles = pd.read_csv(snakemake.params.gene_groups, sep="\t", dtype=str)
+        groups = {r: g["gene"].tolist() for r, g in roles.groupby("role")}
+    overview = method_overview(comparison, groups)
+    overview.insert(0, "experiment", snakemake.wildcards.experiment)
+    for _, row in overview[overview["genes"].isin(["all", "morphology"])].iterrows():
+        log.info("%s %-10s %-10s median r %.3f (%d genes)", row["experiment"], row["method"],
+                 row["genes"], row["median_pearson"], row["n_genes"])
+    write_table(comparison, snakemake.output.comparison)
+    write_table(overview, snakemake.output.overview)

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from stpredict.errors import ConfigError
+from stpredict.figures import plot_ig_overlays, units_label
+from stpredict.inference import load_model
+from stpredict.io import write_table
+from stpredict.latent import integrated_gradients, pick_ig_patches
+from stpredict.workflow import script_logging
+
+with script_logging(snakemake.log[0]) as log:
+    cfg = snakemake.params.cfg
+    summary = pd.read_csv(snakemake.input.summary, sep="\t", dtype={"gene": str})
+    raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
+    gene = cfg["gene"] or str(raw.sort_values("median_pearson", ascending=False)["gene"].iloc[0])
+    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    if not all(gene in a.var_names for a in adatas):
+        raise ConfigError(f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "
+                          "held-out section", fix="choose one of the experiment's genes (metrics/summary.tsv)")
+    obs = pd.concat([a.obs[["sample_id", "spot_id", "fold"]] for a in adatas], ignore_index=True)
+    pred = np.concatenate([np.asarray(a[:, gene].layers["predicted"]).ravel() for a in adatas])
+    picks = pick_ig_patches(pred, n=int(cfg["n_patches"]))
+    stores = {Path(p).parent.name: p for p in snakemake.input.stores}
+    models = {Path(p).parent.name: p for p in snakemake.input.models}
+    patches, attrs, rows = [], [], []
+    for i in picks:
+        sample, spot, fold = (str(obs.loc[i, c]) for c in ("sample_id", "spot_id", "fold"))
+        ids = pd.read_csv(stores[sample][:-4] + ".tsv", sep="\t", usecols=["id"], dtype=str)["id"].to_numpy()
+        row = int(np.flatnonzero(ids == spot)[0])
+        patch = np.asarray(np.load(stores[sample], mmap_mode="r")[row:row + 1])
+        model, meta = load_model(models[fold], device=None)
+        target = [str(g) for g in meta["genes"]].index(gene)
+        a, delta = integrated_gradients(model, patch, target, n_steps=int(cfg["n_steps"]), return_delta=True)
+        patches.append(patch[0])
+        attrs.append(a[0])
+        rows.append({"sample_id": sample, "spot_id": spot, "fold": fold, "gene": gene,
+                     "predicted": float(pred[i]), "attribution_sum": float(a[0].sum()),
+                     "convergence_delta": float(np.ravel(delta)[0])})
+    units = units_label(adatas[0].uns["stpredict"]["target_transform"]["name"])
+    plot_ig_overlays(np.stack(patches), np.stack(attrs), gene, snakemake.output.png,
+                     values=[r["predicted"] for r in rows], units_label=units)
+    write_table(pd.DataFrame(rows), snakemake.output.tsv)
+    log.info("%s: integrated gradients of %s on %d patches", snakemake.wildcards.experiment, gene, len(rows))

@@ -1,0 +1,29 @@
+from pathlib import Path
+
+import anndata as ad
+
+from stpredict.baselines import read_features, run_baseline
+from stpredict.experiments import load_sections, read_manifest
+from stpredict.io import write_h5ad, write_table
+from stpredict.metrics import score_experiment
+from stpredict.workflow import script_logging
+
+with script_logging(snakemake.log[0]) as log:
+    name, method = snakemake.wildcards.experiment, snakemake.params.method
+    exp = snakemake.params.experiment
+    ev = exp["evaluation"]
+    sections = load_sections({Path(p).stem: p for p in snakemake.input.qc})
+    features = None
+    if "features" in snakemake.input.keys():
+        features = read_features({p.split("/")[-2]: p for p in snakemake.input.features})
+    fitted = {p.split("/")[-2]: p for p in snakemake.input.fitted}
+    params = {**ev["random_forest"], **ev["nmf"]}
+    adatas = run_baseline(method, read_manifest(snakemake.input.splits), sections, fitted,
+                          features=features, platforms=snakemake.params.platforms, params=params,
+                          seed=int(exp["seed"]), n_jobs=snakemake.threads, experiment=name)
+    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit)
+    log.info("%s / %s: %d sections, %d genes; median r over genes %.3f", name, method, len(adatas),
+             summary["gene"].nunique(), summary.loc[summary["target"] == "raw", "median_pearson"].median())
+    write_h5ad(ad.concat(adatas, merge="first", uns_merge="first"), snakemake.output.predictions)
+    write_table(per_gene, snakemake.output.per_gene)
+    write_table(summary, snakemake.output.summary)
