@@ -14,9 +14,10 @@ unless said otherwise. Dihedral ops work on any dtype.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
-from torchvision.transforms import v2
 
 __all__ = [
     "DIHEDRAL",
@@ -97,9 +98,11 @@ class DeepSpaceAugment(nn.Module):
         self.size = size
         self.p = p
         self.groups = max(1, int(groups))
-        self._pipelines: dict[int, v2.Compose] = {}
+        self._pipelines: dict[int, Any] = {}
 
-    def _pipeline(self, side: int) -> v2.Compose:
+    def _pipeline(self, side: int) -> Any:
+        from torchvision.transforms import v2  # lazy: torchvision costs seconds to import
+
         if side not in self._pipelines:
             p = self.p
             # elastic field smoothing must fit the image (reflect padding of 4 sigma)

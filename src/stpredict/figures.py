@@ -88,11 +88,11 @@ _UNITS = {
 
 _METHODS: dict[str, tuple[str, str]] = {  # name -> (display label, colour)
     "cnn": ("CNN", "#1f4e99"),
-    "mean": ("mean expression", "#7f7f7f"),
+    "mean": ("training mean", "#7f7f7f"),
     "labels": ("tumour/normal labels", "#d62728"),
     "nuclear_rf": ("nuclear features (RF)", "#2ca02c"),
-    "nmf_rf": ("NMF features (RF)", "#9467bd"),
-    "neighbours": ("nearest neighbours", "#ff7f0e"),
+    "nmf_rf": ("NMF composition (RF)", "#9467bd"),
+    "neighbours": ("4-neighbour oracle", "#ff7f0e"),
 }
 
 _ANNOTATION = {  # obs["annotation"] value -> (legend label, colour)

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
 from stpredict.errors import StpredictError
@@ -162,6 +161,8 @@ def _strip_aux(model: nn.Module) -> None:
 
 
 def _torchvision_backbone(name: str, weights: Any) -> nn.Module:
+    import torchvision  # lazy: seconds to import, not needed for the tiny demo CNN
+
     try:
         return torchvision.models.get_model(name, weights=weights)
     except ValueError as exc:
@@ -178,6 +179,8 @@ def _torchvision_backbone(name: str, weights: Any) -> nn.Module:
 
 def imagenet_cache_path(backbone: str) -> tuple[Any, Path]:
     """Return the default ImageNet weight enum of ``backbone`` and its torch hub cache path."""
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(backbone).DEFAULT
     except (ValueError, KeyError):
