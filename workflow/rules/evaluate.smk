@@ -26,6 +26,7 @@ rule score_predictions:
         ),
     log:
         "results/logs/score_predictions/{experiment}.log",
+    priority: 10
     conda:
         "../../envs/stpredict.yaml"
     params:

@@ -8,6 +8,7 @@ rule read_section:
         h5ad="results/sections/{sample}.h5ad",
     log:
         "results/logs/read_section/{sample}.log",
+    priority: 30
     conda:
         "../../envs/stpredict.yaml"
     resources:

@@ -13,6 +13,7 @@ rule extract_patches:
         "results/logs/extract_patches/{sample}.log",
     benchmark:
         "results/benchmarks/extract_patches/{sample}.tsv"
+    priority: 30
     conda:
         "../../envs/stpredict.yaml"
     threads: 2

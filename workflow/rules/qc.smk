@@ -16,6 +16,7 @@ rule filter_spots:
         ),
     log:
         "results/logs/filter_spots/{sample}.log",
+    priority: 30
     conda:
         "../../envs/stpredict.yaml"
     resources:

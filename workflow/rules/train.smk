@@ -9,6 +9,7 @@ rule make_splits:
         splits="results/experiments/{experiment}/splits.tsv",
     log:
         "results/logs/make_splits/{experiment}.log",
+    priority: 20
     conda:
         "../../envs/stpredict.yaml"
     resources:
@@ -32,6 +33,7 @@ rule train_fold:
         "results/logs/train_fold/{experiment}/{fold}.log",
     benchmark:
         "results/benchmarks/train_fold/{experiment}/{fold}.tsv"
+    priority: 20
     conda:
         "../../envs/stpredict.yaml"
     threads: 2
@@ -56,6 +58,7 @@ rule predict_fold:
         "results/logs/predict_fold/{experiment}/{fold}.log",
     benchmark:
         "results/benchmarks/predict_fold/{experiment}/{fold}.tsv"
+    priority: 20
     conda:
         "../../envs/stpredict.yaml"
     threads: 2
@@ -88,6 +91,7 @@ for _name in EXPERIMENTS:
             ],
         log:
             f"results/logs/collect_predictions/{_name}.log",
+        priority: 20
         conda:
             "../../envs/stpredict.yaml"
         params:
