@@ -178,18 +178,31 @@ def _pad_fraction(x0: np.ndarray, y0: np.ndarray, crop: int, shape: tuple[int, i
     return 1.0 - (ix * iy) / float(crop * crop)
 
 
-def resize_batch(crops: np.ndarray, size: int) -> np.ndarray:
+#: below this many input pixels in a section, crops are resized with PIL: importing torch
+#: (≈ 3 s) would cost more than its faster kernel saves
+TORCH_RESIZE_MIN_PIXELS = 50_000_000
+
+
+def resize_batch(crops: np.ndarray, size: int, backend: str = "torch") -> np.ndarray:
     """Resize ``(k, c, c, 3)`` uint8 crops to ``(k, size, size, 3)`` (bilinear, antialiased).
 
-    Uses torch's uint8 channels-last kernel (``interpolate(mode="bilinear", antialias=True)``,
-    the same filter as PIL's ``BILINEAR`` reduce); results agree with the float computation
-    rounded to the nearest integer within 1 grey level.
+    ``backend="torch"`` uses torch's uint8 channels-last kernel (``interpolate(mode="bilinear",
+    antialias=True)``, the same filter as PIL's ``BILINEAR`` reduce); ``"pil"`` resizes crop by
+    crop with PIL. Both agree with the float computation rounded to the nearest integer within
+    1 grey level (and with each other within 1).
     """
+    if crops.shape[1] == size and crops.shape[2] == size:
+        return crops
+    if backend == "pil":
+        from PIL import Image
+
+        out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
+        for i, c in enumerate(crops):
+            out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.BILINEAR))
+        return out
     import torch
     import torch.nn.functional as F
 
-    if crops.shape[1] == size and crops.shape[2] == size:
-        return crops
     t = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)  # channels-last view
     out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return np.ascontiguousarray(out.permute(0, 2, 3, 1).numpy())
@@ -342,6 +355,7 @@ def extract_patches(
                     image.path)
     order = np.argsort(y0, kind="stable")
     groups = _bands(y0, order, crop, band_px, batch)
+    backend = "torch" if n * crop * crop >= TORCH_RESIZE_MIN_PIXELS else "pil"
     log.info("%s: %d patches, crop %d px -> %d px, %d bands", image.sample, n, crop, size, len(groups))
 
     means = np.empty((n, 3), dtype=np.float64)
@@ -359,7 +373,7 @@ def extract_patches(
                 for k, i in enumerate(grp):
                     ox, oy = int(x0[i]) - bx0, int(y0[i]) - by0
                     crops[k] = region[oy : oy + crop, ox : ox + crop]
-                out = resize_batch(crops, size)
+                out = resize_batch(crops, size, backend)
                 store[np.sort(grp)] = out[np.argsort(grp)]
                 means[grp] = _channel_means(out)
                 bar.update(len(grp))

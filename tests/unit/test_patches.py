@@ -195,7 +195,7 @@ def test_whiteness_written_and_flags_background(tmp_path):
 def test_failure_leaves_no_output(tmp_path, coded, monkeypatch):
     img, png, tif = coded
 
-    def broken(crops, size):
+    def broken(crops, size, backend="torch"):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(P, "resize_batch", broken)
@@ -209,3 +209,12 @@ def test_no_centres_gives_empty_store(tmp_path, coded):
     table, npy, tsv, js = _run(tmp_path, SlideImage(png), np.zeros((0, 2)), P.STNET)
     assert len(table) == 0 and P.load_patches(npy).shape == (0, 224, 224, 3)
     assert json.loads(js.read_text())["whiteness"]["thresholds"] == [None, None, None]
+
+
+@pytest.mark.parametrize("crop,size", [(44, 32), (300, 224), (137, 224)])
+def test_pil_and_torch_resizing_agree(crop, size):
+    crops = np.random.default_rng(crop).integers(0, 256, (6, crop, crop, 3), dtype=np.uint8)
+    a = P.resize_batch(crops, size, "torch").astype(int)
+    b = P.resize_batch(crops, size, "pil").astype(int)
+    assert a.shape == b.shape == (6, size, size, 3)
+    assert np.abs(a - b).max() <= 1
