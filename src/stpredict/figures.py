@@ -756,7 +756,9 @@ def plot_method_scatter(
     for i, m in enumerate(order):
         ax = axes.ravel()[i]
         base = table(m)
-        use_r = "median_pearson" in base and base["median_pearson"].notna().any()
+        # the training mean is constant within a fold: its correlation is meaningless even
+        # where folds with different means make it defined (within-section CV): use RMSE
+        use_r = m != "mean" and "median_pearson" in base and base["median_pearson"].notna().any()
         col = "median_pearson" if use_r else "median_rmse"
         genes = cnn.index.intersection(base.index)
         x = base.loc[genes, col].to_numpy(float) if col in base else np.full(len(genes), np.nan)

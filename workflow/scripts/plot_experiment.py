@@ -26,7 +26,9 @@ with script_logging(snakemake.log[0]) as log:
     comparison = read(snakemake.input.comparison)
     n_units = per_gene["unit"].nunique()
     unit_name = "patients" if unit == "patient_id" else "sections"
-    methods = {m: g.rename(columns={}) for m, g in comparison[comparison["method"] != "cnn"].groupby("method")}
+    # the constant training mean has no meaningful correlation: not in the consistency plot
+    others = comparison[~comparison["method"].isin(["cnn", "mean"])]
+    methods = {m: g for m, g in others.groupby("method")}
     plot_consistency(summary, n_units, snakemake.output.consistency, methods=methods, unit_name=unit_name)
     plot_auroc_hist(per_gene, snakemake.output.auroc)
     adatas = {Path(p).stem: p for p in snakemake.input.predictions}
