@@ -38,9 +38,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from stpredict.errors import StpredictError
+from stpredict.metrics import dense_2d
 
 __all__ = [
     "CLUSTER_COLUMNS",
@@ -85,13 +85,7 @@ _AVERAGES = ("micro", "macro", "weighted")
 _MISSING_LABELS = frozenset({"", "nan", "none", "<na>"})
 
 
-def _dense(x: Any) -> np.ndarray:
-    if sparse.issparse(x):
-        x = x.toarray()
-    arr = np.asarray(x, dtype=float)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    return arr
+_dense = dense_2d
 
 
 def _labels(y: Any) -> np.ndarray:

@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from stpredict.errors import StpredictError
 from stpredict.geometry import spot_neighbors
+from stpredict.metrics import dense_2d
 
 if TYPE_CHECKING:
     import torch
@@ -79,13 +79,7 @@ _KINDS = ("representative_tumor", "atypical_tumor", "representative_normal", "at
 
 
 # --------------------------------------------------------------------------- helpers
-def _dense(x: Any) -> np.ndarray:
-    if sparse.issparse(x):
-        x = x.toarray()
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    return arr
+_dense = dense_2d
 
 
 def _as_matrix(emb: Any, name: str = "emb", sample: str | None = None) -> np.ndarray:

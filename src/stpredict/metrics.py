@@ -38,6 +38,7 @@ __all__ = [
     "pooled_metrics",
     "summarise",
     "table1",
+    "dense_2d",
     "score_experiment",
     "compare_methods",
     "method_overview",
@@ -51,7 +52,8 @@ MIN_STRATUM_SPOTS = 10
 _STRATA: dict[str, str] = {"tumor": "tumor", "normal": "non"}
 
 
-def _dense(x: Any) -> np.ndarray:
+def dense_2d(x: Any) -> np.ndarray:
+    """Return ``x`` (dense or scipy sparse) as a float64 2-D array (a vector becomes a column)."""
     if sparse.issparse(x):
         x = x.toarray()
     arr = np.asarray(x, dtype=float)
@@ -86,7 +88,7 @@ def smooth_measurements(
     numpy.ndarray
         ``(n_spots, n_genes)`` smoothed values.
     """
-    arr = _dense(X)
+    arr = dense_2d(X)
     if platform == "st":
         nbrs = square_neighbors(array_rows, array_cols, connectivity=8)
     elif platform == "visium":
@@ -178,8 +180,8 @@ def gene_metrics(
         predicted values or fewer than 3 spots remain; ``rmse`` is always defined for at
         least one spot. No warnings are emitted.
     """
-    m = _dense(measured)
-    p = _dense(predicted)
+    m = dense_2d(measured)
+    p = dense_2d(predicted)
     if m.shape != p.shape:
         raise ValueError(f"measured {m.shape} and predicted {p.shape} differ in shape")
     idx = pd.Index(genes if genes is not None else range(m.shape[1]), name="gene")
@@ -220,7 +222,7 @@ def _transform_name(ad: Any) -> str | None:
 
 
 def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
-    out = {"raw": _dense(ad.X)}
+    out = {"raw": dense_2d(ad.X)}
     if platform is not None:
         out["smoothed"] = smooth_measurements(
             out["raw"], ad.obs["array_row"].to_numpy(), ad.obs["array_col"].to_numpy(), platform
@@ -273,7 +275,7 @@ def score_units(
     pieces: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray, pd.Index]]] = {}
     for ad in adatas:
         targets = _section_targets(ad, platform)
-        pred = _dense(ad.layers["predicted"])
+        pred = dense_2d(ad.layers["predicted"])
         ann = _annotations(ad)
         transform = _transform_name(ad) or ""
         units = ad.obs[unit].astype(str).to_numpy()
@@ -328,7 +330,7 @@ def pooled_metrics(adatas: Iterable[Any], platform: str | None = None) -> pd.Dat
     adatas = _shared_genes(list(adatas))
     genes = _genes(adatas)
     per = [_section_targets(ad, platform) for ad in adatas]
-    pred = np.vstack([_dense(ad.layers["predicted"]) for ad in adatas])
+    pred = np.vstack([dense_2d(ad.layers["predicted"]) for ad in adatas])
     frames = []
     for target in per[0]:
         meas = np.vstack([t[target] for t in per])
