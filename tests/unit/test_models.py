@@ -17,7 +17,7 @@ def test_tiny_model_shapes_and_split():
     assert isinstance(m, PatchModel)
     x = torch.randn(3, 3, 16, 16)
     f = m.features(x)
-    assert f.shape == (3, m.n_features) == (3, 8)
+    assert f.shape == (3, m.n_features) == (3, 16)
     y = m(x)
     assert y.shape == (3, 7)
     torch.testing.assert_close(y, m.head(f))
@@ -98,7 +98,7 @@ def test_local_weights_path(tmp_path, caplog):
     with caplog.at_level("INFO", logger="stpredict.models"):
         other = build_model("tiny", 2, weights=wrapped)
     assert torch.equal(other.backbone.features[0].weight, src.backbone.features[0].weight)
-    assert other.head.weight.shape == (2, 16)
+    assert other.head.weight.shape == (2, 32)
     assert "missing key" in caplog.text and "head.weight" in caplog.text
 
     # {"model": ...} with DataParallel's "module." prefix, from the plain torchvision model
