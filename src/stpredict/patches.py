@@ -53,6 +53,7 @@ __all__ = [
     "patch_means",
     "whiteness",
     "resize_batch",
+    "patches_for_spots",
 ]
 
 log = logging.getLogger(__name__)
@@ -423,3 +424,15 @@ def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
         raise GeometryError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}", file=npy,
                             fix="re-run the patch extraction rule")
     return arr
+
+
+def patches_for_spots(npy: str | os.PathLike[str], spot_ids: list[str] | np.ndarray) -> np.ndarray:
+    """Return the stored patches of the given spot ids, in their order (the ``.tsv`` read once)."""
+    tsv = Path(npy).with_suffix(".tsv")
+    ids = pd.read_csv(tsv, sep="\t", usecols=["id"], dtype=str)["id"]
+    rows = pd.Index(ids).get_indexer([str(i) for i in spot_ids])
+    if (rows < 0).any():
+        missing = [str(i) for i, r in zip(spot_ids, rows, strict=True) if r < 0][:5]
+        raise GeometryError(f"spots {missing} are not in the patch store", file=tsv,
+                            fix="rerun extract_patches for this section")
+    return np.asarray(np.load(npy, mmap_mode="r")[rows])

@@ -12,7 +12,7 @@ import tifffile
 from PIL import Image
 
 from stpredict import patches as P
-from stpredict.errors import ConfigError
+from stpredict.errors import ConfigError, GeometryError
 from stpredict.images import SlideImage
 
 H, W = 300, 400
@@ -218,3 +218,15 @@ def test_pil_and_torch_resizing_agree(crop, size):
     b = P.resize_batch(crops, size, "pil").astype(int)
     assert a.shape == b.shape == (6, size, size, 3)
     assert np.abs(a - b).max() <= 1
+
+
+def test_patches_for_spots_follow_the_requested_order(tmp_path, coded):
+    img, png, tif = coded
+    xy = np.array([[10, 10], [20, 12], [30, 14]])
+    table, npy, _, _ = _run(tmp_path, SlideImage(png), xy, P.PatchSpec(fov_px=8, size_px=8))
+    store = P.load_patches(npy)
+    ids = list(table["id"])
+    got = P.patches_for_spots(npy, [ids[2], ids[0]])
+    np.testing.assert_array_equal(got, store[[2, 0]])
+    with pytest.raises(GeometryError, match="not in the patch store"):
+        P.patches_for_spots(npy, ["nope"])

@@ -9,6 +9,7 @@ from stpredict.figures import plot_ig_overlays, units_label
 from stpredict.inference import load_model
 from stpredict.io import write_table
 from stpredict.latent import integrated_gradients, pick_ig_patches
+from stpredict.patches import patches_for_spots
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -25,13 +26,13 @@ with script_logging(snakemake.log[0]) as log:
     picks = pick_ig_patches(pred, n=int(cfg["n_patches"]))
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
     models = {Path(p).parent.name: p for p in snakemake.input.models}
-    patches, attrs, rows = [], [], []
+    patches, attrs, rows, loaded = [], [], [], {}
     for i in picks:
         sample, spot, fold = (str(obs.loc[i, c]) for c in ("sample_id", "spot_id", "fold"))
-        ids = pd.read_csv(stores[sample][:-4] + ".tsv", sep="\t", usecols=["id"], dtype=str)["id"].to_numpy()
-        row = int(np.flatnonzero(ids == spot)[0])
-        patch = np.asarray(np.load(stores[sample], mmap_mode="r")[row:row + 1])
-        model, meta = load_model(models[fold], device=None)
+        patch = patches_for_spots(stores[sample], [spot])
+        if fold not in loaded:
+            loaded[fold] = load_model(models[fold], device=None)
+        model, meta = loaded[fold]
         target = [str(g) for g in meta["genes"]].index(gene)
         a, delta = integrated_gradients(model, patch, target, n_steps=int(cfg["n_steps"]), return_delta=True)
         patches.append(patch[0])

@@ -15,6 +15,7 @@ from stpredict.latent import (
     typical_atypical,
     umap_embedding,
 )
+from stpredict.patches import patches_for_spots
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -73,13 +74,9 @@ with script_logging(snakemake.log[0]) as log:
         patches = None
         if len(examples):
             obs = pd.concat([x.obs[["sample_id", "spot_id"]] for x in ads], ignore_index=True)
-            patches = []
-            for idx in examples["index"]:
-                s, spot = obs.loc[int(idx), "sample_id"], obs.loc[int(idx), "spot_id"]
-                ids = pd.read_csv(stores[s][:-4] + ".tsv", sep="\t", usecols=["id"], dtype=str)["id"]
-                row = int(np.flatnonzero(ids.to_numpy() == str(spot))[0])
-                patches.append(np.load(stores[s], mmap_mode="r")[row])
-            patches = np.stack(patches)
+            picked = obs.loc[examples["index"].astype(int)]
+            patches = np.concatenate([patches_for_spots(stores[s], [spot])
+                                      for s, spot in zip(picked["sample_id"], picked["spot_id"], strict=True)])
         title = f"{name}: {unit.replace('_id', '')} {u} ({len(emb)} spots)"
         plot_umap(coords, labels, out_png, examples=examples, patches=patches, title=title)
         obs = pd.concat([x.obs[["sample_id", "spot_id", "annotation"]] for x in ads], ignore_index=True)
