@@ -638,7 +638,7 @@ def plot_consistency(
         sig = _pick_target(summary, target)
         if "significant" in sig and n_genes:
             n_sig = int(sig["significant"].fillna(False).astype(bool).sum())
-            ax.text(0.02, 0.97, f"q(BH) < 0.05: {n_sig} of {n_genes} genes",
+            ax.text(0.02, 0.97, f"Holm-adjusted p < 0.05: {n_sig} of {n_genes} genes",
                     transform=ax.transAxes, va="top", ha="left", fontsize=8)
         handles, labels = ax.get_legend_handles_labels()
         rank = [0 if lab.startswith("CNN") else 2 if lab.startswith("null") else 1

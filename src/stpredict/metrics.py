@@ -12,9 +12,12 @@ Conventions
   No warnings are emitted for these cases.
 * ``"smoothed"`` targets replace the *measured* values by the ST-Net neighbourhood mean
   (:func:`smooth_measurements`, computed per section); predictions are left as they are.
-* Units whose correlation is NaN are left out of ``n_units`` and ``n_positive`` in
-  :func:`summarise`; genes with no usable unit get NaN p values and are left out of the
-  multiple-testing correction.
+* In :func:`summarise` every scored unit is a trial of the sign test: a unit whose correlation
+  is undefined (NaN) counts as a trial that is not positive (ST-Net's consistency count), and is
+  reported in ``n_undefined``; it is not dropped. ``median_pearson`` is the median over the
+  units with a defined correlation.
+* The headline significance is ST-Net's: Holm-adjusted one-sided binomial p below ``alpha``
+  (``significant``); Benjamini-Hochberg q values are reported beside it (``q_bh``).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ __all__ = [
     "score_units",
     "pooled_metrics",
     "summarise",
+    "summarise_strata",
     "table1",
     "dense_2d",
     "score_experiment",
@@ -357,7 +361,41 @@ def _adjust(p: pd.Series, method: str) -> pd.Series:
     return out
 
 
-def summarise(per_gene: pd.DataFrame, pooled: pd.DataFrame | None = None) -> pd.DataFrame:
+def _sign_tests(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """Per target x gene sign tests of the units' correlations (see the module conventions)."""
+    rows = []
+    for (target, gene), g in df.groupby(["target", "gene"], sort=False):
+        r_all = g["pearson"].to_numpy(dtype=float)
+        r = r_all[np.isfinite(r_all)]
+        n_units, n_pos = int(r_all.size), int((r > 0).sum())
+        rows.append(
+            {
+                "target": target,
+                "gene": gene,
+                "median_pearson": float(np.median(r)) if r.size else float("nan"),
+                "n_units": n_units,
+                "n_positive": n_pos,
+                "n_undefined": int(r_all.size - r.size),
+                "p_binom": _binom_p(n_pos, n_units),
+            }
+        )
+    out = pd.DataFrame(
+        rows,
+        columns=["target", "gene", "median_pearson", "n_units", "n_positive", "n_undefined",
+                 "p_binom"],
+    )
+    out["p_holm"] = np.nan
+    out["q_bh"] = np.nan
+    for _, idx in out.groupby("target", sort=False).groups.items():
+        out.loc[idx, "p_holm"] = _adjust(out.loc[idx, "p_binom"], "holm")
+        out.loc[idx, "q_bh"] = _adjust(out.loc[idx, "p_binom"], "fdr_bh")
+    out["significant"] = (out["p_holm"] < alpha).to_numpy(dtype=bool)
+    return out
+
+
+def summarise(
+    per_gene: pd.DataFrame, pooled: pd.DataFrame | None = None, alpha: float = 0.05
+) -> pd.DataFrame:
     """Per-gene summary over held-out units, with sign tests and pooled correlations.
 
     Parameters
@@ -367,43 +405,22 @@ def summarise(per_gene: pd.DataFrame, pooled: pd.DataFrame | None = None) -> pd.
     pooled
         Output of :func:`pooled_metrics` (optional); its ``pearson`` becomes
         ``pooled_pearson``, matched on ``gene`` and ``target``.
+    alpha
+        Family-wise error rate of the Holm-adjusted headline test (ST-Net: 0.05).
 
     Returns
     -------
     pandas.DataFrame
         One row per ``target`` x ``gene`` with ``median_pearson`` (median over units with a
-        defined correlation), ``n_units`` (units with a defined, non-NaN correlation),
-        ``n_positive`` (of those, units with r > 0), ``p_binom`` (one-sided binomial test of
-        ``n_positive`` out of ``n_units`` against 0.5; NaN when ``n_units`` is 0), ``p_holm``
-        and ``q_bh`` (Holm and Benjamini-Hochberg over the genes of a target with a p value),
-        ``significant`` (``q_bh < 0.05``) and ``pooled_pearson`` (NaN without ``pooled``).
+        defined correlation), ``n_units`` (units scored: every one is a trial), ``n_positive``
+        (units with r > 0), ``n_undefined`` (units whose r is undefined: trials that are not
+        positive), ``p_binom`` (one-sided binomial test of ``n_positive`` out of ``n_units``
+        against 0.5; NaN when no unit was scored), ``p_holm`` and ``q_bh`` (Holm and
+        Benjamini-Hochberg over the genes of a target with a p value), ``significant``
+        (``p_holm < alpha``, ST-Net's headline count) and ``pooled_pearson`` (NaN without
+        ``pooled``).
     """
-    df = per_gene[per_gene["stratum"] == "all"]
-    rows = []
-    for (target, gene), g in df.groupby(["target", "gene"], sort=False):
-        r = g["pearson"].to_numpy(dtype=float)
-        r = r[np.isfinite(r)]
-        n_units, n_pos = int(r.size), int((r > 0).sum())
-        rows.append(
-            {
-                "target": target,
-                "gene": gene,
-                "median_pearson": float(np.median(r)) if n_units else float("nan"),
-                "n_units": n_units,
-                "n_positive": n_pos,
-                "p_binom": _binom_p(n_pos, n_units),
-            }
-        )
-    out = pd.DataFrame(
-        rows,
-        columns=["target", "gene", "median_pearson", "n_units", "n_positive", "p_binom"],
-    )
-    out["p_holm"] = np.nan
-    out["q_bh"] = np.nan
-    for _, idx in out.groupby("target", sort=False).groups.items():
-        out.loc[idx, "p_holm"] = _adjust(out.loc[idx, "p_binom"], "holm")
-        out.loc[idx, "q_bh"] = _adjust(out.loc[idx, "p_binom"], "fdr_bh")
-    out["significant"] = (out["q_bh"] < 0.05).to_numpy(dtype=bool)
+    out = _sign_tests(per_gene[per_gene["stratum"] == "all"], alpha)
     if pooled is not None:
         pp = pooled[["gene", "target", "pearson"]].rename(columns={"pearson": "pooled_pearson"})
         out = out.merge(pp, on=["gene", "target"], how="left")
@@ -412,8 +429,32 @@ def summarise(per_gene: pd.DataFrame, pooled: pd.DataFrame | None = None) -> pd.
     return out
 
 
+def summarise_strata(per_gene: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """ST-Net's tumour-only and normal-only consistency counts.
+
+    The sign tests of :func:`summarise` computed separately on the ``tumor`` and ``normal``
+    strata of :func:`score_units` (a unit enters a stratum's test when it has at least
+    :data:`MIN_STRATUM_SPOTS` spots of it); Holm and BH are applied within each stratum and
+    target. Columns: ``stratum`` then those of :func:`summarise` without ``pooled_pearson``.
+    The table is empty (with its header) when no unit is annotated.
+    """
+    frames = []
+    for stratum in _STRATA:
+        sub = per_gene[per_gene["stratum"] == stratum]
+        if sub.empty:
+            continue
+        t = _sign_tests(sub, alpha)
+        t.insert(0, "stratum", stratum)
+        frames.append(t)
+    if not frames:
+        cols = ["stratum", "target", "gene", "median_pearson", "n_units", "n_positive",
+                "n_undefined", "p_binom", "p_holm", "q_bh", "significant"]
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)
+
+
 def table1(summary: pd.DataFrame, n: int = 10) -> pd.DataFrame:
-    """ST-Net Table 1: the genes most consistently predicted across units.
+    """ST-Net Table 1: the best-predicted genes, ranked by median correlation over units.
 
     Parameters
     ----------
@@ -425,29 +466,30 @@ def table1(summary: pd.DataFrame, n: int = 10) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        Columns ``gene``, ``n_consistent`` (units with r > 0, raw target), ``median_r`` (raw)
-        and ``median_r_smoothed`` (NaN without smoothed rows); sorted by ``n_consistent`` then
-        ``median_r`` (both descending, ties by gene name).
+        Columns ``gene``, ``median_r`` (raw target), ``n_consistent`` (units with r > 0),
+        ``n_units``, ``p_holm``, ``median_r_smoothed`` (NaN without smoothed rows); sorted by
+        ``median_r`` (descending, ties by gene name), as ST-Net's Table 1.
     """
     raw = summary[summary["target"] == "raw"].set_index("gene")
     sm = summary[summary["target"] == "smoothed"].set_index("gene")["median_pearson"]
     tab = pd.DataFrame(
         {
             "gene": raw.index.astype(str),
-            "n_consistent": raw["n_positive"].to_numpy(dtype=int),
             "median_r": raw["median_pearson"].to_numpy(dtype=float),
+            "n_consistent": raw["n_positive"].to_numpy(dtype=int),
+            "n_units": raw["n_units"].to_numpy(dtype=int),
+            "p_holm": raw["p_holm"].to_numpy(dtype=float),
             "median_r_smoothed": sm.reindex(raw.index).to_numpy(dtype=float),
         }
     )
-    tab = tab.sort_values(
-        ["n_consistent", "median_r", "gene"], ascending=[False, False, True], na_position="last"
-    )
+    tab = tab.sort_values(["median_r", "gene"], ascending=[False, True], na_position="last")
     return tab.head(n).reset_index(drop=True)
 
 
 # ------------------------------------------------------------------------ experiments
 def score_experiment(
-    adatas: Iterable[Any], platforms: dict[str, str], unit: str = "patient_id"
+    adatas: Iterable[Any], platforms: dict[str, str], unit: str = "patient_id",
+    alpha: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-gene x unit metrics and the per-gene summary of one method's predictions.
 
@@ -459,6 +501,8 @@ def score_experiment(
         Platform of every section id (sets the smoothing neighbourhood).
     unit
         ``"patient_id"`` or ``"sample_id"``.
+    alpha
+        See :func:`summarise`.
 
     Returns
     -------
@@ -476,13 +520,13 @@ def score_experiment(
         pooled = pooled_metrics(ads, platform=platform)
     else:
         pooled = pooled_metrics([a for ads in by_platform.values() for a in ads])
-    return per_gene, summarise(per_gene, pooled)
+    return per_gene, summarise(per_gene, pooled, alpha=alpha)
 
 
 #: columns of :func:`compare_methods`
 COMPARISON_COLUMNS: tuple[str, ...] = (
     "gene", "method", "target", "median_pearson", "pooled_pearson", "n_units", "n_positive",
-    "q_bh", "median_rmse", "median_auroc",
+    "p_holm", "q_bh", "significant", "median_rmse", "median_auroc",
 )  # fmt: skip
 
 
@@ -517,7 +561,8 @@ def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]
 
     Columns ``method``, ``genes`` (role or ``"all"``), ``n_genes``, ``median_pearson`` (median
     over genes of the per-gene median r), ``mean_pearson``, ``median_pooled_pearson``,
-    ``n_significant`` (BH q < 0.05), ``median_rmse``, ``median_auroc``.
+    ``n_significant`` (Holm, the summary's ``significant``), ``n_significant_bh`` (BH q < 0.05),
+    ``median_rmse``, ``median_auroc``.
     """
     comp = comparison[comparison["target"] == target]
     groups = {"all": None, **(genes_by_role or {})}
@@ -532,7 +577,8 @@ def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]
                 "median_pearson": float(sub["median_pearson"].median()),
                 "mean_pearson": float(sub["median_pearson"].mean()),
                 "median_pooled_pearson": float(sub["pooled_pearson"].median()),
-                "n_significant": int((sub["q_bh"] < 0.05).sum()),
+                "n_significant": int(sub["significant"].astype(bool).sum()),
+                "n_significant_bh": int((sub["q_bh"] < 0.05).sum()),
                 "median_rmse": float(sub["median_rmse"].median()),
                 "median_auroc": float(sub["median_auroc"].median()),
             })

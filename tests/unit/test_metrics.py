@@ -19,6 +19,7 @@ from stpredict.metrics import (
     score_units,
     smooth_measurements,
     summarise,
+    summarise_strata,
     table1,
 )
 
@@ -193,20 +194,23 @@ def test_summarise_against_independent_tests():
         warnings.simplefilter("error")
         summ = summarise(per, pooled)
     raw = summ[summ["target"] == "raw"].set_index("gene")
-    # flat gene: P2 excluded
-    assert raw.loc["flat", "n_units"] == 2
+    # flat gene: P2's r is undefined: a trial that is not positive, reported, not dropped
+    assert raw.loc["flat", "n_units"] == 3
+    assert raw.loc["flat", "n_undefined"] == 1
     assert raw.loc["perfect", "n_units"] == 3
+    assert raw.loc["perfect", "n_undefined"] == 0
     assert raw.loc["perfect", "n_positive"] == 3
     assert raw[["n_units", "n_positive", "p_binom", "p_holm", "q_bh"]].notna().all().all()
     # independent recomputation
     sub = per[(per["target"] == "raw") & (per["stratum"] == "all")]
     ps = []
     for g in ["perfect", "noisy", "flat"]:
-        r = sub.loc[sub["gene"] == g, "pearson"].dropna().to_numpy()
+        r_all = sub.loc[sub["gene"] == g, "pearson"].to_numpy()
+        r = r_all[np.isfinite(r_all)]
         k = int((r > 0).sum())
         assert raw.loc[g, "n_positive"] == k
         assert raw.loc[g, "median_pearson"] == pytest.approx(np.median(r))
-        p = stats.binomtest(k, len(r), 0.5, alternative="greater").pvalue
+        p = stats.binomtest(k, len(r_all), 0.5, alternative="greater").pvalue
         assert raw.loc[g, "p_binom"] == pytest.approx(p)
         ps.append(p)
     np.testing.assert_allclose(
@@ -215,7 +219,7 @@ def test_summarise_against_independent_tests():
     np.testing.assert_allclose(
         raw.loc[["perfect", "noisy", "flat"], "q_bh"], multipletests(ps, method="fdr_bh")[1]
     )
-    assert (raw["significant"] == (raw["q_bh"] < 0.05)).all()
+    assert (raw["significant"] == (raw["p_holm"] < 0.05)).all()
     # pooled (HEST) pearson over all spots
     meas = np.vstack([a.X for a in adatas])
     pred = np.vstack([a.layers["predicted"] for a in adatas])
@@ -225,7 +229,7 @@ def test_summarise_against_independent_tests():
     assert set(summ["target"]) == {"raw", "smoothed"}
 
 
-def test_summarise_gene_without_units_gets_nan_p_and_is_left_out():
+def test_summarise_undefined_units_are_trials_that_are_not_positive():
     per = pd.DataFrame(
         {
             "gene": ["a", "a", "b", "b", "c", "c"],
@@ -236,15 +240,56 @@ def test_summarise_gene_without_units_gets_nan_p_and_is_left_out():
         }
     )
     summ = summarise(per).set_index("gene")
-    assert summ.loc["b", "n_units"] == 0
-    assert np.isnan(summ.loc["b", "p_binom"]) and np.isnan(summ.loc["b", "q_bh"])
+    # b: both units undefined: 0 of 2 positive (p = 1), not a dropped gene
+    assert summ.loc["b", "n_units"] == 2 and summ.loc["b", "n_undefined"] == 2
+    assert summ.loc["b", "n_positive"] == 0 and np.isnan(summ.loc["b", "median_pearson"])
     assert not summ.loc["b", "significant"]
-    ps = [
-        stats.binomtest(2, 2, alternative="greater").pvalue,
-        stats.binomtest(1, 2, alternative="greater").pvalue,
-    ]
-    np.testing.assert_allclose(summ.loc[["a", "c"], "q_bh"], multipletests(ps, method="fdr_bh")[1])
+    ps = [stats.binomtest(k, 2, alternative="greater").pvalue for k in (2, 0, 1)]
+    np.testing.assert_allclose(summ.loc[["a", "b", "c"], "p_binom"], ps)
+    np.testing.assert_allclose(summ.loc[["a", "b", "c"], "p_holm"], multipletests(ps, method="holm")[1])
+    np.testing.assert_allclose(summ.loc[["a", "b", "c"], "q_bh"], multipletests(ps, method="fdr_bh")[1])
     assert summ.loc["a", "n_positive"] == 2 and summ.loc["c", "n_positive"] == 1
+
+
+def test_summarise_gene_absent_from_every_unit_gets_nan_p():
+    per = pd.DataFrame({"gene": ["a", "a"], "unit": ["u1", "u2"], "target": "raw",
+                        "stratum": "tumor", "pearson": [0.5, 0.4]})
+    summ = summarise(per)
+    assert summ.empty  # no stratum-"all" rows: nothing scored
+
+
+def test_headline_significance_is_holm_not_bh():
+    """ST-Net counts genes by Holm; BH would call more genes significant on the same p values."""
+    rng = np.random.default_rng(0)
+    genes = [f"g{i}" for i in range(40)]
+    rows = []
+    for i, g in enumerate(genes):
+        # 12 genes positive in all 16 units, 6 in 14 of 16, the rest at chance
+        n_pos = 16 if i < 12 else 14 if i < 18 else int(rng.integers(5, 11))
+        for u in range(16):
+            rows.append({"gene": g, "unit": f"u{u}", "target": "raw", "stratum": "all",
+                         "pearson": 0.3 if u < n_pos else -0.1})
+    summ = summarise(pd.DataFrame(rows))
+    holm = multipletests(summ["p_binom"], method="holm")[1] < 0.05
+    bh = multipletests(summ["p_binom"], method="fdr_bh")[1] < 0.05
+    assert holm.sum() < bh.sum()  # the two corrections disagree on this table
+    assert summ["significant"].sum() == holm.sum()
+    assert (summ["significant"].to_numpy() == holm).all()
+    loose = summarise(pd.DataFrame(rows), alpha=0.5)
+    assert loose["significant"].sum() >= summ["significant"].sum()
+
+
+def test_summarise_strata_counts_tumour_and_normal_units():
+    adatas = _dataset()
+    per = score_units(adatas, "st")
+    strata = summarise_strata(per)
+    assert set(strata["stratum"]) <= {"tumor", "normal"} and len(strata)
+    for (stratum, target, gene), g in strata.groupby(["stratum", "target", "gene"]):
+        sub = per[(per.stratum == stratum) & (per.target == target) & (per.gene == gene)]
+        assert g["n_units"].item() == len(sub)
+        assert g["n_positive"].item() == int((sub["pearson"] > 0).sum())
+    empty = summarise_strata(per[per.stratum == "all"])
+    assert empty.empty and "significant" in empty.columns
 
 
 def test_table1_order_and_columns():
@@ -254,12 +299,16 @@ def test_table1_order_and_columns():
             "gene": ["a", "b", "c"] * 2,
             "median_pearson": [0.2, 0.5, 0.9, 0.3, 0.6, 0.95],
             "n_positive": [5, 5, 3, 5, 5, 4],
+            "n_units": 5,
+            "p_holm": [0.1, 0.1, 0.5, 0.1, 0.1, 0.3],
         }
     )
     tab = table1(summ, n=2)
-    assert list(tab.columns) == ["gene", "n_consistent", "median_r", "median_r_smoothed"]
-    assert tab["gene"].tolist() == ["b", "a"]
-    assert tab["median_r_smoothed"].tolist() == [0.6, 0.3]
+    assert list(tab.columns) == ["gene", "median_r", "n_consistent", "n_units", "p_holm",
+                                 "median_r_smoothed"]
+    # ST-Net's Table 1 ranks by median r: c (0.9, only 3 consistent units) comes first
+    assert tab["gene"].tolist() == ["c", "b"]
+    assert tab["median_r_smoothed"].tolist() == [0.95, 0.6]
 
 
 def test_units_with_fold_specific_genes():

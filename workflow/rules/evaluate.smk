@@ -24,6 +24,12 @@ rule score_predictions:
             category="Evaluation",
             subcategory="{experiment}",
         ),
+        strata=report(
+            "results/experiments/{experiment}/metrics/strata.tsv",
+            caption="../report/strata.rst",
+            category="Evaluation",
+            subcategory="{experiment}",
+        ),
     log:
         "results/logs/score_predictions/{experiment}.log",
     priority: 10
@@ -32,6 +38,7 @@ rule score_predictions:
     params:
         platforms=get_experiment_platforms,
         unit=get_evaluation_unit,
+        alpha=lambda wc: evaluation(wc.experiment)["alpha"],
     script:
         "../scripts/score_predictions.py"
 
@@ -85,6 +92,7 @@ for _method in BASELINES:
             experiment=get_experiment,
             platforms=get_experiment_platforms,
             unit=get_evaluation_unit,
+            alpha=lambda wc: evaluation(wc.experiment)["alpha"],
         script:
             "../scripts/run_baseline.py"
 

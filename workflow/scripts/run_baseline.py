@@ -21,7 +21,8 @@ with script_logging(snakemake.log[0]) as log:
     adatas = run_baseline(method, read_manifest(snakemake.input.splits), sections, fitted,
                           features=features, platforms=snakemake.params.platforms, params=params,
                           seed=int(exp["seed"]), n_jobs=snakemake.threads, experiment=name)
-    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit)
+    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit,
+                                         alpha=float(snakemake.params.alpha))
     log.info("%s / %s: %d sections, %d genes; median r over genes %.3f", name, method, len(adatas),
              summary["gene"].nunique(), summary.loc[summary["target"] == "raw", "median_pearson"].median())
     write_h5ad(ad.concat(adatas, merge="first", uns_merge="first"), snakemake.output.predictions)

@@ -2,7 +2,7 @@ import anndata as ad
 
 from stpredict.errors import ConfigError
 from stpredict.io import write_table
-from stpredict.metrics import score_experiment, table1
+from stpredict.metrics import score_experiment, summarise_strata, table1
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -10,9 +10,11 @@ with script_logging(snakemake.log[0]) as log:
     if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
         raise ConfigError("score_predictions scores regression experiments; this one predicts clusters",
                           fix="request metrics only for regression experiments")
-    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit)
+    alpha = float(snakemake.params.alpha)
+    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit, alpha=alpha)
     log.info("%s: %d genes x %d units scored", snakemake.wildcards.experiment,
              per_gene["gene"].nunique(), per_gene["unit"].nunique())
     write_table(per_gene, snakemake.output.per_gene)
     write_table(summary, snakemake.output.summary)
     write_table(table1(summary), snakemake.output.table1)
+    write_table(summarise_strata(per_gene, alpha=alpha), snakemake.output.strata)
