@@ -155,7 +155,8 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
     seed = _seed(exp, name, "split")
     scheme = split["scheme"]
     if scheme == "leave_one_patient_out":
-        man = splits.leave_one_patient_out(spots, inner_folds=int(split.get("inner_folds", 0)), seed=seed)
+        man = splits.leave_one_patient_out(spots, inner_folds=int(split.get("inner_folds", 0)), seed=seed,
+                                           inner_assignment=split.get("inner_assignment", "stride"))
     elif scheme == "random_within_section":
         man = splits.random_within_section(spots, n_folds=int(split["n_folds"]),
                                            val_frac=float(split["val_frac"]), seed=seed)
@@ -217,7 +218,7 @@ def _fit_targets(exp: Mapping[str, Any], train_ads: list[ad.AnnData]) -> tuple[A
     g = tcfg["genes"]
     selector = GeneSelector(mode=g["mode"], n=int(g["n"]), panel=g["panel"] or None,
                             min_frac=float(g["min_frac"]), allow_missing=bool(g.get("allow_missing", False)),
-                            normalization="log_proportion" if tcfg["transform"] == "log_proportion" else "log1p")
+                            normalization=g.get("rank_by", "log1p"))
     selector.fit(train_ads)
     transform = make_transform(TRANSFORM_NAMES[tcfg["transform"]], genes=list(selector.genes_)).fit(train_ads)
     return selector, transform
@@ -427,7 +428,8 @@ def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "task": "regression",
     "sections": {"samples": [], "patients": [], "platform": ""},
-    "split": {"scheme": "leave_one_patient_out", "inner_folds": 0, "n_folds": 5, "val_frac": 0.2,
+    "split": {"scheme": "leave_one_patient_out", "inner_folds": 0, "inner_assignment": "stride",
+              "n_folds": 5, "val_frac": 0.2,
               "block_um": 600.0, "buffer_um": 0.0, "train_sections": [], "test_section": ""},
     "model": {"backbone": "tiny", "weights": "none", "tiny_width": 8},
     "train": {"loss": "mse", "optimiser": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
@@ -441,6 +443,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
 #: defaults of the ``evaluation`` section (the schema documents them)
 EVALUATION_DEFAULTS: dict[str, Any] = {
     "baselines": ["mean", "labels", "nuclear_rf", "nmf_rf", "neighbours"],
+    "alpha": 0.05,
     "ols": True,
     "latent": True,
     "attributions": {"enabled": True, "gene": "", "n_patches": 3, "n_steps": 32},

@@ -21,8 +21,17 @@ order of the centres.
 Store (see docs/DESIGN.md)
 --------------------------
 ``.npy`` C-contiguous ``(N, S, S, 3)`` uint8 (memory-mappable), ``.tsv`` with
-``id, x, y, pad_frac, white_frac, mean_r, mean_g, mean_b, white`` (row i = patch i) and ``.json``
-with the geometry and the whiteness thresholds.
+``id, x, y, pad_frac, white_frac, mean_r, mean_g, mean_b, mean_rgb, white`` (row i = patch i) and
+``.json`` with the geometry and the whiteness threshold.
+
+Whiteness (DeepSpaCE's rule, ``CropImage.py``)
+----------------------------------------------
+Computed on the full-resolution crops, before any resizing: ``mean_rgb`` is the mean of a crop
+over all its pixels and the three channels; the section's threshold is the ``percentile``-th
+percentile of ``mean_rgb`` over the section's crops (one scalar); a pixel is white when all three
+channels exceed it, and a crop is flagged ``white`` when more than ``max_white_frac`` of its
+pixels are white. (``mean_r, mean_g, mean_b`` are the channel means of the *stored* patch, used
+as trivial predictors by the OLS table.)
 """
 
 from __future__ import annotations
@@ -52,13 +61,16 @@ __all__ = [
     "load_patches",
     "patch_means",
     "whiteness",
+    "whiteness_from_histograms",
+    "crop_statistics",
     "resize_batch",
     "patches_for_spots",
 ]
 
 log = logging.getLogger(__name__)
 
-PATCH_COLUMNS = ["id", "x", "y", "pad_frac", "white_frac", "mean_r", "mean_g", "mean_b", "white"]
+PATCH_COLUMNS = ["id", "x", "y", "pad_frac", "white_frac", "mean_r", "mean_g", "mean_b", "mean_rgb",
+                 "white"]
 
 
 def deepspace_crop_px(mpp: float, spot_radius_um: float = 27.5, factor: float = 2.5) -> int:
@@ -243,51 +255,82 @@ def patch_means(patches: np.ndarray, chunk: int = 256) -> np.ndarray:
 
 
 def whiteness(
-    patches: np.ndarray,
-    percentile: float = 80.0,
-    max_white_frac: float = 0.5,
-    means: np.ndarray | None = None,
-    chunk: int = 256,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DeepSpaCE whiteness filter.
+    crops: np.ndarray, percentile: float = 80.0, max_white_frac: float = 0.5, chunk: int = 256,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """DeepSpaCE's whiteness filter on an array of one section's full-resolution crops.
+
+    ``(N, c, c, 3)`` uint8 crops (an array or memmap, read ``chunk`` at a time); see
+    :func:`crop_statistics` and :func:`whiteness_from_histograms` for the rule and the returns
+    ``(white_frac, white_flag, threshold)``.
+    """
+    n = len(crops)
+    mean_rgb = np.empty(n, dtype=np.float64)
+    min_hist = np.zeros((n, 256), dtype=np.int64)
+    for a in range(0, n, chunk):
+        mean_rgb[a : a + chunk], min_hist[a : a + chunk] = crop_statistics(np.asarray(crops[a : a + chunk]))
+    return whiteness_from_histograms(mean_rgb, min_hist, percentile, max_white_frac)
+
+
+def crop_statistics(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over pixels and channels, and the histogram of each pixel's smallest channel.
 
     Parameters
     ----------
-    patches
-        ``(N, S, S, 3)`` uint8 array or memmap of one section's crops.
-    percentile
-        The threshold of each channel is this percentile of the per-crop mean of the channel
-        over the section's crops.
-    max_white_frac
-        A crop is flagged when strictly more than this share of its pixels is white.
-    means
-        Per-crop channel means if already computed (see :func:`patch_means`).
-    chunk
-        Number of patches held in memory at once.
+    crops
+        ``(k, c, c, 3)`` uint8 full-resolution crops.
 
     Returns
     -------
-    white_frac : ndarray
-        ``(N,)`` share of pixels exceeding the threshold in all three channels (strictly).
-    white_flag : ndarray
-        ``(N,)`` bool, ``white_frac > max_white_frac``.
-    thresholds : ndarray
-        ``(3,)`` float thresholds ``[r, g, b]``.
+    mean_rgb : numpy.ndarray
+        ``(k,)`` float64 mean of every crop over all its pixels and the 3 channels (0-255).
+    min_hist : numpy.ndarray
+        ``(k, 256)`` int64: ``min_hist[i, v]`` = pixels of crop ``i`` whose smallest channel is
+        ``v``. A pixel exceeds a threshold ``t`` in all three channels exactly when its smallest
+        channel does, so the white share for any ``t`` follows from the histogram
+        (:func:`whiteness_from_histograms`), in one pass over the crops.
     """
-    n = len(patches)
+    k = len(crops)
+    flat = crops.reshape(k, -1, 3)
+    mean_rgb = flat.sum(axis=(1, 2), dtype=np.uint64) / float(flat.shape[1] * 3) if k else np.zeros(0)
+    mins = flat.min(axis=2).astype(np.int64)
+    offsets = (np.arange(k, dtype=np.int64) * 256)[:, None]
+    hist = np.bincount((mins + offsets).ravel(), minlength=k * 256).reshape(k, 256)
+    return np.asarray(mean_rgb, dtype=np.float64), hist
+
+
+def whiteness_from_histograms(
+    mean_rgb: np.ndarray, min_hist: np.ndarray, percentile: float = 80.0,
+    max_white_frac: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """DeepSpaCE's whiteness filter from :func:`crop_statistics` of a section's crops.
+
+    Parameters
+    ----------
+    mean_rgb, min_hist
+        Per-crop mean RGB and smallest-channel histograms.
+    percentile
+        The threshold is this percentile of ``mean_rgb`` over the section (DeepSpaCE: 80).
+    max_white_frac
+        A crop is white when strictly more than this share of its pixels is white (0.5).
+
+    Returns
+    -------
+    white_frac : numpy.ndarray
+        ``(N,)`` share of pixels whose three channels all exceed the threshold (strictly).
+    white_flag : numpy.ndarray
+        ``(N,)`` bool, ``white_frac > max_white_frac``.
+    threshold : float
+        The scalar threshold (NaN without crops).
+    """
+    n = len(mean_rgb)
     if n == 0:
-        return np.zeros(0), np.zeros(0, dtype=bool), np.full(3, np.nan)
-    if means is None:
-        means = patch_means(patches, chunk)
-    thresholds = np.percentile(means, percentile, axis=0)
-    # for uint8 pixels, p > t  <=>  p > floor(t); floor(t) lies in 0..255 since 0 <= t <= 255
-    thr = np.floor(thresholds).clip(0, 255).astype(np.uint8)
-    white_frac = np.empty(n, dtype=np.float64)
-    for a in range(0, n, chunk):
-        block = np.asarray(patches[a : a + chunk])
-        mask = (block[..., 0] > thr[0]) & (block[..., 1] > thr[1]) & (block[..., 2] > thr[2])
-        white_frac[a : a + chunk] = mask.reshape(len(block), -1).mean(axis=1)
-    return white_frac, white_frac > max_white_frac, thresholds
+        return np.zeros(0), np.zeros(0, dtype=bool), float("nan")
+    threshold = float(np.percentile(mean_rgb, percentile))
+    # uint8 pixels: v > t  <=>  v > floor(t), and floor(t) lies in 0..255
+    cut = int(np.floor(threshold))
+    white = min_hist[:, cut + 1 :].sum(axis=1)
+    white_frac = white / np.maximum(min_hist.sum(axis=1), 1)
+    return white_frac.astype(np.float64), white_frac > max_white_frac, threshold
 
 
 def extract_patches(
@@ -326,7 +369,8 @@ def extract_patches(
     band_px
         Maximum height in pixels of one band read from the image.
     percentile, max_white_frac
-        Parameters of :func:`whiteness`.
+        Parameters of :func:`whiteness_from_histograms` (DeepSpaCE's rule, on the
+        full-resolution crops; see the module notes).
     progress
         Show a tqdm progress bar.
 
@@ -360,6 +404,8 @@ def extract_patches(
     log.info("%s: %d patches, crop %d px -> %d px, %d bands", image.sample, n, crop, size, len(groups))
 
     means = np.empty((n, 3), dtype=np.float64)
+    mean_rgb = np.empty(n, dtype=np.float64)
+    min_hist = np.zeros((n, 256), dtype=np.int64)
     with atomic_path(out_npy) as tmp_npy:
         store = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
         with tqdm(total=n, desc=f"patches {image.sample or image.path.name}", unit="patch",
@@ -374,13 +420,15 @@ def extract_patches(
                 for k, i in enumerate(grp):
                     ox, oy = int(x0[i]) - bx0, int(y0[i]) - by0
                     crops[k] = region[oy : oy + crop, ox : ox + crop]
+                mean_rgb[grp], min_hist[grp] = crop_statistics(crops)
                 out = resize_batch(crops, size, backend)
                 store[np.sort(grp)] = out[np.argsort(grp)]
                 means[grp] = _channel_means(out)
                 bar.update(len(grp))
         store.flush()
-        white_frac, white_flag, thresholds = whiteness(store, percentile, max_white_frac, means=means)
         del store
+    white_frac, white_flag, threshold = whiteness_from_histograms(mean_rgb, min_hist, percentile,
+                                                                  max_white_frac)
     table = pd.DataFrame({
         "id": ids,
         "x": xy[:, 0],
@@ -390,6 +438,7 @@ def extract_patches(
         "mean_r": means[:, 0],
         "mean_g": means[:, 1],
         "mean_b": means[:, 2],
+        "mean_rgb": mean_rgb,
         "white": white_flag,
     })
     write_table(table, out_tsv)
@@ -405,10 +454,12 @@ def extract_patches(
         "n": n,
         "n_white": int(white_flag.sum()),
         "whiteness": {
+            "rule": "DeepSpaCE: full-resolution crops; threshold = percentile of the per-crop "
+                    "mean RGB; white pixel = all channels > threshold",
             "percentile": float(percentile),
             "max_white_frac": float(max_white_frac),
             # null when there are no crops (strict JSON has no NaN)
-            "thresholds": [float(t) if np.isfinite(t) else None for t in thresholds],
+            "threshold": threshold if np.isfinite(threshold) else None,
         },
         "created_by": "stpredict.patches.extract_patches",
     }

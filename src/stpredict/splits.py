@@ -124,7 +124,7 @@ def fold_rows(manifest: pd.DataFrame, fold: str | int, role: str) -> pd.DataFram
 
 
 def leave_one_patient_out(
-    spots_df: pd.DataFrame, inner_folds: int = 4, seed: int = 0
+    spots_df: pd.DataFrame, inner_folds: int = 4, seed: int = 0, inner_assignment: str = "stride"
 ) -> pd.DataFrame:
     """Leave-one-patient-out outer folds with an inner K-fold over the training patients.
 
@@ -142,13 +142,20 @@ def leave_one_patient_out(
         Number of inner folds over patients (capped at the number of training patients;
         ``0`` or ``1`` gives no inner folds).
     seed
-        Seed of the assignment of training patients to inner folds.
+        Seed of the assignment of training patients to inner folds (``inner_assignment="random"``).
+    inner_assignment
+        ``"stride"`` (ST-Net's ``cross_validate.py``): with the training patients in sorted
+        order, inner fold ``i`` validates ``patients[i::inner_folds]``; ``"random"``: patients
+        are shuffled (``seed``) and dealt into the folds.
 
     Returns
     -------
     pandas.DataFrame
         The manifest (see the module docstring), ``scheme == "patient"``.
     """
+    if inner_assignment not in ("stride", "random"):
+        raise StpredictError(f"unknown inner_assignment '{inner_assignment}'",
+                             fix="use 'stride' (ST-Net) or 'random'")
     df = _spots(spots_df)
     patients = sorted(df["patient_id"].unique())
     if len(patients) < 2:
@@ -165,8 +172,10 @@ def leave_one_patient_out(
         n_inner = min(int(inner_folds), len(rest))
         if n_inner < 2:
             continue
-        rng = np.random.default_rng([int(seed), k])
-        groups = _chunks(rest, n_inner, rng)
+        if inner_assignment == "stride":
+            groups = [rest[i::n_inner] for i in range(n_inner)]
+        else:
+            groups = _chunks(rest, n_inner, np.random.default_rng([int(seed), k]))
         for i, group in enumerate(groups):
             is_val = df["patient_id"].isin(group).to_numpy()
             r = np.where(is_test, "test", np.where(is_val, "val", "train"))

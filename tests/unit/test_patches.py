@@ -147,32 +147,52 @@ def test_resize_is_antialiased_bilinear(tmp_path):
     assert meta["n"] == 1 and meta["fov_um"] == 64.0
 
 
-def _naive_whiteness(patches, pct, frac):
-    means = np.array([[p[..., ch].mean() for ch in range(3)] for p in patches])
-    thr = [np.percentile(means[:, ch], pct) for ch in range(3)]
+def _naive_whiteness(crops, pct, frac):
+    """DeepSpaCE's CropImage.py, literally: one scalar threshold from the mean RGB of each crop."""
+    means = np.array([c.astype(float).mean() for c in crops])
+    white_th = np.percentile(means, pct)
     wf = []
-    for p in patches:
+    for c in crops:
         n_white = 0
-        for px in p.reshape(-1, 3):
-            n_white += all(int(px[ch]) > thr[ch] for ch in range(3))
-        wf.append(n_white / (p.shape[0] * p.shape[1]))
+        for px in c.reshape(-1, 3):
+            n_white += all(int(px[ch]) > white_th for ch in range(3))
+        wf.append(n_white / (c.shape[0] * c.shape[1]))
     wf = np.array(wf)
-    return wf, wf > frac, np.array(thr)
+    return wf, wf > frac, white_th
 
 
-def test_whiteness_matches_naive():
+def test_whiteness_matches_deepspace_rule():
     rng = np.random.default_rng(1)
-    patches = rng.integers(120, 256, size=(23, 8, 8, 3), dtype=np.uint8)
-    patches[:5] = 250  # white crops
-    patches[5:8, :6] = 252  # mostly white
-    for pct, frac in [(80, 0.5), (50, 0.3)]:
-        wf, flag, thr = P.whiteness(patches, pct, frac, chunk=4)
-        wf0, flag0, thr0 = _naive_whiteness(patches, pct, frac)
-        np.testing.assert_allclose(thr, thr0)
+    crops = rng.integers(120, 256, size=(23, 8, 8, 3), dtype=np.uint8)
+    crops[:5] = 250  # white crops
+    crops[5:8, :6] = 252  # mostly white
+    crops[8, :, :, 0] = 255  # red channel saturated only: a scalar threshold, not per channel
+    for pct, frac in [(80, 0.5), (50, 0.3), (100, 0.5)]:
+        wf, flag, thr = P.whiteness(crops, pct, frac, chunk=4)
+        wf0, flag0, thr0 = _naive_whiteness(crops, pct, frac)
+        assert thr == pytest.approx(thr0)
         np.testing.assert_allclose(wf, wf0)
         np.testing.assert_array_equal(flag, flag0)
-    wf, flag, thr = P.whiteness(patches, 80, 0.5)
+    wf, flag, thr = P.whiteness(crops, 80, 0.5)
     assert flag[:5].all() and flag.sum() >= 5
+
+
+def test_whiteness_uses_full_resolution_crops_not_resized_patches(tmp_path):
+    """A crop whose white pixels are fine-grained: resizing blurs them below the threshold."""
+    img = np.full((64, 640, 3), 200, np.uint8)
+    img[:, ::2] = 255  # every other column glass, the rest grey: half the pixels white
+    img[:, 1::4] = 120  # ... but mean colour of the whole crop stays moderate
+    img[:, 320:] = (150, 80, 160)
+    src = tmp_path / "t.png"
+    Image.fromarray(img).save(src)
+    xy = np.array([[32 + 64 * i, 32] for i in range(10)])
+    table, npy, _, js = _run(tmp_path, SlideImage(src), xy, P.PatchSpec(fov_px=64, size_px=8))
+    full = np.stack([img[0:64, 64 * i : 64 * i + 64] for i in range(10)])
+    wf0, flag0, thr0 = _naive_whiteness(full, 80, 0.5)
+    np.testing.assert_allclose(table["white_frac"], wf0)
+    assert table["white"].tolist() == flag0.tolist()
+    assert json.loads(js.read_text())["whiteness"]["threshold"] == pytest.approx(thr0)
+    np.testing.assert_allclose(table["mean_rgb"], [c.astype(float).mean() for c in full])
 
 
 def test_whiteness_written_and_flags_background(tmp_path):
@@ -188,8 +208,7 @@ def test_whiteness_written_and_flags_background(tmp_path):
     assert table["white_frac"].tolist() == [0.0] * 3 + [1.0, 1.0] + [0.0] * 5
     meta = json.loads(js.read_text())
     assert meta["whiteness"]["percentile"] == 80.0
-    assert meta["whiteness"]["thresholds"] == pytest.approx(np.percentile(
-        table[["mean_r", "mean_g", "mean_b"]].to_numpy(), 80, axis=0).tolist())
+    assert meta["whiteness"]["threshold"] == pytest.approx(np.percentile(table["mean_rgb"], 80))
 
 
 def test_failure_leaves_no_output(tmp_path, coded, monkeypatch):
@@ -208,7 +227,7 @@ def test_no_centres_gives_empty_store(tmp_path, coded):
     img, png, tif = coded
     table, npy, tsv, js = _run(tmp_path, SlideImage(png), np.zeros((0, 2)), P.STNET)
     assert len(table) == 0 and P.load_patches(npy).shape == (0, 224, 224, 3)
-    assert json.loads(js.read_text())["whiteness"]["thresholds"] == [None, None, None]
+    assert json.loads(js.read_text())["whiteness"]["threshold"] is None
 
 
 @pytest.mark.parametrize("crop,size", [(44, 32), (300, 224), (137, 224)])

@@ -37,7 +37,7 @@ def spots():
 
 def test_lopo_structure_and_determinism(spots):
     df, meta = spots
-    man = leave_one_patient_out(df, inner_folds=3, seed=1)
+    man = leave_one_patient_out(df, inner_folds=3, seed=1, inner_assignment="random")
     assert list(man.columns) == MANIFEST_COLUMNS
     outer = man[man["inner_fold"] == -1]
     assert sorted(outer["fold"].unique(), key=int) == [str(k) for k in range(5)]
@@ -53,10 +53,25 @@ def test_lopo_structure_and_determinism(spots):
         assert sorted(val_patients.index) == sorted(f"P{p}" for p in range(5) if p != k)
         assert (val_patients == 1).all()
     audit(man, meta)
-    again = leave_one_patient_out(df.sample(frac=1.0, random_state=3), inner_folds=3, seed=1)
+    again = leave_one_patient_out(df.sample(frac=1.0, random_state=3), inner_folds=3, seed=1,
+                                  inner_assignment="random")
     pd.testing.assert_frame_equal(man, again)
-    other = leave_one_patient_out(df, inner_folds=3, seed=2)
+    other = leave_one_patient_out(df, inner_folds=3, seed=2, inner_assignment="random")
     assert not man.equals(other)
+
+
+def test_lopo_inner_folds_stride_sorted_patients_as_stnet(spots):
+    """ST-Net's cross_validate.py: sorted patients minus the test one, fold f = patients[f::4]."""
+    df, meta = spots
+    man = leave_one_patient_out(df, inner_folds=2, seed=123)
+    patients = sorted(df["patient_id"].unique())
+    for k, held in enumerate(patients):
+        rest = [p for p in patients if p != held]
+        for f in range(2):
+            val = fold_rows(man, f"{k}.{f}", "val")
+            assert sorted(val["patient_id"].unique()) == sorted(rest[f::2])
+    assert man.equals(leave_one_patient_out(df, inner_folds=2, seed=7))  # no randomness
+    audit(man, meta)
 
 
 def test_random_within_section_proportions(spots):
