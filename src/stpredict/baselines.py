@@ -24,9 +24,11 @@ Methods (:data:`BASELINES`):
     DenseNet-121; we use the hand-crafted features to keep the baseline cheap (documented).
 ``neighbours``
     The spatial upper bound: each test spot is predicted by the mean *measured* value of its
-    adjacent test spots (ST: 4 grid neighbours; Visium: the 6 hexagonal neighbours), spots
-    without a neighbour by the mean of their section. This peeks at test measurements on
-    purpose: it is an oracle bounding what local smoothness alone can explain, not a predictor.
+    adjacent spots of the same section (ST: 4 grid neighbours; Visium: the 6 hexagonal
+    neighbours), whatever their role in the fold — under a within-section split most neighbours
+    of a test spot are training spots —, spots without a neighbour by the mean of their section.
+    This peeks at measurements of held-out spots on purpose: it is an oracle bounding what local
+    smoothness alone can explain, not a predictor.
 """
 
 from __future__ import annotations
@@ -93,20 +95,31 @@ def _annotations(ads: Sequence[ad.AnnData]) -> np.ndarray:
 
 
 def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
-                    platforms: Mapping[str, str]) -> np.ndarray:
+                    platforms: Mapping[str, str],
+                    pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None) -> np.ndarray:
+    """Mean measured value of each test spot's array neighbours.
+
+    ``pools`` gives, per test section (same order), the spots whose measurements the
+    neighbours are taken from and their targets (default: the test spots themselves).
+    """
     from stpredict.geometry import spot_neighbors
 
     out = np.empty_like(y)
     start = 0
-    for a in test_ads:
+    for k, a in enumerate(test_ads):
         n = a.n_obs
-        yy = y[start:start + n]
+        pool, y_pool = pools[k] if pools is not None else (a, y[start:start + n])
         sample = str(a.obs["sample_id"].iloc[0])
-        nbrs = spot_neighbors(a.obs["array_row"].to_numpy(), a.obs["array_col"].to_numpy(),
+        pos = pool.obs_names.get_indexer(a.obs_names)  # the test spots among the pool's spots
+        if (pos < 0).any():
+            raise InputError("the neighbour pool lacks test spots", sample=sample,
+                             fix="pass the section's spots of the fold as the pool")
+        nbrs = spot_neighbors(pool.obs["array_row"].to_numpy(), pool.obs["array_col"].to_numpy(),
                               platforms[sample], connectivity=4)
-        fallback = yy.mean(axis=0)
-        for i, nb in enumerate(nbrs):
-            out[start + i] = yy[nb].mean(axis=0) if len(nb) else fallback
+        fallback = y_pool.mean(axis=0)
+        for i, p in enumerate(pos):
+            nb = nbrs[p]
+            out[start + i] = y_pool[nb].mean(axis=0) if len(nb) else fallback
         start += n
     return out
 
@@ -115,10 +128,13 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
                 train_ads: Sequence[ad.AnnData] = (), y_test: np.ndarray | None = None,
                 x_train: np.ndarray | None = None, x_test: np.ndarray | None = None,
                 platforms: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                seed: int = 0, n_jobs: int = 1) -> np.ndarray:
+                seed: int = 0, n_jobs: int = 1,
+                pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None) -> np.ndarray:
     """Fit ``method`` on the training side and predict the test spots (targets x genes).
 
-    ``y_test`` (measured test targets) is used only by the ``neighbours`` oracle.
+    ``y_test`` (measured test targets) and ``pools`` (per test section: its spots in the fold
+    and their measured targets, see :func:`_neighbour_mean`) are used only by the
+    ``neighbours`` oracle.
     """
     params = dict(params or {})
     n_test = sum(a.n_obs for a in test_ads)
@@ -162,7 +178,7 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
     if method == "neighbours":
         if y_test is None or platforms is None:
             raise ValueError("the neighbours oracle needs the measured test targets and platforms")
-        return _neighbour_mean(test_ads, y_test, platforms)
+        return _neighbour_mean(test_ads, y_test, platforms, pools)
     raise ConfigError(f"unknown baseline '{method}' (one of {', '.join(BASELINES)})",
                       fix="correct evaluation.baselines in the config")
 
@@ -208,7 +224,7 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         ``layers["predicted"]``, ``obs`` (with ``fold``), ``obsm["spatial"]``; folds are joined
         on the genes they share.
     """
-    from stpredict.experiments import _fold_part, _subsets
+    from stpredict.experiments import _fold_part, _subsets, smoothed_targets
     from stpredict.targets import from_dict
 
     if method in NEEDS_FEATURES and not features:
@@ -238,8 +254,17 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         x_tr = x_te = None
         if method in NEEDS_FEATURES:
             x_tr, x_te = _feature_matrix(tr_ads, features), _feature_matrix(te_ads, features)
+        pools = None
+        if method == "neighbours":  # every spot of the test sections in this fold, any role
+            everything = pd.concat([_fold_part(manifest, str(fold), r) for r in ("train", "val", "test")])
+            pool_ads, pool_samples, _ = _subsets(everything[everything["sample_id"].isin(te_samples)],
+                                                 sections)
+            by_sample = dict(zip(pool_samples, pool_ads, strict=True))
+            pools = [(by_sample[s], transform.transform(by_sample[s]).astype(np.float64))
+                     for s in te_samples]
         pred = fit_predict(method, y_tr, te_ads, train_ads=tr_ads, y_test=y_te, x_train=x_tr,
-                           x_test=x_te, platforms=platforms, params=params, seed=seed, n_jobs=n_jobs)
+                           x_test=x_te, platforms=platforms, params=params, seed=seed, n_jobs=n_jobs,
+                           pools=pools)
         log.info("%s fold %s: %s fitted on %d spots, predicted %d", experiment, fold, method,
                  len(y_tr), len(y_te))
         start = 0
@@ -249,6 +274,9 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
             out = ad.AnnData(X=y_te[sl].astype(np.float32), obs=_obs([a], str(fold)),
                              var=pd.DataFrame(index=genes))
             out.layers["predicted"] = pred[sl].astype(np.float32)
+            if platforms:
+                out.layers["measured_smoothed"] = smoothed_targets(
+                    transform, sections[sample], a.obs_names, platforms[sample]).astype(np.float32)
             out.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
             out.uns["stpredict"] = {
                 "experiment": experiment, "method": method, "task": "regression",

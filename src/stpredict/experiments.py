@@ -139,6 +139,7 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
     """Split the kept spots of the experiment's sections and audit the result for leakage."""
     from stpredict import splits
 
+    apply_cluster_map(exp, sections)
     rows, xy, mpp = [], [], {}
     for sample, a in sections.items():
         keep = _kept(a)
@@ -224,6 +225,66 @@ def _fit_targets(exp: Mapping[str, Any], train_ads: list[ad.AnnData]) -> tuple[A
     return selector, transform
 
 
+def check_gene_coverage(ads: Sequence[ad.AnnData], genes: Sequence[str],
+                        genes_cfg: Mapping[str, Any]) -> None:
+    """Refuse a section that lacks most of the selected genes (its targets would be zeros).
+
+    A gene absent from a section's matrix counts as zero there (legacy ST files omit genes
+    without counts), which is right for a few genes and silently wrong for most of them: a
+    cohort mixing Ensembl-id and symbol sections gives all-zero targets. Below
+    ``genes.min_coverage`` of the selected genes present, a section is refused; below all of
+    them, a warning with the numbers is logged.
+    """
+    genes = [str(g) for g in genes]
+    if not genes:
+        return
+    need = float(genes_cfg.get("min_coverage", 0.5))
+    for a in ads:
+        sample = str(a.obs["sample_id"].iloc[0]) if "sample_id" in a.obs and a.n_obs else "?"
+        have = pd.Index(a.var_names.astype(str))
+        missing = [g for g in genes if g not in have]
+        share = 1.0 - len(missing) / len(genes)
+        if not missing:
+            continue
+        ids = np.char.startswith(np.asarray(have[:200], dtype=str), "ENS").mean() if len(have) else 0
+        sel_ids = np.mean([g.startswith("ENS") for g in genes])
+        hint = ""
+        if abs(ids - sel_ids) > 0.5:
+            hint = (" (its genes are " + ("Ensembl ids" if ids > 0.5 else "symbols") + ", the "
+                    "selected genes " + ("Ensembl ids" if sel_ids > 0.5 else "symbols") + ")")
+        msg = (f"the section lacks {len(missing)} of the {len(genes)} selected genes{hint}, e.g. "
+               f"{', '.join(missing[:4])}; they would be predicted against zeros")
+        if share < need:
+            raise InputError(msg, sample=sample,
+                             fix="give every section the same gene naming (reading.gene_map maps "
+                             "Ensembl ids to symbols), leave the section out of the experiment, "
+                             "or lower targets.genes.min_coverage")
+        log.warning("sample '%s': %s (%.0f%% of the genes present)", sample, msg, 100 * share)
+
+
+def smoothed_targets(transform: Any, section: ad.AnnData, spot_ids: Sequence[str],
+                     platform: str) -> np.ndarray:
+    """ST-Net's smoothed measurements of some spots, from every kept spot of their section.
+
+    The section's kept spots are transformed with the fold's fitted ``transform`` and averaged
+    over each spot's neighbourhood (:func:`stpredict.metrics.smooth_measurements`: ST 3 x 3,
+    Visium the spot and its six neighbours), so a spot's smoothed value does not depend on which
+    of its neighbours happen to be test spots of the same fold (random within-section splits).
+    """
+    from stpredict.metrics import smooth_measurements
+
+    kept = section[_kept(section)]
+    pos = kept.obs_names.get_indexer([str(i) for i in spot_ids])
+    if (pos < 0).any():
+        sample = str(section.obs["sample_id"].iloc[0]) if "sample_id" in section.obs else None
+        raise InputError(f"{int((pos < 0).sum())} spots are not kept spots of the section",
+                         sample=sample, fix="rerun make_splits")
+    values = transform.transform(kept)
+    smooth = smooth_measurements(values, kept.obs["array_row"].to_numpy(),
+                                 kept.obs["array_col"].to_numpy(), platform)
+    return smooth[pos]
+
+
 def _labels(exp: Mapping[str, Any], ads: list[ad.AnnData]) -> np.ndarray:
     return np.concatenate([a.obs["cluster"].astype(str).to_numpy() for a in ads]) if ads else np.array([], str)
 
@@ -254,6 +315,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    apply_cluster_map(exp, sections)
     tr_ads, tr_samples, tr_rows = _subsets(_fold_part(manifest, fold, "train"), sections)
     va_ads, va_samples, va_rows = _subsets(_fold_part(manifest, fold, "val"), sections)
     epochs = choose_epochs(inner_histories) if inner_histories else None
@@ -287,6 +349,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
                        device=device)
     else:
         selector, transform = _fit_targets(exp, tr_ads)
+        check_gene_coverage(tr_ads + va_ads, selector.genes_, _targets_cfg(exp)["genes"])
         audit_fitted(selector.fitted_on, manifest, fold, name="gene selection")
         audit_fitted(transform.fitted_on, manifest, fold, name="target transform")
         fitted["genes"] = selector.to_dict()
@@ -315,6 +378,7 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
 
     model_dir = Path(model_dir)
     fitted = json.loads((model_dir / "fitted.json").read_text())
+    apply_cluster_map(exp, sections)
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
     model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
     preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
@@ -347,10 +411,15 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
         uns["classes"] = classes
     else:
         transform = from_dict(fitted["transform"])
-        X = np.concatenate([transform.transform(a) for a in te_ads]).astype(np.float32)
         genes = [str(g) for g in from_dict(fitted["genes"]).genes_]
+        check_gene_coverage(te_ads, genes, _targets_cfg(exp)["genes"])
+        X = np.concatenate([transform.transform(a) for a in te_ads]).astype(np.float32)
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
         out.layers["predicted"] = preds.astype(np.float32)
+        out.layers["measured_smoothed"] = np.concatenate(
+            [smoothed_targets(transform, sections[s], a.obs_names, sections[s].uns["stpredict"]["platform"])
+             for s, a in zip(te_samples, te_ads, strict=True)]
+        ).astype(np.float32)
         uns["target_transform"] = {"name": fitted["transform_name"], "fitted": fitted["transform"],
                                    "units": UNITS[fitted["transform_name"]]}
         uns["genes"] = {"selection": fitted["genes"], "names": genes}
@@ -427,7 +496,7 @@ def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:
 #: defaults of every experiment key (the schema documents them; see config/README.md)
 EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "task": "regression",
-    "sections": {"samples": [], "patients": [], "platform": ""},
+    "sections": {"samples": [], "patients": [], "platform": "", "each": False},
     "split": {"scheme": "leave_one_patient_out", "inner_folds": 0, "inner_assignment": "stride",
               "n_folds": 5, "val_frac": 0.2,
               "block_um": 600.0, "buffer_um": 0.0, "train_sections": [], "test_section": ""},
@@ -437,6 +506,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
               "num_workers": 0, "head_init": None},
     "tta": 8,
     "exclude_clusters": [],
+    "cluster_map": "",
 }
 
 
@@ -485,6 +555,106 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
         out["train"]["loss"] = "cross_entropy"
     return out
+
+
+#: split schemes that train within a section, so that ``sections.each`` makes sense
+WITHIN_SECTION_SCHEMES = ("random_within_section", "spatial_blocks")
+
+
+def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any],
+                       sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Resolve every experiment; one with ``sections.each`` becomes one experiment per section.
+
+    DeepSpaCE trained and tested within one section at a time; ``sections: {each: true}`` keeps
+    that protocol for any cohort: experiment ``name`` with sections ``S1, S2`` becomes
+    ``name.S1`` and ``name.S2`` (each with its own splits, models and metrics). The expanded
+    experiments are then checked (:func:`check_experiment`).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in experiments.items():
+        if ((raw or {}).get("evaluation") or {}).get("nuclear"):
+            raise ConfigError(f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
+                              "computed once per section (results/features/{sample}/nuclear.tsv) "
+                              "and shared by every experiment",
+                              fix="set evaluation.nuclear in the global evaluation section")
+        exp = resolve_experiment(raw, config)
+        if not exp["sections"].get("each"):
+            out[name] = exp
+            continue
+        scheme = exp["split"]["scheme"]
+        if scheme not in WITHIN_SECTION_SCHEMES:
+            raise ConfigError(f"experiment '{name}': sections.each needs a within-section split, "
+                              f"not '{scheme}'",
+                              fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop "
+                              "sections.each")
+        for sample in experiment_samples(exp, sheet):
+            sub = json.loads(json.dumps(exp))
+            sub["sections"] = {"samples": [sample], "patients": [], "platform": "", "each": False}
+            sub["parent"] = name
+            key = f"{name}.{sample}"
+            if key in experiments:
+                raise ConfigError(f"experiment '{name}' (sections.each) would create '{key}', which "
+                                  "is already an experiment name", fix="rename one of them")
+            out[key] = sub
+    for name, exp in out.items():
+        check_experiment(name, exp, sheet)
+    return out
+
+
+def check_experiment(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:
+    """Refuse, before anything runs, an experiment whose results could not be meaningful.
+
+    A clusters task over more than one section needs harmonised labels: Space Ranger numbers
+    graphclust clusters per section, so cluster 3 of one section is not cluster 3 of another.
+    """
+    samples = experiment_samples(exp, sheet)
+    if exp.get("task") == "clusters" and len(samples) > 1 and not exp.get("cluster_map"):
+        shown = ", ".join(samples[:4]) + (" ..." if len(samples) > 4 else "")
+        raise ConfigError(
+            f"experiment '{name}' classifies clusters across {len(samples)} sections ({shown}), "
+            "but Space Ranger numbers its clusters per section (cluster 3 of one section is not "
+            "cluster 3 of another)",
+            fix="set sections.each: true (one model per section, as DeepSpaCE), or give "
+            "cluster_map: a TSV with columns sample_id, cluster, label that harmonises the labels")
+    if exp.get("cluster_map") and exp.get("task") != "clusters":
+        raise ConfigError(f"experiment '{name}' sets cluster_map but its task is not clusters",
+                          fix="remove cluster_map or set task: clusters")
+
+
+def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]) -> None:
+    """Replace every section's ``obs["cluster"]`` by the harmonised label of ``exp["cluster_map"]``.
+
+    The map is a TSV with columns ``sample_id``, ``cluster`` (the section's own label) and
+    ``label`` (the shared one; empty = leave the spots out). Every cluster present in a section
+    must be mapped. Does nothing without a map or for regression experiments.
+    """
+    path = exp.get("cluster_map")
+    if exp.get("task") != "clusters" or not path:
+        return
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the cluster map ({exc})", file=path,
+                         fix="give a TSV with columns sample_id, cluster, label") from None
+    missing = {"sample_id", "cluster", "label"} - set(table.columns)
+    if missing:
+        raise InputError(f"the cluster map lacks column(s) {sorted(missing)}", file=path,
+                         fix="give a TSV with columns sample_id, cluster, label")
+    if table.duplicated(["sample_id", "cluster"]).any():
+        row = table[table.duplicated(["sample_id", "cluster"])].iloc[0]
+        raise InputError(f"the cluster map lists cluster '{row.cluster}' twice", file=path,
+                         sample=row.sample_id, fix="map each cluster of a section once")
+    for sample, a in sections.items():
+        lut = dict(table.loc[table["sample_id"] == str(sample), ["cluster", "label"]].to_numpy())
+        labels = a.obs["cluster"].astype(str)
+        present = sorted(set(labels) - {""})
+        unmapped = [c for c in present if c not in lut]
+        if unmapped:
+            raise InputError(f"cluster(s) {unmapped} of this section are not in the cluster map",
+                             file=path, sample=str(sample),
+                             fix="add a row (sample_id, cluster, label) for each; an empty label "
+                             "leaves the cluster out")
+        a.obs["cluster"] = labels.map(lambda c, lut=lut: lut.get(c, "")).to_numpy()
 
 
 def fold_data(qc_paths: Sequence[str], store_paths: Sequence[str]) -> tuple[dict[str, ad.AnnData], dict[str, str]]:

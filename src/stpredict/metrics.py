@@ -44,6 +44,7 @@ __all__ = [
     "table1",
     "dense_2d",
     "score_experiment",
+    "score_folds",
     "compare_methods",
     "method_overview",
     "COMPARISON_COLUMNS",
@@ -226,11 +227,21 @@ def _transform_name(ad: Any) -> str | None:
 
 
 def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
+    """Measured targets: raw, and smoothed (``layers["measured_smoothed"]`` when the file has it).
+
+    Prediction files carry the smoothed measurements computed from every kept spot of the
+    section (:func:`stpredict.experiments.smoothed_targets`); without that layer the smoothing is
+    over the spots of ``ad``.
+    """
     out = {"raw": dense_2d(ad.X)}
     if platform is not None:
-        out["smoothed"] = smooth_measurements(
-            out["raw"], ad.obs["array_row"].to_numpy(), ad.obs["array_col"].to_numpy(), platform
-        )
+        if "measured_smoothed" in getattr(ad, "layers", {}):
+            out["smoothed"] = dense_2d(ad.layers["measured_smoothed"])
+        else:
+            out["smoothed"] = smooth_measurements(
+                out["raw"], ad.obs["array_row"].to_numpy(), ad.obs["array_col"].to_numpy(),
+                platform,
+            )
     return out
 
 
@@ -238,6 +249,16 @@ def _annotations(ad: Any) -> np.ndarray:
     if "annotation" not in ad.obs:
         return np.full(ad.n_obs, "", dtype=object)
     return ad.obs["annotation"].astype(object).fillna("").astype(str).to_numpy()
+
+
+#: held-out units :func:`score_units` can score
+UNITS: tuple[str, ...] = ("patient_id", "sample_id", "sample_fold")
+
+
+def _unit_labels(ad: Any, unit: str) -> np.ndarray:
+    if unit == "sample_fold":
+        return (ad.obs["sample_id"].astype(str) + "/" + ad.obs["fold"].astype(str)).to_numpy()
+    return ad.obs[unit].astype(str).to_numpy()
 
 
 def score_units(
@@ -255,8 +276,10 @@ def score_units(
     platform
         ``"st"`` or ``"visium"``; sets the smoothing neighbourhood.
     unit
-        ``obs`` column defining a unit, ``"patient_id"`` or ``"sample_id"``. Spots of all
-        sections of a unit are pooled (smoothing is done per section first).
+        ``obs`` column defining a unit, ``"patient_id"`` or ``"sample_id"``, or
+        ``"sample_fold"``: a section within one fold (``"{sample_id}/{fold}"``; DeepSpaCE's
+        per-fold scores of a within-section cross-validation). Spots of all sections of a unit
+        are pooled (smoothing is done per section first).
     strata
         Also score the ``"tumor"`` (annotation ``"tumor"``) and ``"normal"`` (annotation
         ``"non"``) spots of a unit, when it has annotations and the stratum has at least
@@ -271,8 +294,8 @@ def score_units(
         :func:`gene_metrics` (``n_spots`` included).
     """
     adatas = list(adatas)
-    if unit not in ("patient_id", "sample_id"):
-        raise ValueError(f"unit must be 'patient_id' or 'sample_id', got {unit!r}")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     if not adatas:
         raise ValueError("no prediction AnnData objects given")
     # genes are fitted per fold, so units may differ in their genes; within a unit they agree
@@ -282,7 +305,7 @@ def score_units(
         pred = dense_2d(ad.layers["predicted"])
         ann = _annotations(ad)
         transform = _transform_name(ad) or ""
-        units = ad.obs[unit].astype(str).to_numpy()
+        units = _unit_labels(ad, unit)
         for u in pd.unique(units):
             sel = units == u
             pieces.setdefault(u, []).append(
@@ -521,6 +544,50 @@ def score_experiment(
     else:
         pooled = pooled_metrics([a for ads in by_platform.values() for a in ads])
     return per_gene, summarise(per_gene, pooled, alpha=alpha)
+
+
+def score_folds(
+    adatas: Iterable[Any], platforms: dict[str, str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """DeepSpaCE's per-fold scores: every held-out section scored within each fold, mean ± SD.
+
+    Parameters
+    ----------
+    adatas
+        Prediction AnnData objects with ``obs["fold"]`` (one per held-out section).
+    platforms
+        Platform of every section.
+
+    Returns
+    -------
+    per_fold : pandas.DataFrame
+        :func:`score_units` with ``unit="sample_fold"`` (stratum ``all``), plus ``sample_id`` and
+        ``fold`` columns.
+    folds : pandas.DataFrame
+        One row per ``target`` x ``sample_id`` x ``gene``: ``n_folds`` (folds with a defined r),
+        ``mean_pearson``, ``sd_pearson`` (sample SD over folds, ddof 1; NaN for one fold),
+        likewise ``spearman``, ``rmse`` and ``auroc`` (DeepSpaCE reported r as mean (SD) over
+        its five folds).
+    """
+    by_platform: dict[str, list[Any]] = {}
+    for a in adatas:
+        by_platform.setdefault(platforms[str(a.obs["sample_id"].iloc[0])], []).append(a)
+    per = pd.concat([score_units(ads, p, unit="sample_fold", strata=False)
+                     for p, ads in by_platform.items()], ignore_index=True)
+    parts = per["unit"].str.rsplit("/", n=1, expand=True)
+    per.insert(2, "sample_id", parts[0])
+    per.insert(3, "fold", parts[1])
+    rows = []
+    for (target, sample, gene), g in per.groupby(["target", "sample_id", "gene"], sort=False):
+        row: dict[str, Any] = {"target": target, "sample_id": sample, "gene": gene,
+                               "n_folds": int(g["pearson"].notna().sum())}
+        for m in ("pearson", "spearman", "rmse", "auroc"):
+            v = g[m].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            row[f"mean_{m}"] = float(v.mean()) if v.size else float("nan")
+            row[f"sd_{m}"] = float(v.std(ddof=1)) if v.size > 1 else float("nan")
+        rows.append(row)
+    return per, pd.DataFrame(rows)
 
 
 #: columns of :func:`compare_methods`

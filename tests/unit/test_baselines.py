@@ -143,3 +143,59 @@ def test_fit_predict_mean_and_unknown():
     np.testing.assert_allclose(fit_predict("mean", y, test), np.tile(y.mean(0), (2, 1)))
     with pytest.raises(ConfigError, match="unknown baseline"):
         fit_predict("magic", y, test)
+
+
+def within_section_manifest(sections: dict[str, ad.AnnData], n_folds: int = 5) -> pd.DataFrame:
+    """DeepSpaCE-style random folds inside one section: test = every n_folds-th spot."""
+    from stpredict.splits import random_within_section
+
+    spots = pd.concat([pd.DataFrame({"sample_id": s, "spot_id": a.obs_names, "patient_id": s})
+                       for s, a in sections.items()])
+    return random_within_section(spots, n_folds=n_folds, val_frac=0.2, seed=3)
+
+
+def test_neighbours_oracle_under_within_section_split_uses_all_neighbours(tmp_path):
+    """Under a random within-section split most neighbours of a test spot are training spots."""
+    sections = {"S0": section("S0", "S0", n_side=8, seed=5), "S1": section("S1", "S1", n_side=8, seed=6)}
+    man = within_section_manifest(sections)
+    fitted = fitted_files(tmp_path, sections, man)
+    outs = run_baseline("neighbours", man, sections, fitted, platforms={"S0": "st", "S1": "st"})
+    (a,) = [x for x in outs if x.obs["sample_id"].iloc[0] == "S0"]
+    from stpredict.targets import from_dict
+
+    full = sections["S0"]
+    pos = {(r, c): i for i, (r, c) in enumerate(zip(full.obs["array_row"], full.obs["array_col"], strict=True))}
+    n_checked = 0
+    for fold in sorted(man["fold"].unique()):
+        tr = from_dict(json.loads(Path(fitted[fold]).read_text())["transform"])
+        y = tr.transform(full)
+        genes = list(a.var_names)
+        cols = [list(tr.genes).index(g) for g in genes]
+        test = a.obs["fold"].to_numpy() == fold
+        for k in np.flatnonzero(test):
+            r, c = int(a.obs["array_row"].iloc[k]), int(a.obs["array_col"].iloc[k])
+            nb = [pos[q] for q in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)) if q in pos]
+            np.testing.assert_allclose(a.layers["predicted"][k], y[nb][:, cols].mean(0), rtol=1e-5)
+            n_checked += 1
+    assert n_checked == 64
+    # not the collapsed version: predictions vary within the section and follow the tumour side
+    g0 = list(a.var_names).index("G0")
+    assert np.corrcoef(a.X[:, g0], a.layers["predicted"][:, g0])[0, 1] > 0.5
+
+
+def test_smoothed_measurements_come_from_the_whole_section(tmp_path):
+    from stpredict.metrics import smooth_measurements
+    from stpredict.targets import from_dict
+
+    sections = {"S0": section("S0", "S0", n_side=8, seed=5)}
+    man = within_section_manifest(sections)
+    fitted = fitted_files(tmp_path, sections, man)
+    (a,) = run_baseline("mean", man, sections, fitted, platforms={"S0": "st"})
+    full = sections["S0"]
+    for fold in sorted(man["fold"].unique()):
+        tr = from_dict(json.loads(Path(fitted[fold]).read_text())["transform"])
+        sm = smooth_measurements(tr.transform(full), full.obs["array_row"], full.obs["array_col"], "st")
+        sel = a.obs["fold"].to_numpy() == fold
+        rows = full.obs_names.get_indexer(a.obs_names[sel])
+        cols = [list(tr.genes).index(g) for g in a.var_names]
+        np.testing.assert_allclose(a.layers["measured_smoothed"][sel], sm[rows][:, cols], rtol=1e-5)

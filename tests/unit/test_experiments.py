@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stpredict.errors import ConfigError
+from stpredict.errors import ConfigError, InputError
 from stpredict.experiments import (
     build_manifest,
     choose_epochs,
@@ -106,3 +106,69 @@ def test_choose_epochs_averages_inner_folds(tmp_path):
     pd.DataFrame({"epoch": [1, 2, 3], "val_loss": [1.0, 0.7, 0.3]}).to_csv(b, sep="\t", index=False)
     assert choose_epochs([a, b]) == 3  # mean 1.0, 0.55, 0.4
     assert choose_epochs([a]) == 2
+
+
+def visium_sheet() -> pd.DataFrame:
+    rows = [{"sample_id": f"D{i}", "patient_id": "P1", "platform": "visium", "series": ""}
+            for i in (1, 2, 3)]
+    return pd.DataFrame(rows).set_index("sample_id", drop=False)
+
+
+def test_sections_each_makes_one_experiment_per_section():
+    from stpredict.experiments import expand_experiments
+
+    raw = {"cv": {"sections": {"platform": "visium", "each": True},
+                  "split": {"scheme": "random_within_section", "n_folds": 5}}}
+    out = expand_experiments(raw, {}, visium_sheet())
+    assert list(out) == ["cv.D1", "cv.D2", "cv.D3"]
+    for name, exp in out.items():
+        assert experiment_samples(exp, visium_sheet()) == [name.split(".")[1]]
+        assert outer_folds(exp, visium_sheet()) == [str(k) for k in range(5)]
+    with pytest.raises(ConfigError, match="within-section split"):
+        expand_experiments({"x": {"sections": {"each": True}, "split": {"scheme": "leave_one_patient_out"}}},
+                           {}, visium_sheet())
+
+
+def test_clusters_across_sections_need_harmonised_labels(tmp_path):
+    from stpredict.experiments import expand_experiments
+
+    pooled = {"cl": {"task": "clusters", "sections": {"platform": "visium"},
+                     "split": {"scheme": "random_within_section"}}}
+    with pytest.raises(ConfigError, match="numbers its clusters per section"):
+        expand_experiments(pooled, {}, visium_sheet())
+    each = {"cl": {"task": "clusters", "sections": {"platform": "visium", "each": True},
+                   "split": {"scheme": "random_within_section"}}}
+    assert len(expand_experiments(each, {}, visium_sheet())) == 3
+    cmap = tmp_path / "map.tsv"
+    cmap.write_text("sample_id\tcluster\tlabel\nD1\t1\ttumour\nD1\t2\tstroma\nD1\t3\t\n"
+                    "D2\t1\tstroma\nD2\t2\ttumour\nD2\t3\tstroma\n")
+    mapped = {"cl": {**pooled["cl"], "cluster_map": str(cmap), "sections": {"samples": ["D1", "D2"]}}}
+    (exp,) = expand_experiments(mapped, {}, visium_sheet()).values()
+    from stpredict.experiments import apply_cluster_map
+
+    secs = {"D1": section("D1"), "D2": section("D2")}
+    apply_cluster_map(exp, secs)
+    assert list(secs["D1"].obs["cluster"][:3]) == ["tumour", "stroma", ""]
+    assert list(secs["D2"].obs["cluster"][:3]) == ["stroma", "tumour", "stroma"]
+    man = build_manifest(exp, {"D1": section("D1"), "D2": section("D2")}, visium_sheet())
+    d1 = section("D1")
+    assert not (d1.obs.loc[man[man.sample_id == "D1"].spot_id.unique(), "cluster"] == "3").any()
+    cmap.write_text("sample_id\tcluster\tlabel\nD1\t1\ttumour\n")
+    with pytest.raises(InputError, match=r"cluster\(s\) \['2', '3'\]"):
+        apply_cluster_map(exp, {"D1": section("D1")})
+
+
+def test_section_lacking_most_selected_genes_is_refused(caplog):
+    from stpredict.experiments import check_gene_coverage
+
+    genes = [f"G{i}" for i in range(10)]
+    ok = section("A")
+    ids = section("B")
+    ids.var_names = [f"ENSG{i:011d}" for i in range(40)]
+    with pytest.raises(InputError, match="lacks 10 of the 10 selected genes .*Ensembl ids"):
+        check_gene_coverage([ok, ids], genes, {"min_coverage": 0.5})
+    partial = section("C")[:, [f"G{i}" for i in range(3, 40)]].copy()  # 3 of 10 absent
+    check_gene_coverage([ok, partial], genes, {"min_coverage": 0.5})
+    assert "lacks 3 of the 10" in caplog.text
+    with pytest.raises(InputError):
+        check_gene_coverage([partial], genes, {"min_coverage": 0.9})

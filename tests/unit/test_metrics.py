@@ -325,3 +325,27 @@ def test_units_with_fold_specific_genes():
     bad[1] = bad[1][:, ["perfect", "noisy"]].copy()  # two sections of P1 disagree: refused
     with pytest.raises(ValueError, match="unit 'P1'"):
         score_units(bad, "st", unit="patient_id")
+
+
+def test_score_folds_mean_and_sd_over_folds_of_a_section():
+    from stpredict.metrics import score_folds
+
+    adatas = _dataset()[:1]
+    a = adatas[0]
+    a.obs["fold"] = [str(i % 3) for i in range(a.n_obs)]
+    per, folds = score_folds(adatas, {"S0": "st"})
+    assert set(per["fold"]) == {"0", "1", "2"} and set(per["sample_id"]) == {"S0"}
+    row = folds[(folds.target == "raw") & (folds.gene == "noisy")].iloc[0]
+    rs = [stats.pearsonr(a.X[a.obs["fold"] == f, 1], a.layers["predicted"][a.obs["fold"] == f, 1])[0]
+          for f in "012"]
+    assert row["n_folds"] == 3
+    assert row["mean_pearson"] == pytest.approx(np.mean(rs))
+    assert row["sd_pearson"] == pytest.approx(np.std(rs, ddof=1))
+
+
+def test_smoothed_layer_is_used_when_present():
+    a = _dataset()[0]
+    a.layers["measured_smoothed"] = a.layers["predicted"].copy()  # a smoothing that is the prediction
+    per = score_units([a], "st", unit="sample_id", strata=False)
+    sm = per[per.target == "smoothed"]
+    assert np.allclose(sm["pearson"], 1.0)

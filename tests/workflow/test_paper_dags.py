@@ -78,5 +78,25 @@ def test_deepspace_preset_full_dag(tmp_path):
     sheet = visium_sheet(tmp_path)
     proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/deepspace.yaml", "--config", f"samples={sheet}")
     jobs = job_counts(proc.stdout)
-    assert jobs["train_fold"] == 5 + 1 + 5  # 5-fold CV, one imputation, 5-fold clusters
-    assert jobs["predict_fold"] == 11
+    # one experiment per section (DeepSpaCE trained within a section): 7 sections x 5-fold CV,
+    # one imputation, 7 sections x 5-fold clusters
+    assert jobs["train_fold"] == 7 * 5 + 1 + 7 * 5
+    assert jobs["predict_fold"] == 71
+    assert jobs["make_splits"] == 7 + 1 + 7
+    assert "make_demo" not in jobs  # the preset does not depend on the demo's files
+
+
+def test_deepspace_clusters_across_sections_refused_before_running(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    sheet = visium_sheet(tmp_path)
+    cfg = (workdir / "config/deepspace.yaml").read_text()
+    cfg = cfg.replace("""  deepspace_clusters:
+    task: clusters
+    sections: {platform: visium, each: true}""", """  deepspace_clusters:
+    task: clusters
+    sections: {platform: visium}""")
+    (workdir / "pooled.yaml").write_text(cfg)
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", "pooled.yaml", "--config",
+                         f"samples={sheet}", check=False)
+    assert proc.returncode != 0
+    assert "numbers its clusters per section" in proc.stdout + proc.stderr

@@ -108,19 +108,17 @@ def get_demo_files():
 
 # ---------------------------------------------------------------------------- experiments
 from stpredict.experiments import (
+    expand_experiments,
     fold_ids,
     fold_test_samples,
     inner_folds,
     outer_folds,
     experiment_samples,
-    resolve_experiment,
 )
 
 try:
-    EXPERIMENTS = {
-        name: resolve_experiment(exp, config)
-        for name, exp in config.get("experiments", {}).items()
-    }
+    # resolved, checked, and one per section for `sections.each` (name.sample)
+    EXPERIMENTS = expand_experiments(config.get("experiments", {}), config, SAMPLES)
     EXPERIMENT_SAMPLES = {
         name: experiment_samples(exp, SAMPLES) for name, exp in EXPERIMENTS.items()
     }
@@ -143,6 +141,17 @@ def get_experiment_qc(wildcards):
     return [f"results/qc/{s}.h5ad" for s in EXPERIMENT_SAMPLES[wildcards.experiment]]
 
 
+def get_cluster_map(wildcards):
+    """The experiment's cluster map (clusters task across sections), if any."""
+    path = EXPERIMENTS[wildcards.experiment].get("cluster_map")
+    return [path] if path else []
+
+
+def rule_suffix(name):
+    """An experiment name as part of a rule name (rule names are identifiers)."""
+    return re.sub(r"\W", "_", name)
+
+
 def get_fold_inputs(wildcards):
     """Manifest, QC'd sections, patch stores (and inner-fold histories) of a fold."""
     exp = EXPERIMENTS[wildcards.experiment]
@@ -152,6 +161,8 @@ def get_fold_inputs(wildcards):
         "qc": [f"results/qc/{s}.h5ad" for s in samples],
         "stores": [f"results/patches/{s}/spots.npy" for s in samples],
     }
+    if exp.get("cluster_map"):
+        inputs["cluster_map"] = exp["cluster_map"]
     inner = inner_folds(exp, SAMPLES, wildcards.fold)
     if inner:
         inputs["inner"] = [

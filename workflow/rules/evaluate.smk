@@ -30,6 +30,13 @@ rule score_predictions:
             category="Evaluation",
             subcategory="{experiment}",
         ),
+        per_fold="results/experiments/{experiment}/metrics/per_fold.tsv",
+        folds=report(
+            "results/experiments/{experiment}/metrics/folds.tsv",
+            caption="../report/folds.rst",
+            category="Evaluation",
+            subcategory="{experiment}",
+        ),
     log:
         "results/logs/score_predictions/{experiment}.log",
     priority: 10
@@ -152,7 +159,7 @@ for _name in [n for n in EXPERIMENTS if evaluation(n)["latent"]]:
 
     rule:
         name:
-            f"latent_space_{_name}"
+            f"latent_space_{rule_suffix(_name)}"
         input:
             predictions=experiment_predictions([_name]),
             stores=[f"results/patches/{s}/spots.npy" for s in held_out_samples(_name)],

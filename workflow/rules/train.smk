@@ -5,6 +5,7 @@
 rule make_splits:
     input:
         qc=get_experiment_qc,
+        cluster_map=get_cluster_map,
     output:
         splits="results/experiments/{experiment}/splits.tsv",
     log:
@@ -78,7 +79,7 @@ for _name in EXPERIMENTS:
 
     rule:
         name:
-            f"collect_predictions_{_name}"
+            f"collect_predictions_{rule_suffix(_name)}"
         input:
             folds=[
                 f"results/experiments/{_name}/folds/{k}/predictions.h5ad"

@@ -11,7 +11,9 @@ with script_logging(snakemake.log[0]) as log:
     adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
     tables = {Path(p).parent.name: pd.read_csv(p, sep="\t", dtype={"id": str}) for p in snakemake.input.patches}
     measured, predicted, covariates = ols_inputs(adatas, tables)
-    table = ols_table(measured, predicted, covariates, predictors=snakemake.params.predictors)
+    # per outer fold (DeepSpaCE reported the first fold's test spots), then all folds pooled ("all")
+    unit = "fold" if covariates["fold"].nunique() > 1 else None
+    table = ols_table(measured, predicted, covariates, predictors=snakemake.params.predictors, unit=unit)
     log.info("%s: OLS of %d genes x %d predictors over %d spots", snakemake.wildcards.experiment,
              table["gene"].nunique(), table["predictor"].nunique(), len(measured))
     write_table(table, snakemake.output.tsv)

@@ -2,7 +2,7 @@ import anndata as ad
 
 from stpredict.errors import ConfigError
 from stpredict.io import write_table
-from stpredict.metrics import score_experiment, summarise_strata, table1
+from stpredict.metrics import score_experiment, score_folds, summarise_strata, table1
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -18,3 +18,6 @@ with script_logging(snakemake.log[0]) as log:
     write_table(summary, snakemake.output.summary)
     write_table(table1(summary), snakemake.output.table1)
     write_table(summarise_strata(per_gene, alpha=alpha), snakemake.output.strata)
+    per_fold, folds = score_folds(adatas, snakemake.params.platforms)
+    write_table(per_fold, snakemake.output.per_fold)
+    write_table(folds, snakemake.output.folds)
