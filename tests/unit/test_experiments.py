@@ -172,3 +172,35 @@ def test_section_lacking_most_selected_genes_is_refused(caplog):
     assert "lacks 3 of the 10" in caplog.text
     with pytest.raises(InputError):
         check_gene_coverage([partial], genes, {"min_coverage": 0.9})
+
+
+def test_top_mean_ranks_by_raw_counts_when_asked():
+    """ST-Net's 250 genes are those of highest mean raw count; log1p ranking can differ."""
+    from stpredict.experiments import _fit_targets
+
+    rng = np.random.default_rng(0)
+    n = 200
+    deep = rng.random(n) < 0.1  # a few very deep spots carry gene A
+    X = np.column_stack([np.where(deep, 400, 0), rng.poisson(8, n), rng.poisson(30, n) + 50 * deep])
+    a = ad.AnnData(sp.csr_matrix(X.astype(np.float32)))
+    a.var_names = ["A", "B", "FILL"]
+    a.obs_names = [str(i) for i in range(n)]
+    a.obs["sample_id"] = "S"
+    by = {}
+    for rank_by in ("counts", "log1p"):
+        exp = resolve_experiment({"targets": {"transform": "log_proportion",
+                                              "genes": {"mode": "top_mean", "n": 1, "panel": "",
+                                                        "min_frac": 0.1, "rank_by": rank_by}}}, {})
+        selector, _ = _fit_targets(exp, [a])
+        by[rank_by] = selector.genes_
+    raw_mean = X.mean(0)
+    assert by["counts"] == [a.var_names[int(np.argmax(raw_mean))]]
+    assert by["counts"] != by["log1p"]
+
+
+def test_per_experiment_nuclear_settings_are_refused():
+    from stpredict.experiments import expand_experiments
+
+    with pytest.raises(ConfigError, match="computed once per section"):
+        expand_experiments({"e": {"sections": {"platform": "st"},
+                                  "evaluation": {"nuclear": {"fov_um": 50}}}}, {}, sheet())
