@@ -272,8 +272,10 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
     """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
 
     Writes ``model.pt``, ``history.tsv``, ``loss.png`` (by :func:`stpredict.training.train`,
-    which keeps ``checkpoint.pt`` / ``best.pt`` only while training) and ``fitted.json`` (gene set, target transform and
-    classes, each with the record of what it was fitted on) into ``out_dir``.
+    which keeps ``checkpoint.pt`` / ``best.pt`` only while training) and ``fitted.json`` (gene
+    set, target transform and classes, each with the record of what it was fitted on) into
+    ``out_dir``. The manifest's train/val spot ids and the fitted transform go into the resume
+    signature: a rerun after a change retrains from scratch.
     """
     from stpredict.splits import audit_fitted
     from stpredict.training import PatchDataset, encode_labels, train

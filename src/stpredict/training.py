@@ -838,8 +838,10 @@ def _load_checkpoint(
         return None
     changes = _signature_changes(ck.get("signature"), signature)
     if changes:
+        shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12
+                                            else "")
         log.warning("%s: the checkpoint was made with other settings or data (%s): starting "
-                    "afresh", ckpt_path, "; ".join(changes))
+                    "afresh", ckpt_path, shown)
         return None
     if int(ck["epoch"]) > cfg.epochs:
         log.warning("%s: the checkpoint is at epoch %d, past the %d epochs now asked: starting "
@@ -999,6 +1001,8 @@ def train(
             ck = None
             model, opt, scaler = fresh()
             loader_gen.manual_seed(cfg.seed)
+            state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+                     "stopped": False, "history": []}
     if ck is None:  # leftovers of another run must not be taken for this one's
         stale = [p for p in (ckpt_path, best_path, model_path) if p.exists()]
         if stale:

@@ -203,3 +203,11 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     b = torch.load(ref["model"], weights_only=True)
     assert a["target_transform"] == "log_proportion"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # prediction takes the experiment's precision (explicit bf16 works on the CPU)
+    from stpredict.experiments import predict_fold
+
+    bf16 = experiment("log_proportion")
+    bf16["train"]["precision"] = "bf16"
+    pred = predict_fold(bf16, "t", "0", man, sections, stores, out, tmp_path / "pred.h5ad", device="cpu")
+    assert pred.n_obs == int((man.role == "test").sum()) and pred.uns["stpredict"]["model"]["precision"] == "fp32"
+    assert np.isfinite(pred.layers["predicted"]).all()

@@ -19,6 +19,7 @@ from stpredict.training import (
     PatchDataset,
     TrainConfig,
     TrainingInterrupted,
+    file_digest,
     pearson_per_output,
     per_spot_loss,
     resolve_precision,
@@ -130,6 +131,18 @@ def test_resolve_precision():
         assert resolve_precision(p, "cpu") == p
     with pytest.raises(ConfigError, match="unknown precision"):
         resolve_precision("half", "cpu")
+
+
+def test_file_digest_streams_in_chunks(tmp_path):
+    import hashlib
+
+    p = tmp_path / "blob.bin"
+    data = np.random.default_rng(0).integers(0, 256, 10_001, dtype=np.uint8).tobytes()
+    p.write_bytes(data)
+    whole = hashlib.blake2b(data, digest_size=16).hexdigest()
+    assert file_digest(p, chunk_bytes=1024) == file_digest(p) == whole
+    p.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert file_digest(p, chunk_bytes=1024) != whole
 
 
 def test_pearson_per_output():
