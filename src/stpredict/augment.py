@@ -150,9 +150,26 @@ def _elements(n: int) -> tuple[tuple[int, bool], ...]:
 
 
 def tta_features(model: nn.Module, x: torch.Tensor, n: int = 8) -> torch.Tensor:
-    """Embeddings ``model.features`` averaged over the first ``n`` D4 elements."""
-    feats = [model.features(dihedral(x, k, f)).float() for k, f in _elements(n)]
-    return torch.stack(feats).mean(0)
+    """Embeddings ``model.features`` averaged over the first ``n`` D4 elements.
+
+    Each transform's embeddings are cast to fp32 before averaging, so the average keeps fp32
+    resolution when the backbone runs under bf16/fp16 autocast.
+    """
+    elements = _elements(n)
+    total = None
+    for k, f in elements:
+        feat = model.features(dihedral(x, k, f)).float()
+        total = feat if total is None else total + feat
+    return total / len(elements)
+
+
+def _head_fp32(model: nn.Module, feats: torch.Tensor) -> torch.Tensor:
+    """Apply the model's head to fp32 features with autocast disabled (fp32 outputs)."""
+    apply = getattr(model, "apply_head", None)
+    if callable(apply):
+        return apply(feats).float()
+    with torch.autocast(device_type=feats.device.type, enabled=False):
+        return model.head(feats.to(model.head.weight.dtype)).float()
 
 
 def tta_predict(
@@ -161,8 +178,10 @@ def tta_predict(
     """Predict ``x`` averaged over the first ``n`` of the 8 dihedral transforms.
 
     With ``n = 8`` the result is invariant to any dihedral transform of ``x`` (the group is
-    closed). For a :class:`~stpredict.models.PatchModel` the embeddings are averaged and the
-    linear head applied once (equal to averaging the outputs); other models average outputs.
+    closed). For a :class:`~stpredict.models.PatchModel` the embeddings are averaged (in fp32) and
+    the linear head applied once, in fp32 with autocast disabled (equal to averaging the outputs);
+    other models average their outputs in fp32. Only the backbone runs in the precision of a
+    surrounding autocast context.
 
     Parameters
     ----------
@@ -172,12 +191,21 @@ def tta_predict(
         Number of transforms: 1 (none), 4 (rotations) or 8 (all).
     return_features
         Also return the averaged embeddings (PatchModel only).
+
+    Returns
+    -------
+    torch.Tensor or tuple
+        fp32 outputs ``(B, n_outputs)`` (and fp32 embeddings ``(B, n_features)``).
     """
     if hasattr(model, "features") and hasattr(model, "head") and callable(model.features):
         feats = tta_features(model, x, n)
-        out = model.head(feats.to(model.head.weight.dtype)).float()
+        out = _head_fp32(model, feats)
         return (out, feats) if return_features else out
     if return_features:
         raise ValueError("return_features needs a model with .features and .head")
-    outs = [model(dihedral(x, k, f)).float() for k, f in _elements(n)]
-    return torch.stack(outs).mean(0)
+    elements = _elements(n)
+    total = None
+    for k, f in elements:
+        o = model(dihedral(x, k, f)).float()
+        total = o if total is None else total + o
+    return total / len(elements)

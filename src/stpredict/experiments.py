@@ -177,13 +177,40 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
 
 
 def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
-    """ST-Net: the epoch (1-based) with the lowest validation loss averaged over the inner folds."""
+    """ST-Net's epoch choice from the inner folds' ``history.tsv`` files (1-based epoch).
+
+    Regression (every history has finite ``val_sse``): the epoch whose squared error summed over
+    all inner held-out folds, spots and outputs (the pooled ``val_sse``, computed on ``val_tta``
+    predictions) is smallest — ST-Net's ``cross_validate.py``, which weighs folds by their
+    number of spots. Otherwise (classification, or histories without ``val_sse``): the epoch with
+    the smallest mean over folds of the per-fold mean validation loss. Only the epochs that every
+    inner fold has are considered.
+    """
+    if not histories:
+        raise InputError("choose_epochs needs at least one inner-fold history")
     tables = [pd.read_csv(h, sep="\t") for h in histories]
-    n = min(len(t) for t in tables)
-    if n == 0:
-        raise InputError("an inner fold has an empty training history", file=histories[0])
-    mean = np.mean([t["val_loss"].to_numpy(dtype=float)[:n] for t in tables], axis=0)
-    return int(np.nanargmin(mean)) + 1
+    for h, t in zip(histories, tables, strict=True):
+        if t.empty or "epoch" not in t or "val_loss" not in t:
+            raise InputError("an inner fold has an empty training history (no epoch, val_loss)",
+                             file=h, fix="rerun the inner fold's train_fold job")
+    common = sorted(set.intersection(*(set(t["epoch"].astype(int)) for t in tables)))
+    if not common:
+        raise InputError("the inner folds share no epoch", file=histories[0])
+    tabs = [t.assign(epoch=t["epoch"].astype(int)).drop_duplicates("epoch", keep="last")
+            .set_index("epoch").loc[common] for t in tables]
+    sse = [t["val_sse"].to_numpy(dtype=float) if "val_sse" in t else None for t in tabs]
+    if all(v is not None and np.isfinite(v).all() for v in sse):
+        score, what = np.sum(sse, axis=0), "pooled validation SSE"
+    else:
+        score, what = np.mean([t["val_loss"].to_numpy(dtype=float) for t in tabs], axis=0), \
+            "mean validation loss"
+    if not np.isfinite(score).any():
+        raise InputError(f"no finite {what} in the inner histories", file=histories[0],
+                         fix="check that the inner folds have validation spots")
+    best = common[int(np.nanargmin(score))]
+    log.info("choose_epochs: epoch %d of %d by the %s over %d inner folds", best, len(common),
+             what, len(tables))
+    return int(best)
 
 
 # ------------------------------------------------------------------------------ fold data
@@ -306,9 +333,11 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
                inner_histories: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
     """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
 
-    Writes ``model.pt``, ``checkpoint.pt``, ``history.tsv``, ``loss.png`` (by
-    :func:`stpredict.training.train`) and ``fitted.json`` (gene set, target transform and
-    classes, each with the record of what it was fitted on) into ``out_dir``.
+    Writes ``model.pt``, ``history.tsv``, ``loss.png`` (by :func:`stpredict.training.train`,
+    which keeps ``checkpoint.pt`` / ``best.pt`` only while training) and ``fitted.json`` (gene
+    set, target transform and classes, each with the record of what it was fitted on) into
+    ``out_dir``. The manifest's train/val spot ids and the fitted transform go into the resume
+    signature: a rerun after a change retrains from scratch.
     """
     from stpredict.splits import audit_fitted
     from stpredict.training import PatchDataset, encode_labels, train
@@ -325,6 +354,13 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
     fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp.get("task", "regression"),
                               "epochs_from_inner_folds": epochs}
     cfg = _train_config(exp, fold, name, epochs)
+    # what the weights depend on beyond the datasets (train() hashes the stores, rows, targets)
+    data_sig: dict[str, Any] = {
+        "experiment": name, "fold": str(fold), "task": fitted["task"],
+        "train_spots": [f"{s}:{i}" for a, s in zip(tr_ads, tr_samples, strict=True) for i in a.obs_names],
+        "val_spots": [f"{s}:{i}" for a, s in zip(va_ads, va_samples, strict=True) for i in a.obs_names],
+        "targets": dict(_targets_cfg(exp)) if fitted["task"] != "clusters" else None,
+    }
     tr_stores = [stores[s] for s in tr_samples]
     va_stores = [stores[s] for s in va_samples]
     if exp.get("task", "regression") == "clusters":
@@ -346,7 +382,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
                 start += len(r)
             val_ds = PatchDataset(va_stores, va_rows_ok, labels=codes_va[ok])
         result = train(cfg, train_ds, val_ds, out, classes=fitted["classes"], target_transform="clusters",
-                       device=device)
+                       data_signature=data_sig, device=device)
     else:
         selector, transform = _fit_targets(exp, tr_ads)
         check_gene_coverage(tr_ads + va_ads, selector.genes_, _targets_cfg(exp)["genes"])
@@ -361,8 +397,9 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
         if va_ads:
             y_va = np.concatenate([transform.transform(a) for a in va_ads]).astype(np.float32)
             val_ds = PatchDataset(va_stores, va_rows, targets=y_va)
+        data_sig["transform"] = fitted["transform"]
         result = train(cfg, train_ds, val_ds, out, genes=list(selector.genes_),
-                       target_transform=fitted["transform_name"], device=device)
+                       target_transform=fitted["transform_name"], data_signature=data_sig, device=device)
     fitted["train_config"] = cfg.to_dict()
     fitted["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
     write_json(fitted, out / "fitted.json")
@@ -382,7 +419,8 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
     model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
     preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
-                          tta=int(exp.get("tta", 8)), device=device)
+                          tta=int(exp.get("tta", 8)), device=device,
+                          precision=str(exp["train"].get("precision", "auto")))
     obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
     obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
     keep_cols = [c for c in ("sample_id", "patient_id", "spot_id", "in_tissue", "array_row", "array_col",
@@ -503,7 +541,8 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "model": {"backbone": "tiny", "weights": "none", "tiny_width": 8},
     "train": {"loss": "mse", "optimiser": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
               "batch_size": 64, "epochs": 10, "patience": None, "augmentation": "dihedral",
-              "num_workers": 0, "head_init": None},
+              "num_workers": 0, "head_init": None, "loss_reduction": "mean", "precision": "auto",
+              "val_tta": 1},
     "tta": 8,
     "exclude_clusters": [],
     "cluster_map": "",
@@ -553,7 +592,8 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
     out = _merge(base, exp)
     if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
-        out["train"]["loss"] = "cross_entropy"
+        # a new dict: out["train"] may be EXPERIMENT_DEFAULTS["train"] itself
+        out["train"] = {**out["train"], "loss": "cross_entropy"}
     return out
 
 

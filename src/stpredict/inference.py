@@ -1,4 +1,8 @@
-"""Prediction and embeddings for any set of patch stores, with dihedral test-time augmentation."""
+"""Prediction and embeddings for any set of patch stores, with dihedral test-time augmentation.
+
+Only the backbone runs in reduced precision (``precision``, as in training); the head and the
+TTA averaging run in fp32, so predictions keep fp32 resolution.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,13 @@ from tqdm.auto import tqdm
 from stpredict.augment import tta_predict
 from stpredict.errors import StpredictError
 from stpredict.models import PatchModel, build_model
-from stpredict.training import PatchDataset, encode_labels, select_device
+from stpredict.training import (
+    PatchDataset,
+    autocast_context,
+    encode_labels,
+    resolve_precision,
+    select_device,
+)
 
 __all__ = ["predict", "load_model", "encode_labels"]
 
@@ -59,7 +69,7 @@ def predict(
     tta: int = 8,
     device: str | torch.device | None = None,
     num_workers: int = 0,
-    amp: bool = True,
+    precision: str = "auto",
     channels_last: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predict every requested patch and return its outputs and embeddings.
@@ -80,8 +90,12 @@ def predict(
         Default CUDA when available, else the CPU.
     num_workers
         DataLoader worker processes.
-    amp, channels_last
-        bf16 autocast and channels-last memory on CUDA (ignored on the CPU).
+    precision
+        Autocast precision of the backbone, as ``train.precision``: ``auto`` (bf16 on a CUDA GPU
+        with native bf16, else fp16 on CUDA, fp32 on the CPU), ``bf16``, ``fp16`` or ``fp32``
+        (explicit values apply on the CPU too). The head and TTA averaging run in fp32.
+    channels_last
+        Channels-last memory format on CUDA (ignored on the CPU).
 
     Returns
     -------
@@ -93,6 +107,7 @@ def predict(
     """
     dev = select_device(device)
     cuda = dev.type == "cuda"
+    prec = resolve_precision(precision, dev)
     if rows is None:
         rows = [np.arange(np.load(s, mmap_mode="r").shape[0]) for s in stores]
     ds = PatchDataset(stores, rows)
@@ -110,10 +125,11 @@ def predict(
             x = model.normalize(xb.to(dev, non_blocking=True).float().div_(255.0))
             if cl:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda and amp):
-                out, feat = tta_predict(model, x, n=tta, return_features=True)
+            with autocast_context(dev, prec):
+                out, feat = tta_predict(model, x, n=tta, return_features=True)  # fp32
             preds[i:i + len(xb)] = out.float().cpu().numpy()
             embs[i:i + len(xb)] = feat.float().cpu().numpy()
             i += len(xb)
-    log.info("predicted %d patches from %d store(s) (tta=%d, %s)", len(ds), len(stores), tta, dev)
+    log.info("predicted %d patches from %d store(s) (tta=%d, %s, %s)", len(ds), len(stores), tta,
+             dev, prec)
     return preds, embs

@@ -5,6 +5,11 @@ layer is replaced by :class:`torch.nn.Identity` and adds ``head = Linear(n_featu
 ``model.features(x)`` gives the penultimate embeddings and ``model(x)`` the outputs. Inputs are
 float images normalised with :meth:`PatchModel.normalize` (ImageNet mean and std); the loaders
 ship uint8 and the conversion happens on the device (:func:`to_input`).
+
+Precision: only the backbone may run in reduced precision (bf16/fp16 autocast). The head always
+runs in fp32 with autocast disabled (:meth:`PatchModel.apply_head`), so outputs keep fp32
+resolution: a bf16 value near ST-Net's log-proportion targets (≈ -5 … -10) has a step of 0.031,
+larger than the differences between spots.
 """
 
 from __future__ import annotations
@@ -110,9 +115,18 @@ class PatchModel(nn.Module):
         """Penultimate embeddings ``(B, n_features)`` of normalised images."""
         return torch.flatten(self.backbone(x), 1)
 
+    def apply_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Apply the linear head to embeddings in fp32, with autocast disabled.
+
+        Whatever autocast context surrounds the call, the head's matmul and bias run in the head's
+        own dtype (fp32 unless the whole model was cast), on fp32 features.
+        """
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self.head(features.to(self.head.weight.dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Compute the outputs ``(B, n_outputs)`` of normalised images."""
-        return self.head(self.features(x))
+        """Compute the outputs ``(B, n_outputs)`` of normalised images (head in fp32)."""
+        return self.apply_head(self.features(x))
 
 
 def to_input(

@@ -3,24 +3,52 @@
 The loaders ship uint8 ``(3, S, S)`` patches; conversion to float, augmentation and normalisation
 happen on the training device. :func:`train` writes into ``out_dir``:
 
-* ``checkpoint.pt`` — after every epoch, atomically: model, optimiser, epoch, RNG states, best
-  validation loss (and the best weights), the bad-epochs counter and the history. A rerun
-  resumes from it automatically.
-* ``history.tsv`` — one row per epoch: ``epoch, train_loss, val_loss, val_pearson_mean,
-  val_accuracy, images_per_s, seconds, lr``.
+* ``checkpoint.pt`` — one rolling file, rewritten atomically after every epoch: model, optimiser
+  (and fp16 GradScaler) state, RNG states, epoch, best validation loss and epoch, bad-epochs
+  counter, history, the training config and the *resume signature* (below). No copy of the best
+  weights. Removed once ``model.pt`` is written.
+* ``best.pt`` — the best-validation weights, written only when the validation loss improves
+  (with its epoch and the signature digest). Removed once ``model.pt`` is written.
+* ``history.tsv`` — one row per epoch, columns :data:`HISTORY_COLUMNS`:
+  ``epoch``; ``train_loss`` (mean over the epoch's training spots of the per-spot loss — the
+  loss averaged over outputs — whatever ``loss_reduction``; with augmentation, as trained);
+  ``val_loss`` (the same per-spot mean over validation spots); ``val_sse`` (regression: sum over
+  validation spots and outputs of ``(pred - y)**2`` in float64; NaN for classification);
+  ``val_n`` (validation spots); ``val_pearson_mean`` (regression: mean over outputs of Pearson r);
+  ``val_accuracy`` (classification); ``images_per_s``; ``seconds``; ``lr``; ``precision`` (the
+  autocast precision of the backbone: ``bf16``, ``fp16`` or ``fp32``). Validation predictions
+  average ``val_tta`` dihedral transforms. Validation columns are NaN without validation data.
 * ``loss.png`` — the loss curves.
 * ``model.pt`` — ``{"state_dict", "backbone", "n_outputs", "n_features", "genes", "classes",
-  "target_transform", "epoch", "selection", "config", ...}``: the best-validation weights, or
-  the last epoch's without validation.
+  "target_transform", "epoch", "selection", "precision", "config", ...}``: the best-validation
+  weights, or the last epoch's without validation.
+
+Resumption: a rerun resumes from ``checkpoint.pt`` only when its signature matches: the whole
+training config except ``num_workers``, ``channels_last`` and ``epochs`` (with the *resolved*
+precision), the content of a local initial-weights file, the number of outputs, the genes,
+classes and target transform name, the datasets' store paths, rows and a digest of their
+targets / labels, each patch store's geometry (its ``.json`` sidecar) and a content digest of
+its ``.npy`` (blake2b, streamed in chunks: never read into memory), and the caller's
+``data_signature`` (e.g. the manifest's spot ids, the fitted transform). Any mismatch, an
+unreadable checkpoint, or a checkpoint past the epochs now asked, starts afresh with a log line
+saying why — never an error, never old weights. A larger epoch count resumes. A finished run
+keeps no checkpoint: its rerun trains afresh.
 
 Exact resumption: every epoch reseeds python, numpy and torch from ``(seed, epoch)`` and the
 shuffling order is a function of ``(seed, epoch)`` only, so an interrupted and resumed run ends
 with the same weights as an uninterrupted one (on the same device and software; data workers do
 no random work).
+
+Precision (``TrainConfig.precision``): the backbone runs under autocast (bf16, or fp16 with a
+GradScaler); the head, the loss and TTA averaging always run in fp32 (see
+:meth:`stpredict.models.PatchModel.apply_head`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import math
 import os
@@ -35,10 +63,11 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from stpredict.augment import make_augment
+from stpredict.augment import make_augment, tta_predict
 from stpredict.errors import ConfigError, InputError, StpredictError
 from stpredict.io import atomic_path, write_table
 from stpredict.models import PatchModel, build_model
@@ -48,6 +77,10 @@ __all__ = [
     "TrainConfig",
     "TrainingInterrupted",
     "train",
+    "autocast_context",
+    "file_digest",
+    "per_spot_loss",
+    "resolve_precision",
     "encode_labels",
     "pearson_per_output",
     "select_device",
@@ -60,12 +93,22 @@ HISTORY_COLUMNS = [
     "epoch",
     "train_loss",
     "val_loss",
+    "val_sse",
+    "val_n",
     "val_pearson_mean",
     "val_accuracy",
     "images_per_s",
     "seconds",
     "lr",
+    "precision",
 ]
+
+#: ``TrainConfig.precision`` values
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+#: ``TrainConfig.loss_reduction`` values
+LOSS_REDUCTIONS = ("mean", "stnet")
+#: version of the checkpoint layout (older checkpoints start afresh)
+CHECKPOINT_FORMAT = 2
 
 
 class TrainingInterrupted(RuntimeError):
@@ -155,6 +198,186 @@ def select_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _cuda_bf16_native(device: torch.device) -> bool:
+    """Whether the CUDA device computes bf16 natively (not emulated)."""
+    try:
+        with torch.cuda.device(device):
+            try:
+                return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+            except TypeError:  # older torch: no including_emulation argument
+                return bool(torch.cuda.is_bf16_supported())
+    except (RuntimeError, AssertionError, AttributeError):
+        return False
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """Return the autocast precision actually used on ``device`` for a ``precision`` setting.
+
+    ``auto``: bf16 on a CUDA device that supports bf16 natively, else fp16 (with a GradScaler)
+    on CUDA, fp32 elsewhere (CPU, MPS). ``bf16``, ``fp16`` and ``fp32`` are used as given, on any
+    device (the CPU has bf16 and fp16 autocast too, slower than fp32 on most CPUs).
+
+    Returns
+    -------
+    str
+        ``bf16``, ``fp16`` or ``fp32``.
+    """
+    p = str(precision).lower()
+    if p not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'", fix="use auto, bf16, fp16 or fp32")
+    dev = torch.device(device)
+    if p != "auto":
+        if p == "bf16" and dev.type == "cuda" and not _cuda_bf16_native(dev):
+            log.warning("precision bf16 on %s: this GPU emulates bf16 (slow); auto uses fp16", dev)
+        return p
+    if dev.type == "cuda":
+        return "bf16" if _cuda_bf16_native(dev) else "fp16"
+    return "fp32"
+
+
+def autocast_context(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Autocast for a resolved precision (``bf16``, ``fp16``; ``fp32`` disables autocast).
+
+    Only the backbone is affected: :class:`~stpredict.models.PatchModel` runs its head with
+    autocast disabled, in fp32.
+    """
+    dev = torch.device(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(dev.type, dtype=dtype)
+
+
+def per_spot_loss(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Compute the loss of every spot ``(B,)`` in fp32: the mean over outputs of the element loss.
+
+    ``mse``: mean over outputs of ``(pred - y)**2``; ``smoothl1``: mean over outputs of the
+    Huber loss (beta 1); ``cross_entropy``: the cross-entropy of the spot's logits (one value per
+    spot). :func:`train` reduces it over the batch by its mean (``loss_reduction: mean``) or sum
+    (``stnet``: ST-Net's ``sum((pred - y)**2) / n_genes`` summed over the batch).
+    """
+    pred = pred.float()
+    if loss == "cross_entropy":
+        return F.cross_entropy(pred, target.long(), reduction="none")
+    target = target.float().reshape(pred.shape)
+    if loss == "mse":
+        return (pred - target).pow(2).mean(1)
+    if loss == "smoothl1":
+        return F.smooth_l1_loss(pred, target, reduction="none").mean(1)
+    raise ConfigError(f"unknown loss '{loss}'", fix="use mse, smoothl1 or cross_entropy")
+
+
+# --------------------------------------------------------------------------------------------
+# signatures (what the weights depend on)
+
+
+def file_digest(path: str | os.PathLike[str], chunk_bytes: int = 1 << 24) -> str:
+    """blake2b digest (hex, 128 bits) of a file's bytes, read in chunks of ``chunk_bytes``.
+
+    Memory use is one chunk whatever the file size (a 750 MB patch store is never read whole).
+    """
+    h = hashlib.blake2b(digest_size=16)
+    buf = bytearray(chunk_bytes)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+_DIGEST = "blake2b:"
+
+
+def _array_digest(a: np.ndarray | None) -> str | None:
+    if a is None:
+        return None
+    a = np.ascontiguousarray(a)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return _DIGEST + h.hexdigest()
+
+
+def _json_digest(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return _DIGEST + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+#: patch-store geometry keys of the ``.json`` sidecar that the patches depend on
+_GEOMETRY_KEYS = ("fov_um", "fov_px", "size_px", "pad_value", "mpp", "image_shape", "spec")
+
+
+def _store_signature(npy: str) -> dict[str, Any]:
+    sidecar = Path(npy).with_suffix(".json")
+    geometry: Any = "absent"
+    if sidecar.is_file():
+        try:
+            meta = json.loads(sidecar.read_text())
+            geometry = {k: meta.get(k) for k in _GEOMETRY_KEYS}
+        except (OSError, ValueError):
+            geometry = _DIGEST + file_digest(sidecar)
+    return {"geometry": geometry, "content": _DIGEST + file_digest(npy)}
+
+
+def _dataset_signature(ds: PatchDataset | None) -> dict[str, Any] | None:
+    if ds is None:
+        return None
+    return {"n": len(ds), "stores": list(ds.stores),
+            "rows": _array_digest(np.stack([ds._store_idx, ds._row_idx])),
+            "targets": _array_digest(ds.targets), "labels": _array_digest(ds.labels)}
+
+
+def _plain(obj: Any) -> Any:
+    """JSON round trip: only dicts, lists, strings, numbers, booleans and None remain."""
+    def default(o: Any) -> Any:
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))
+
+
+def _short(value: Any) -> Any:
+    """Keep short scalars readable; digest anything long (gene lists, transforms)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, str) and len(value) <= 80:
+        return value
+    return _json_digest(value)
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict) and d:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _signature_changes(old: Any, new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two signatures (empty when they match)."""
+    if not isinstance(old, dict):
+        return ["no signature"]
+    fo, fn = _flatten(old), _flatten(new)
+    out = []
+    for k in sorted(set(fo) | set(fn)):
+        a, b = fo.get(k, "<absent>"), fn.get(k, "<absent>")
+        if json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True):
+            continue
+        digest = any(isinstance(v, str) and v.startswith(_DIGEST) for v in (a, b))
+        text_a, text_b = json.dumps(a), json.dumps(b)
+        if digest or len(text_a) + len(text_b) > 120:
+            out.append(f"{k} changed")
+        else:
+            out.append(f"{k} {text_a} -> {text_b}")
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -329,8 +552,19 @@ class TrainConfig:
         DataLoader worker processes.
     seed
         Seed of initialisation, shuffling and augmentation.
-    amp
-        bf16 autocast on CUDA (ignored on the CPU).
+    precision
+        Autocast precision of the backbone: ``auto`` (bf16 on a CUDA GPU with native bf16, else
+        fp16 with a GradScaler on CUDA, fp32 on the CPU), ``bf16``, ``fp16`` (with a GradScaler)
+        or ``fp32``. The head, loss and TTA averaging always run in fp32. Replaces the old
+        ``amp`` flag (``from_dict`` maps ``amp: true`` to ``auto`` and ``false`` to ``fp32``).
+    loss_reduction
+        ``mean`` (the batch mean of the per-spot loss: batch-size independent) or ``stnet``
+        (its batch *sum*, ST-Net's ``sum((pred - y)**2) / n_genes`` over the batch; for
+        ``smoothl1`` and ``cross_entropy`` likewise the sum over the batch of the per-spot mean
+        over outputs). The reported losses are per-spot means either way.
+    val_tta
+        Dihedral transforms averaged for the validation predictions (1 = none, 8 = ST-Net's
+        epoch choice on TTA predictions).
     channels_last
         channels-last memory format on CUDA (ignored on the CPU).
     head_init
@@ -355,7 +589,9 @@ class TrainConfig:
     augmentation: str = "dihedral"
     num_workers: int = 0
     seed: int = 0
-    amp: bool = True
+    precision: str = "auto"
+    loss_reduction: str = "mean"
+    val_tta: int = 1
     channels_last: bool = True
     head_init: str | None = None
     tiny_width: int = 8
@@ -375,6 +611,12 @@ class TrainConfig:
             (self.num_workers >= 0, f"num_workers {self.num_workers}"),
             (self.patience is None or self.patience >= 0, f"patience {self.patience}"),
             (self.head_init in (None, "zero"), f"head_init '{self.head_init}' (use zero)"),
+            (self.precision in PRECISIONS,
+             f"precision '{self.precision}' (use auto, bf16, fp16 or fp32)"),
+            (self.loss_reduction in LOSS_REDUCTIONS,
+             f"loss_reduction '{self.loss_reduction}' (use mean or stnet)"),
+            (isinstance(self.val_tta, int) and 1 <= self.val_tta <= 8,
+             f"val_tta {self.val_tta} (use 1, 4 or 8)"),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
@@ -386,7 +628,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict, rejecting unknown keys."""
+        """Build from a dict, rejecting unknown keys (the legacy ``amp`` flag is translated)."""
+        d = dict(d)
+        if "amp" in d:  # configs of model files / checkpoints written before `precision`
+            amp = d.pop("amp")
+            d.setdefault("precision", "auto" if amp else "fp32")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -395,8 +641,9 @@ class TrainConfig:
         return cls(**d)
 
 
-# settings a resumed run may change without invalidating the checkpoint
-_RESUMABLE_CHANGES = {"epochs", "num_workers", "patience", "min_delta", "amp", "channels_last"}
+# settings the weights do not depend on (left out of the resume signature); `epochs` is checked
+# on its own: a larger count resumes, a smaller one than the checkpoint's starts afresh
+_NOT_IN_SIGNATURE = {"num_workers", "channels_last", "epochs"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -483,30 +730,43 @@ def _prepare(
 
 
 def _evaluate(
-    model: PatchModel, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
-    autocast: bool, channels_last: bool, classify: bool,
-) -> tuple[float, float, float]:
+    model: PatchModel, loader: DataLoader, cfg: TrainConfig, device: torch.device,
+    precision: str, channels_last: bool, classify: bool,
+) -> dict[str, float]:
+    """Compute validation metrics (eval mode, ``cfg.val_tta`` transforms, head in fp32).
+
+    Returns ``val_loss`` (mean over spots of the per-spot loss), ``val_sse`` (regression: sum of
+    squared errors over spots and outputs, float64), ``val_n`` (spots), ``val_pearson_mean``
+    and ``val_accuracy``.
+    """
     model.eval()
     preds, trues = [], []
-    total, n = 0.0, 0
+    loss_sum, sse, n = 0.0, 0.0, 0
     with torch.inference_mode():
         for xb, yb in _batches(loader, device, "validation"):
             x = _prepare(xb, model, None, None, channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                out = model(x)
+            with autocast_context(device, precision):
+                out = tta_predict(model, x, n=cfg.val_tta)
             out = out.float()
-            total += float(loss_fn(out, yb)) * len(xb)
+            loss_sum += float(per_spot_loss(out, yb, cfg.loss).double().sum())
+            if not classify:
+                sse += float((out.double() - yb.double().reshape(out.shape)).pow(2).sum())
             n += len(xb)
             preds.append(out.cpu().numpy())
             trues.append(yb.cpu().numpy())
+    res = {"val_loss": math.nan, "val_sse": math.nan, "val_n": n,
+           "val_pearson_mean": math.nan, "val_accuracy": math.nan}
     if n == 0:
-        return math.nan, math.nan, math.nan
+        return res
     pred, true = np.concatenate(preds), np.concatenate(trues)
+    res["val_loss"] = loss_sum / n
     if classify:
-        return total / n, math.nan, float((pred.argmax(1) == true).mean())
-    r = pearson_per_output(pred, true)
-    pearson = float(np.nanmean(r)) if np.isfinite(r).any() else math.nan
-    return total / n, pearson, math.nan
+        res["val_accuracy"] = float((pred.argmax(1) == true).mean())
+    else:
+        res["val_sse"] = sse
+        r = pearson_per_output(pred, true)
+        res["val_pearson_mean"] = float(np.nanmean(r)) if np.isfinite(r).any() else math.nan
+    return res
 
 
 def _loader(ds: Dataset, cfg: TrainConfig, cuda: bool, sampler: Sampler | None,
@@ -521,6 +781,86 @@ def _loader(ds: Dataset, cfg: TrainConfig, cuda: bool, sampler: Sampler | None,
     )
 
 
+def _signature(
+    cfg: TrainConfig, precision: str, n_outputs: int, train_ds: PatchDataset,
+    val_ds: PatchDataset | None, genes: Sequence[str] | None, classes: Sequence[Any] | None,
+    target_transform: str | None, data_signature: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything the trained weights depend on (see the module docstring)."""
+    config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_SIGNATURE}
+    config["precision"] = precision  # resolved: `auto` on a bf16 GPU equals `bf16`
+    weights_file = None
+    if str(cfg.weights).lower() not in ("none", "imagenet", "") and Path(cfg.weights).is_file():
+        weights_file = _DIGEST + file_digest(cfg.weights)  # initial weights from a local file
+    stores = sorted(set(train_ds.stores) | set(val_ds.stores if val_ds is not None else []))
+    extra = {str(k): _short(v) for k, v in _plain(dict(data_signature or {})).items()}
+    return _plain({
+        "config": config,
+        "weights_file": weights_file,
+        "n_outputs": int(n_outputs),
+        "genes": None if genes is None else _json_digest([str(g) for g in genes]),
+        "classes": None if classes is None else _json_digest([str(c) for c in classes]),
+        "target_transform": target_transform,
+        "train": _dataset_signature(train_ds),
+        "val": _dataset_signature(val_ds),
+        "stores": {f"[{p}]": _store_signature(p) for p in stores},
+        "extra": extra,
+    })
+
+
+def _save_best(model: nn.Module, epoch: int, sig_digest: str, path: Path) -> None:
+    _atomic_torch_save({"state_dict": {k: v.detach().to("cpu", copy=True)
+                                       for k, v in model.state_dict().items()},
+                        "epoch": int(epoch), "signature": sig_digest}, path)
+
+
+def _remove(*paths: Path) -> None:
+    for p in paths:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def _load_checkpoint(
+    ckpt_path: Path, best_path: Path, signature: dict[str, Any], cfg: TrainConfig
+) -> dict[str, Any] | None:
+    """Return the checkpoint to resume from, or ``None`` (logging why) to start afresh."""
+    if not ckpt_path.exists():
+        return None
+    try:
+        ck = torch.load(ckpt_path, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
+        log.warning("%s: cannot read the checkpoint (%s: %s): starting afresh", ckpt_path,
+                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        log.warning("%s: checkpoint of an older layout (no full data signature): starting afresh",
+                    ckpt_path)
+        return None
+    changes = _signature_changes(ck.get("signature"), signature)
+    if changes:
+        shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12
+                                            else "")
+        log.warning("%s: the checkpoint was made with other settings or data (%s): starting "
+                    "afresh", ckpt_path, shown)
+        return None
+    if int(ck["epoch"]) > cfg.epochs:
+        log.warning("%s: the checkpoint is at epoch %d, past the %d epochs now asked: starting "
+                    "afresh", ckpt_path, int(ck["epoch"]), cfg.epochs)
+        return None
+    if 0 < int(ck["best_epoch"]) < int(ck["epoch"]):  # else the checkpoint's weights are the best
+        try:
+            best = torch.load(best_path, weights_only=True, map_location="cpu", mmap=True)
+            ok = (int(best["epoch"]) == int(ck["best_epoch"])
+                  and best["signature"] == _json_digest(signature))
+            why = f"holds epoch {best['epoch']}, not {ck['best_epoch']}"
+        except Exception as exc:  # noqa: BLE001 - absent or unreadable: cannot resume
+            ok, why = False, f"cannot be read ({type(exc).__name__})"
+        if not ok:
+            log.warning("%s: the best weights %s %s: starting afresh", ckpt_path, best_path, why)
+            return None
+    return ck
+
+
 def train(
     cfg: TrainConfig,
     train_ds: PatchDataset,
@@ -531,11 +871,12 @@ def train(
     genes: Sequence[str] | None = None,
     classes: Sequence[Any] | None = None,
     target_transform: str | None = None,
+    data_signature: dict[str, Any] | None = None,
     device: str | torch.device | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Train a :class:`~stpredict.models.PatchModel`; resumable, with per-epoch checkpoints.
+    """Train a :class:`~stpredict.models.PatchModel`; resumable, with one rolling checkpoint.
 
     Parameters
     ----------
@@ -547,15 +888,20 @@ def train(
         Validation patches, or ``None`` to train exactly ``cfg.epochs`` epochs and keep the last
         weights (ST-Net's final retrain for an epoch count chosen on inner folds).
     out_dir
-        Folder for ``checkpoint.pt``, ``history.tsv``, ``loss.png``, ``model.pt``.
+        Folder for ``checkpoint.pt``, ``best.pt`` (both removed at the end), ``history.tsv``,
+        ``loss.png``, ``model.pt``.
     resume
-        Continue from ``out_dir/checkpoint.pt`` when present (``False``: start afresh).
+        Continue from ``out_dir/checkpoint.pt`` when its signature matches (``False``: start
+        afresh). A mismatch starts afresh too, logging what changed.
     genes
-        Names of the targets (saved in ``model.pt``).
+        Names of the targets (saved in ``model.pt``; part of the resume signature).
     classes
         Class labels of the codes 0..K-1 (``cross_entropy``; default ``0..max(label)``).
     target_transform
-        Name of the target transform (saved in ``model.pt``).
+        Name of the target transform (saved in ``model.pt``; part of the resume signature).
+    data_signature
+        What else the data depend on, from the caller (e.g. the manifest's spot ids of train and
+        val in order, the fitted transform): a JSON-able dict; long values are digested.
     device
         Force a device; default CUDA when available, else the CPU.
     callback
@@ -567,15 +913,16 @@ def train(
     -------
     dict
         ``epoch`` (chosen), ``epochs_run``, ``best_val_loss``, ``stopped_early``, ``device``,
-        ``images_per_s`` (last epoch), and the paths ``model``, ``history``, ``checkpoint``.
+        ``precision`` (resolved), ``images_per_s`` (last epoch), ``resumed_from`` (epoch of the
+        checkpoint resumed, 0 for a fresh start), and the paths ``model``, ``history``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, model_path = out / "checkpoint.pt", out / "model.pt"
+    ckpt_path, best_path, model_path = out / "checkpoint.pt", out / "best.pt", out / "model.pt"
     hist_path, plot_path = out / "history.tsv", out / "loss.png"
     dev = select_device(device)
     cuda = dev.type == "cuda"
-    autocast = cuda and cfg.amp
+    precision = resolve_precision(cfg.precision, dev)
     channels_last = cuda and cfg.channels_last
     classify = cfg.loss == "cross_entropy"
 
@@ -603,58 +950,72 @@ def train(
         val_ds = None
 
     # ---- model, optimiser, loss
-    seed_everything(cfg.seed)
     head_bias = None
     if cfg.head_init == "zero" and not classify:
         head_bias = train_ds.targets.mean(0)  # type: ignore[union-attr]
-    model = build_model(cfg.backbone, n_outputs, weights=cfg.weights, head_init=cfg.head_init,
+
+    def fresh() -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
+        seed_everything(cfg.seed)
+        m = build_model(cfg.backbone, n_outputs, weights=cfg.weights, head_init=cfg.head_init,
                         head_bias=head_bias, tiny_width=cfg.tiny_width).to(dev)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.optimiser == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn: nn.Module = {"mse": nn.MSELoss(), "smoothl1": nn.SmoothL1Loss(),
-                          "cross_entropy": nn.CrossEntropyLoss()}[cfg.loss]
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        if cfg.optimiser == "sgd":
+            o: torch.optim.Optimizer = torch.optim.SGD(
+                m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            o = torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sc = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+        return m, o, sc
+
+    model, opt, scaler = fresh()
     aug = make_augment(cfg.augmentation)
     aug_gen = torch.Generator()
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
     # ---- state, possibly resumed
     state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0,
-                             "bad_epochs": 0, "stopped": False, "history": [],
-                             "best_state": None}
-    signature = {"n_train": len(train_ds), "n_val": 0 if val_ds is None else len(val_ds),
-                 "n_outputs": n_outputs}
-    if ckpt_path.exists() and resume:
-        try:
-            ck = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
-            raise StpredictError(f"cannot read checkpoint ({type(exc).__name__}: {exc})",
-                                 file=ckpt_path, fix="delete it to start afresh") from None
-        old = ck["config"]
-        changed = sorted(k for k, v in cfg.to_dict().items()
-                         if k not in _RESUMABLE_CHANGES and old.get(k) != v)
-        if changed or ck["signature"] != signature:
-            what = changed or [f"data {ck['signature']} -> {signature}"]
-            raise ConfigError(f"the checkpoint was made with other settings or data ({what})",
-                              file=ckpt_path,
-                              fix="delete the checkpoint (or pass resume=False) to start afresh")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        _set_rng_state(ck["rng"], {"loader": loader_gen, "augment": aug_gen})
-        state = {k: ck[k] for k in state}
-        log.info("resuming %s from epoch %d", out, state["epoch"])
+                             "bad_epochs": 0, "stopped": False, "history": []}
+    signature = _signature(cfg, precision, n_outputs, train_ds, val_ds, genes, classes,
+                           target_transform, data_signature)
+    sig_digest = _json_digest(signature)
+    ck = None
+    if resume:
+        ck = _load_checkpoint(ckpt_path, best_path, signature, cfg)
     elif ckpt_path.exists():
         log.info("resume=False: ignoring the existing %s", ckpt_path)
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if scaler is not None:
+                scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"], {"loader": loader_gen, "augment": aug_gen})
+            state = {k: ck[k] for k in state}
+            if state["best_epoch"] and state["best_epoch"] == state["epoch"]:
+                _save_best(model, state["epoch"], sig_digest, best_path)  # may not be written
+            log.info("resuming %s from epoch %d", out, state["epoch"])
+        except Exception as exc:  # noqa: BLE001 - an inconsistent checkpoint: start afresh
+            log.warning("%s: cannot restore the checkpoint (%s: %s): starting afresh", ckpt_path,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            ck = None
+            model, opt, scaler = fresh()
+            loader_gen.manual_seed(cfg.seed)
+            state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+                     "stopped": False, "history": []}
+    if ck is None:  # leftovers of another run must not be taken for this one's
+        stale = [p for p in (ckpt_path, best_path, model_path) if p.exists()]
+        if stale:
+            log.info("%s: starting afresh, removing %s", out, ", ".join(p.name for p in stale))
+        _remove(ckpt_path, best_path, model_path)
+    resumed_from = int(state["epoch"])
 
     n = len(train_ds)
     drop_last = n > cfg.batch_size and n % cfg.batch_size == 1  # no batch of one (BatchNorm)
     sampler = _EpochSampler(n, cfg.seed)
     train_loader = _loader(train_ds, cfg, cuda, sampler, loader_gen, drop_last)
     val_loader = None if val_ds is None else _loader(val_ds, cfg, cuda, None, loader_gen)
+    acc_dtype = torch.float32 if dev.type == "mps" else torch.float64
 
     patience = cfg.patience or 0
     start = state["epoch"] + 1
@@ -674,17 +1035,23 @@ def train(
         sampler.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=dev)
+        loss_sum = torch.zeros((), device=dev, dtype=acc_dtype)
         seen = 0
         for xb, yb in _batches(train_loader, dev, f"epoch {epoch}/{cfg.epochs}"):
             x = _prepare(xb, model, aug, aug_gen, channels_last)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-                pred = model(x)
-            loss = loss_fn(pred.float(), yb)
+            with autocast_context(dev, precision):
+                pred = model(x)  # the head runs in fp32 inside
+            per_spot = per_spot_loss(pred, yb, cfg.loss)  # fp32
+            loss = per_spot.sum() if cfg.loss_reduction == "stnet" else per_spot.mean()
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach() * len(xb)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            loss_sum += per_spot.detach().sum().to(acc_dtype)
             seen += len(xb)
         if cuda:
             torch.cuda.synchronize(dev)
@@ -692,33 +1059,39 @@ def train(
         train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):
             raise StpredictError(f"the training loss became {train_loss} in epoch {epoch}",
-                                 fix="lower lr, check the targets, or disable amp")
-        val_loss = pearson = acc = math.nan
+                                 fix="lower lr, check the targets, or set train.precision: fp32")
+        val = {"val_loss": math.nan, "val_sse": math.nan, "val_n": 0,
+               "val_pearson_mean": math.nan, "val_accuracy": math.nan}
+        improved = False
         if val_loader is not None:
-            val_loss, pearson, acc = _evaluate(model, val_loader, loss_fn, dev, autocast,
-                                               channels_last, classify)
-            if val_loss < state["best_val_loss"] - cfg.min_delta:
-                state.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0,
-                             best_state={k: v.detach().to("cpu", copy=True)
-                                         for k, v in model.state_dict().items()})
+            val = _evaluate(model, val_loader, cfg, dev, precision, channels_last, classify)
+            improved = val["val_loss"] < state["best_val_loss"] - cfg.min_delta
+            if improved:
+                state.update(best_val_loss=val["val_loss"], best_epoch=epoch, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1
         last_ips = seen / train_secs if train_secs > 0 else math.nan
-        row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-               "val_pearson_mean": pearson, "val_accuracy": acc, "images_per_s": last_ips,
-               "seconds": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"]}
+        row = {"epoch": epoch, "train_loss": train_loss, **val, "images_per_s": last_ips,
+               "seconds": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
+               "precision": precision}
         state["history"].append(row)
         state["epoch"] = epoch
         if val_loader is not None and patience and state["bad_epochs"] >= patience:
             state["stopped"] = True
         log.info("epoch %d/%d: train %.4g, val %.4g, pearson %.3f, %.1f img/s%s", epoch,
-                 cfg.epochs, train_loss, val_loss, pearson, last_ips,
+                 cfg.epochs, train_loss, val["val_loss"], val["val_pearson_mean"], last_ips,
                  " (early stop)" if state["stopped"] else "")
         _atomic_torch_save({
-            **state, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            **state, "format": CHECKPOINT_FORMAT,
+            "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
             "rng": _rng_state({"loader": loader_gen, "augment": aug_gen}),
             "config": cfg.to_dict(), "signature": signature,
         }, ckpt_path)
+        if improved:
+            # after checkpoint.pt: a kill in between leaves a checkpoint whose best epoch is its
+            # own epoch, and a resume rewrites best.pt from the checkpoint's weights
+            _save_best(model, epoch, sig_digest, best_path)
         write_table(pd.DataFrame(state["history"], columns=HISTORY_COLUMNS), hist_path)
         if time.perf_counter() - last_plot > 60.0:  # plotting costs ~0.2 s: not every epoch
             _plot_history(state["history"], plot_path)
@@ -731,8 +1104,13 @@ def train(
     # ---- final weights
     if not state["history"]:
         raise StpredictError("no epoch was trained", file=ckpt_path)
-    if val_loader is not None and state["best_state"] is not None:
-        weights, chosen, selection = state["best_state"], state["best_epoch"], "best_val_loss"
+    if val_loader is not None and state["best_epoch"] > 0:
+        best = torch.load(best_path, weights_only=True, map_location="cpu")
+        if int(best["epoch"]) != int(state["best_epoch"]) or best["signature"] != sig_digest:
+            raise StpredictError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
+                                 f"{state['best_epoch']}", file=best_path,
+                                 fix="delete checkpoint.pt and best.pt to retrain")
+        weights, chosen, selection = best["state_dict"], state["best_epoch"], "best_val_loss"
     else:
         weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         chosen, selection = state["epoch"], "last_epoch"
@@ -751,21 +1129,25 @@ def train(
         "epoch": int(chosen),
         "selection": selection,
         "best_val_loss": float(state["best_val_loss"]),
+        "precision": precision,
+        "loss_reduction": cfg.loss_reduction,
+        "val_tta": int(cfg.val_tta),
         "config": cfg.to_dict(),
     }
     _atomic_torch_save(meta, model_path)
     write_table(pd.DataFrame(state["history"], columns=HISTORY_COLUMNS), hist_path)
     _plot_history(state["history"], plot_path)
-    log.info("%s: wrote %s (epoch %d, %s)", out, model_path, chosen, selection)
+    _remove(ckpt_path, best_path)  # model.pt holds the result
+    log.info("%s: wrote %s (epoch %d, %s, %s)", out, model_path, chosen, selection, precision)
     return {
         "epoch": int(chosen),
         "epochs_run": int(state["epoch"]),
         "best_val_loss": float(state["best_val_loss"]),
         "stopped_early": bool(state["stopped"]),
         "device": str(dev),
+        "precision": precision,
         "images_per_s": last_ips,
+        "resumed_from": resumed_from,
         "model": str(model_path),
         "history": str(hist_path),
-        "checkpoint": str(ckpt_path),
     }
-

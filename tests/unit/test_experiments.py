@@ -38,8 +38,10 @@ def section(sample: str, n: int = 30, seed: int = 0) -> ad.AnnData:
     a.obs["sample_id"] = sample
     a.obs["keep"] = np.arange(n) % 10 != 0  # every 10th spot fails QC
     a.obs["cluster"] = [str(1 + i % 3) for i in range(n)]
+    a.obs["array_row"] = np.arange(n) // 6
+    a.obs["array_col"] = np.arange(n) % 6
     a.obsm["spatial"] = rng.uniform(0, 1000, (n, 2))
-    a.uns["stpredict"] = {"mpp": 1.0}
+    a.uns["stpredict"] = {"mpp": 1.0, "platform": "st", "sample_id": sample}
     return a
 
 
@@ -204,3 +206,108 @@ def test_per_experiment_nuclear_settings_are_refused():
     with pytest.raises(ConfigError, match="computed once per section"):
         expand_experiments({"e": {"sections": {"platform": "st"},
                                   "evaluation": {"nuclear": {"fov_um": 50}}}}, {}, sheet())
+
+
+def _history(path, val_loss, val_sse=None, val_n=None):
+    df = pd.DataFrame({"epoch": np.arange(1, len(val_loss) + 1), "val_loss": val_loss})
+    if val_sse is not None:
+        df["val_sse"], df["val_n"] = val_sse, val_n
+    df.to_csv(path, sep="\t", index=False)
+    return path
+
+
+def test_choose_epochs_pools_squared_errors_over_inner_folds(tmp_path):
+    # fold a: 100 spots, fold b: 10 spots, 2 outputs. Mean of the per-fold means prefers
+    # epoch 1 (0.5, 0.7); the pooled SSE (ST-Net's cross_validate.py) prefers epoch 2 (110, 100)
+    a = _history(tmp_path / "a.tsv", [0.5, 0.4, 0.6], [100.0, 80.0, 120.0], 100)
+    b = _history(tmp_path / "b.tsv", [0.5, 1.0, 0.9], [10.0, 20.0, 18.0], 10)
+    assert choose_epochs([a, b]) == 2
+    mean_of_means = np.mean([[0.5, 0.4, 0.6], [0.5, 1.0, 0.9]], axis=0)
+    assert int(np.argmin(mean_of_means)) + 1 == 1  # the old rule disagrees
+    # only the epochs every fold has: c stopped after epoch 1
+    c = _history(tmp_path / "c.tsv", [0.1], [1.0], 5)
+    assert choose_epochs([a, b, c]) == 1
+    # classification (no SSE): the mean validation loss
+    ca = _history(tmp_path / "ca.tsv", [0.5, 0.4, 0.6], [np.nan] * 3, 100)
+    cb = _history(tmp_path / "cb.tsv", [0.5, 1.0, 0.9], [np.nan] * 3, 10)
+    assert choose_epochs([ca, cb]) == 1
+    empty = tmp_path / "e.tsv"
+    pd.DataFrame({"epoch": [], "val_loss": []}).to_csv(empty, sep="\t", index=False)
+    with pytest.raises(InputError, match="empty training history"):
+        choose_epochs([a, empty])
+    nan = _history(tmp_path / "n.tsv", [np.nan, np.nan, np.nan])
+    with pytest.raises(InputError, match="no finite"):
+        choose_epochs([nan])
+
+
+def test_experiment_train_defaults():
+    exp = resolve_experiment({}, {})
+    t = exp["train"]
+    assert (t["loss_reduction"], t["precision"], t["val_tta"]) == ("mean", "auto", 1)
+    from stpredict.training import TrainConfig
+
+    TrainConfig(**t)  # every default is a valid training setting
+    # a clusters experiment without `train` must not turn the defaults' loss into cross_entropy
+    assert resolve_experiment({"task": "clusters"}, {})["train"]["loss"] == "cross_entropy"
+    assert resolve_experiment({}, {})["train"]["loss"] == "mse"
+
+
+def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch):
+    """Changing targets.transform after a run retrains from scratch (never the old weights)."""
+    import torch
+
+    from stpredict.experiments import train_fold
+    from stpredict.training import TrainingInterrupted
+
+    torch.set_num_threads(1)
+    s = sheet()
+    rng = np.random.default_rng(0)
+
+    def experiment(transform):
+        return resolve_experiment({
+            "sections": {"samples": ["PA_0", "PB_0", "PC_0"]},
+            "split": {"scheme": "leave_one_patient_out", "inner_folds": 0},
+            "targets": {"transform": transform, "genes": {"mode": "top_mean", "n": 5, "panel": "",
+                                                          "min_frac": 0.1}},
+            "model": {"backbone": "tiny", "weights": "none", "tiny_width": 4},
+            "train": {"optimiser": "adam", "lr": 1e-3, "batch_size": 16, "epochs": 2},
+            "tta": 1}, {"seed": 0})
+
+    exp = experiment("log1p")
+    sections = {x: section(x, seed=i) for i, x in enumerate(experiment_samples(exp, s))}
+    stores = {}
+    for x, a in sections.items():
+        stores[x] = str(tmp_path / f"{x}.npy")
+        np.save(stores[x], rng.integers(0, 256, size=(a.n_obs, 16, 16, 3), dtype=np.uint8))
+    man = build_manifest(exp, sections, s, name="t")
+    man = man[man.fold == "0"]
+    out = tmp_path / "fold0"
+    from stpredict import training
+
+    orig = training.train
+    with monkeypatch.context() as mp:  # an interrupted run (killed after epoch 1)
+        mp.setattr(training, "train", lambda *a, **k: orig(*a, **k, stop_after_epoch=1))
+        with pytest.raises(TrainingInterrupted):
+            train_fold(exp, "t", "0", man, sections, stores, out, device="cpu")
+    assert (out / "checkpoint.pt").exists()
+    with caplog.at_level("WARNING", logger="stpredict.training"):
+        res = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, out,
+                         device="cpu")
+    assert res["resumed_from"] == 0
+    assert "target_transform \"log1p\" -> \"log_proportion\"" in caplog.text
+    hist = pd.read_csv(out / "history.tsv", sep="\t")
+    assert hist["epoch"].tolist() == [1, 2]
+    ref = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, tmp_path / "ref",
+                     device="cpu")
+    a = torch.load(out / "model.pt", weights_only=True)
+    b = torch.load(ref["model"], weights_only=True)
+    assert a["target_transform"] == "log_proportion"
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    # prediction takes the experiment's precision (explicit bf16 works on the CPU)
+    from stpredict.experiments import predict_fold
+
+    bf16 = experiment("log_proportion")
+    bf16["train"]["precision"] = "bf16"
+    pred = predict_fold(bf16, "t", "0", man, sections, stores, out, tmp_path / "pred.h5ad", device="cpu")
+    assert pred.n_obs == int((man.role == "test").sum()) and pred.uns["stpredict"]["model"]["precision"] == "fp32"
+    assert np.isfinite(pred.layers["predicted"]).all()

@@ -112,6 +112,43 @@ def test_predict_through_stores(tmp_path):
         predict(m, stores, tta=9)
 
 
+def test_bf16_prediction_keeps_fp32_resolution(tmp_path):
+    """ST-Net-scale outputs: head bias -7.3, features varying slightly, 2,000 patches."""
+    n = 2000
+    rng = np.random.default_rng(0)
+    level = rng.uniform(30, 225, size=(n, 1, 1, 3))  # patches of varied colour
+    imgs = np.clip(level + rng.normal(0, 20, size=(n, S, S, 3)), 0, 255).astype(np.uint8)
+    np.save(tmp_path / "p.npy", imgs)
+    m = random_model(2, seed=1)
+    with torch.no_grad():
+        m.head.weight.normal_(0.0, 0.5)  # outputs about -7.3 +- 0.06
+        m.head.bias.fill_(-7.3)
+    pred, emb = predict(m, [tmp_path / "p.npy"], batch_size=500, tta=1, device="cpu",
+                        precision="bf16")
+    assert pred.dtype == np.float32
+    w = m.head.weight.detach().double().numpy()
+    b = m.head.bias.detach().double().numpy()
+    head = emb.astype(np.float64) @ w.T + b  # the head part, in float64
+    np.testing.assert_allclose(pred, head, atol=1e-5, rtol=0)
+    assert 0.02 < float(pred[:, 0].std()) < 0.2  # the outputs differ by little
+    assert len(np.unique(pred[:, 0])) > 1900
+    # a head inside bf16 autocast (the old behaviour) collapses them to a few values
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        old = m.head(torch.from_numpy(emb)).float().numpy()
+    assert len(np.unique(old[:, 0])) < 20
+    # fp32 prediction: the same up to the backbone's bf16 rounding
+    p32, e32 = predict(m, [tmp_path / "p.npy"], batch_size=500, tta=1, precision="fp32")
+    np.testing.assert_allclose(p32, e32.astype(np.float64) @ w.T + b, atol=1e-5, rtol=0)
+    assert np.abs(p32 - pred).max() < 0.05
+    # with TTA: outputs averaged in fp32 under autocast too
+    x = m.normalize(torch.from_numpy(np.load(tmp_path / "p.npy")[:64]).permute(0, 3, 1, 2)
+                    .float() / 255.0)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, feat = tta_predict(m, x, n=8, return_features=True)
+    assert out.dtype == feat.dtype == torch.float32
+    np.testing.assert_allclose(out.double().numpy(), feat.double().numpy() @ w.T + b, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------ cluster mode
 
 

@@ -25,6 +25,22 @@ def test_tiny_model_shapes_and_split():
     assert not any(k in ("mean", "std") for k in m.state_dict())
 
 
+def test_head_runs_in_fp32_under_autocast():
+    torch.manual_seed(0)
+    m = build_model("tiny", 3, tiny_width=4)
+    with torch.no_grad():
+        m.head.bias.fill_(-7.3)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f = m.features(x)
+        y = m(x)
+        assert f.dtype == torch.bfloat16  # the backbone does run in bf16
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, f.float() @ m.head.weight.T + m.head.bias, atol=1e-6, rtol=0)
+    y.sum().backward()
+    assert m.head.weight.grad.dtype == torch.float32
+
+
 @pytest.mark.parametrize(
     "name, n_features",
     [("resnet18", 512), ("squeezenet1_1", 512), ("mobilenet_v3_small", 1024),

@@ -60,6 +60,7 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not (cut / "model.pt").exists()
+    assert (cut / "checkpoint.pt").exists()  # the one rolling checkpoint
     before = pd.read_csv(cut / "history.tsv", sep="\t")
     done = len(before)
     assert 2 <= done < 6
@@ -74,3 +75,6 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path):
     pd.testing.assert_series_equal(h_full["val_loss"], h_cut["val_loss"])
     # it resumed rather than restarted: the epochs run before the kill were not run again
     pd.testing.assert_series_equal(before["seconds"], h_cut["seconds"].iloc[:done])
+    # model.pt holds the result: no checkpoint or best weights are left behind
+    for d in (full, cut):
+        assert not (d / "checkpoint.pt").exists() and not (d / "best.pt").exists()
