@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from stpredict.augment import make_augment
+from stpredict.augment import make_augment, parse_augmentation
 from stpredict.errors import ConfigError, InputError, StpredictError
 from stpredict.io import atomic_path, write_table
 from stpredict.models import PatchModel, build_model
@@ -324,7 +324,10 @@ class TrainConfig:
         Stop after this many epochs without improving on the *best* validation loss so far
         (by more than ``min_delta``); ``None`` or 0 disables early stopping.
     augmentation
-        ``none``, ``dihedral`` (8 rotations/flips) or ``deepspace``.
+        ``none``, ``dihedral`` (8 rotations/flips), ``deepspace`` (DeepSpaCE's groups flip, crop,
+        color, contrast, random) or ``deepspace:<comma list of groups>`` (e.g. DeepSpaCE's
+        README recipe ``deepspace:flip,crop,color,random``); see
+        :func:`stpredict.augment.parse_augmentation`.
     num_workers
         DataLoader worker processes.
     seed
@@ -363,12 +366,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Check the values."""
+        try:
+            parse_augmentation(self.augmentation)
+            aug_problem = ""
+        except ConfigError as exc:
+            aug_problem = f"{exc.problem} ({exc.fix})"
         checks = [
             (self.loss in ("mse", "smoothl1", "cross_entropy"),
              f"loss '{self.loss}' (use mse, smoothl1 or cross_entropy)"),
             (self.optimiser in ("sgd", "adam"), f"optimiser '{self.optimiser}' (use sgd or adam)"),
-            (self.augmentation in ("none", "dihedral", "deepspace"),
-             f"augmentation '{self.augmentation}' (use none, dihedral or deepspace)"),
+            (not aug_problem, aug_problem),
             (self.lr > 0, f"lr {self.lr} (must be positive)"),
             (self.batch_size >= 1, f"batch_size {self.batch_size}"),
             (self.epochs >= 1, f"epochs {self.epochs}"),
