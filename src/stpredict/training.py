@@ -67,7 +67,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from stpredict.augment import make_augment, tta_predict
+from stpredict.augment import make_augment, parse_augmentation, tta_predict
 from stpredict.errors import ConfigError, InputError, StpredictError
 from stpredict.io import atomic_path, write_table
 from stpredict.models import PatchModel, build_model
@@ -547,7 +547,10 @@ class TrainConfig:
         Stop after this many epochs without improving on the *best* validation loss so far
         (by more than ``min_delta``); ``None`` or 0 disables early stopping.
     augmentation
-        ``none``, ``dihedral`` (8 rotations/flips) or ``deepspace``.
+        ``none``, ``dihedral`` (8 rotations/flips), ``deepspace`` (DeepSpaCE's groups flip, crop,
+        color, contrast, random) or ``deepspace:<comma list of groups>`` (e.g. DeepSpaCE's
+        README recipe ``deepspace:flip,crop,color,random``); see
+        :func:`stpredict.augment.parse_augmentation`.
     num_workers
         DataLoader worker processes.
     seed
@@ -599,12 +602,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """Check the values."""
+        try:
+            parse_augmentation(self.augmentation)
+            aug_problem = ""
+        except ConfigError as exc:
+            aug_problem = f"{exc.problem} ({exc.fix})"
         checks = [
             (self.loss in ("mse", "smoothl1", "cross_entropy"),
              f"loss '{self.loss}' (use mse, smoothl1 or cross_entropy)"),
             (self.optimiser in ("sgd", "adam"), f"optimiser '{self.optimiser}' (use sgd or adam)"),
-            (self.augmentation in ("none", "dihedral", "deepspace"),
-             f"augmentation '{self.augmentation}' (use none, dihedral or deepspace)"),
+            (not aug_problem, aug_problem),
             (self.lr > 0, f"lr {self.lr} (must be positive)"),
             (self.batch_size >= 1, f"batch_size {self.batch_size}"),
             (self.epochs >= 1, f"epochs {self.epochs}"),
