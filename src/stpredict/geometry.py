@@ -1,7 +1,9 @@
 """Spot-array geometry: neighbours, pixel size, and the image-bounds check (FORMATS.md §1-4).
 
-Pixel size comes from the spot pitch and is reconciled with the other estimates; the bounds check
-catches transposed or wrongly scaled coordinates.
+Pixel size comes from the spot pitch and is reconciled with the other estimates, trusting the
+most reliable ones and naming the outlier (:func:`reconcile_mpp`); the bounds check catches
+wrongly scaled coordinates and images that are mirrored, rotated or transposed relative to the
+coordinates (:func:`check_bounds`, the 8 placements of :data:`ORIENTATIONS`).
 
 Conventions: ``x`` is the image column and ``y`` the image row, both in full-resolution pixels;
 Visium array coordinates are ``(array_row, array_col)``; legacy ST array coordinates are

@@ -6,6 +6,28 @@ Every reader returns the section AnnData of docs/DESIGN.md: raw counts in a floa
 µm/px and its source) and ``uns["positions"]`` (every array position of the coordinate file).
 Formats and pitfalls follow FORMATS.md; problems raise :class:`~stpredict.errors.InputError` /
 :class:`~stpredict.errors.GeometryError` with one-line messages naming file, sample and fix.
+
+What is checked, beyond parsing (thresholds are module constants, calibrated on the demo cohort
+and the real fixtures):
+
+- counts are raw: negative, fractional or non-finite values (normalised data) are refused;
+- an empty matrix, a header-only positions / count / spot file, a count file without gene
+  columns or with a gene twice, are refused where they are (not later, elsewhere);
+- truncated or corrupt files (gzip, HDF5, mtx, images) raise an InputError naming the file;
+- Visium: every matrix barcode is in the positions file and marked in_tissue (up to
+  :data:`MAX_MATRIX_OFF_TISSUE`; another section's positions file fails here), positions have
+  finite pixels, non-negative array coordinates of the hexagonal parity, one barcode per array
+  position; the scale factors are a JSON object of positive numbers and fit the hires / lowres
+  PNGs; graphclust clusters label every spot and, like annotations, no spot off this section's
+  tissue (:data:`MAX_FOREIGN_LABELS`, :data:`MIN_GRAPHCLUST_COVERAGE`);
+- legacy ST: count rows have positions and the spots under tissue have count rows
+  (:func:`_match_st_counts_spots`), annotations / clusters cover the section
+  (:data:`MIN_ST_LABEL_COVERAGE`), no id carries two labels;
+- geometry: the pixel size (:func:`~stpredict.geometry.reconcile_mpp`) and the bounds and
+  orientation of the spots on the image (:func:`~stpredict.geometry.check_bounds`).
+
+Partial coverage that real files legitimately have (a subset matrix, count rows off the tissue,
+a partial annotation) is logged as a warning with numbers.
 """
 
 from __future__ import annotations
@@ -215,6 +237,25 @@ def _deduplicate_labels(labels: pd.Series, path: Path, sample: str | None, kind:
             path,
         )
     return labels[~labels.index.duplicated(keep="first")]
+
+
+def _check_distinct_pixels(
+    x: np.ndarray, y: np.ndarray, ids: Sequence[Any], path: Path, sample: str | None
+) -> None:
+    """Refuse coordinate files where many spots share one pixel position (a broken export)."""
+    px = pd.DataFrame({"x": np.round(np.asarray(x, float), 2), "y": np.round(np.asarray(y, float), 2)})
+    dup = px.duplicated(keep=False).to_numpy()
+    if dup.mean() > 0.01:
+        first = int(np.flatnonzero(dup)[0])
+        raise InputError(
+            f"{int(dup.sum())} of {len(px)} spots share their pixel position with another spot "
+            f"(e.g. {list(ids)[first]} at x={px['x'].iloc[first]:g}, y={px['y'].iloc[first]:g}): "
+            "the pixel columns are constant, truncated to few values or copied",
+            file=path,
+            sample=sample,
+            fix="give the coordinate file the alignment software wrote (one pixel position per "
+            "spot)",
+        )
 
 
 def _is_number(text: str) -> bool:
@@ -557,6 +598,13 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
             sample=sample,
             fix="give the positions file Space Ranger wrote, one row per barcode",
         )
+    _check_distinct_pixels(
+        out["pxl_col_in_fullres"].to_numpy(),
+        out["pxl_row_in_fullres"].to_numpy(),
+        out["barcode"],
+        path,
+        sample,
+    )
     pos_dup = out.duplicated(["array_row", "array_col"])
     if pos_dup.any():
         ex = out[pos_dup].iloc[0]
@@ -1349,6 +1397,9 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
                 sample=sample,
                 fix=fix,
             )
+    _check_distinct_pixels(
+        out["pixel_x"].to_numpy(), out["pixel_y"].to_numpy(), out.index, path, sample
+    )
     if out.index.duplicated().any():
         dup = out.index[out.index.duplicated()]
         raise InputError(

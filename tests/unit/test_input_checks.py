@@ -461,7 +461,9 @@ def test_st_count_file_messages(tmp_path, content, words):
 
 
 # ============================================================================ other flaws
-@pytest.mark.parametrize("flaw", ["nan-pixel", "inf-pixel", "same-array-position", "parity"])
+@pytest.mark.parametrize(
+    "flaw", ["nan-pixel", "inf-pixel", "same-array-position", "parity", "same-pixel"]
+)
 def test_visium_positions_flaws(tmp_path, flaw):
     v = make_visium(tmp_path)
     pos = v["pos"].copy()
@@ -475,9 +477,13 @@ def test_visium_positions_flaws(tmp_path, flaw):
     elif flaw == "same-array-position":
         pos.loc[1, ["array_row", "array_col"]] = pos.loc[0, ["array_row", "array_col"]].to_numpy()
         words = "share an array position"
-    else:
+    elif flaw == "parity":
         pos["array_col"] = pos["array_col"] + 1
         words = "hexagonal layout"
+    else:  # an export that wrote one pixel column for every spot
+        pos["pxl_col_in_fullres"] = 100.0
+        pos["pxl_row_in_fullres"] = np.round(pos["pxl_row_in_fullres"] / 200) * 200
+        words = "share their pixel position"
     formats.write_positions(v["pos_path"], pos, header=True)
     with pytest.raises(InputError) as ei:
         read_visium(v["outs"], "S1", "P1", image=v["image"])
@@ -513,14 +519,19 @@ def test_scalefactors_checked_without_image(tmp_path):
     one_line(ei.value, "fall outside", "tissue_lowres_image.png", "sample 'S1'")
 
 
-def test_st_spot_file_infinite_pixel(tmp_path):
+@pytest.mark.parametrize("flaw", ["inf", "same-pixel"])
+def test_st_spot_file_pixel_flaws(tmp_path, flaw):
     s = make_st(tmp_path, "stnet", ann=False)
     df = s["df"].copy()
-    df.loc[2, "pixel_x"] = np.inf
+    if flaw == "inf":
+        df.loc[2, "pixel_x"] = np.inf
+    else:
+        df.loc[:10, ["pixel_x", "pixel_y"]] = 50.0
     formats.write_st_spots(s["spots"], df, "stnet")
     with pytest.raises(InputError) as ei:
         read_st(s["counts"], s["spots"], "S", "P", s["image"])
-    one_line(ei.value, "infinite", str(s["spots"]), "sample 'S'")
+    one_line(ei.value, "infinite" if flaw == "inf" else "share their pixel position",
+             str(s["spots"]), "sample 'S'")
 
 
 @realdata
