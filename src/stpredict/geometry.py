@@ -725,7 +725,8 @@ def check_bounds(
         ``tissue_share_in`` / ``tissue_share_off`` (share on tissue), ``separation`` (their
         difference), ``separation_<orientation>`` for the 7 others (NaN when it does not fit
         the image; ``separation_transposed`` is ``separation_transpose``), ``n_reference``,
-        ``tissue_threshold``.
+        ``tissue_threshold``; ``contrast_wide`` (against every reference position, not only
+        those near the tissue) when the near contrast is below ``min_contrast``.
 
     Raises
     ------
@@ -772,6 +773,7 @@ def check_bounds(
         name: bool(inside(orient_xy(xy_in, name, w, h)).all()) if ORIENTATIONS[name][0] else id_fits
         for name in ORIENTATIONS
     }
+    xy_off_all = xy_off
     if xy_off is not None and len(xy_off) and id_fits:
         # Off-tissue positions near the tissue (within REFERENCE_BAND pitches of an in-tissue
         # spot) tell orientations apart; those far away are glass in every orientation.
@@ -783,7 +785,7 @@ def check_bounds(
         xy_off = near if len(near) >= 5 else finite
     state: dict[str, Any] = {}
 
-    def measure(name: str) -> dict[str, float]:
+    def measure(name: str, wide: bool = False) -> dict[str, float]:
         if "smooth" not in state:
             from scipy.ndimage import uniform_filter
 
@@ -794,11 +796,12 @@ def check_bounds(
             state["threshold"] = _tissue_threshold(grey)
             state["scale"] = scale
         pin = placed(name, xy_in)
-        off = placed(name, xy_off)
+        off = placed(name, xy_off_all if wide else xy_off)
         if off is not None:
             off = off[inside(off)]
+        band = np.inf if wide else REFERENCE_BAND
         return _brightness_stats(
-            state["smooth"], state["threshold"], state["scale"], pin, off, pitch, REFERENCE_BAND
+            state["smooth"], state["threshold"], state["scale"], pin, off, pitch, band
         )
 
     if not fits["identity"]:
@@ -864,6 +867,13 @@ def check_bounds(
                 fix=ORIENTATIONS[best][2],
             )
     b_in, b_off, contrast = stats["brightness_in"], stats["brightness_off"], stats["contrast"]
+    if contrast < min_contrast:
+        # Tissue may surround the spots (larger than the capture area): then glass is found
+        # only farther away; compare with every off-tissue / background position as well.
+        wide = measure("identity", wide=True)
+        stats["contrast_wide"] = wide["contrast"]
+        if wide["contrast"] > contrast:
+            b_off, contrast = wide["brightness_off"], wide["contrast"]
     if contrast < min_contrast:
         raise GeometryError(
             f"in-tissue spots are not darker than off-tissue ones (median brightness "

@@ -307,3 +307,16 @@ def test_bounds_symmetric_tissue_mirrored_is_not_refused(tmp_path):
     xy_in, xy_off = spots_on_grid()
     st = check_bounds(im, xy_in, xy_off, 5, "S1", "pos.csv", pitch_px=20)
     assert abs(st["separation"] - st["separation_flip_lr"]) < 0.05
+
+
+def test_bounds_tissue_larger_than_the_capture_area_passes(tmp_path):
+    """Spots cover only the middle of the tissue: the glass lies beyond the band around them."""
+    yy, xx = np.mgrid[0:600, 0:600]
+    img = np.full((600, 600, 3), 244, np.uint8)
+    img[(xx > 140) & (xx < 460) & (yy > 140) & (yy < 460)] = (172, 96, 160)
+    path = tmp_path / "he.png"
+    formats.write_png(path, img)
+    xs, ys = np.meshgrid(np.arange(200, 401, 20.0), np.arange(200, 401, 20.0))
+    xy_in = np.column_stack([xs.ravel(), ys.ravel()])
+    st = check_bounds(SlideImage(path), xy_in, None, 5, "S1", "spots.txt", pitch_px=20)
+    assert st["contrast"] < 0.02 < st["contrast_wide"]  # the band is tissue, the rest glass
