@@ -3,11 +3,20 @@
 TIFFs (tiled, pyramidal, OME or plain) are read by region through tifffile's zarr store, so a
 25k x 25k slide is never decoded whole; JPEG and PNG files are decoded once and cached. Every
 image is validated on opening: it must be 8-bit RGB. Grey, RGBA, palette and 16-bit images are
-refused with a message that names the file, the sample and how to convert it.
+refused with a message that names the file, the sample and how to convert it. Decoding is lazy
+(:meth:`SlideImage.to_array`, :meth:`~SlideImage.read_region`, :meth:`~SlideImage.thumbnail`);
+a truncated or corrupt file fails there with an :class:`~stpredict.errors.InputError` naming the
+image, the sample and the fix, never with a decoder traceback.
+
+Resolution tags are trusted only when plausible for a microscope image
+(:data:`PLAUSIBLE_TAG_MPP`, µm/px): 72/96/300 dpi and the other inch-dpi values image software
+writes by default (all > 5 µm/px), unit-less or anisotropic resolutions are treated as absent,
+with a log line saying why (:func:`plausible_tag_mpp`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,7 +26,86 @@ import numpy as np
 
 from stpredict.errors import InputError
 
-__all__ = ["SlideImage", "open_image", "TIFF_SUFFIXES"]
+__all__ = ["SlideImage", "open_image", "TIFF_SUFFIXES", "PLAUSIBLE_TAG_MPP", "plausible_tag_mpp"]
+
+log = logging.getLogger(__name__)
+
+#: Range of µm/px a resolution tag may state and still be believed: 0.05 (beyond a 100x oil
+#: objective) to 5 (a 2x objective; 5080 dpi). Every inch-dpi default of image software
+#: (72, 96, 150, 300, 600, 1200, 2400, 4800 dpi) lies above it.
+PLAUSIBLE_TAG_MPP: tuple[float, float] = (0.05, 5.0)
+_DECODE_FIX = (
+    "re-export the image from the scanner / viewer software or copy it again (the file is "
+    "truncated or corrupt), and point the sample sheet's image column at the complete file"
+)
+
+
+def plausible_tag_mpp(
+    mpp: float | None,
+    source: str,
+    path: str | os.PathLike[str] | None = None,
+    sample: str | None = None,
+    *,
+    mpp_y: float | None = None,
+    dpi: float | None = None,
+) -> float | None:
+    """Return a µm/px read from an image tag, or ``None`` (with a log line) when implausible.
+
+    One rule for every tag (TIFF X/YResolution, OME ``PhysicalSizeX``, Aperio ``MPP``, the JPEG /
+    PNG dpi that PIL reports): a tag is believed only when it lies in
+    :data:`PLAUSIBLE_TAG_MPP` and, given both axes, they agree within 1 %. Inch-dpi software
+    defaults (72, 96, 300, ... dpi) give 5-350 µm/px and are ignored; ignoring a tag only drops an
+    estimate (the spot pitch and the sheet's ``mpp`` remain), it never corrupts µm sizes.
+
+    Parameters
+    ----------
+    mpp
+        The value the tag states, µm per pixel (``None``: no tag).
+    source
+        Which tag, for the log line (e.g. ``"TIFF XResolution"``).
+    path, sample
+        Image and sample, for the log line.
+    mpp_y
+        The vertical µm/px where the tag has one.
+    dpi
+        The dots per inch the tag stated, for the log line.
+
+    Returns
+    -------
+    float or None
+        ``mpp`` when plausible, else ``None``.
+    """
+    if mpp is None:
+        return None
+    value = float(mpp)
+    lo, hi = PLAUSIBLE_TAG_MPP
+    stated = f"{value:.4g} µm/px" + (f" ({dpi:g} dpi)" if dpi else "")
+    why = None
+    if not np.isfinite(value) or value <= 0:
+        why = "it is not a positive number"
+    elif mpp_y is not None and np.isfinite(mpp_y) and mpp_y > 0 and (
+        abs(value - mpp_y) / min(value, mpp_y) > 0.01
+    ):
+        why = f"its horizontal and vertical resolutions differ ({value:.4g} vs {mpp_y:.4g} µm/px)"
+    elif value > hi:
+        why = (
+            f"it is coarser than {hi:g} µm/px, so it is a software default (72/96/300 dpi and "
+            "the like), not a scan resolution"
+        )
+    elif value < lo:
+        why = f"it is finer than {lo:g} µm/px, beyond any light microscope"
+    if why is None:
+        return value
+    log.warning(
+        "sample %s: image '%s': %s tag %s ignored: %s; the pixel size comes from the other "
+        "estimates (sheet mpp, spot pitch)",
+        sample,
+        path,
+        source,
+        stated,
+        why,
+    )
+    return None
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ome.tif", ".ome.tiff")
 _CONVERT_FIX = (
@@ -97,25 +185,28 @@ class SlideImage:
                 shape = tuple(int(s) for s in series.shape)
                 dtype = series.dtype
                 axes = series.axes
-                self.mpp_tags = _tiff_mpp(tif)
+                self.mpp_tags = _tiff_mpp(tif, self.path, self.sample)
                 n_levels = len(series.levels)
-        except (tifffile.TiffFileError, ValueError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any tifffile failure on opening is a bad file
             raise InputError(
-                f"cannot read TIFF ({exc})", file=self.path, sample=self.sample,
-                fix="check that the file is a complete, uncorrupted TIFF",
+                f"cannot read the TIFF ({type(exc).__name__}: {exc})",
+                file=self.path,
+                sample=self.sample,
+                fix=_DECODE_FIX,
             ) from exc
         if axes.startswith("S") and len(shape) == 3:  # planar RGB (S, Y, X)
             self._fail("image is stored planar (channels first); interleaved RGB is required")
         self._check_dtype_channels(dtype, shape)
         self.shape = (shape[0], shape[1])
-        store = tifffile.imread(self.path, aszarr=True)
-        self._store = store
-        root = zarr.open(store, mode="r")
-        if hasattr(root, "shape"):
-            self._levels = [root]
-        else:  # multiscale group: keys '0', '1', ...
-            self._levels = [root[str(i)] for i in range(n_levels)]
-        self._zarr = self._levels[0]
+        with self._decoding("open"):
+            store = tifffile.imread(self.path, aszarr=True)
+            self._store = store
+            root = zarr.open(store, mode="r")
+            if hasattr(root, "shape"):
+                self._levels = [root]
+            else:  # multiscale group: keys '0', '1', ...
+                self._levels = [root[str(i)] for i in range(n_levels)]
+            self._zarr = self._levels[0]
 
     def _open_pil(self) -> None:
         from PIL import Image
@@ -126,10 +217,13 @@ class SlideImage:
                 mode = im.mode
                 size = im.size
                 info = dict(im.info)
-        except (OSError, SyntaxError) as exc:
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types on a bad header
             raise InputError(
-                f"cannot read image ({exc})", file=self.path, sample=self.sample,
-                fix="give a TIFF, JPEG or PNG file that opens in an image viewer",
+                f"cannot read the image ({type(exc).__name__}: {exc})",
+                file=self.path,
+                sample=self.sample,
+                fix="give a TIFF, JPEG or PNG file that opens in an image viewer; "
+                + _DECODE_FIX,
             ) from exc
         if mode in ("L", "1", "LA"):
             self._fail("image is greyscale; an RGB H&E image is required")
@@ -141,20 +235,46 @@ class SlideImage:
             self._fail(f"image mode {mode} is not supported; 8-bit RGB is required")
         self.shape = (size[1], size[0])
         dpi = info.get("dpi")
-        if dpi and dpi[0] and dpi[0] > 1 and abs(dpi[0] - 72) > 1e-6 and abs(dpi[0] - 96) > 1e-6:
-            self.mpp_tags = 25400.0 / float(dpi[0])
+        if dpi and len(dpi) >= 1 and dpi[0]:
+            try:
+                dx = float(dpi[0])
+                dy = float(dpi[1]) if len(dpi) > 1 and dpi[1] else None
+            except (TypeError, ValueError):
+                dx, dy = 0.0, None
+            if dx > 0:
+                self.mpp_tags = plausible_tag_mpp(
+                    25400.0 / dx,
+                    f"{Path(self.path).suffix.lstrip('.').upper() or 'image'} dpi",
+                    self.path,
+                    self.sample,
+                    mpp_y=None if not dy or dy <= 0 else 25400.0 / dy,
+                    dpi=dx,
+                )
+
+    # ------------------------------------------------------------------ decoding
+    def _decoding(self, what: str) -> Any:
+        """Context manager turning any decoder failure into an InputError naming the image."""
+        return _Decoding(self, what)
 
     # ------------------------------------------------------------------ access
     def to_array(self) -> np.ndarray:
         """Return the whole full-resolution image as ``(H, W, 3)`` uint8 (decoded once, cached)."""
         if self._array is None:
-            if self._zarr is not None:
-                self._array = np.asarray(self._zarr[...])
-            else:
-                from PIL import Image
+            with self._decoding("decode"):
+                if self._zarr is not None:
+                    arr = np.asarray(self._zarr[...])
+                else:
+                    from PIL import Image
 
-                with Image.open(self.path) as im:
-                    self._array = np.asarray(im.convert("RGB"))
+                    with Image.open(self.path) as im:
+                        arr = np.asarray(im.convert("RGB"))
+            if arr.shape[:2] != tuple(self.shape):
+                self._fail(
+                    f"image decodes to {arr.shape[1]}x{arr.shape[0]} px but its header says "
+                    f"{self.shape[1]}x{self.shape[0]}",
+                    fix=_DECODE_FIX,
+                )
+            self._array = arr
         return self._array
 
     def read_region(self, x0: int, y0: int, width: int, height: int, fill: int = 255) -> np.ndarray:
@@ -169,7 +289,8 @@ class SlideImage:
         if xa >= xb or ya >= yb:
             return out
         src = self._zarr if (self._zarr is not None and self._array is None) else self.to_array()
-        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(src[ya:yb, xa:xb])[..., :3]
+        with self._decoding("read a region of"):
+            out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(src[ya:yb, xa:xb])[..., :3]
         return out
 
     def thumbnail(self, max_size: int = 1024) -> tuple[np.ndarray, float]:
@@ -186,7 +307,8 @@ class SlideImage:
             if max(lev.shape[0], lev.shape[1]) >= max_size:
                 level = lev
         if level is not None and self._array is None:
-            arr = np.asarray(level[...])[..., :3]
+            with self._decoding("decode"):
+                arr = np.asarray(level[...])[..., :3]
         else:
             arr = self.to_array()
         scale = min(1.0, max_size / max(h, w))
@@ -219,8 +341,41 @@ class SlideImage:
         return f"SlideImage({str(self.path)!r}, shape={self.shape}, mpp_tags={self.mpp_tags})"
 
 
-def _tiff_mpp(tif: Any) -> float | None:
-    """Microns per pixel from a TIFF's metadata, or ``None``."""
+class _Decoding:
+    """``with img._decoding(what):`` re-raises decoder failures as one-line InputErrors."""
+
+    def __init__(self, image: SlideImage, what: str) -> None:
+        self.image, self.what = image, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is None or isinstance(exc, InputError) or not isinstance(exc, Exception):
+            return False
+        raise InputError(
+            f"cannot {self.what} the image: it is truncated or corrupt "
+            f"({type(exc).__name__}: {str(exc)[:200]})",
+            file=self.image.path,
+            sample=self.image.sample,
+            fix=_DECODE_FIX,
+        ) from exc
+
+
+_OME_UNITS_UM = {
+    "\u00b5m": 1.0,  # micro sign
+    "\u03bcm": 1.0,  # Greek mu
+    "um": 1.0,
+    "micron": 1.0,
+    "nm": 1e-3,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+}
+
+
+def _tiff_mpp(tif: Any, path: Any = None, sample: str | None = None) -> float | None:
+    """Microns per pixel from a TIFF's metadata (checked by :func:`plausible_tag_mpp`), or None."""
     import tifffile
 
     page = tif.pages[0]
@@ -229,31 +384,54 @@ def _tiff_mpp(tif: Any) -> float | None:
         m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)
         if m:
             unit = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            value = float(m.group(1))
-            if unit is None or unit.group(1) in ("µm", "um", "\u00b5m"):
-                return value
-            if unit.group(1) == "nm":
-                return value / 1000.0
-            if unit.group(1) == "mm":
-                return value * 1000.0
+            my = re.search(r'PhysicalSizeY="([0-9.eE+-]+)"', tif.ome_metadata)
+            factor = _OME_UNITS_UM.get("um" if unit is None else unit.group(1))
+            if factor is None:
+                log.warning(
+                    "sample %s: image '%s': OME PhysicalSizeX unit %r not understood; tag ignored",
+                    sample, path, unit.group(1) if unit else None,
+                )
+                return None
+            return plausible_tag_mpp(
+                float(m.group(1)) * factor,
+                "OME PhysicalSizeX",
+                path,
+                sample,
+                mpp_y=None if my is None else float(my.group(1)) * factor,
+            )
     # Aperio SVS description "... |MPP = 0.2520|"
     desc = page.description or ""
     m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
     if m:
-        return float(m.group(1))
+        return plausible_tag_mpp(float(m.group(1)), "Aperio MPP", path, sample)
     tags = page.tags
-    if "XResolution" in tags and "ResolutionUnit" in tags:
-        num, den = tags["XResolution"].value
-        if not num or not den:
-            return None
-        px_per_unit = num / den
-        unit = tags["ResolutionUnit"].value
-        if unit == tifffile.RESUNIT.CENTIMETER:
-            return 1e4 / px_per_unit
-        if unit == tifffile.RESUNIT.INCH and px_per_unit not in (72.0, 96.0, 300.0):
-            return 25400.0 / px_per_unit
-        if unit == getattr(tifffile.RESUNIT, "MICROMETER", -1):
-            return 1.0 / px_per_unit
+    if "XResolution" in tags:
+        unit = tags["ResolutionUnit"].value if "ResolutionUnit" in tags else tifffile.RESUNIT.INCH
+        per_um = {
+            tifffile.RESUNIT.CENTIMETER: 1e-4,
+            tifffile.RESUNIT.INCH: 1 / 25400.0,
+            getattr(tifffile.RESUNIT, "MILLIMETER", -2): 1e-3,
+            getattr(tifffile.RESUNIT, "MICROMETER", -3): 1.0,
+        }.get(unit)
+
+        def px_per_unit(tag: str) -> float | None:
+            if tag not in tags:
+                return None
+            num, den = tags[tag].value
+            return float(num) / float(den) if num and den else None
+
+        px_x, px_y = px_per_unit("XResolution"), px_per_unit("YResolution")
+        if per_um is None or not px_x:
+            return None  # ResolutionUnit NONE: an aspect ratio, not a size
+        dpi = px_x if unit == tifffile.RESUNIT.INCH else None
+        return plausible_tag_mpp(
+            1.0 / (px_x * per_um),
+            "TIFF XResolution",
+            path,
+            sample,
+            mpp_y=None if not px_y else 1.0 / (px_y * per_um),
+            dpi=dpi,
+        )
     return None
 
 

@@ -6,6 +6,28 @@ Every reader returns the section AnnData of docs/DESIGN.md: raw counts in a floa
 µm/px and its source) and ``uns["positions"]`` (every array position of the coordinate file).
 Formats and pitfalls follow FORMATS.md; problems raise :class:`~stpredict.errors.InputError` /
 :class:`~stpredict.errors.GeometryError` with one-line messages naming file, sample and fix.
+
+What is checked, beyond parsing (thresholds are module constants, calibrated on the demo cohort
+and the real fixtures):
+
+- counts are raw: negative, fractional or non-finite values (normalised data) are refused;
+- an empty matrix, a header-only positions / count / spot file, a count file without gene
+  columns or with a gene twice, are refused where they are (not later, elsewhere);
+- truncated or corrupt files (gzip, HDF5, mtx, images) raise an InputError naming the file;
+- Visium: every matrix barcode is in the positions file and marked in_tissue (up to
+  :data:`MAX_MATRIX_OFF_TISSUE`; another section's positions file fails here), positions have
+  finite pixels, non-negative array coordinates of the hexagonal parity, one barcode per array
+  position; the scale factors are a JSON object of positive numbers and fit the hires / lowres
+  PNGs; graphclust clusters label every spot and, like annotations, no spot off this section's
+  tissue (:data:`MAX_FOREIGN_LABELS`, :data:`MIN_GRAPHCLUST_COVERAGE`);
+- legacy ST: count rows have positions and the spots under tissue have count rows
+  (:func:`_match_st_counts_spots`), annotations / clusters cover the section
+  (:data:`MIN_ST_LABEL_COVERAGE`), no id carries two labels;
+- geometry: the pixel size (:func:`~stpredict.geometry.reconcile_mpp`) and the bounds and
+  orientation of the spots on the image (:func:`~stpredict.geometry.check_bounds`).
+
+Partial coverage that real files legitimately have (a subset matrix, count rows off the tissue,
+a partial annotation) is logged as a warning with numbers.
 """
 
 from __future__ import annotations
@@ -17,6 +39,7 @@ import math
 import os
 import re
 import warnings
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,7 +98,39 @@ def _open_text(path: Path) -> Any:
     return open(path, encoding="utf-8", newline="")
 
 
-def _first_lines(path: Path, n: int = 3) -> list[str]:
+#: What reading a damaged text / gzip file raises (truncated gzip: EOFError; not gzip:
+#: BadGzipFile, an OSError; corrupt deflate data: zlib.error).
+_DAMAGED = (OSError, EOFError, zlib.error, UnicodeDecodeError)
+_RECOPY_FIX = (
+    "copy the file again from its source (Space Ranger outs/, the ST pipeline or the download); "
+    "it is truncated or corrupt"
+)
+
+
+_RAW_COUNTS_FIX = (
+    "give the raw UMI counts (Space Ranger's filtered_feature_bc_matrix, the ST pipeline's "
+    "count table); stpredict normalises them itself, per fold"
+)
+
+
+def _damaged(path: Path, sample: str | None, exc: BaseException, what: str) -> InputError:
+    """Build the InputError for a file that cannot be decoded (truncated gzip, bad bytes)."""
+    if isinstance(exc, UnicodeDecodeError):
+        problem = f"the {what} is not UTF-8 text ({exc})"
+        fix = "give the text file as the software wrote it (UTF-8, optionally gzipped)"
+    elif isinstance(exc, EOFError) or "end-of-stream" in str(exc):
+        problem = f"the {what} is truncated (it ends inside the gzip stream: {exc})"
+        fix = _RECOPY_FIX
+    else:
+        problem = f"cannot read the {what} ({type(exc).__name__}: {exc})"
+        fix = (
+            "give an uncompressed or gzipped text file (a name ending in .gz must be gzipped); "
+            + _RECOPY_FIX
+        )
+    return InputError(problem, file=path, sample=sample, fix=fix)
+
+
+def _first_lines(path: Path, n: int = 3, sample: str | None = None, what: str = "file") -> list[str]:
     try:
         with _open_text(path) as fh:
             out = []
@@ -85,12 +140,122 @@ def _first_lines(path: Path, n: int = 3) -> list[str]:
                 if len(out) >= n:
                     break
             return out
-    except (OSError, UnicodeDecodeError, EOFError) as exc:
+    except _DAMAGED as exc:
+        raise _damaged(path, sample, exc, what) from exc
+
+
+def _read_table(path: Path, sample: str | None, what: str, fix: str, **kw: Any) -> pd.DataFrame:
+    """``pandas.read_csv`` with every decoding / parsing failure as a one-line InputError."""
+    try:
+        return pd.read_csv(path, **kw)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"the {what} holds no data", file=path, sample=sample, fix=fix) from exc
+    except (pd.errors.ParserError, ValueError) as exc:
+        if isinstance(exc, UnicodeDecodeError):
+            raise _damaged(path, sample, exc, what) from exc
         raise InputError(
-            f"cannot read the file ({exc})",
-            file=path,
-            fix="give an uncompressed or gzipped text file",
+            f"cannot parse the {what} ({str(exc).strip()[:300]})", file=path, sample=sample, fix=fix
         ) from exc
+    except _DAMAGED as exc:
+        raise _damaged(path, sample, exc, what) from exc
+
+
+def _check_raw_counts(
+    values: np.ndarray, path: Path, sample: str | None, where: Any = None
+) -> None:
+    """Refuse negative or fractional values: the readers need raw UMI counts.
+
+    Parameters
+    ----------
+    values
+        The stored (non-zero) values of the matrix.
+    where
+        Optional callable ``i -> str`` naming the entry ``values[i]`` for the message.
+    """
+    v = np.asarray(values).ravel()
+    if v.size == 0:
+        return
+    if v.dtype.kind in "iub":  # integer storage: only the sign can be wrong
+        if v.dtype.kind == "i" and v.min() < 0:
+            neg = v < 0
+            i = int(np.flatnonzero(neg)[0])
+            at = f" at {where(i)}" if where is not None else ""
+            raise InputError(
+                f"the count matrix holds negative values ({int(neg.sum())}, e.g. {v[i]}){at}: "
+                "these are normalised or transformed values, not raw counts",
+                file=path,
+                sample=sample,
+                fix=_RAW_COUNTS_FIX,
+            )
+        return
+    fin = np.isfinite(v)
+    bad_kind = None
+    if not fin.all():
+        i = int(np.flatnonzero(~fin)[0])
+        bad_kind = f"non-finite values ({int((~fin).sum())}, e.g. {v[i]})"
+    else:
+        neg = v < 0
+        frac = np.abs(v - np.rint(v)) > 1e-6
+        if neg.any():
+            i = int(np.flatnonzero(neg)[0])
+            bad_kind = f"negative values ({int(neg.sum())}, e.g. {v[i]:.6g})"
+        elif frac.any():
+            i = int(np.flatnonzero(frac)[0])
+            bad_kind = f"fractional values ({int(frac.sum())}, e.g. {v[i]:.6g})"
+    if bad_kind is None:
+        return
+    at = f" at {where(i)}" if where is not None else ""
+    raise InputError(
+        f"the count matrix holds {bad_kind}{at}: these are normalised or transformed values, "
+        "not raw counts",
+        file=path,
+        sample=sample,
+        fix=_RAW_COUNTS_FIX,
+    )
+
+
+def _deduplicate_labels(labels: pd.Series, path: Path, sample: str | None, kind: str) -> pd.Series:
+    """Drop repeated ids; refuse ids listed twice with different labels."""
+    dup = labels.index.duplicated(keep=False)
+    if dup.any():
+        groups = labels[dup].groupby(level=0).nunique()
+        conflict = groups[groups > 1]
+        if len(conflict):
+            ex = conflict.index[0]
+            raise InputError(
+                f"{len(conflict)} id(s) of the {kind} table have two different labels (e.g. "
+                f"{ex}: {', '.join(sorted(set(labels.loc[[ex]].astype(str))))})",
+                file=path,
+                sample=sample,
+                fix=f"give one row per spot in the {kind} table",
+            )
+        log.warning(
+            "sample %s: %d repeated id(s) in the %s table '%s' (same label) read once",
+            sample,
+            int(labels.index.duplicated().sum()),
+            kind,
+            path,
+        )
+    return labels[~labels.index.duplicated(keep="first")]
+
+
+def _check_distinct_pixels(
+    x: np.ndarray, y: np.ndarray, ids: Sequence[Any], path: Path, sample: str | None
+) -> None:
+    """Refuse coordinate files where many spots share one pixel position (a broken export)."""
+    px = pd.DataFrame({"x": np.round(np.asarray(x, float), 2), "y": np.round(np.asarray(y, float), 2)})
+    dup = px.duplicated(keep=False).to_numpy()
+    if dup.mean() > 0.01:
+        first = int(np.flatnonzero(dup)[0])
+        raise InputError(
+            f"{int(dup.sum())} of {len(px)} spots share their pixel position with another spot "
+            f"(e.g. {list(ids)[first]} at x={px['x'].iloc[first]:g}, y={px['y'].iloc[first]:g}): "
+            "the pixel columns are constant, truncated to few values or copied",
+            file=path,
+            sample=sample,
+            fix="give the coordinate file the alignment software wrote (one pixel position per "
+            "spot)",
+        )
 
 
 def _is_number(text: str) -> bool:
@@ -142,12 +307,20 @@ def _spot_ids(values: Sequence[Any], file: Path, sample: str | None) -> list[str
     return out
 
 
-def _load_png_rgb(path: Path) -> np.ndarray:
+def _load_png_rgb(path: Path, sample: str | None = None) -> np.ndarray:
     from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None
-    with Image.open(path) as im:
-        return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    try:
+        with Image.open(path) as im:
+            return np.ascontiguousarray(np.asarray(im.convert("RGB"), dtype=np.uint8))
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a damaged file
+        raise InputError(
+            f"cannot decode the image ({type(exc).__name__}: {exc})",
+            file=path,
+            sample=sample,
+            fix="copy Space Ranger's spatial/ folder again (the PNG is truncated or corrupt)",
+        ) from exc
 
 
 def _label_csv(path: Path, sample: str | None, kind: str) -> pd.Series:
@@ -159,37 +332,116 @@ def _label_csv(path: Path, sample: str | None, kind: str) -> pd.Series:
             sample=sample,
             fix=f"check the sample sheet's '{kind}' column",
         )
-    try:
-        df = pd.read_csv(path, sep=None, engine="python", dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"cannot parse the {kind} table ({exc})",
-            file=path,
-            sample=sample,
-            fix="give a CSV with two columns: barcode and label",
-        ) from exc
+    fix = "give a CSV with a header and two columns, e.g. 'barcode,label'"
+    df = _read_table(
+        path,
+        sample,
+        f"{kind} table",
+        fix,
+        sep=None,
+        engine="python",
+        dtype=str,
+        keep_default_na=False,
+        compression="infer",
+    )
     if df.shape[1] < 2:
         raise InputError(
             f"the {kind} table has {df.shape[1]} column(s); expected 2 (barcode, label)",
             file=path,
             sample=sample,
-            fix="give a CSV with a header and two columns, e.g. 'barcode,label'",
+            fix=fix,
+        )
+    if len(df) == 0:
+        raise InputError(
+            f"the {kind} table has a header but no rows", file=path, sample=sample, fix=fix
         )
     return pd.Series(df.iloc[:, 1].astype(str).to_numpy(), index=df.iloc[:, 0].astype(str))
 
 
 def _map_labels(
-    obs_names: pd.Index, labels: pd.Series, path: Path, sample: str | None, kind: str
+    obs_names: pd.Index,
+    labels: pd.Series,
+    path: Path,
+    sample: str | None,
+    kind: str,
+    *,
+    allowed: pd.Index | None = None,
+    allowed_what: str = "",
+    max_foreign: float | None = None,
+    min_coverage: float = 0.0,
+    guarantee: str = "",
 ) -> np.ndarray:
-    labels = labels[~labels.index.duplicated(keep="first")]
+    """Labels of ``obs_names``; refuse a table that belongs to another section.
+
+    Parameters
+    ----------
+    obs_names
+        The section's spots.
+    labels
+        Label per id (repeated ids are refused when their labels differ).
+    allowed
+        Ids the table may hold (Visium: the barcodes under tissue in the positions file); a
+        share above ``max_foreign`` outside them is refused: the table belongs elsewhere.
+    allowed_what
+        How to name ``allowed`` in the message.
+    min_coverage
+        Smallest share of the section's spots that must have a label (``guarantee`` says why).
+
+    Returns
+    -------
+    numpy.ndarray
+        One label per spot, ``""`` where the table has none.
+    """
+    labels = _deduplicate_labels(labels, path, sample, kind)
     mapped = labels.reindex(obs_names)
-    if mapped.notna().sum() == 0:
+    n_obs, n_lab = len(obs_names), len(labels)
+    n_cov = int(mapped.notna().sum())
+    if n_cov == 0:
         raise InputError(
-            f"none of the {len(labels)} ids of the {kind} table match the section's spots "
+            f"none of the {n_lab} ids of the {kind} table match the section's {n_obs} spots "
             f"(table: {_examples(labels.index)}; section: {_examples(obs_names)})",
             file=path,
             sample=sample,
             fix=f"check that the {kind} file belongs to this section",
+        )
+    ref = obs_names if allowed is None else allowed
+    foreign = labels.index[~labels.index.isin(ref)]
+    share_foreign = len(foreign) / max(n_lab, 1)
+    if max_foreign is not None and share_foreign > max_foreign:
+        raise InputError(
+            f"{len(foreign)} of the {n_lab} ids of the {kind} table ({100 * share_foreign:.1f}%) "
+            f"are not {allowed_what or 'spots of this section'} (e.g. {_examples(foreign)}); "
+            f"it labels {n_cov} of the section's {n_obs} spots: the table probably belongs to "
+            "another section",
+            file=path,
+            sample=sample,
+            fix=f"give the {kind} file of this section (of the same Space Ranger run as its "
+            "matrix and positions)",
+        )
+    coverage = n_cov / max(n_obs, 1)
+    if coverage < min_coverage:
+        missing = obs_names[mapped.isna().to_numpy()]
+        raise InputError(
+            f"the {kind} table labels only {n_cov} of the section's {n_obs} spots "
+            f"({100 * coverage:.1f}%, e.g. no label for {_examples(missing)}){guarantee}: it "
+            "probably belongs to another section or was filtered",
+            file=path,
+            sample=sample,
+            fix=f"give the complete {kind} file of this section",
+        )
+    if n_cov < n_obs or len(foreign):
+        log.warning(
+            "sample %s: %s table '%s' labels %d of %d spots (%.1f%%); %d of its %d ids are not "
+            "%s",
+            sample,
+            kind,
+            path,
+            n_cov,
+            n_obs,
+            100 * coverage,
+            len(foreign),
+            n_lab,
+            allowed_what or "spots of this section",
         )
     return mapped.fillna("").astype(str).to_numpy()
 
@@ -251,7 +503,9 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
         "tissue_positions_list.csv (no header): barcode,in_tissue,array_row,array_col,"
         "pxl_row_in_fullres,pxl_col_in_fullres"
     )
-    lines = _first_lines(path, 2)
+    if not path.is_file():
+        raise InputError("positions file does not exist", file=path, sample=sample, fix=fix)
+    lines = _first_lines(path, 2, sample, "positions file")
     if not lines:
         raise InputError("positions file is empty", file=path, sample=sample, fix=fix)
     first = [f.strip().strip('"') for f in lines[0].split(",")]
@@ -270,23 +524,31 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
             sample=sample,
             fix=fix,
         )
-    try:
-        df = pd.read_csv(
-            path,
-            header=0 if has_header else None,
-            names=POSITION_COLUMNS,
-            dtype={"barcode": str},
-            compression="infer",
+    if has_header and len(lines) < 2:
+        raise InputError(
+            "positions file holds only its header line, no spot rows",
+            file=path,
+            sample=sample,
+            fix="copy spatial/tissue_positions.csv again from Space Ranger's outs/ (every one of "
+            "the array's spots has a row)",
         )
-    except (pd.errors.ParserError, ValueError) as exc:
-        raise InputError(
-            f"cannot parse the positions file ({exc})", file=path, sample=sample, fix=fix
-        ) from exc
+    df = _read_table(
+        path,
+        sample,
+        "positions file",
+        fix,
+        header=0 if has_header else None,
+        names=POSITION_COLUMNS,
+        dtype={"barcode": str},
+        compression="infer",
+    )
     num = df[POSITION_COLUMNS[1:]].apply(pd.to_numeric, errors="coerce")
-    if num.isna().any().any() or len(df) == 0:
-        bad = int(num.isna().any(axis=1).sum())
+    bad_rows = ~np.isfinite(num.to_numpy(dtype=float)).all(axis=1)
+    if bad_rows.any():
+        first_bad = int(np.flatnonzero(bad_rows)[0])
         raise InputError(
-            f"{bad} row(s) of the positions file have non-numeric values",
+            f"{int(bad_rows.sum())} of {len(df)} row(s) of the positions file have missing, "
+            f"non-numeric or infinite values (e.g. barcode {df['barcode'].iloc[first_bad]!r})",
             file=path,
             sample=sample,
             fix=fix,
@@ -298,12 +560,31 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
             sample=sample,
             fix=fix,
         )
+    rows = np.rint(num["array_row"]).astype(np.int64).to_numpy()
+    cols = np.rint(num["array_col"]).astype(np.int64).to_numpy()
+    if (rows < 0).any() or (cols < 0).any():
+        raise InputError(
+            f"{int(((rows < 0) | (cols < 0)).sum())} spot(s) have negative array_row / array_col",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    odd = (rows + cols) % 2 != 0
+    if odd.mean() > 0.01:
+        raise InputError(
+            f"{int(odd.sum())} of {len(rows)} spots break the Visium hexagonal layout (array_col "
+            "must have the parity of array_row); array_row / array_col may be mixed up with "
+            "other columns",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
     out = pd.DataFrame(
         {
             "barcode": repair_barcodes(df["barcode"]),
             "in_tissue": num["in_tissue"].astype(bool).to_numpy(),
-            "array_row": np.rint(num["array_row"]).astype(np.int64).to_numpy(),
-            "array_col": np.rint(num["array_col"]).astype(np.int64).to_numpy(),
+            "array_row": rows,
+            "array_col": cols,
             "pxl_row_in_fullres": num["pxl_row_in_fullres"].astype(np.float64).to_numpy(),
             "pxl_col_in_fullres": num["pxl_col_in_fullres"].astype(np.float64).to_numpy(),
         }
@@ -317,7 +598,60 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
             sample=sample,
             fix="give the positions file Space Ranger wrote, one row per barcode",
         )
+    _check_distinct_pixels(
+        out["pxl_col_in_fullres"].to_numpy(),
+        out["pxl_row_in_fullres"].to_numpy(),
+        out["barcode"],
+        path,
+        sample,
+    )
+    pos_dup = out.duplicated(["array_row", "array_col"])
+    if pos_dup.any():
+        ex = out[pos_dup].iloc[0]
+        raise InputError(
+            f"{int(pos_dup.sum())} barcode(s) share an array position with another one (e.g. "
+            f"{ex['barcode']} at array_row {ex['array_row']}, array_col {ex['array_col']})",
+            file=path,
+            sample=sample,
+            fix="give the positions file Space Ranger wrote (one barcode per array position)",
+        )
     return out
+
+
+def _check_matrix(adata: ad.AnnData, path: Path, sample: str) -> None:
+    """Refuse an empty matrix and one that holds normalised values instead of counts."""
+    if adata.n_obs == 0:
+        raise InputError(
+            "the count matrix holds no barcodes (0 spots)",
+            file=path,
+            sample=sample,
+            fix="give Space Ranger's filtered_feature_bc_matrix of this section (it has one "
+            "barcode per spot under tissue)",
+        )
+    if adata.n_vars == 0:
+        raise InputError(
+            "the count matrix holds no features (0 genes)",
+            file=path,
+            sample=sample,
+            fix="give Space Ranger's filtered_feature_bc_matrix of this section",
+        )
+    x = adata.X
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    if sp.issparse(x):
+        coo = None
+
+        def where(i: int) -> str:
+            nonlocal coo
+            coo = coo if coo is not None else sp.coo_matrix(x)
+            return f"barcode {adata.obs_names[coo.row[i]]}, gene {adata.var_names[coo.col[i]]}"
+
+    else:
+
+        def where(i: int) -> str:
+            r, c = np.unravel_index(i, data.shape)
+            return f"barcode {adata.obs_names[r]}, gene {adata.var_names[c]}"
+
+    _check_raw_counts(data, path, sample, where)
 
 
 def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[str, str]]:
@@ -334,10 +668,12 @@ def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[st
                 adata = sc.read_10x_h5(h5)
             except Exception as exc:  # noqa: BLE001 - any h5py / scanpy failure is a bad input
                 raise InputError(
-                    f"cannot read the 10x HDF5 matrix ({type(exc).__name__}: {exc})",
+                    f"cannot read the 10x HDF5 matrix, it is truncated, corrupt or not a 10x "
+                    f"matrix ({type(exc).__name__}: {str(exc)[:200]})",
                     file=h5,
                     sample=sample,
-                    fix="give Space Ranger's filtered_feature_bc_matrix.h5, uncorrupted",
+                    fix="copy filtered_feature_bc_matrix.h5 again from Space Ranger's outs/ "
+                    "(compare its size with the original)",
                 ) from exc
             try:
                 import h5py
@@ -350,19 +686,183 @@ def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[st
                             meta[key] = v.decode() if isinstance(v, bytes) else str(v)
             except OSError:
                 pass
+            _check_matrix(adata, h5, sample)
             return adata, h5, meta
         if mtx.is_dir():
             try:
                 adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=True)
             except Exception as exc:  # noqa: BLE001
+                damaged = isinstance(exc, (EOFError, zlib.error)) or "end-of-stream" in str(exc)
                 raise InputError(
-                    f"cannot read the 10x matrix folder ({type(exc).__name__}: {exc})",
+                    f"cannot read the 10x matrix folder"
+                    f"{': a file is truncated or corrupt' if damaged else ''} "
+                    f"({type(exc).__name__}: {str(exc)[:200]})",
                     file=mtx,
                     sample=sample,
-                    fix="the folder must hold matrix.mtx(.gz), barcodes.tsv(.gz), features.tsv(.gz)",
+                    fix="copy filtered_feature_bc_matrix/ again from Space Ranger's outs/; it "
+                    "must hold matrix.mtx(.gz), barcodes.tsv(.gz) and features.tsv(.gz)",
                 ) from exc
+            _check_matrix(adata, mtx, sample)
             return adata, mtx, meta
     raise _missing("count matrix", [h5, mtx], sample, fix)
+
+
+def _read_scalefactors(path: Path, sample: str) -> dict[str, float]:
+    """Read ``scalefactors_json.json``: a JSON object of positive numbers."""
+    fix = "copy scalefactors_json.json again from Space Ranger's outs/spatial/"
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InputError(
+            f"cannot parse the scale factors ({type(exc).__name__}: {exc})",
+            file=path,
+            sample=sample,
+            fix=fix,
+        ) from exc
+    if not isinstance(obj, dict):
+        raise InputError(
+            f"the scale factors file holds a JSON {type(obj).__name__}, not an object of "
+            "named factors",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    out: dict[str, float] = {}
+    for k, v in obj.items():
+        if isinstance(v, str) and not _is_number(v):  # a text entry is no scale factor: skip it
+            continue
+        try:
+            value = float(v)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"scale factor {k!r} is not a number ({v!r})", file=path, sample=sample, fix=fix
+            ) from exc
+        if not np.isfinite(value) or value < 0 or (value == 0 and k != "fiducial_diameter_fullres"):
+            raise InputError(
+                f"scale factor {k!r} is {value}; it must be a positive number",
+                file=path,
+                sample=sample,
+                fix=fix,
+            )
+        out[str(k)] = value
+    return out
+
+
+def _check_scalefactors_fit(
+    images: Mapping[str, np.ndarray],
+    scalefactors: Mapping[str, float],
+    img: SlideImage | None,
+    pos: pd.DataFrame,
+    spatial: Path,
+    sf_path: Path,
+    sample: str,
+) -> None:
+    """Check that the hires / lowres PNGs are the full-resolution image scaled by their factors.
+
+    With the full-resolution image: each PNG's height and width must be the image's times
+    ``tissue_{hires,lowres}_scalef`` (within 2 % + 2 px; Space Ranger rounds). Without it: the
+    in-tissue spots, scaled, must fall inside the PNG. Either failing means the scale factors
+    (or PNGs) belong to another section, or the image is not the one given to Space Ranger.
+    """
+    for key, png in images.items():
+        scalef = scalefactors.get(f"tissue_{key}_scalef")
+        if not scalef:
+            continue
+        ph, pw = png.shape[:2]
+        name = spatial / f"tissue_{key}_image.png"
+        if img is not None:
+            h, w = img.shape
+            eh, ew = h * scalef, w * scalef
+            if abs(eh - ph) > 2 + 0.02 * ph or abs(ew - pw) > 2 + 0.02 * pw:
+                raise InputError(
+                    f"tissue_{key}_scalef {scalef:.6g} x the {w}x{h} px image '{img.path}' gives "
+                    f"{ew:.0f}x{eh:.0f} px, but '{name}' is {pw}x{ph} px: the scale factors "
+                    "belong to another section or image, or the image is not the "
+                    "full-resolution image given to Space Ranger",
+                    file=sf_path,
+                    sample=sample,
+                    fix="give the spatial/ folder of this section's Space Ranger run and the "
+                    "full-resolution image it was run on",
+                )
+        else:
+            it = pos["in_tissue"].to_numpy()
+            if not it.any():
+                continue
+            xs = pos["pxl_col_in_fullres"].to_numpy()[it] * scalef
+            ys = pos["pxl_row_in_fullres"].to_numpy()[it] * scalef
+            out = (xs < -1) | (ys < -1) | (xs > pw + 1) | (ys > ph + 1)
+            if out.mean() > 0.01:
+                raise InputError(
+                    f"{int(out.sum())} of {int(it.sum())} in-tissue spots fall outside "
+                    f"'{name}' ({pw}x{ph} px) when scaled by tissue_{key}_scalef {scalef:.6g}: "
+                    "the scale factors belong to another section or image",
+                    file=sf_path,
+                    sample=sample,
+                    fix="give the spatial/ folder of this section's Space Ranger run",
+                )
+
+
+#: Largest share of matrix barcodes that the positions file may mark off-tissue (Space Ranger
+#: writes exactly the in-tissue spots into the filtered matrix; on the demo, another section's
+#: positions file marks 1.7-29 % of them off-tissue).
+MAX_MATRIX_OFF_TISSUE = 0.005
+
+
+#: Largest share of a Visium annotation / clusters table's barcodes that may lie outside the
+#: section's tissue (correct tables: 0; another section's, on the demo: 1.7-29 %).
+MAX_FOREIGN_LABELS = 0.005
+#: Smallest share of the section's spots a Visium clusters table must label (graphclust labels
+#: all of them; another section's table labels 71-98 % on the demo).
+MIN_GRAPHCLUST_COVERAGE = 0.99
+
+
+def _check_matrix_in_tissue(
+    barcodes: pd.Index,
+    in_tissue: np.ndarray,
+    pos: pd.DataFrame,
+    matrix_path: Path,
+    pos_path: Path,
+    sample: str,
+) -> None:
+    """Check that the filtered matrix holds exactly the spots marked in_tissue."""
+    n = len(barcodes)
+    off = barcodes[~in_tissue]
+    n_in_pos = int(pos["in_tissue"].sum())
+    in_pos = pd.Index(pos["barcode"][pos["in_tissue"].to_numpy()])
+    not_in_matrix = in_pos[~in_pos.isin(barcodes)]
+    if len(off) > MAX_MATRIX_OFF_TISSUE * n:
+        raise InputError(
+            f"{len(off)} of the {n} barcodes of the filtered matrix '{matrix_path}' "
+            f"({100 * len(off) / n:.1f}%) are marked off-tissue (in_tissue 0) in the positions "
+            f"file '{pos_path}' (e.g. {_examples(off)}), and {len(not_in_matrix)} of its "
+            f"{n_in_pos} in-tissue spots are not in the matrix; Space Ranger puts exactly the "
+            "in-tissue spots in the filtered matrix, so the positions file probably belongs to "
+            "another section (same barcode whitelist, other tissue)",
+            file=pos_path,
+            sample=sample,
+            fix="give the matrix and the spatial/ folder of the same Space Ranger run (the "
+            "'raw' folder of this section)",
+        )
+    if len(off):
+        log.warning(
+            "sample %s: %d of %d matrix barcodes are marked off-tissue in '%s' (kept)",
+            sample,
+            len(off),
+            n,
+            pos_path,
+        )
+    if len(not_in_matrix):
+        log.warning(
+            "sample %s: the matrix '%s' holds %d of the %d spots marked in_tissue in '%s' "
+            "(%d absent, e.g. %s): a subset of the section's spots",
+            sample,
+            matrix_path,
+            n - len(off),
+            n_in_pos,
+            pos_path,
+            len(not_in_matrix),
+            _examples(not_in_matrix),
+        )
 
 
 def read_visium(
@@ -442,15 +942,7 @@ def read_visium(
         raise _missing(
             "scale factors", [sf_path], sample_id, "copy Space Ranger's spatial/ folder completely"
         )
-    try:
-        scalefactors = {k: float(v) for k, v in json.loads(sf_path.read_text()).items()}
-    except (ValueError, TypeError) as exc:
-        raise InputError(
-            f"cannot parse the scale factors ({exc})",
-            file=sf_path,
-            sample=sample_id,
-            fix="give Space Ranger's scalefactors_json.json",
-        ) from exc
+    scalefactors = _read_scalefactors(sf_path, sample_id)
 
     # --- matrix barcodes vs positions
     barcodes = pd.Index(repair_barcodes(adata.obs_names))
@@ -475,6 +967,8 @@ def read_visium(
         )
     adata.obs_names = barcodes
     p = pos.set_index("barcode").loc[barcodes]
+    _check_matrix_in_tissue(barcodes, p["in_tissue"].to_numpy(bool), pos, matrix_path, pos_path,
+                            sample_id)
 
     # --- var
     var = adata.var
@@ -518,11 +1012,22 @@ def read_visium(
         [obs["pxl_col_in_fullres"].to_numpy(), obs["pxl_row_in_fullres"].to_numpy()]
     ).astype(np.float64)
 
+    under = pd.Index(pos["barcode"][pos["in_tissue"].to_numpy()]).union(obs.index)
+    under_what = f"spots under tissue in this section (positions file '{pos_path}')"
     if annotation:
         labels = _label_csv(Path(annotation), sample_id, "annotation")
         labels.index = pd.Index(repair_barcodes(labels.index))
+        # partial annotation is legitimate (unlabelled spots get ""); labels of spots that are
+        # not under this section's tissue are not
         obs["annotation"] = _map_labels(
-            obs.index, labels, Path(annotation), sample_id, "annotation"
+            obs.index,
+            labels,
+            Path(annotation),
+            sample_id,
+            "annotation",
+            allowed=under,
+            allowed_what=under_what,
+            max_foreign=MAX_FOREIGN_LABELS,
         )
     cl_path = (
         Path(clusters)
@@ -537,7 +1042,18 @@ def read_visium(
     if cl_path is not None:
         labels = _label_csv(cl_path, sample_id, "clusters")
         labels.index = pd.Index(repair_barcodes(labels.index))
-        obs["cluster"] = _map_labels(obs.index, labels, cl_path, sample_id, "clusters")
+        obs["cluster"] = _map_labels(
+            obs.index,
+            labels,
+            cl_path,
+            sample_id,
+            "clusters",
+            allowed=under,
+            allowed_what=under_what,
+            max_foreign=MAX_FOREIGN_LABELS,
+            min_coverage=MIN_GRAPHCLUST_COVERAGE,
+            guarantee=" (Space Ranger's graphclust labels every spot of the filtered matrix)",
+        )
     _finish_obs(adata)
 
     # --- pixel size
@@ -591,7 +1107,8 @@ def read_visium(
     for key, name in (("hires", "tissue_hires_image.png"), ("lowres", "tissue_lowres_image.png")):
         f = spatial / name
         if f.is_file():
-            images[key] = _load_png_rgb(f)
+            images[key] = _load_png_rgb(f, sample_id)
+    _check_scalefactors_fit(images, scalefactors, img, pos, spatial, sf_path, sample_id)
     if "lowres" not in images and img is not None:
         thumb, scale = img.thumbnail(_LOWRES_MAX)
         images["lowres"] = np.ascontiguousarray(thumb)
@@ -690,35 +1207,68 @@ def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
     fix = "give the ST count matrix: tab-separated, one row per spot, first column the 'XxY' id"
     if not path.is_file():
         raise InputError("count matrix does not exist", file=path, sample=sample, fix=fix)
-    lines = _first_lines(path, 2)
-    if len(lines) < 2:
-        raise InputError("count matrix has no data rows", file=path, sample=sample, fix=fix)
-    sep = _sniff_sep(lines[0])
-    try:
-        df = pd.read_csv(
-            path,
-            sep=sep,
-            index_col=0,
-            compression="infer",
-            engine="c" if len(sep) == 1 else "python",
-        )
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
+    lines = _first_lines(path, 2, sample, "count matrix")
+    if not lines:
         raise InputError(
-            f"cannot parse the count matrix ({exc})", file=path, sample=sample, fix=fix
-        ) from exc
+            f"count matrix is empty ({path.stat().st_size} bytes, no text lines)",
+            file=path,
+            sample=sample,
+            fix="copy the count matrix again (the ST pipeline writes one row per spot); " + fix,
+        )
+    if len(lines) < 2:
+        raise InputError(
+            "count matrix holds only a header line, no spot rows",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    sep = _sniff_sep(lines[0])
+    header = [h.strip().strip('"') for h in re.split(sep, lines[0].rstrip())]
+    df = _read_table(
+        path,
+        sample,
+        "count matrix",
+        fix,
+        sep=sep,
+        index_col=0,
+        compression="infer",
+        engine="c" if len(sep) == 1 else "python",
+    )
+    if df.shape[1] == 0:
+        raise InputError(
+            f"count matrix has {len(df)} row(s) but no gene columns (is it separated by "
+            f"{'tabs' if sep == chr(9) else repr(sep)}?)",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
     idx = df.index.astype(str)
     if not all(_SPOT_ID.match(v) for v in idx[:20]):
         cols = [str(c) for c in df.columns]
         if cols and all(_SPOT_ID.match(c) for c in cols[:20]):
             df = df.T
             idx = df.index.astype(str)
+            names = [str(c) for c in df.columns]
+        else:
+            names = []  # not spot rows: _spot_ids below names the offending id
+    else:
+        names = header[1:] if len(header) == df.shape[1] + 1 else [str(c) for c in df.columns]
+    dup_genes = pd.Index(names)[pd.Index(names).duplicated()]
+    if len(dup_genes):
+        raise InputError(
+            f"{len(dup_genes)} gene column(s) appear twice in the count matrix (e.g. "
+            f"{_examples(dup_genes)})",
+            file=path,
+            sample=sample,
+            fix="give the count matrix the ST pipeline wrote (one column per gene)",
+        )
     df.index = pd.Index(_spot_ids(idx, path, sample))
     df.columns = [str(c) for c in df.columns]
     vals = df.apply(pd.to_numeric, errors="coerce")
     if vals.isna().any().any():
         bad = [c for c in vals.columns if vals[c].isna().any()][:3]
         raise InputError(
-            f"count matrix has non-numeric values (columns e.g. {', '.join(bad)})",
+            f"count matrix has missing or non-numeric values (columns e.g. {', '.join(bad)})",
             file=path,
             sample=sample,
             fix=fix,
@@ -731,6 +1281,13 @@ def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
             sample=sample,
             fix=fix,
         )
+    arr = vals.to_numpy(dtype=np.float64)
+
+    def where(i: int) -> str:
+        r, c = np.unravel_index(i, arr.shape)
+        return f"spot {vals.index[r]}, gene {vals.columns[c]}"
+
+    _check_raw_counts(arr, path, sample, where)
     return vals
 
 
@@ -755,28 +1312,37 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
     )
     if not path.is_file():
         raise InputError("spot-coordinate file does not exist", file=path, sample=sample, fix=fix)
-    lines = _first_lines(path, 2)
+    lines = _first_lines(path, 2, sample, "spot-coordinate file")
+    if not lines:
+        raise InputError("spot-coordinate file is empty", file=path, sample=sample, fix=fix)
     if len(lines) < 2:
-        raise InputError("spot-coordinate file has no data rows", file=path, sample=sample, fix=fix)
-    sep = _sniff_sep(lines[0])
-    try:
-        df = pd.read_csv(
-            path, sep=sep, compression="infer", engine="c" if len(sep) == 1 else "python"
-        )
-    except (pd.errors.ParserError, ValueError, UnicodeDecodeError) as exc:
         raise InputError(
-            f"cannot parse the spot file ({exc})", file=path, sample=sample, fix=fix
-        ) from exc
+            "spot-coordinate file holds only a header line, no spot rows",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
+    sep = _sniff_sep(lines[0])
+    df = _read_table(
+        path,
+        sample,
+        "spot-coordinate file",
+        fix,
+        sep=sep,
+        compression="infer",
+        engine="c" if len(sep) == 1 else "python",
+    )
     cols = {str(c).strip().lower(): c for c in df.columns}
     if {"x", "y", "pixel_x", "pixel_y"} <= set(cols):
         num = pd.DataFrame({k: pd.to_numeric(df[cols[k]], errors="coerce") for k in cols})
         need = ["x", "y", "pixel_x", "pixel_y"] + [
             c for c in ("new_x", "new_y", "selected") if c in cols
         ]
-        if num[need].isna().any().any():
+        bad = ~np.isfinite(num[need].to_numpy(dtype=float)).all(axis=1)
+        if bad.any():
             raise InputError(
-                f"{int(num[need].isna().any(axis=1).sum())} row(s) of the spot file have "
-                "non-numeric coordinates",
+                f"{int(bad.sum())} row(s) of the spot file have missing, non-numeric or "
+                "infinite coordinates",
                 file=path,
                 sample=sample,
                 fix=fix,
@@ -805,9 +1371,9 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
             xy = [tuple(int(t) for t in s.split("x")) for s in ids_n]
             px = pd.to_numeric(df["X"], errors="coerce")
             py = pd.to_numeric(df["Y"], errors="coerce")
-            if px.isna().any() or py.isna().any():
+            if not (np.isfinite(px.to_numpy(float)).all() and np.isfinite(py.to_numpy(float)).all()):
                 raise InputError(
-                    "columns X / Y of the spot file have non-numeric values",
+                    "columns X / Y of the spot file have missing, non-numeric or infinite values",
                     file=path,
                     sample=sample,
                     fix=fix,
@@ -831,6 +1397,9 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
                 sample=sample,
                 fix=fix,
             )
+    _check_distinct_pixels(
+        out["pixel_x"].to_numpy(), out["pixel_y"].to_numpy(), out.index, path, sample
+    )
     if out.index.duplicated().any():
         dup = out.index[out.index.duplicated()]
         raise InputError(
@@ -862,10 +1431,19 @@ def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
     fix = "give ST-Net's *_Coords.tsv (rows: spot id, x, y, tumor/non)"
     if not path.is_file():
         raise InputError("annotation file does not exist", file=path, sample=sample, fix=fix)
-    with _open_text(path) as fh:
-        rows = [ln.rstrip("\r\n") for ln in fh if ln.strip()]
+    try:
+        with _open_text(path) as fh:
+            rows = [ln.rstrip("\r\n") for ln in fh if ln.strip()]
+    except _DAMAGED as exc:
+        raise _damaged(path, sample, exc, "annotation file") from exc
     if len(rows) < 2:
-        raise InputError("annotation file has no data rows", file=path, sample=sample, fix=fix)
+        raise InputError(
+            "annotation file is empty" if not rows else "annotation file holds only a header "
+            "line, no spot rows",
+            file=path,
+            sample=sample,
+            fix=fix,
+        )
     sep = "\t" if "\t" in rows[1] else ("," if "," in rows[1] else None)
     ids, labels = [], []
     for ln in rows[1:]:
@@ -881,7 +1459,102 @@ def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
         lab = fields[-1].lower()
         labels.append("tumor" if lab in _TUMOR else "non" if lab in _NON else fields[-1])
     s = pd.Series(labels, index=pd.Index(_spot_ids(ids, path, sample)), dtype=str)
-    return s[~s.index.duplicated(keep="first")]
+    return _deduplicate_labels(s, path, sample, "annotation")
+
+
+#: Smallest share of count rows with a position in a spot file that lists the whole array
+#: (selection tables; STUtility's MOB1: 99.4 %), and in one that lists only the spots under
+#: tissue (ST-Net spots.txt; the count matrix may hold off-tissue rows; demo: 76-78 %).
+MIN_COUNTS_WITH_POSITION_ARRAY = 0.95
+MIN_COUNTS_WITH_POSITION_TISSUE = 0.5
+#: Smallest share of the spots the spot file puts under tissue that must have a count row
+#: (real fixtures and demo: 100 %; the ST pipeline counts every spot that holds transcripts).
+MIN_TISSUE_SPOTS_WITH_COUNTS = 0.9
+#: Smallest share of a legacy ST section's spots an annotation / clusters table must label.
+MIN_ST_LABEL_COVERAGE = 0.5
+
+
+def _match_st_counts_spots(
+    cnt: pd.DataFrame, spt: pd.DataFrame, counts_p: Path, spots_p: Path, sample_id: str
+) -> pd.Index:
+    """Spots of the section: count rows selected in the spot file; refuse files of two sections.
+
+    Two checks, with numbers: the count rows that have a position in the spot file (all of them
+    when the spot file lists the whole array; at least half when it lists only the spots under
+    tissue, since count matrices may hold off-tissue rows), and the spots the spot file puts
+    under tissue that have a count row (nearly all: the ST pipeline counts every spot that
+    holds transcripts). Partial coverage within those bounds is logged as a warning.
+    """
+    has_pos = cnt.index.isin(spt.index)
+    common = cnt.index[has_pos]
+    only_counts = cnt.index[~has_pos]
+    whole_array = bool((~spt["selected"]).any())
+    need = MIN_COUNTS_WITH_POSITION_ARRAY if whole_array else MIN_COUNTS_WITH_POSITION_TISSUE
+    n_cnt = len(cnt)
+    if len(common) == 0 or len(common) < need * n_cnt:
+        listing = (
+            "the spot file lists the whole array, so every count row needs a position"
+            if whole_array
+            else "at most half may be off-tissue rows the spot file leaves out"
+        )
+        raise InputError(
+            f"only {len(common)} of {n_cnt} count-matrix spots have coordinates in "
+            f"'{spots_p}' ({listing}; count ids e.g. {_examples(only_counts)}; spot-file ids e.g. "
+            f"{_examples(spt.index)})",
+            file=counts_p,
+            sample=sample_id,
+            fix="use the count matrix and spot file of the same section",
+        )
+    under = spt.index[spt["selected"].to_numpy()]
+    under_counted = under.isin(cnt.index)
+    n_under = len(under)
+    if n_under == 0:
+        raise InputError(
+            "the spot file marks no spot as under tissue (selected == 1)",
+            file=spots_p,
+            sample=sample_id,
+            fix="check the 'selected' column of the spot file",
+        )
+    if under_counted.sum() < MIN_TISSUE_SPOTS_WITH_COUNTS * n_under:
+        missing = under[~under_counted]
+        raise InputError(
+            f"only {int(under_counted.sum())} of the {n_under} spots that '{spots_p}' puts under "
+            f"tissue have a row in the count matrix ({len(missing)} missing, e.g. "
+            f"{_examples(missing)}): the spot file probably belongs to another section, or the "
+            "count matrix was filtered",
+            file=spots_p,
+            sample=sample_id,
+            fix="use the count matrix and spot file of the same section, and the count matrix "
+            "as the ST pipeline wrote it (unfiltered)",
+        )
+    if len(only_counts):
+        log.warning(
+            "sample %s: %d of %d count rows have no coordinates in '%s' and are dropped "
+            "(e.g. %s)",
+            sample_id,
+            len(only_counts),
+            n_cnt,
+            spots_p,
+            _examples(only_counts),
+        )
+    if not under_counted.all():
+        log.warning(
+            "sample %s: %d of the %d spots under tissue in '%s' have no count row (e.g. %s)",
+            sample_id,
+            int((~under_counted).sum()),
+            n_under,
+            spots_p,
+            _examples(under[~under_counted]),
+        )
+    keep = common[spt.loc[common, "selected"].to_numpy()]
+    if len(keep) == 0:
+        raise InputError(
+            "no count-matrix spot is selected (selected == 1) in the spot file",
+            file=spots_p,
+            sample=sample_id,
+            fix="check the 'selected' column of the spot file",
+        )
+    return keep
 
 
 def _gene_symbols(ids: Sequence[str], gene_map: pd.DataFrame | None) -> list[str]:
@@ -954,32 +1627,7 @@ def read_st(
     cnt = read_st_counts(counts_p, sample_id)
     spt = read_st_spots(spots_p, sample_id)
 
-    common = cnt.index[cnt.index.isin(spt.index)]
-    only_counts = cnt.index[~cnt.index.isin(spt.index)]
-    if len(common) == 0 or len(common) < 0.5 * len(cnt):
-        raise InputError(
-            f"only {len(common)} of {len(cnt)} count-matrix spots have coordinates in "
-            f"'{spots_p}' (count ids e.g. {_examples(only_counts)}; spot-file ids e.g. "
-            f"{_examples(spt.index)})",
-            file=counts_p,
-            sample=sample_id,
-            fix="use the count matrix and spot file of the same section",
-        )
-    if len(only_counts):
-        log.warning(
-            "sample %s: %d count rows without coordinates dropped (e.g. %s)",
-            sample_id,
-            len(only_counts),
-            _examples(only_counts),
-        )
-    keep = common[spt.loc[common, "selected"].to_numpy()]
-    if len(keep) == 0:
-        raise InputError(
-            "no count-matrix spot is selected (selected == 1) in the spot file",
-            file=spots_p,
-            sample=sample_id,
-            fix="check the 'selected' column of the spot file",
-        )
+    keep = _match_st_counts_spots(cnt, spt, counts_p, spots_p, sample_id)
     c = cnt.loc[keep]
     s = spt.loc[keep]
 
@@ -1013,15 +1661,35 @@ def read_st(
     obs["annotation"] = ""
     obs["cluster"] = ""
     adata.obsm["spatial"] = s[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
+    in_file = f"positions of the spot file '{spots_p}'"
     if annotation:
         labels = read_st_annotation(annotation, sample_id)
         obs["annotation"] = _map_labels(
-            obs.index, labels, Path(annotation), sample_id, "annotation"
+            obs.index,
+            labels,
+            Path(annotation),
+            sample_id,
+            "annotation",
+            allowed=spt.index,
+            allowed_what=in_file,
+            min_coverage=MIN_ST_LABEL_COVERAGE,
+            guarantee=" (an annotation labels the spots under tissue; ST-Net drops the few "
+            "it misses)",
         )
     if clusters:
         labels = _label_csv(Path(clusters), sample_id, "clusters")
         labels.index = pd.Index(_spot_ids(labels.index, Path(clusters), sample_id))
-        obs["cluster"] = _map_labels(obs.index, labels, Path(clusters), sample_id, "clusters")
+        obs["cluster"] = _map_labels(
+            obs.index,
+            labels,
+            Path(clusters),
+            sample_id,
+            "clusters",
+            allowed=spt.index,
+            allowed_what=in_file,
+            min_coverage=MIN_ST_LABEL_COVERAGE,
+            guarantee=" (a clustering labels every spot)",
+        )
     _finish_obs(adata)
 
     # --- pixel size (fit on every position of the spot file, off-tissue ones too)

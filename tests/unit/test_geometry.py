@@ -7,12 +7,14 @@ import pytest
 
 from stpredict.errors import GeometryError
 from stpredict.geometry import (
+    ORIENTATIONS,
     check_bounds,
     estimate_mpp_from_pitch,
     fit_array_to_pixel,
     hex_neighbors,
     is_staggered,
     neighbor_pairs,
+    orient_xy,
     reconcile_mpp,
     spot_neighbors,
     square_neighbors,
@@ -92,16 +94,56 @@ def test_st_staggered_array_is_100um_per_unit():
 
 
 def test_reconcile_prefers_and_refuses():
+    # most reliable first: sheet, pitch, microns_per_pixel, spot_diameter_fullres, image tags
     mpp, src = reconcile_mpp({"pitch": 0.51, "image_tags": 0.5, "sheet": None}, 0.1, "S1")
-    assert (mpp, src) == (0.5, "image_tags")
+    assert (mpp, src) == (0.51, "pitch")
     mpp, src = reconcile_mpp({"pitch": 0.51, "spot_diameter_fullres": 0.5}, 0.1, "S1")
     assert src == "pitch"
+    mpp, src = reconcile_mpp({"image_tags": 0.5, "spot_diameter_fullres": 0.52}, 0.1, "S1")
+    assert src == "spot_diameter_fullres"
+    mpp, src = reconcile_mpp({"sheet": 0.5, "pitch": 0.52, "image_tags": 0.5}, 0.1, "S1")
+    assert (mpp, src) == (0.5, "sheet")
     with pytest.raises(GeometryError) as ei:
         reconcile_mpp({"sheet": 0.25, "pitch": 0.5}, 0.1, "S1", file="img.tif")
     msg = str(ei.value)
     assert "S1" in msg and "sheet=0.25" in msg and "pitch=0.5" in msg and "Fix:" in msg
     with pytest.raises(GeometryError, match="no pixel size"):
         reconcile_mpp({"sheet": None}, 0.1, "S1")
+
+
+def test_reconcile_tag_outlier_is_named_and_sheet_settles_it(caplog):
+    """A stale tag (image resized after scanning) must never win; the fix sets the sheet's mpp."""
+    with pytest.raises(GeometryError) as ei:
+        reconcile_mpp({"pitch": 0.5, "image_tags": 0.25}, 0.1, "S1", file="img.tif")
+    msg = str(ei.value)
+    assert "the outlier is image_tags" in msg
+    assert "set the sample sheet's mpp to 0.5" in msg
+    assert "mpp_tolerance" not in msg  # never suggest accepting the wrong estimate
+    # following the fix: the sheet agrees with the pitch, the tag is ignored with a warning
+    with caplog.at_level("WARNING"):
+        mpp, src = reconcile_mpp({"sheet": 0.5, "pitch": 0.5, "image_tags": 0.25}, 0.1, "S1")
+    assert (mpp, src) == (0.5, "sheet")
+    assert "ignored image_tags=0.25" in caplog.text
+
+
+def test_reconcile_sheet_outlier_and_stale_tags_agreeing_with_it():
+    with pytest.raises(GeometryError) as ei:
+        reconcile_mpp({"sheet": 1.0, "pitch": 2.0, "spot_diameter_fullres": 2.02}, 0.1, "S1")
+    msg = str(ei.value)
+    assert "the outlier is sheet" in msg and "set the sample sheet's mpp to 2" in msg
+    assert "mpp_tolerance" not in msg
+    # sheet copied from the scanner and the tags agree, but the image was downscaled: the pitch
+    # measures the pixels the coordinates index, so sheet and tags are the outliers
+    with pytest.raises(GeometryError) as ei:
+        reconcile_mpp({"sheet": 1.0, "pitch": 2.0, "image_tags": 1.0}, 0.1, "S1")
+    msg = str(ei.value)
+    assert "the outlier is sheet, image_tags" in msg and "mpp to 2" in msg
+    assert "give the image the coordinates were aligned to" in msg
+    # a scalefactors file of another run: spot_diameter_fullres is the outlier
+    with pytest.raises(GeometryError) as ei:
+        reconcile_mpp({"pitch": 0.5, "spot_diameter_fullres": 0.7}, 0.1, "S1")
+    assert "the outlier is spot_diameter_fullres" in str(ei.value)
+    assert "another section" in str(ei.value)
 
 
 def rendered(tmp_path, w=600, h=400, disc=((300, 200), 120)):
@@ -162,3 +204,119 @@ def test_bounds_spots_on_glass_fail(tmp_path):
     xy_in, xy_off = spots_on_grid()
     with pytest.raises(GeometryError, match="not darker"):
         check_bounds(im, xy_off, xy_in, 5, "S1", "pos.csv", pitch_px=20)
+
+
+# ---------------------------------------------------------------------------- orientation
+def asymmetric_tissue(w=480, h=480, reach=400):
+    """An L-shaped tissue off the image centre: every dihedral copy of it differs."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    tissue = ((xx > 60) & (xx < 200) & (yy > 50) & (yy < 420)) | (
+        (xx > 60) & (xx < reach) & (yy > 320) & (yy < 420)
+    )
+    img = np.full((h, w, 3), 243, np.uint8)
+    img[tissue] = (176, 98, 168)
+    return img, tissue
+
+
+def grid_on(tissue, step=16.0):
+    h, w = tissue.shape
+    xs, ys = np.meshgrid(np.arange(step / 2, w, step), np.arange(step / 2, h, step))
+    xy = np.column_stack([xs.ravel(), ys.ravel()])
+    on = tissue[xy[:, 1].astype(int), xy[:, 0].astype(int)]
+    return xy[on], xy[~on]
+
+
+# the image transformations check_bounds must recognise ...
+IMAGE_OPS = {
+    "flip_lr": lambda a: a[:, ::-1],
+    "flip_ud": lambda a: a[::-1],
+    "rot180": lambda a: a[::-1, ::-1],
+    "transpose": lambda a: a.transpose(1, 0, 2),
+    "rot90_cw": lambda a: np.rot90(a, -1),
+    "rot90_ccw": lambda a: np.rot90(a, 1),
+    "anti_transpose": lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+}
+# ... and what the fixes they name do to the image
+FIX_OPS = {
+    "flip the image horizontally": lambda a: a[:, ::-1],
+    "flip the image vertically": lambda a: a[::-1],
+    "rotate the image by 180°": lambda a: a[::-1, ::-1],
+    "transpose the image": lambda a: a.transpose(1, 0, 2),
+    "rotate the image 90° counter-clockwise": lambda a: np.rot90(a, 1),
+    "rotate the image 90° clockwise, then flip it vertically": lambda a: np.rot90(a, -1)[::-1],
+    "rotate the image 90° clockwise (": lambda a: np.rot90(a, -1),
+}
+
+
+def _apply_named_fix(msg, arr):
+    fix = msg.split("Fix:")[1]
+    hits = [k for k in FIX_OPS if k in fix]
+    assert len(hits) == 1, fix
+    return FIX_OPS[hits[0]](arr)
+
+
+@pytest.mark.parametrize("with_off", [True, False], ids=["visium-like", "st-like"])
+@pytest.mark.parametrize("op", list(IMAGE_OPS))
+def test_bounds_names_the_orientation_and_its_fix_undoes_it(tmp_path, op, with_off):
+    img, tissue = asymmetric_tissue()
+    xy_in, xy_off = grid_on(tissue)
+    path = tmp_path / "he.png"
+    formats.write_png(path, img)
+    st = check_bounds(SlideImage(path), xy_in, xy_off if with_off else None, 4, "S1", "pos.csv",
+                      pitch_px=16)
+    assert st["separation"] > max(st[f"separation_{o}"] for o in IMAGE_OPS) + 0.1
+    bad = np.ascontiguousarray(IMAGE_OPS[op](img))
+    formats.write_png(path, bad)
+    with pytest.raises(GeometryError) as ei:
+        check_bounds(SlideImage(path, sample="S1"), xy_in, xy_off if with_off else None, 4, "S1",
+                     "pos.csv", pitch_px=16)
+    msg = str(ei.value)
+    assert ORIENTATIONS[op][1] in msg and "sample 'S1'" in msg and "pos.csv" in msg
+    assert "\n" not in msg
+    np.testing.assert_array_equal(_apply_named_fix(msg, bad), img)
+
+
+def test_bounds_rotated_nonsquare_image_names_rotation_when_spots_fall_outside(tmp_path):
+    img, tissue = asymmetric_tissue(w=480, h=440, reach=470)
+    xy_in, xy_off = grid_on(tissue)
+    path = tmp_path / "he.png"
+    bad = np.ascontiguousarray(np.rot90(img, 1))  # 440 wide, 480 high: spots reach x > 440
+    formats.write_png(path, bad)
+    with pytest.raises(GeometryError) as ei:
+        check_bounds(SlideImage(path), xy_in, xy_off, 4, "S1", "pos.csv", pitch_px=16)
+    msg = str(ei.value)
+    assert "lie outside the 440x480 image" in msg
+    assert ORIENTATIONS["rot90_ccw"][1] in msg
+    np.testing.assert_array_equal(_apply_named_fix(msg, bad), img)
+
+
+def test_orient_xy_matches_numpy_image_ops():
+    """orient_xy(name) maps a pixel of the original to where IMAGE_OPS[name] puts it."""
+    h, w = 5, 7
+    img = np.arange(h * w).reshape(h, w)[..., None]
+    for name, f in IMAGE_OPS.items():
+        out = f(img)
+        for x, y in [(0, 0), (6, 1), (3, 4)]:
+            nx, ny = orient_xy(np.array([[x, y]], float), name, out.shape[1], out.shape[0])[0]
+            assert out[int(ny), int(nx), 0] == img[y, x, 0], name
+
+
+def test_bounds_symmetric_tissue_mirrored_is_not_refused(tmp_path):
+    """A centred disc looks the same mirrored: no orientation wins, the check passes."""
+    im = rendered(tmp_path)
+    xy_in, xy_off = spots_on_grid()
+    st = check_bounds(im, xy_in, xy_off, 5, "S1", "pos.csv", pitch_px=20)
+    assert abs(st["separation"] - st["separation_flip_lr"]) < 0.05
+
+
+def test_bounds_tissue_larger_than_the_capture_area_passes(tmp_path):
+    """Spots cover only the middle of the tissue: the glass lies beyond the band around them."""
+    yy, xx = np.mgrid[0:600, 0:600]
+    img = np.full((600, 600, 3), 244, np.uint8)
+    img[(xx > 140) & (xx < 460) & (yy > 140) & (yy < 460)] = (172, 96, 160)
+    path = tmp_path / "he.png"
+    formats.write_png(path, img)
+    xs, ys = np.meshgrid(np.arange(200, 401, 20.0), np.arange(200, 401, 20.0))
+    xy_in = np.column_stack([xs.ravel(), ys.ravel()])
+    st = check_bounds(SlideImage(path), xy_in, None, 5, "S1", "spots.txt", pitch_px=20)
+    assert st["contrast"] < 0.02 < st["contrast_wide"]  # the band is tissue, the rest glass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -19,7 +20,12 @@ from stpredict.readers import read_section, read_st, read_st_annotation, read_vi
 
 formats = pytest.importorskip("stpredict.demo.formats")
 
-REAL = Path(__file__).resolve().parents[2].parent / "shared/fixtures/real"
+REAL = Path(
+    os.environ.get(
+        "STPREDICT_REAL_FIXTURES",
+        Path(__file__).resolve().parents[2].parent / "shared/fixtures/real",
+    )
+)
 realdata = pytest.mark.realdata
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/fixtures/real absent")
 
@@ -268,7 +274,7 @@ def test_visium_variants(tmp_path, kw):
 # ResourceWarning when garbage-collected; collect it here so it cannot fail a later test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
-def test_visium_tiff_tags_preferred_and_clusters_annotation(tmp_path):
+def test_visium_tiff_tags_read_and_clusters_annotation(tmp_path):
     v = make_visium(tmp_path, image="tiff")
     outs = v["outs"]
     cl = outs / "analysis/clustering/gene_expression_graphclust/clusters.csv"
@@ -281,7 +287,9 @@ def test_visium_tiff_tags_preferred_and_clusters_annotation(tmp_path):
         {"barcode": [b.replace("-1", ".1") for b in v["barcodes"][:5]], "label": "tumour"}
     ).to_csv(ann, index=False)
     a = read_visium(outs, "S1", "P1", image=v["image"], annotation=ann)
-    assert a.uns["stpredict"]["mpp_source"] == "image_tags"
+    # the tag is read and agrees; the spot pitch (measured in the coordinates) is preferred
+    assert a.uns["stpredict"]["mpp_estimates"]["image_tags"] == pytest.approx(MPP)
+    assert a.uns["stpredict"]["mpp_source"] == "pitch"
     assert set(a.obs["cluster"]) == {"1", "2", "3"}
     assert (a.obs["annotation"] == "tumour").sum() == 5
     assert (a.obs["annotation"] == "").sum() == a.n_obs - 5
