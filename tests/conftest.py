@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-REAL = REPO.parent / "shared" / "fixtures" / "real"
+# small real files written by others (never copied into the repo); STPREDICT_REAL_FIXTURES
+# points elsewhere (e.g. from a git worktree)
+REAL = Path(os.environ.get("STPREDICT_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real"))
 
 
 def pytest_collection_modifyitems(config, items):
