@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from stpredict.errors import ConfigError, GeometryError
 from stpredict.images import SlideImage
-from stpredict.io import atomic_path, write_json, write_table
+from stpredict.io import atomic_path, load_npy, read_table, write_json, write_table
 
 __all__ = [
     "PatchSpec",
@@ -419,7 +419,7 @@ def extract_patches(
 
 def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
     """Open a patch store read-only as a memory map ``(N, S, S, 3)`` uint8."""
-    arr = np.load(Path(npy), mmap_mode="r")
+    arr = load_npy(npy)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise GeometryError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}", file=npy,
                             fix="re-run the patch extraction rule")
@@ -429,10 +429,10 @@ def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
 def patches_for_spots(npy: str | os.PathLike[str], spot_ids: list[str] | np.ndarray) -> np.ndarray:
     """Return the stored patches of the given spot ids, in their order (the ``.tsv`` read once)."""
     tsv = Path(npy).with_suffix(".tsv")
-    ids = pd.read_csv(tsv, sep="\t", usecols=["id"], dtype=str)["id"]
+    ids = read_table(tsv, usecols=["id"], dtype=str)["id"]
     rows = pd.Index(ids).get_indexer([str(i) for i in spot_ids])
     if (rows < 0).any():
         missing = [str(i) for i, r in zip(spot_ids, rows, strict=True) if r < 0][:5]
         raise GeometryError(f"spots {missing} are not in the patch store", file=tsv,
                             fix="rerun extract_patches for this section")
-    return np.asarray(np.load(npy, mmap_mode="r")[rows])
+    return np.asarray(load_npy(npy)[rows])
