@@ -268,7 +268,8 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                     fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
                     "out of the experiment (sections: {platform: visium})")
             raw = Path(str(row["raw"]))
-            if raw.is_dir() and not any((raw / c).is_file() for c in _VISIUM_CLUSTERS):
+            filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
+            if filled and not any((raw / c).is_file() for c in _VISIUM_CLUSTERS):
                 raise ConfigError(
                     f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
                     f"clusters ({raw / _VISIUM_CLUSTERS[0]})",

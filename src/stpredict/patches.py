@@ -280,8 +280,9 @@ def whiteness(
     if means is None:
         means = patch_means(patches, chunk)
     thresholds = np.percentile(means, percentile, axis=0)
-    # for uint8 pixels, p > t  <=>  p > floor(t); floor(t) lies in 0..255 since 0 <= t <= 255
-    thr = np.floor(thresholds).clip(0, 255).astype(np.uint8)
+    # for uint8 pixels, p > t  <=>  p > floor(t). The threshold is capped at 254 so that pure white
+    # (255, bare glass) always counts as white: otherwise a blank image (threshold 255) would pass.
+    thr = np.floor(thresholds).clip(0, 254).astype(np.uint8)
     white_frac = np.empty(n, dtype=np.float64)
     for a in range(0, n, chunk):
         block = np.asarray(patches[a : a + chunk])

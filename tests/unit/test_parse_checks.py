@@ -193,6 +193,10 @@ def test_bad_experiments_are_refused(settings, pattern):
 
 
 def test_clusters_on_visium_without_graphclust(tmp_path):
+    stub = tmp_path / "stub" / "outs"  # an outs/ not written yet (or a stand-in): no verdict
+    stub.mkdir(parents=True)
+    e = exp(task="clusters", split={"scheme": "random_within_section"})
+    check_experiment(e, sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(stub)}]))
     outs = visium_outs(tmp_path / "A", ["G1"], clusters=False)
     s = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)}])
     e = exp(task="clusters", split={"scheme": "random_within_section"})
@@ -295,3 +299,15 @@ def test_resolving_a_cluster_experiment_leaves_the_defaults_alone():
     regression = resolve_experiment({"split": {"scheme": "random_within_section"}}, {})
     assert clusters["train"]["loss"] == "cross_entropy"
     assert regression["train"]["loss"] == "mse" and EXPERIMENT_DEFAULTS["train"]["loss"] == "mse"
+
+
+def test_whiteness_flags_a_blank_image():
+    from stpredict.patches import whiteness
+
+    blank = np.full((6, 8, 8, 3), 255, np.uint8)
+    _, flags, thresholds = whiteness(blank)
+    assert thresholds.tolist() == [255.0, 255.0, 255.0] and flags.all()  # was: none flagged
+    tissue = np.full((10, 8, 8, 3), 150, np.uint8)
+    tissue[:2] = 255  # two glass patches among tissue
+    _, flags, _ = whiteness(tissue, percentile=80)
+    assert flags.tolist() == [True, True] + [False] * 8

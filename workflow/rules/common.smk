@@ -38,7 +38,9 @@ CONFIG_FILES = (
 
 try:  # one line naming the key, before Snakemake's validate (which also fills in defaults)
     check_config_schema(
-        config, load_schema(workflow.source_path("../schemas/config.schema.yaml")), CONFIG_FILES
+        config,
+        load_schema(workflow.source_path("../schemas/config.schema.yaml")),
+        CONFIG_FILES,
     )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
