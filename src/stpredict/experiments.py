@@ -237,7 +237,8 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
         The experiment selects no section; names samples, patients or sections absent from the
         sheet; leaves one patient out among a single patient; imputes a section it trains on;
         classifies clusters of sections that have none; names a weights file that does not
-        exist, an unknown backbone, or panel genes that none of its sections measures.
+        exist, an unknown backbone, panel genes that none of its sections measures, or maps /
+        attributions of genes outside its panel.
     """
     samples = experiment_samples(exp, sheet)
     split = exp["split"]
@@ -301,6 +302,15 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
             raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
                               fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
         panel = load_panel(genes["panel"])
+        ev = exp.get("evaluation", {}) or {}
+        shown = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+        explained = (ev.get("attributions", {}) or {}).get("gene", "")
+        outside = [g for g in shown + ([explained] if explained else []) if g not in panel]
+        if outside:
+            raise ConfigError(
+                f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
+                f"the panel '{genes['panel']}' does not predict",
+                fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
         if thorough:
             names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
             if names and all(n is not None for n in names):

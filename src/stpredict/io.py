@@ -289,8 +289,14 @@ def checked_read(
             fix="give the account running the workflow read access to it",
         ) from None
     except OSError as exc:
-        if exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES):
+        if exc.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
             raise
+        if "unable to lock file" in str(exc).lower():  # HDF5 locking on a file system without locks
+            raise InputError(
+                f"cannot be opened: the file system refuses HDF5's file lock ({_short(exc)})",
+                file=path, sample=sample,
+                fix="export HDF5_USE_FILE_LOCKING=FALSE before running snakemake",
+            ) from None
         raise corrupt_error(path, exc, sample=sample, intermediate=inter) from None
     except Exception as exc:  # noqa: BLE001 - any parser failure means the file is unusable
         raise corrupt_error(path, exc, sample=sample, intermediate=inter) from None

@@ -238,3 +238,13 @@ def test_script_logging_keeps_bug_for_bugs_only(workdir, capsys):
 def test_json_roundtrip_unchanged(workdir):
     write_json({"x": np.float32(1.5), "y": np.arange(3)}, "results/run/a.json")
     assert json.loads(Path("results/run/a.json").read_text()) == {"x": 1.5, "y": [0, 1, 2]}
+
+
+def test_a_lock_failure_is_not_taken_for_corruption(workdir):
+    from stpredict.io import checked_read
+
+    p = workdir / "results/sections/A.h5ad"
+    write_h5ad(_adata(), p)
+    with pytest.raises(InputError, match="HDF5_USE_FILE_LOCKING"), checked_read(p):
+        raise OSError("Unable to synchronously open file (unable to lock file, errno = 38)")
+    assert p.exists()  # a valid file on a file system without locks is never removed

@@ -164,6 +164,16 @@ def test_good_experiments_pass():
                                 "test_section": "A2"}), s)
 
 
+def test_maps_of_genes_outside_the_panel_are_refused():
+    genes = {"mode": "panel", "n": 3, "panel": "deepspace_3", "min_frac": 0.1}
+    ok = exp(targets={"transform": "log1p", "genes": genes}, evaluation={"maps": {"genes": ["ESR1"]}})
+    check_experiment(ok, two_patients(), thorough=False)
+    bad = exp(targets={"transform": "log1p", "genes": genes}, evaluation={"maps": {"genes": ["ESR1", "GAPDH"]},
+                                                                          "attributions": {"gene": "ACTB"}})
+    with pytest.raises(ConfigError, match="name GAPDH, ACTB, which the panel 'deepspace_3' does not predict"):
+        check_experiment(bad, two_patients(), thorough=False)
+
+
 @pytest.mark.parametrize("settings, pattern", [
     ({"sections": {"patients": ["P1"]}, "split": {"scheme": "leave_one_patient_out"}},
      "needs at least 2 patients.*all come from patient 'P1'"),
