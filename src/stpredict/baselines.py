@@ -33,12 +33,10 @@ Methods (:data:`BASELINES`):
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import anndata as ad
@@ -46,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError, InputError
+from stpredict.io import read_json, read_table
 
 __all__ = [
     "BASELINES",
@@ -67,7 +66,7 @@ def read_features(paths: Mapping[str, str | os.PathLike[str]]) -> dict[str, pd.D
     """Per-section feature tables (TSV, first column the spot id) keyed by sample id."""
     out = {}
     for sample, p in paths.items():
-        t = pd.read_csv(p, sep="\t", index_col=0, dtype={0: str})
+        t = read_table(p, sample=sample, index_col=0, dtype={0: str})
         t.index = t.index.astype(str)
         out[sample] = t
     return out
@@ -231,7 +230,7 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         raise ConfigError(f"baseline '{method}' needs nuclear features", fix="give the feature tables")
     parts: dict[str, list[ad.AnnData]] = {}
     for fold in sorted(fitted_paths, key=str):
-        fitted = json.loads(Path(fitted_paths[fold]).read_text())
+        fitted = read_json(fitted_paths[fold])
         if fitted.get("task", "regression") != "regression":
             raise ConfigError("baselines are defined for regression experiments",
                               fix=f"remove evaluation.baselines from experiment '{experiment}'")

@@ -25,6 +25,8 @@ __all__ = [
     "validate_sheet",
     "check_sheet_paths",
     "sheet_paths",
+    "check_run_config",
+    "check_config_schema",
 ]
 
 REQUIRED_COLUMNS = ("sample_id", "patient_id", "platform", "raw")
@@ -60,8 +62,8 @@ def read_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
             fix="set 'samples' in the config to an existing TSV (see config/README.md)",
         )
     sep = "," if path.suffix.lower() == ".csv" else "\t"
-    df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, comment=None)
-    df.columns = [c.strip() for c in df.columns]
+    df = _read_cells(path, sep)
+    df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
     if missing:
         raise ConfigError(
@@ -76,11 +78,66 @@ def read_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:
             file=path,
             fix=f"use only {', '.join(SHEET_COLUMNS)} (see config/README.md)",
         )
+    df = df.map(lambda v: v.strip() if isinstance(v, str) else v)
+    df = df[~(df == "").all(axis=1)]  # lines of empty cells
+    if df.empty:
+        raise ConfigError(
+            "sample sheet has a header but no rows",
+            file=path,
+            fix="add one row per tissue section (see config/README.md)",
+        )
     for col in OPTIONAL_COLUMNS:
         if col not in df.columns:
             df[col] = ""
-    df = df.map(lambda v: v.strip() if isinstance(v, str) else v)
-    return df[list(SHEET_COLUMNS)]
+    return df[list(SHEET_COLUMNS)].reset_index(drop=True)
+
+
+def _read_cells(path: Path, sep: str) -> pd.DataFrame:
+    """Read a delimited sheet cell by cell, refusing rows with more cells than the header.
+
+    (pandas silently turns the first extra column of such a file into the index, shifting every
+    value by a column.) Empty trailing cells, as spreadsheets export them, are dropped; missing
+    trailing cells are empty. A UTF-8 byte-order mark is ignored.
+    """
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = [r for r in csv.reader(fh, delimiter=sep)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(
+            f"sample sheet cannot be parsed ({' '.join(str(exc).split())})",
+            file=path,
+            fix="save it as UTF-8 text, tab-separated (or comma-separated with the .csv extension)",
+        ) from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows:
+        raise ConfigError(
+            "sample sheet is empty",
+            file=path,
+            fix="write a header (sample_id, patient_id, platform, raw, ...) and one row per section",
+        )
+    header = rows[0]
+    while header and not header[-1].strip():
+        header = header[:-1]
+    dup = sorted({c for c in header if header.count(c) > 1})
+    if dup:
+        raise ConfigError(f"sample sheet names column(s) {', '.join(dup)} twice", file=path,
+                          fix="keep one column of each name")
+    out = []
+    for i, row in enumerate(rows[1:]):
+        extra = row[len(header):]
+        if any(c.strip() for c in extra):
+            raise ConfigError(
+                f"row {i + 2} has {len(row)} cells but the header {len(header)} (extra: "
+                f"{', '.join(repr(c) for c in extra if c.strip())})",
+                file=path,
+                sample=row[0] if row and row[0] else None,
+                fix="remove the extra cells or add their column to the header; a cell must not contain "
+                + ("a comma" if sep == "," else "a tab"),
+            )
+        out.append(row[: len(header)] + [""] * (len(header) - len(row)))
+    return pd.DataFrame(out, columns=header, dtype=str)
 
 
 def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.PathLike[str]) -> pd.DataFrame:
@@ -109,6 +166,14 @@ def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.
                 file=sheet,
                 sample=sample,
                 fix=desc or "see config/README.md for the sample-sheet columns",
+            )
+    for i, (sample, mpp) in enumerate(zip(df["sample_id"], df["mpp"], strict=True)):
+        if mpp != "" and not float(mpp) > 0:
+            raise ConfigError(
+                f"row {i + 2}, column 'mpp': the pixel size must be positive (got {mpp!r})",
+                file=sheet,
+                sample=sample,
+                fix="give the image's microns per pixel (e.g. 0.5 at 20x), or leave the cell empty",
             )
     dup = df["sample_id"][df["sample_id"].duplicated()].unique().tolist()
     if dup:
@@ -171,3 +236,68 @@ def check_sheet_paths(
                 sample=sample,
                 fix="correct the path (relative paths are relative to the directory Snakemake runs in)",
             )
+
+
+def check_run_config(config: Mapping[str, Any], file: str | os.PathLike[str] | None = None) -> None:
+    """Refuse global settings that the schema cannot catch (run at parse time, before any job).
+
+    Parameters
+    ----------
+    config
+        The run configuration after schema validation (defaults filled in).
+    file
+        The configuration file(s), named in the error.
+
+    Raises
+    ------
+    ConfigError
+        ``patches.fov_um`` and ``patches.fov_px`` both set, or neither.
+    """
+    patches = config.get("patches", {}) or {}
+    fov_um, fov_px = patches.get("fov_um"), patches.get("fov_px")
+    if fov_um is not None and fov_px is not None:
+        raise ConfigError(
+            f"patches.fov_um ({fov_um}) and patches.fov_px ({fov_px}) are both set; the field of view "
+            "is given either in micrometres or in native pixels",
+            file=file,
+            fix="set one of them to null (fov_um is the default; the ST-Net preset uses fov_px: 224)",
+        )
+    if fov_um is None and fov_px is None:
+        raise ConfigError(
+            "neither patches.fov_um nor patches.fov_px is set: the patches have no field of view",
+            file=file,
+            fix="set patches.fov_um (micrometres, e.g. 110) or patches.fov_px (native pixels)",
+        )
+
+
+def check_config_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
+                        file: str | os.PathLike[str] | None = None) -> None:
+    """Validate the configuration against its JSON schema with a one-line error naming the key.
+
+    Snakemake's own ``validate`` (which also fills in the defaults) prints the whole schema of the
+    offending key; this names the key (``experiments.demo.tta``), the value, what the schema
+    wants and the key's description.
+
+    Raises
+    ------
+    ConfigError
+        For the most relevant schema violation.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    err = best_match(Draft202012Validator(schema).iter_errors(dict(config)))
+    if err is None:
+        return
+    key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    sub = err.schema if isinstance(err.schema, Mapping) else {}
+    fix = sub.get("description") or ""
+    if err.validator == "additionalProperties" and isinstance(sub.get("properties"), Mapping):
+        fix = f"the keys allowed here are {', '.join(sorted(sub['properties']))} (config/README.md)"
+    elif err.validator == "enum":
+        fix = f"use one of {', '.join(map(str, err.validator_value))}" + (f" ({fix})" if fix else "")
+    raise ConfigError(
+        f"config key '{key}': {err.message}",
+        file=file,
+        fix=fix or "see config/README.md for the keys and their values",
+    )

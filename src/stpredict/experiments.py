@@ -9,9 +9,11 @@ per-fold prediction.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import re
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,11 +24,22 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError, InputError
-from stpredict.io import write_h5ad, write_json, write_table
+from stpredict.io import (
+    checked_read,
+    load_npy,
+    read_h5ad,
+    read_json,
+    read_table,
+    write_h5ad,
+    write_json,
+    write_table,
+)
 
 __all__ = [
     "TRANSFORM_NAMES",
     "experiment_samples",
+    "check_experiment",
+    "section_gene_names",
     "fold_ids",
     "outer_folds",
     "inner_folds",
@@ -60,7 +73,15 @@ def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]
     split = exp["split"]
     ids = sheet["sample_id"].tolist()
     if split["scheme"] == "section_imputation":
-        wanted = list(split.get("train_sections", [])) + [split["test_section"]]
+        train, test = list(split.get("train_sections", []) or []), str(split.get("test_section", "") or "")
+        if not test or not train:
+            raise ConfigError("section_imputation needs split.train_sections and split.test_section",
+                              fix="name the training sections and the imputed section (sample_id values "
+                              "of the sheet), e.g. train_sections: [D1, D3], test_section: D2")
+        if test in train:
+            raise ConfigError(f"section_imputation: the test section '{test}' is also a training section",
+                              fix="remove it from split.train_sections (a section cannot be imputed from itself)")
+        wanted = train + [test]
         ids = [s for s in ids if s in wanted]
         missing = sorted(set(wanted) - set(ids))
         if missing:
@@ -74,12 +95,18 @@ def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]
                               fix="use sample_id values from the sheet")
         ids = [s for s in ids if s in set(sel["samples"])]
     if sel.get("patients"):
-        pats = set(sel["patients"])
+        pats = {str(p) for p in sel["patients"]}
+        unknown = sorted(pats - set(sheet["patient_id"].astype(str)))
+        if unknown:
+            raise ConfigError(f"sections.patients names {unknown}, absent from the sample sheet",
+                              fix="use patient_id values from the sheet")
         ids = [s for s in ids if sheet.loc[s, "patient_id"] in pats]
     if sel.get("platform"):
         ids = [s for s in ids if sheet.loc[s, "platform"] == sel["platform"]]
     if not ids:
-        raise ConfigError("the experiment selects no section", fix="check its 'sections' settings")
+        raise ConfigError(f"the experiment selects no section (sections: {dict(sel)})",
+                          fix="check its 'sections' settings against the sample sheet (samples, patients, "
+                          "platform)")
     return ids
 
 
@@ -123,6 +150,180 @@ def fold_test_samples(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) ->
     if scheme == "section_imputation":
         return [exp["split"]["test_section"]]
     return samples
+
+
+_SPOT_ID_RE = re.compile(r"^-?\d+(\.\d+)?x-?\d+(\.\d+)?$")
+_VISIUM_CLUSTERS = ("analysis/clustering/gene_expression_graphclust/clusters.csv",
+                    "analysis/clustering/graphclust/clusters.csv")
+
+
+def _first_two_lines(path: Path) -> list[str]:
+    import gzip
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+        return [fh.readline().rstrip("\r\n"), fh.readline().rstrip("\r\n")]
+
+
+def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] | None = None) -> set[str] | None:
+    """Return the gene names of a section's raw counts when they are cheap to know, else ``None``.
+
+    Visium: the feature names of ``filtered_feature_bc_matrix.h5`` or of the matrix folder's
+    ``features.tsv(.gz)``; ST: the header of the count file, mapped to symbols with ``gene_map``
+    (a TSV ``gene_id, gene``) as the reader does. ``None`` when the files do not exist yet, the
+    layout is unusual (a genes x spots ST file) or anything fails: the reader reports real
+    problems later.
+    """
+    try:
+        raw = Path(str(row["raw"]))
+        if row["platform"] == "visium":
+            h5 = raw / "filtered_feature_bc_matrix.h5"
+            if h5.is_file():
+                import h5py
+
+                with h5py.File(h5, "r") as f:
+                    if "matrix" in f and "features" in f["matrix"]:
+                        names = f["matrix/features/name"][:]
+                    else:  # Cell Ranger 2 layout: one group per genome
+                        names = next(iter(f.values()))["gene_names"][:]
+                return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+            for name in ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"):
+                p = raw / "filtered_feature_bc_matrix" / name
+                if p.is_file():
+                    t = pd.read_csv(p, sep="\t", header=None, dtype=str)
+                    return set(t.iloc[:, 1 if t.shape[1] > 1 else 0].astype(str))
+            return None
+        if not raw.is_file():
+            return None
+        header, first = _first_two_lines(raw)
+        sep = "\t" if "\t" in header else ","
+        fields = header.split(sep)
+        if len(fields) == len(first.split(sep)):
+            fields = fields[1:]  # the corner cell
+        ids = [f.strip().strip('"') for f in fields]
+        if not ids or any(_SPOT_ID_RE.match(i) for i in ids[:20]):
+            return None  # genes x spots layout: the genes are the first column
+        if gene_map:
+            if not Path(gene_map).is_file():
+                return None
+            from stpredict.readers import _gene_symbols
+
+            ids = _gene_symbols(ids, pd.read_csv(gene_map, sep="\t", dtype=str))
+        return set(ids)
+    except Exception:  # noqa: BLE001 - a cheap look only; the reader reports real problems
+        return None
+
+
+def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: str | os.PathLike[str] | None = None,
+                     thorough: bool = True) -> None:
+    """Refuse, at parse time, an experiment that the config and the sheet already show cannot run.
+
+    Parameters
+    ----------
+    exp
+        The resolved experiment (:func:`resolve_experiment`).
+    sheet
+        The validated sample sheet (indexed by sample id).
+    gene_map
+        ``reading.gene_map`` (ST Ensembl ids -> symbols), for the panel check.
+    thorough
+        Also run the checks that read files or import torchvision (the panel genes against the
+        sections' gene names, the backbone name); Snakemake's main process runs them, its jobs
+        skip them.
+
+    Raises
+    ------
+    ConfigError
+        The experiment selects no section; names samples, patients or sections absent from the
+        sheet; leaves one patient out among a single patient; imputes a section it trains on;
+        classifies clusters of sections that have none; names a weights file that does not
+        exist, an unknown backbone, panel genes that none of its sections measures, or maps /
+        attributions of genes outside its panel.
+    """
+    samples = experiment_samples(exp, sheet)
+    split = exp["split"]
+    if split["scheme"] == "leave_one_patient_out":
+        patients = _patients(exp, sheet)
+        if len(patients) < 2:
+            raise ConfigError(
+                f"leave_one_patient_out needs at least 2 patients, but the experiment's sections "
+                f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
+                fix="add sections of other patients, or use split.scheme random_within_section or "
+                "spatial_blocks within this patient's sections")
+        if int(split.get("inner_folds", 0) or 0) == 1:
+            raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
+                              fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
+    task = exp.get("task", "regression")
+    if task == "regression" and exp["train"]["loss"] == "cross_entropy":
+        raise ConfigError("train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
+                          fix="use train.loss mse or smoothl1, or set task: clusters")
+    if task == "clusters":
+        for s in samples:
+            row = sheet.loc[s]
+            if row["clusters"]:
+                continue
+            if row["platform"] == "st":
+                raise ConfigError(
+                    f"a clusters experiment uses the ST section '{s}', which has no clusters",
+                    sample=s,
+                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
+                    "out of the experiment (sections: {platform: visium})")
+            raw = Path(str(row["raw"]))
+            filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
+            if filled and not any((raw / c).is_file() for c in _VISIUM_CLUSTERS):
+                raise ConfigError(
+                    f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
+                    f"clusters ({raw / _VISIUM_CLUSTERS[0]})",
+                    sample=s,
+                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
+    model = exp["model"]
+    weights = str(model.get("weights", "none"))
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise ConfigError(f"model.weights names a file that does not exist: {weights}",
+                          fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'")
+    if thorough and model["backbone"] != "tiny":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if model["backbone"] not in known:
+            import difflib
+
+            close = difflib.get_close_matches(model["backbone"], known, n=3)
+            raise ConfigError(
+                f"unknown model.backbone '{model['backbone']}'"
+                + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                fix="use 'tiny' or a torchvision classification model name such as densenet121, "
+                "vgg16, resnet50")
+    genes = exp["targets"]["genes"]
+    if genes["mode"] == "panel":
+        from stpredict.targets import load_panel
+
+        if not genes.get("panel"):
+            raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
+                              fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
+        panel = load_panel(genes["panel"])
+        ev = exp.get("evaluation", {}) or {}
+        shown = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+        explained = (ev.get("attributions", {}) or {}).get("gene", "")
+        outside = [g for g in shown + ([explained] if explained else []) if g not in panel]
+        if outside:
+            raise ConfigError(
+                f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
+                f"the panel '{genes['panel']}' does not predict",
+                fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
+        if thorough:
+            names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
+            if names and all(n is not None for n in names):
+                known = set().union(*names)
+                missing = [g for g in panel if g not in known]
+                allow = bool(genes.get("allow_missing", False))
+                if missing and (not allow or len(missing) == len(panel)):
+                    raise ConfigError(
+                        f"{len(missing)} of the {len(panel)} genes of panel '{genes['panel']}' are measured "
+                        f"in none of the experiment's sections {samples}: {', '.join(missing[:10])}"
+                        + (" ..." if len(missing) > 10 else ""),
+                        fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
+                        "the panel, or set targets.genes.allow_missing: true to drop them")
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -188,7 +389,7 @@ def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
     """
     if not histories:
         raise InputError("choose_epochs needs at least one inner-fold history")
-    tables = [pd.read_csv(h, sep="\t") for h in histories]
+    tables = [read_table(h) for h in histories]
     for h, t in zip(histories, tables, strict=True):
         if t.empty or "epoch" not in t or "val_loss" not in t:
             raise InputError("an inner fold has an empty training history (no epoch, val_loss)",
@@ -414,7 +615,7 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     from stpredict.targets import from_dict
 
     model_dir = Path(model_dir)
-    fitted = json.loads((model_dir / "fitted.json").read_text())
+    fitted = read_json(model_dir / "fitted.json")
     apply_cluster_map(exp, sections)
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
     model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
@@ -477,7 +678,7 @@ def collect_predictions(fold_files: Sequence[str | os.PathLike[str]], sample: st
     """
     parts, folds = [], {}
     for f in fold_files:
-        a = ad.read_h5ad(f)
+        a = read_h5ad(f)
         a = a[a.obs["sample_id"].astype(str) == sample].copy()
         if a.n_obs:
             folds[str(a.uns["stpredict"]["fold"])] = a.uns["stpredict"]
@@ -503,7 +704,7 @@ def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike[str]) -> None
 
 def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a split manifest written by :func:`write_manifest` (ids as strings)."""
-    return pd.read_csv(path, sep="\t", dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str})
+    return read_table(path, dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str})
 
 
 def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
@@ -515,7 +716,7 @@ def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
     import h5py
     from anndata.io import read_elem
 
-    with h5py.File(path, "r") as f:
+    with checked_read(path) as p, h5py.File(p, "r") as f:
         a = ad.AnnData(X=read_elem(f["X"]), obs=read_elem(f["obs"]), var=read_elem(f["var"]),
                        obsm=read_elem(f["obsm"]) if "obsm" in f else None)
         uns = f.get("uns")
@@ -590,7 +791,8 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     base = {**EXPERIMENT_DEFAULTS, "targets": config.get("targets", {}), "seed": config.get("seed", 0),
             "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {}))}
     _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
-    out = _merge(base, exp)
+    # a deep copy: the nested defaults (and the global sections) must never be changed below
+    out = copy.deepcopy(_merge(base, exp))
     if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
         # a new dict: out["train"] may be EXPERIMENT_DEFAULTS["train"] itself
         out["train"] = {**out["train"], "loss": "cross_entropy"}
@@ -608,7 +810,8 @@ def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any]
     DeepSpaCE trained and tested within one section at a time; ``sections: {each: true}`` keeps
     that protocol for any cohort: experiment ``name`` with sections ``S1, S2`` becomes
     ``name.S1`` and ``name.S2`` (each with its own splits, models and metrics). The expanded
-    experiments are then checked (:func:`check_experiment`).
+    experiments' cluster labels are then checked (:func:`check_cluster_labels`; the other
+    parse-time checks are :func:`check_experiment`).
     """
     out: dict[str, dict[str, Any]] = {}
     for name, raw in experiments.items():
@@ -637,15 +840,15 @@ def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any]
                                   "is already an experiment name", fix="rename one of them")
             out[key] = sub
     for name, exp in out.items():
-        check_experiment(name, exp, sheet)
+        check_cluster_labels(name, exp, sheet)
     return out
 
 
-def check_experiment(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:
-    """Refuse, before anything runs, an experiment whose results could not be meaningful.
+def check_cluster_labels(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:
+    """Refuse a clusters task over several sections without harmonised labels.
 
-    A clusters task over more than one section needs harmonised labels: Space Ranger numbers
-    graphclust clusters per section, so cluster 3 of one section is not cluster 3 of another.
+    Space Ranger numbers graphclust clusters per section, so cluster 3 of one section is not
+    cluster 3 of another; such an experiment needs ``cluster_map`` (or ``sections.each``).
     """
     samples = experiment_samples(exp, sheet)
     if exp.get("task") == "clusters" and len(samples) > 1 and not exp.get("cluster_map"):
@@ -704,4 +907,6 @@ def fold_data(qc_paths: Sequence[str], store_paths: Sequence[str]) -> tuple[dict
     if [Path(p).parent.name for p in stores] != samples:
         raise InputError("the patch stores do not match the sections in order",
                          fix="list results/patches/{sample}/spots.npy in the order of the QC files")
+    for sample, store in zip(samples, stores, strict=True):
+        load_npy(store, sample=sample)  # a truncated store fails (and is removed) here
     return load_sections(dict(zip(samples, qc_paths, strict=True))), dict(zip(samples, stores, strict=True))

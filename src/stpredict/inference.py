@@ -45,12 +45,10 @@ def load_model(
     meta : dict
         The file's metadata (everything but the state_dict): backbone, genes, classes, epoch...
     """
+    from stpredict.io import load_torch
+
     path = Path(path)
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except FileNotFoundError:
-        raise StpredictError("model file not found", file=path,
-                             fix="train the model first") from None
+    obj = load_torch(path)  # missing: "does not exist"; corrupt: removed, so Snakemake retrains
     if not isinstance(obj, dict) or "state_dict" not in obj or "backbone" not in obj:
         raise StpredictError("not a stpredict model file (no state_dict/backbone)", file=path)
     model = build_model(obj["backbone"], int(obj["n_outputs"]), weights="none",

@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 
 from stpredict.errors import ConfigError, GeometryError
 from stpredict.images import SlideImage
-from stpredict.io import atomic_path, write_json, write_table
+from stpredict.io import atomic_path, load_npy, read_table, write_json, write_table
 
 __all__ = [
     "PatchSpec",
@@ -326,8 +326,9 @@ def whiteness_from_histograms(
     if n == 0:
         return np.zeros(0), np.zeros(0, dtype=bool), float("nan")
     threshold = float(np.percentile(mean_rgb, percentile))
-    # uint8 pixels: v > t  <=>  v > floor(t), and floor(t) lies in 0..255
-    cut = int(np.floor(threshold))
+    # uint8 pixels: v > t  <=>  v > floor(t). The cut is capped at 254 so that pure white (255,
+    # bare glass) always counts as white: otherwise a blank image (threshold 255) would pass.
+    cut = int(np.clip(np.floor(threshold), 0, 254))
     white = min_hist[:, cut + 1 :].sum(axis=1)
     white_frac = white / np.maximum(min_hist.sum(axis=1), 1)
     return white_frac.astype(np.float64), white_frac > max_white_frac, threshold
@@ -470,7 +471,7 @@ def extract_patches(
 
 def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
     """Open a patch store read-only as a memory map ``(N, S, S, 3)`` uint8."""
-    arr = np.load(Path(npy), mmap_mode="r")
+    arr = load_npy(npy)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
         raise GeometryError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}", file=npy,
                             fix="re-run the patch extraction rule")
@@ -480,10 +481,10 @@ def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
 def patches_for_spots(npy: str | os.PathLike[str], spot_ids: list[str] | np.ndarray) -> np.ndarray:
     """Return the stored patches of the given spot ids, in their order (the ``.tsv`` read once)."""
     tsv = Path(npy).with_suffix(".tsv")
-    ids = pd.read_csv(tsv, sep="\t", usecols=["id"], dtype=str)["id"]
+    ids = read_table(tsv, usecols=["id"], dtype=str)["id"]
     rows = pd.Index(ids).get_indexer([str(i) for i in spot_ids])
     if (rows < 0).any():
         missing = [str(i) for i, r in zip(spot_ids, rows, strict=True) if r < 0][:5]
         raise GeometryError(f"spots {missing} are not in the patch store", file=tsv,
                             fix="rerun extract_patches for this section")
-    return np.asarray(np.load(npy, mmap_mode="r")[rows])
+    return np.asarray(load_npy(npy)[rows])

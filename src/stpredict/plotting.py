@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -15,9 +14,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
-from stpredict.io import atomic_path  # noqa: E402
+from stpredict.io import atomic_path, read_json, read_table  # noqa: E402
 from stpredict.qc import _sample_id, spot_totals  # noqa: E402
 
 __all__ = ["plot_section_qc", "section_background", "save_figure"]
@@ -170,12 +168,12 @@ def plot_section_qc(
          min_genes if min_genes > 0 else None, f"min {min_genes:,.0f} genes")
     axw = fig.add_subplot(gs[2, 2])
     if patches_tsv is not None and Path(patches_tsv).is_file():
-        table = pd.read_csv(patches_tsv, sep="\t")
+        table = read_table(patches_tsv)
         side = Path(patches_tsv).with_suffix(".json")
         cut = 0.5
         pct = 80.0
         if side.is_file():
-            w = json.loads(side.read_text()).get("whiteness", {})
+            w = read_json(side).get("whiteness", {})
             cut, pct = float(w.get("max_white_frac", cut)), float(w.get("percentile", pct))
         hist(axw, table["white_frac"].to_numpy(dtype=float),
              f"white pixels per patch (fraction; > {pct:g}th-percentile RGB)", cut,

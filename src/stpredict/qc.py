@@ -8,7 +8,6 @@ A spot passes a threshold when its value is at least the threshold (``>=``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from stpredict.errors import ConfigError, InputError
+from stpredict.io import read_json, read_table
 
 __all__ = ["QCConfig", "QC_PRESETS", "qc_flags", "apply_qc", "qc_summary", "qc_table",
            "spot_totals"]
@@ -134,7 +134,7 @@ def _sample_id(adata: Any) -> str:
 
 
 def _read_white(adata: Any, patch_tsv: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    table = pd.read_csv(patch_tsv, sep="\t", dtype={"id": str})
+    table = read_table(patch_tsv, sample=_sample_id(adata) or None, dtype={"id": str})
     if "id" not in table or "white" not in table:
         raise InputError("patch table lacks the 'id' or 'white' column", file=patch_tsv,
                          sample=_sample_id(adata), fix="re-run the patch extraction rule")
@@ -148,12 +148,13 @@ def _read_white(adata: Any, patch_tsv: str | os.PathLike[str]) -> tuple[np.ndarr
     meta: dict[str, Any] = {}
     side = Path(patch_tsv).with_suffix(".json")
     if side.is_file():
-        meta = json.loads(side.read_text()).get("whiteness", {})
+        meta = read_json(side, sample=_sample_id(adata) or None).get("whiteness", {})
     return flags.reindex(adata.obs_names).to_numpy(dtype=bool), meta
 
 
 def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
-             cfg: QCConfig | Mapping[str, Any] | str | None) -> Any:
+             cfg: QCConfig | Mapping[str, Any] | str | None,
+             section_file: str | os.PathLike[str] | None = None) -> Any:
     """Return a copy of ``adata`` with the QC flags in ``obs`` and the record in ``uns["qc"]``.
 
     Parameters
@@ -166,6 +167,15 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
     cfg
         :class:`QCConfig`, a preset name (``"deepspace"``) or a mapping of its fields
         (optionally with ``preset``).
+    section_file
+        The file ``adata`` was read from, named in the error below.
+
+    Raises
+    ------
+    InputError
+        When the thresholds remove every spot of the section (nothing would be left to train
+        or test on): the message gives how many spots each criterion removes, the section's
+        median UMI and genes per spot, and what to change.
     """
     cfg = QCConfig.from_config(cfg)
     white = None
@@ -186,6 +196,8 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
         "white": int((~flags["pass_white"]).sum()),
     }
     n_kept = int(flags["keep"].sum())
+    if adata.n_obs and n_kept == 0:
+        raise _all_removed(adata, cfg, removed, white_meta, section_file, patch_tsv)
     out.uns["qc"] = {
         "min_umi": float(cfg.min_umi),
         "min_genes": int(cfg.min_genes),
@@ -200,6 +212,37 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
     log.info("%s: QC keeps %d of %d spots (failing: %s)", _sample_id(adata), n_kept, adata.n_obs,
              removed)
     return out
+
+
+def _all_removed(adata: Any, cfg: QCConfig, removed: Mapping[str, int], white_meta: Mapping[str, Any],
+                 section_file: str | os.PathLike[str] | None,
+                 patch_tsv: str | os.PathLike[str] | None) -> InputError:
+    """Build the error for a section whose every spot fails QC (see :func:`apply_qc`)."""
+    umi, genes = spot_totals(adata)
+    n = int(adata.n_obs)
+    parts = [f"min_umi {cfg.min_umi:g} removes {removed['umi']}",
+             f"min_genes {cfg.min_genes} removes {removed['genes']}"]
+    if cfg.whiteness:
+        parts.append(f"the whiteness filter removes {removed['white']}")
+    fixes = []
+    if removed["umi"] == n:
+        fixes.append(f"lower qc.min_umi below the median ({np.median(umi):g})")
+    if removed["genes"] == n:
+        fixes.append(f"lower qc.min_genes below the median ({np.median(genes):g})")
+    if cfg.whiteness and removed["white"] == n:
+        fixes.append("check the section's image (blank or not the H&E of these spots?) or set "
+                     "qc.whiteness.enabled: false")
+    if not fixes:
+        fixes.append("lower qc.min_umi / qc.min_genes or turn the whiteness filter off")
+    fixes.append("or leave the section out of the sample sheet")
+    return InputError(
+        f"QC removes all {n} spots of the section ({'; '.join(parts)} of {n}); its median UMI per "
+        f"spot is {np.median(umi):g} and median genes per spot {np.median(genes):g}, so nothing is "
+        "left to train or test on",
+        file=section_file if section_file is not None else patch_tsv,
+        sample=_sample_id(adata) or None,
+        fix="; ".join(fixes[:-1]) + ", " + fixes[-1],
+    )
 
 
 def qc_summary(adata: Any) -> dict[str, Any]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
 from collections.abc import Iterator
 
-from stpredict.errors import StpredictError
+from stpredict.errors import StpredictError, format_message
 
 __all__ = ["script_logging"]
 
@@ -19,8 +20,9 @@ def script_logging(log_path: str | os.PathLike[str] | None, level: int = logging
 
     Everything the script logs, and anything written to stderr (warnings, tqdm bars, tracebacks),
     goes to ``log_path``. An :class:`~stpredict.errors.StpredictError` is written there and, as a
-    single line, to the console, and the process exits with status 1; other exceptions propagate
-    with their traceback (also in the log) because they are bugs.
+    single line, to the console, and the process exits with status 1. So are the failures of the
+    machine rather than of the code: running out of memory, a full disk or quota. Other
+    exceptions propagate with their traceback (also in the log) because they are bugs.
     """
     console = sys.__stderr__
     handlers: list[logging.Handler] = []
@@ -40,17 +42,38 @@ def script_logging(log_path: str | os.PathLike[str] | None, level: int = logging
     )
     logging.captureWarnings(True)
     logger = logging.getLogger("stpredict")
+
+    def fail(message: str) -> None:
+        logger.error("%s", message)
+        if console is not None:
+            print(f"stpredict error: {message}", file=console, flush=True)
+        raise SystemExit(1) from None
+
     try:
         yield logger
     except StpredictError as exc:
-        logger.error("%s", exc)
-        if console is not None:
-            print(f"stpredict error: {exc}", file=console, flush=True)
-        raise SystemExit(1) from None
+        fail(str(exc))
+    except MemoryError:
+        logger.exception("out of memory")
+        fail(format_message("the job ran out of memory", file=log_path,
+                            fix="give the rule more memory (resources: mem_mb, e.g. "
+                            "--set-resources RULE:mem_mb=16000) or run fewer jobs at once"))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            logger.exception("unexpected error (a bug: please report it with this log)")
+            raise
+        logger.exception("disk full")
+        fail(format_message(f"no space left to write ({exc.strerror})",
+                            file=exc.filename or log_path,
+                            fix="free disk space (or raise the quota) and rerun snakemake"))
     except Exception:
         logger.exception("unexpected error (a bug: please report it with this log)")
         raise
     finally:
         if log_fh is not None:
             sys.stderr = console
-            log_fh.flush()
+            root = logging.getLogger()
+            for h in handlers:
+                root.removeHandler(h)
+                h.close()
+            log_fh.close()

@@ -21,6 +21,8 @@ envvars:
 from snakemake.utils import validate
 
 from stpredict.config import (
+    check_config_schema,
+    check_run_config,
     check_sheet_paths,
     load_schema,
     read_sheet,
@@ -29,6 +31,19 @@ from stpredict.config import (
 from stpredict.demo import demo_outputs
 from stpredict.errors import ConfigError
 
+# the configuration file(s) of this run, named in parse-time errors
+CONFIG_FILES = (
+    ", ".join(os.path.relpath(f) for f in workflow.configfiles) or "config.yaml"
+)
+
+try:  # one line naming the key, before Snakemake's validate (which also fills in defaults)
+    check_config_schema(
+        config,
+        load_schema(workflow.source_path("../schemas/config.schema.yaml")),
+        CONFIG_FILES,
+    )
+except ConfigError as exc:
+    raise WorkflowError(str(exc)) from None
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
 DEMO_DIR = "results/demo"
@@ -36,6 +51,7 @@ DEMO_OUTPUTS = demo_outputs(DEMO_DIR)
 DEMO_ROLES = f"{DEMO_DIR}/gene_roles.tsv"
 
 try:
+    check_run_config(config, file=CONFIG_FILES)
     SAMPLES = validate_sheet(
         read_sheet(config["samples"]),
         load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
@@ -56,6 +72,17 @@ try:
             "reading.gene_map names a file that does not exist",
             file=gene_map,
             fix="correct the path or set reading.gene_map to an empty string",
+        )
+    gene_groups = config["evaluation"]["gene_groups"]
+    if (
+        gene_groups
+        and gene_groups not in DEMO_OUTPUTS["files"]
+        and not Path(gene_groups).exists()
+    ):
+        raise ConfigError(
+            "evaluation.gene_groups names a file that does not exist",
+            file=gene_groups,
+            fix="correct the path or set evaluation.gene_groups to an empty string",
         )
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
@@ -108,6 +135,7 @@ def get_demo_files():
 
 # ---------------------------------------------------------------------------- experiments
 from stpredict.experiments import (
+    check_experiment,
     expand_experiments,
     fold_ids,
     fold_test_samples,
@@ -117,13 +145,27 @@ from stpredict.experiments import (
 )
 
 try:
-    # resolved, checked, and one per section for `sections.each` (name.sample)
+    # resolved, one per section for `sections.each` (name.sample), clusters labels checked
     EXPERIMENTS = expand_experiments(config.get("experiments", {}), config, SAMPLES)
-    EXPERIMENT_SAMPLES = {
-        name: experiment_samples(exp, SAMPLES) for name, exp in EXPERIMENTS.items()
-    }
 except ConfigError as exc:
-    raise WorkflowError(f"experiments: {exc}") from None
+    raise WorkflowError(
+        f"experiments (in {CONFIG_FILES}, sample sheet {config['samples']}): {exc}"
+    ) from None
+EXPERIMENT_SAMPLES = {}
+for _name, _exp in EXPERIMENTS.items():
+    try:
+        # the checks that read files or import torchvision run once, in the main process
+        check_experiment(
+            _exp,
+            SAMPLES,
+            gene_map=config["reading"]["gene_map"],
+            thorough=workflow.is_main_process,
+        )
+        EXPERIMENT_SAMPLES[_name] = experiment_samples(_exp, SAMPLES)
+    except ConfigError as exc:
+        raise WorkflowError(
+            f"experiment '{_name}' (in {CONFIG_FILES}, sample sheet {config['samples']}): {exc}"
+        ) from None
 
 
 wildcard_constraints:

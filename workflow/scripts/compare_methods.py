@@ -1,12 +1,10 @@
-import pandas as pd
-
-from stpredict.io import write_table
+from stpredict.io import read_table, write_table
 from stpredict.metrics import compare_methods, method_overview
 from stpredict.workflow import script_logging
 
 
 def read(path):
-    return pd.read_csv(path, sep="\t", dtype={"gene": str, "unit": str})
+    return read_table(path, dtype={"gene": str, "unit": str})
 
 
 with script_logging(snakemake.log[0]) as log:
@@ -17,7 +15,7 @@ with script_logging(snakemake.log[0]) as log:
     comparison = compare_methods(results)
     groups = None
     if snakemake.params.gene_groups:
-        roles = pd.read_csv(snakemake.params.gene_groups, sep="\t", dtype=str)
+        roles = read_table(snakemake.params.gene_groups, dtype=str)
         groups = {r: g["gene"].tolist() for r, g in roles.groupby("role")}
     overview = method_overview(comparison, groups)
     overview.insert(0, "experiment", snakemake.wildcards.experiment)

@@ -1,13 +1,12 @@
-import anndata as ad
-
 from stpredict.images import open_image
+from stpredict.io import read_h5ad
 from stpredict.patches import PatchSpec, extract_patches
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     sample = snakemake.wildcards.sample
     cfg, white = snakemake.params.patches, snakemake.params.whiteness
-    adata = ad.read_h5ad(snakemake.input.section)
+    adata = read_h5ad(snakemake.input.section)
     spec = PatchSpec(fov_um=cfg["fov_um"], fov_px=cfg["fov_px"], size_px=cfg["size_px"], pad_value=cfg["pad_value"])
     mpp = float(adata.uns["stpredict"]["mpp"])
     log.info("%s: %d patches, %s px crop at %.3f µm/px -> %d px", sample, adata.n_obs, spec.crop_px(mpp), mpp, spec.size_px)

@@ -1,6 +1,4 @@
-import anndata as ad
-
-from stpredict.io import write_h5ad, write_table
+from stpredict.io import read_h5ad, write_h5ad, write_table
 from stpredict.plotting import plot_section_qc
 from stpredict.qc import QCConfig, apply_qc, qc_table
 from stpredict.workflow import script_logging
@@ -8,7 +6,8 @@ from stpredict.workflow import script_logging
 with script_logging(snakemake.log[0]) as log:
     q = snakemake.params.qc
     cfg = QCConfig(min_umi=q["min_umi"], min_genes=q["min_genes"], whiteness=q["whiteness"]["enabled"])
-    adata = apply_qc(ad.read_h5ad(snakemake.input.section), snakemake.input.patches, cfg)
+    adata = apply_qc(read_h5ad(snakemake.input.section), snakemake.input.patches, cfg,
+                     section_file=snakemake.input.section)
     log.info("%s: kept %d of %d spots %s", snakemake.wildcards.sample, int(adata.obs["keep"].sum()), adata.n_obs, adata.uns["qc"])
     write_table(qc_table(adata), snakemake.output.tsv, index=True)
     plot_section_qc(adata, snakemake.input.patches, snakemake.output.png)

@@ -1,23 +1,22 @@
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError
 from stpredict.figures import plot_ig_overlays, units_label
 from stpredict.inference import load_model
-from stpredict.io import write_table
+from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.latent import integrated_gradients, pick_ig_patches
 from stpredict.patches import patches_for_spots
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     cfg = snakemake.params.cfg
-    summary = pd.read_csv(snakemake.input.summary, sep="\t", dtype={"gene": str})
+    summary = read_table(snakemake.input.summary, dtype={"gene": str})
     raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
     gene = cfg["gene"] or str(raw.sort_values("median_pearson", ascending=False)["gene"].iloc[0])
-    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     if not all(gene in a.var_names for a in adatas):
         raise ConfigError(f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "
                           "held-out section", fix="choose one of the experiment's genes (metrics/summary.tsv)")

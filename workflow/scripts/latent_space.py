@@ -1,12 +1,11 @@
 import json
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
 import pandas as pd
 
 from stpredict.figures import plot_umap
-from stpredict.io import atomic_path, write_table
+from stpredict.io import atomic_path, read_h5ad, write_table
 from stpredict.latent import (
     latent_vs_physical,
     neighbour_test,
@@ -21,7 +20,7 @@ from stpredict.workflow import script_logging
 with script_logging(snakemake.log[0]) as log:
     name, unit, platforms = snakemake.params.name, snakemake.params.unit, snakemake.params.platforms
     seed = int(snakemake.params.seed)
-    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
     by_unit = {}
     for a in adatas:

@@ -1,15 +1,12 @@
 from pathlib import Path
 
-import anndata as ad
-import pandas as pd
-
 from stpredict.evaltables import ols_inputs, ols_table
-from stpredict.io import write_table
+from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
-    tables = {Path(p).parent.name: pd.read_csv(p, sep="\t", dtype={"id": str}) for p in snakemake.input.patches}
+    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
+    tables = {Path(p).parent.name: read_table(p, dtype={"id": str}) for p in snakemake.input.patches}
     measured, predicted, covariates = ols_inputs(adatas, tables)
     # per outer fold (DeepSpaCE reported the first fold's test spots), then all folds pooled ("all")
     unit = "fold" if covariates["fold"].nunique() > 1 else None

@@ -1,8 +1,6 @@
 from pathlib import Path
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 
 from stpredict.figures import (
     plot_auroc_hist,
@@ -12,11 +10,12 @@ from stpredict.figures import (
     plot_method_scatter,
     units_label,
 )
+from stpredict.io import read_h5ad, read_table
 from stpredict.workflow import script_logging
 
 
 def read(path):
-    return pd.read_csv(path, sep="\t", dtype={"gene": str, "unit": str})
+    return read_table(path, dtype={"gene": str, "unit": str})
 
 
 with script_logging(snakemake.log[0]) as log:
@@ -32,7 +31,7 @@ with script_logging(snakemake.log[0]) as log:
     plot_consistency(summary, n_units, snakemake.output.consistency, methods=methods, unit_name=unit_name)
     plot_auroc_hist(per_gene, snakemake.output.auroc)
     adatas = {Path(p).stem: p for p in snakemake.input.predictions}
-    first = ad.read_h5ad(next(iter(adatas.values())))
+    first = read_h5ad(next(iter(adatas.values())))
     units = units_label(first.uns["stpredict"]["target_transform"]["name"])
     counts = plot_method_scatter(comparison, snakemake.output.methods, units_label=units)
     for m, (a, b) in counts.items():
@@ -42,7 +41,7 @@ with script_logging(snakemake.log[0]) as log:
     raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
     genes = list(cfg["genes"]) or raw.sort_values("median_pearson", ascending=False)["gene"].head(2).tolist()
     pg = per_gene[(per_gene["target"] == "raw") & (per_gene["stratum"] == "all") & per_gene["gene"].isin(genes)]
-    sample_unit = {s: str(ad.read_h5ad(p, backed="r").obs[unit].iloc[0]) for s, p in adatas.items()}
+    sample_unit = {s: str(read_h5ad(p, backed="r").obs[unit].iloc[0]) for s, p in adatas.items()}
     score = {s: float(pg.loc[pg["unit"] == u, "pearson"].mean()) for s, u in sample_unit.items()}
     ranked = sorted(score, key=lambda s: (-np.nan_to_num(score[s], nan=-2), s))
     n = min(int(cfg["n_sections"]), len(ranked))
@@ -51,13 +50,13 @@ with script_logging(snakemake.log[0]) as log:
     sections = {Path(p).stem: p for p in snakemake.input.sections}
     shown, titles = [], []
     for s in picks:
-        a = ad.read_h5ad(adatas[s])
-        sec = ad.read_h5ad(sections[s])
+        a = read_h5ad(adatas[s])
+        sec = read_h5ad(sections[s])
         a.uns["spatial"] = sec.uns["spatial"]
         a.uns["stpredict"] = {**a.uns["stpredict"], "mpp": sec.uns["stpredict"]["mpp"]}
         shown.append(a)
         titles.append(f"{s} ({unit_name[:-1]} {sample_unit[s]})")
     plot_expression_maps(shown, genes, units, snakemake.output.maps, titles=titles)
-    histories = {Path(p).parent.name: pd.read_csv(p, sep="\t") for p in snakemake.input.histories}
+    histories = {Path(p).parent.name: read_table(p) for p in snakemake.input.histories}
     plot_loss_curves(histories, snakemake.output.loss)
     log.info("%s: figures written (maps of %s in %s)", name, ", ".join(genes), ", ".join(picks))

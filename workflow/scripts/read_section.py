@@ -1,13 +1,11 @@
-import pandas as pd
-
-from stpredict.io import write_h5ad
+from stpredict.io import read_table, write_h5ad
 from stpredict.readers import read_section
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     gene_map = None
     if "gene_map" in snakemake.input.keys():
-        gene_map = pd.read_csv(snakemake.input.gene_map, sep="\t", dtype=str)
+        gene_map = read_table(snakemake.input.gene_map, dtype=str)
     adata = read_section(
         snakemake.params.row,
         mpp_tolerance=snakemake.params.mpp_tolerance,

@@ -1,16 +1,15 @@
 from pathlib import Path
 
-import anndata as ad
 import pandas as pd
 
 from stpredict.evaltables import confusion_table, score_cluster_units
 from stpredict.figures import plot_cluster_maps, plot_confusion, plot_loss_curves
-from stpredict.io import write_table
+from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     name = snakemake.wildcards.experiment
-    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     per_class, overview = score_cluster_units(adatas, unit=snakemake.params.unit)
     overview.insert(0, "experiment", name)
     true = pd.concat([a.obs["cluster_true"].astype(str) for a in adatas]).to_numpy()
@@ -21,12 +20,12 @@ with script_logging(snakemake.log[0]) as log:
     write_table(overview, snakemake.output.overview)
     write_table(confusion.rename_axis("measured").reset_index(), snakemake.output.confusion)
     plot_confusion(confusion, snakemake.output.confusion_png)
-    section = ad.read_h5ad(snakemake.input.section)
+    section = read_h5ad(snakemake.input.section)
     first = adatas[0]
     first.uns["spatial"] = section.uns["spatial"]
     first.uns["stpredict"] = {**first.uns["stpredict"], "mpp": section.uns["stpredict"]["mpp"]}
     plot_cluster_maps(first, snakemake.output.maps_png)
-    histories = {Path(p).parent.name: pd.read_csv(p, sep="\t") for p in snakemake.input.histories}
+    histories = {Path(p).parent.name: read_table(p) for p in snakemake.input.histories}
     plot_loss_curves(histories, snakemake.output.loss_png, ylabel="cross-entropy loss")
     pooled = overview[overview["unit"] == "all"].iloc[0]
     log.info("%s: accuracy %.3f (chance %.3f), macro F1 %.3f, kappa %.3f", name, pooled["accuracy"],

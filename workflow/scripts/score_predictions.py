@@ -1,12 +1,10 @@
-import anndata as ad
-
 from stpredict.errors import ConfigError
-from stpredict.io import write_table
+from stpredict.io import read_h5ad, write_table
 from stpredict.metrics import score_experiment, score_folds, summarise_strata, table1
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    adatas = [ad.read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
         raise ConfigError("score_predictions scores regression experiments; this one predicts clusters",
                           fix="request metrics only for regression experiments")

@@ -1,15 +1,15 @@
 import pandas as pd
 
-from stpredict.io import write_table
+from stpredict.io import read_table, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     frames = []
     for path in snakemake.input.overviews:
-        t = pd.read_csv(path, sep="\t")
+        t = read_table(path)
         frames.append(t.assign(task="regression"))
     for path in snakemake.input.clusters:
-        t = pd.read_csv(path, sep="\t")
+        t = read_table(path)
         t = t[t["unit"] == "all"]
         frames.append(pd.DataFrame({
             "experiment": t["experiment"], "task": "clusters", "method": "cnn", "genes": "clusters",

@@ -1,10 +1,9 @@
-import anndata as ad
 import pandas as pd
 
-from stpredict.io import write_table
+from stpredict.io import read_h5ad, write_table
 from stpredict.qc import qc_summary
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]):
-    rows = [qc_summary(ad.read_h5ad(path)) for path in snakemake.input.h5ad]
+    rows = [qc_summary(read_h5ad(path)) for path in snakemake.input.h5ad]
     write_table(pd.DataFrame(rows), snakemake.output.summary)
