@@ -296,8 +296,12 @@ def check_config_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
         fix = f"the keys allowed here are {', '.join(sorted(sub['properties']))} (config/README.md)"
     elif err.validator == "enum":
         fix = f"use one of {', '.join(map(str, err.validator_value))}" + (f" ({fix})" if fix else "")
+    message = err.message
+    if err.validator == "pattern":  # the regular expression itself helps nobody
+        message = f"{err.instance!r} is not an accepted value"
+        fix = f"use {fix}" if fix else fix
     raise ConfigError(
-        f"config key '{key}': {err.message}",
+        f"config key '{key}': {message}",
         file=file,
         fix=fix or "see config/README.md for the keys and their values",
     )
