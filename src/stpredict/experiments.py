@@ -815,32 +815,43 @@ def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any]
     """
     out: dict[str, dict[str, Any]] = {}
     for name, raw in experiments.items():
-        if ((raw or {}).get("evaluation") or {}).get("nuclear"):
-            raise ConfigError(f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
-                              "computed once per section (results/features/{sample}/nuclear.tsv) "
-                              "and shared by every experiment",
-                              fix="set evaluation.nuclear in the global evaluation section")
-        exp = resolve_experiment(raw, config)
-        if not exp["sections"].get("each"):
-            out[name] = exp
-            continue
-        scheme = exp["split"]["scheme"]
-        if scheme not in WITHIN_SECTION_SCHEMES:
-            raise ConfigError(f"experiment '{name}': sections.each needs a within-section split, "
-                              f"not '{scheme}'",
-                              fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop "
-                              "sections.each")
-        for sample in experiment_samples(exp, sheet):
-            sub = json.loads(json.dumps(exp))
-            sub["sections"] = {"samples": [sample], "patients": [], "platform": "", "each": False}
-            sub["parent"] = name
-            key = f"{name}.{sample}"
-            if key in experiments:
-                raise ConfigError(f"experiment '{name}' (sections.each) would create '{key}', which "
-                                  "is already an experiment name", fix="rename one of them")
-            out[key] = sub
-    for name, exp in out.items():
+        try:
+            out.update(_expand_one(name, raw, experiments, config, sheet))
+        except ConfigError as exc:
+            problem = exc.problem if f"'{name}'" in exc.problem else f"experiment '{name}': {exc.problem}"
+            raise ConfigError(problem, file=exc.file, sample=exc.sample, fix=exc.fix) from None
+    return out
+
+
+def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any],
+                config: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Resolve one experiment of :func:`expand_experiments` (its expansion when ``sections.each``)."""
+    if ((raw or {}).get("evaluation") or {}).get("nuclear"):
+        raise ConfigError(f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
+                          "computed once per section (results/features/{sample}/nuclear.tsv) "
+                          "and shared by every experiment",
+                          fix="set evaluation.nuclear in the global evaluation section")
+    exp = resolve_experiment(raw, config)
+    if not exp["sections"].get("each"):
         check_cluster_labels(name, exp, sheet)
+        return {name: exp}
+    scheme = exp["split"]["scheme"]
+    if scheme not in WITHIN_SECTION_SCHEMES:
+        raise ConfigError(f"experiment '{name}': sections.each needs a within-section split, "
+                          f"not '{scheme}'",
+                          fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop "
+                          "sections.each")
+    out: dict[str, dict[str, Any]] = {}
+    for sample in experiment_samples(exp, sheet):
+        sub = json.loads(json.dumps(exp))
+        sub["sections"] = {"samples": [sample], "patients": [], "platform": "", "each": False}
+        sub["parent"] = name
+        key = f"{name}.{sample}"
+        if key in experiments:
+            raise ConfigError(f"experiment '{name}' (sections.each) would create '{key}', which "
+                              "is already an experiment name", fix="rename one of them")
+        check_cluster_labels(key, sub, sheet)
+        out[key] = sub
     return out
 
 

@@ -631,6 +631,11 @@ ORIENTATIONS: dict[str, tuple[bool, str, str]] = {
 #: reference positions) of another orientation must be before check_bounds refuses the given
 #: one. Calibrated on the demo sections and the real fixtures (see the check_bounds docstring).
 ORIENTATION_MARGIN = 0.05
+#: When neither the given nor the best other orientation separates tissue better than this,
+#: the image is reported as probably another section's (correctly oriented sections separate
+#: at 0.54-1.00 on 45 demo sections and the real fixtures; the image of another demo patient
+#: at 0.0-0.6 in its best orientation).
+POOR_FIT_SEPARATION = 0.3
 #: Reference positions for the brightness comparison lie within this many pitches of the
 #: nearest in-tissue spot (a band of glass around the tissue).
 REFERENCE_BAND = 2.0
@@ -857,11 +862,25 @@ def check_bounds(
         best = max(others, key=lambda n: others[n]["separation"])
         alt = others[best]
         if alt["contrast"] >= min_contrast and alt["separation"] > stats["separation"] + margin:
-            raise GeometryError(
-                f"{ORIENTATIONS[best][1]}: {100 * stats['tissue_share_in']:.0f}% of in-tissue "
-                f"spots lie on tissue as given (tissue separation {stats['separation']:.2f}) but "
+            numbers = (
+                f"{100 * stats['tissue_share_in']:.0f}% of in-tissue spots lie on tissue as given "
+                f"(tissue separation {stats['separation']:.2f}) but "
                 f"{100 * alt['tissue_share_in']:.0f}% (separation {alt['separation']:.2f}) with "
-                f"the coordinates placed as if it were so (image '{img_name}')",
+                f"the coordinates placed as if it were so (image '{img_name}')"
+            )
+            if max(alt["separation"], stats["separation"]) < POOR_FIT_SEPARATION:
+                # no orientation fits well: more likely another section's image than a flip
+                raise GeometryError(
+                    f"the image fits the spot coordinates poorly in every orientation: it is "
+                    f"probably the image of another section (or {ORIENTATIONS[best][1]}): "
+                    + numbers,
+                    file=file,
+                    sample=sample,
+                    fix="give the image the coordinates were aligned to; if it is this "
+                    f"section's image, {ORIENTATIONS[best][2].split(' (or ')[0]}",
+                )
+            raise GeometryError(
+                f"{ORIENTATIONS[best][1]}: " + numbers,
                 file=file,
                 sample=sample,
                 fix=ORIENTATIONS[best][2],

@@ -1415,7 +1415,9 @@ _TUMOR = {"tumor", "tumour", "1", "true", "yes", "t"}
 _NON = {"non", "non-tumor", "non_tumor", "nontumor", "normal", "0", "false", "no", "n"}
 
 
-def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
+def read_st_annotation(
+    path: PathLike, sample: str | None = None, with_coords: bool = False
+) -> pd.Series | tuple[pd.Series, pd.DataFrame]:
     """Read an ST-Net ``*_Coords.tsv`` tumour annotation by position.
 
     Its header is shifted one column left of its data (``xcoord ycoord tumor`` above rows
@@ -1425,7 +1427,8 @@ def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
     Returns
     -------
     pandas.Series
-        Labels indexed by the normalised spot id.
+        Labels indexed by the normalised spot id; with ``with_coords`` also a DataFrame of the
+        rows' array coordinates ``x``, ``y`` (float; NaN where a row has none), same index.
     """
     path = Path(path)
     fix = "give ST-Net's *_Coords.tsv (rows: spot id, x, y, tumor/non)"
@@ -1445,7 +1448,7 @@ def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
             fix=fix,
         )
     sep = "\t" if "\t" in rows[1] else ("," if "," in rows[1] else None)
-    ids, labels = [], []
+    ids, labels, xy = [], [], []
     for ln in rows[1:]:
         fields = [f.strip().strip('"') for f in (ln.split(sep) if sep else ln.split())]
         if len(fields) < 2:
@@ -1458,8 +1461,57 @@ def read_st_annotation(path: PathLike, sample: str | None = None) -> pd.Series:
         ids.append(fields[0])
         lab = fields[-1].lower()
         labels.append("tumor" if lab in _TUMOR else "non" if lab in _NON else fields[-1])
-    s = pd.Series(labels, index=pd.Index(_spot_ids(ids, path, sample)), dtype=str)
-    return _deduplicate_labels(s, path, sample, "annotation")
+        nums = [float(f) if _is_number(f) else np.nan for f in fields[1:3]] if len(fields) >= 4 else []
+        xy.append(nums if len(nums) == 2 else [np.nan, np.nan])
+    index = pd.Index(_spot_ids(ids, path, sample))
+    s = pd.Series(labels, index=index, dtype=str)
+    labels_out = _deduplicate_labels(s, path, sample, "annotation")
+    if not with_coords:
+        return labels_out
+    coords = pd.DataFrame(np.asarray(xy, dtype=float).reshape(-1, 2), index=index, columns=["x", "y"])
+    return labels_out, coords[~coords.index.duplicated()]
+
+
+#: array coordinates of an annotation and of the spot file "agree" within this (2-decimal files)
+ANNOTATION_COORD_TOLERANCE = 0.011
+#: below this share of agreeing shared spots, an annotation is another section's (demo: the same
+#: section 100 %, other sections 8-14 %); below MAX, a warning
+MIN_ANNOTATION_COORD_AGREEMENT = 0.5
+WARN_ANNOTATION_COORD_AGREEMENT = 0.95
+
+
+def _check_annotation_coords(coords: pd.DataFrame, spt: pd.DataFrame, annotation: Path,
+                             spots_p: Path, sample_id: str) -> None:
+    """Refuse an ST annotation whose fractional array coordinates are another section's.
+
+    ST-Net's ``*_Coords.tsv`` repeats the spot detector's fractional array coordinates of its
+    section (``10x13 10.02 13.04 tumor``); a spot file with fractional coordinates (``spots.txt``,
+    ``new_x/new_y`` of selection tables) holds the same numbers for the same section, while
+    another section of the same array layout shares most spot ids but not these fractions.
+    Skipped when either file has integer coordinates only (nothing to compare).
+    """
+    common = coords.index.intersection(spt.index)
+    if len(common) < 20:
+        return
+    a = coords.loc[common, ["x", "y"]].to_numpy(dtype=float)
+    b = spt.loc[common, ["fit_x", "fit_y"]].to_numpy(dtype=float)
+    ok = np.isfinite(a).all(axis=1)
+    if ok.sum() < 20:
+        return
+    a, b = a[ok], b[ok]
+    if np.allclose(a, np.rint(a)) or np.allclose(b, np.rint(b)):
+        return
+    agree = float((np.abs(a - b).max(axis=1) <= ANNOTATION_COORD_TOLERANCE).mean())
+    msg = (f"the annotation's array coordinates agree with the spot file's for only "
+           f"{100 * agree:.0f}% of the {len(a)} spots both list (the same section's files agree "
+           f"on all of them)")
+    if agree < MIN_ANNOTATION_COORD_AGREEMENT:
+        raise InputError(
+            msg + f": it looks like the annotation of another section (spot file '{spots_p}')",
+            file=annotation, sample=sample_id,
+            fix="give this section's *_Coords.tsv in the sheet's annotation column")
+    if agree < WARN_ANNOTATION_COORD_AGREEMENT:
+        log.warning("sample '%s': file '%s': %s", sample_id, annotation, msg)
 
 
 #: Smallest share of count rows with a position in a spot file that lists the whole array
@@ -1663,7 +1715,8 @@ def read_st(
     adata.obsm["spatial"] = s[["pixel_x", "pixel_y"]].to_numpy(dtype=np.float64)
     in_file = f"positions of the spot file '{spots_p}'"
     if annotation:
-        labels = read_st_annotation(annotation, sample_id)
+        labels, ann_xy = read_st_annotation(annotation, sample_id, with_coords=True)
+        _check_annotation_coords(ann_xy, spt, Path(annotation), spots_p, sample_id)
         obs["annotation"] = _map_labels(
             obs.index,
             labels,

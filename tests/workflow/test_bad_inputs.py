@@ -31,7 +31,6 @@ from tests.conftest import REPO, copy_workflow, run_snakemake
 
 pytestmark = pytest.mark.slow
 
-READER_PENDING = "reader check pending merge"
 BUILT_SAMPLES = ["P1_D1", "P1_D2"]
 EXP = "tiny"
 FOLD = f"results/experiments/{EXP}/folds/0"
@@ -458,7 +457,7 @@ def f_matrix_no_barcodes(c):
 
 
 def f_image_of_other_section(c):
-    _rows(c, "BC50001_C1", image=c.rows.loc["BC50002_C2", "image"])
+    _rows(c, "BC50001_C1", image=c.rows.loc["BC50005_C1", "image"])
 
 
 # ---- flaws, QC
@@ -592,7 +591,7 @@ CASES = [
     Case("positions_of_other_section", V2, f_positions_of_other_section, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "tissue_positions"], absent=[SECTION.format("P1_D1")], reader=True),
     Case("st_spots_of_other_section", ["BC50001_C1", "BC50002_C2"], f_st_spots_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50002_C2_selection.tsv"], absent=[SECTION.format("BC50001_C1")], reader=True),
     Case("annotation_of_other_section", ["BC50001_C1", "BC50002_C2"], f_annotation_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50002_C2_Coords.tsv"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("image_of_other_section", ["BC50001_C1", "BC50002_C2"], f_image_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50002_C2.jpg"], absent=[SECTION.format("BC50001_C1")], reader=True),
+    Case("image_of_other_section", ["BC50001_C1", "BC50005_C1"], f_image_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "HE_BC50005_C1.jpg", "probably the image of another section", "give the image the coordinates were aligned to"], absent=[SECTION.format("BC50001_C1")], reader=True),
     Case("negative_counts", ST, f_negative_counts, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz", "negative"], absent=[SECTION.format("BC50001_C1")], reader=True),
     Case("fractional_counts", ST, f_fractional_counts, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz"], absent=[SECTION.format("BC50001_C1")], reader=True),
     Case("positions_only_header", ["P1_D2"], f_positions_only_header, [SECTION.format("P1_D2")], ["sample 'P1_D2'", "tissue_positions.csv"], absent=[SECTION.format("P1_D2")], reader=True),
@@ -614,18 +613,8 @@ CASES = [
     Case("truncated_nuclear_features", BUILT_SAMPLES, f_truncated_nuclear_features, [f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv"], ["sample 'P1_D1'", "results/features/P1_D1/nuclear.tsv", "it was removed"], absent=["results/features/P1_D1/nuclear.tsv", f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv"], built=True),
 ]
 
-#: reader cases that still fail on this branch (the readers' helper implements them)
-PENDING = {"truncated_tiff", "truncated_jpeg", "jpeg_300dpi_tag_with_sheet_mpp", "mirrored_image", "flipped_image",
-           "rotated_180_image", "positions_of_other_section", "st_spots_of_other_section",
-           "annotation_of_other_section", "image_of_other_section", "negative_counts", "fractional_counts",
-           "gzip_truncated_counts", "transposed_coordinates_near_square_tissue"}
-
-
 def _param(case: Case):
-    marks = []
-    if case.id in PENDING:
-        marks.append(pytest.mark.xfail(strict=False, reason=READER_PENDING))
-    return pytest.param(case, id=case.id, marks=marks)
+    return pytest.param(case, id=case.id)
 
 
 def test_at_least_forty_cases():

@@ -147,9 +147,9 @@ from stpredict.experiments import (
 try:
     # resolved, one per section for `sections.each` (name.sample), clusters labels checked
     EXPERIMENTS = expand_experiments(config.get("experiments", {}), config, SAMPLES)
-except ConfigError as exc:
+except ConfigError as exc:  # names the experiment
     raise WorkflowError(
-        f"experiments (in {CONFIG_FILES}, sample sheet {config['samples']}): {exc}"
+        f"{exc} (config {CONFIG_FILES}, sample sheet {config['samples']})"
     ) from None
 EXPERIMENT_SAMPLES = {}
 for _name, _exp in EXPERIMENTS.items():
