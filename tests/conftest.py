@@ -56,10 +56,28 @@ def copy_workflow(dest: Path) -> Path:
     return dest
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500) -> subprocess.CompletedProcess:
+#: torch hub file names of the presets' ImageNet weights (checked at parse time)
+PRESET_WEIGHTS = ("densenet121-a639ec97.pth", "vgg16-397923af.pth")
+
+
+def placeholder_imagenet_cache(root: Path) -> dict[str, str]:
+    """A TORCH_HOME whose hub cache holds (empty) files of the presets' ImageNet weights.
+
+    Enough for dry runs of the paper presets, which check at parse time that the weights are
+    there (no job loads them in a dry run).
+    """
+    cache = root / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in PRESET_WEIGHTS:
+        (cache / name).touch()
+    return {"TORCH_HOME": str(root / "torch_home")}
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500,
+                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real snakemake CLI in ``workdir``; return the completed process."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -183,6 +183,26 @@ def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.
             file=sheet,
             fix="give every section its own sample_id",
         )
+    _check_case_collisions(df, "sample_id", sheet,
+                           "sample ids that differ only in case collide as file names on "
+                           "case-insensitive file systems")
+    _check_case_collisions(df, "patient_id", sheet,
+                           "a patient spelt two ways becomes two patients, and a patient-level "
+                           "split then puts the same patient on both sides")
+    # the same file under two sample ids: a section counted twice (train and test of one fold)
+    for col in ("raw", "image"):
+        filled = df[df[col] != ""]
+        norm = filled[col].map(lambda p: os.path.normpath(os.path.abspath(p)))
+        twice = filled[norm.duplicated(keep=False)]
+        if not twice.empty:
+            raise ConfigError(
+                f"sections {', '.join(twice['sample_id'])} name the same {col} "
+                f"'{twice[col].iloc[0]}': one section would be counted twice (e.g. trained on "
+                "and tested on in one fold)",
+                file=sheet,
+                sample=str(twice["sample_id"].iloc[0]),
+                fix=f"give every section its own {col} file, or remove the duplicated row",
+            )
     # consecutive sections: (series, order) unique, and a series belongs to one patient
     ser = df[df["series"] != ""]
     if not ser.empty:
@@ -202,6 +222,21 @@ def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.
                 fix="consecutive sections of one block come from one patient; fix patient_id or series",
             )
     return df.set_index("sample_id", drop=False)
+
+
+def _check_case_collisions(df: pd.DataFrame, col: str, sheet: str | os.PathLike[str],
+                           why: str) -> None:
+    """Refuse two different values of ``col`` that are equal ignoring case."""
+    values = pd.Series(df[col].unique())
+    folded = values.str.casefold()
+    clash = values[folded.duplicated(keep=False)]
+    if len(clash):
+        raise ConfigError(
+            f"column '{col}' holds {', '.join(repr(v) for v in sorted(clash))}, which differ only "
+            f"in case: {why}",
+            file=sheet,
+            fix=f"spell each {col} the same way in every row",
+        )
 
 
 def _column_from_required(err: Any) -> str | None:

@@ -324,6 +324,29 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                         + (" ..." if len(missing) > 10 else ""),
                         fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
                         "the panel, or set targets.genes.allow_missing: true to drop them")
+    elif thorough:  # genes chosen per fold: the evaluation's gene names must at least be measured
+        ev = exp.get("evaluation", {}) or {}
+        named = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+        explained = (ev.get("attributions", {}) or {}).get("gene", "")
+        named += [explained] if explained else []
+        names = [section_gene_names(sheet.loc[s], gene_map) for s in samples] if named else []
+        if names and all(n is not None for n in names):
+            known = set().union(*names)
+            absent = [g for g in named if g not in known]
+            if absent:
+                raise ConfigError(
+                    f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(absent)}, "
+                    f"which none of the experiment's sections measures",
+                    fix="use the sections' gene names (ST files may use Ensembl ids: set "
+                    "reading.gene_map to map them to symbols), or leave the setting empty")
+    if thorough and str(model.get("weights", "none")).lower() == "imagenet":
+        from stpredict.errors import StpredictError
+        from stpredict.models import require_imagenet_weights
+
+        try:
+            require_imagenet_weights(model["backbone"])
+        except StpredictError as exc:
+            raise ConfigError(exc.problem, fix=exc.fix) from None
 
 
 # ------------------------------------------------------------------------------ manifest
@@ -342,11 +365,22 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
 
     apply_cluster_map(exp, sections)
     rows, xy, mpp = [], [], {}
+    excluded = {str(c) for c in exp.get("exclude_clusters", [])}
+    if exp.get("task", "regression") == "clusters" and excluded:
+        present = set().union(*(set(a.obs["cluster"].astype(str)) for a in sections.values())) - {""}
+        unknown = sorted(excluded - present)
+        if unknown and exp.get("parent"):  # sections.each: the list serves every section
+            log.warning("experiment '%s': exclude_clusters %s: no such cluster in this section",
+                        name, unknown)
+        elif unknown:
+            raise ConfigError(
+                f"exclude_clusters names cluster(s) {unknown} that no section of experiment "
+                f"'{name}' has (its clusters: {', '.join(sorted(present))})",
+                fix="use the clusters' own labels (Space Ranger numbers graphclust clusters from 1)")
     for sample, a in sections.items():
         keep = _kept(a)
         if exp.get("task", "regression") == "clusters":
             lab = a.obs["cluster"].astype(str).to_numpy()
-            excluded = {str(c) for c in exp.get("exclude_clusters", [])}
             keep &= (lab != "") & ~np.isin(lab, list(excluded))
         rows.append(pd.DataFrame({"sample_id": sample, "spot_id": a.obs_names[keep].astype(str),
                                   "patient_id": str(sheet.loc[sample, "patient_id"])}))
@@ -374,7 +408,24 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
         raise ConfigError(f"unknown split scheme '{scheme}'")
     meta = sheet.loc[list(sections), ["sample_id", "patient_id", "series"]].reset_index(drop=True)
     splits.audit(man, meta)
+    _check_folds(man, spots, name)
     return man
+
+
+def _check_folds(man: pd.DataFrame, spots: pd.DataFrame, name: str) -> None:
+    """Every fold must train on something and every outer fold test something."""
+    for fold, g in man.groupby("fold", sort=False):
+        roles = g["role"].value_counts()
+        inner = "." in str(fold)
+        short = [r for r in (("train", "val") if inner else ("train", "test")) if not roles.get(r, 0)]
+        if short:
+            sizes = spots.groupby("sample_id").size()
+            small = sizes.idxmin()
+            raise InputError(
+                f"experiment '{name}': fold {fold} has no {' and no '.join(short)} spots "
+                f"(kept spots per section: {', '.join(f'{k} {v}' for k, v in sizes.items())})",
+                sample=str(small),
+                fix="lower split.n_folds, relax the QC thresholds, or leave the small section out")
 
 
 def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
@@ -832,6 +883,7 @@ def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any
                           "and shared by every experiment",
                           fix="set evaluation.nuclear in the global evaluation section")
     exp = resolve_experiment(raw, config)
+    _check_validation(name, exp)
     if not exp["sections"].get("each"):
         check_cluster_labels(name, exp, sheet)
         return {name: exp}
@@ -853,6 +905,24 @@ def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any
         check_cluster_labels(key, sub, sheet)
         out[key] = sub
     return out
+
+
+def _check_validation(name: str, exp: Mapping[str, Any]) -> None:
+    """Refuse early stopping in an experiment whose folds have no validation spots."""
+    split = exp["split"]
+    if not exp["train"].get("patience"):
+        return
+    scheme = split["scheme"]
+    no_val = (scheme == "leave_one_patient_out" and int(split.get("inner_folds", 0) or 0) < 2) or (
+        scheme != "leave_one_patient_out" and not float(split.get("val_frac", 0) or 0) > 0)
+    if no_val:
+        raise ConfigError(
+            f"experiment '{name}' sets train.patience {exp['train']['patience']} (early stopping on "
+            f"the validation loss), but its {scheme} folds have no validation spots"
+            + (" (val_frac 0)" if scheme != "leave_one_patient_out" else " (no inner folds)"),
+            fix="set split.val_frac above 0 (DeepSpaCE 0.2), or train.patience: null"
+            if scheme != "leave_one_patient_out" else
+            "set split.inner_folds (ST-Net 4: the epoch count is chosen on them) or train.patience: null")
 
 
 def check_cluster_labels(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:

@@ -32,6 +32,7 @@ __all__ = [
     "TinyCNN",
     "build_model",
     "imagenet_cache_path",
+    "require_imagenet_weights",
     "load_weights",
     "to_input",
     "IMAGENET_MEAN",
@@ -206,6 +207,27 @@ def imagenet_cache_path(backbone: str) -> tuple[Any, Path]:
     return enum, Path(torch.hub.get_dir()) / "checkpoints" / filename
 
 
+def require_imagenet_weights(backbone: str) -> tuple[Any, Path]:
+    """Return the ImageNet weight enum and cache file of ``backbone``; a clear error when absent.
+
+    Nothing is ever downloaded: the file must already be in torch's hub cache
+    (``$TORCH_HOME/hub/checkpoints``). Parse time calls this too, so a missing file is reported
+    before any job runs.
+    """
+    if backbone == "tiny":
+        raise StpredictError("the 'tiny' backbone has no ImageNet weights", fix="use weights: none")
+    tv_weights, cache = imagenet_cache_path(backbone)
+    if not cache.is_file():
+        raise StpredictError(
+            f"ImageNet weights for '{backbone}' are not in the torch cache (offline, "
+            f"nothing is downloaded): expected {cache}",
+            fix=f"put {tv_weights.url.rsplit('/', 1)[-1]} (from {tv_weights.url}) there, "
+            f"set TORCH_HOME to a folder whose hub/checkpoints holds it, or use weights: "
+            f"none or a path to a weights file",
+        )
+    return tv_weights, cache
+
+
 _DENSENET_KEY = re.compile(
     r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
 )
@@ -329,18 +351,7 @@ def build_model(
     w = str(weights)
     tv_weights = None
     if w.lower() == "imagenet":
-        if backbone == "tiny":
-            raise StpredictError("the 'tiny' backbone has no ImageNet weights",
-                                 fix="use weights: none")
-        tv_weights, cache = imagenet_cache_path(backbone)
-        if not cache.is_file():
-            raise StpredictError(
-                f"ImageNet weights for '{backbone}' are not in the torch cache (offline, "
-                f"nothing is downloaded): expected {cache}",
-                fix=f"put {tv_weights.url.rsplit('/', 1)[-1]} (from {tv_weights.url}) there, "
-                f"set TORCH_HOME to a folder whose hub/checkpoints holds it, or use weights: "
-                f"none or a path to a weights file",
-            )
+        tv_weights, cache = require_imagenet_weights(backbone)
         log.info("loading ImageNet weights for %s from %s", backbone, cache)
     if backbone == "tiny":
         net: nn.Module = TinyCNN(width=tiny_width)

@@ -28,6 +28,8 @@ __all__ = ["QCConfig", "QC_PRESETS", "qc_flags", "apply_qc", "qc_summary", "qc_t
 log = logging.getLogger(__name__)
 
 FLAG_COLUMNS = ["pass_umi", "pass_genes", "pass_white", "keep"]
+#: below this share of kept spots, QC warns (every spot removed is an error)
+LOW_KEPT_SHARE = 0.2
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,10 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
     }
     log.info("%s: QC keeps %d of %d spots (failing: %s)", _sample_id(adata), n_kept, adata.n_obs,
              removed)
+    if adata.n_obs and n_kept < LOW_KEPT_SHARE * adata.n_obs:
+        log.warning("%s: QC keeps only %d of %d spots (%.0f%%; failing: %s): check the thresholds "
+                    "(qc.min_umi %g, qc.min_genes %d) against the section's depth", _sample_id(adata),
+                    n_kept, adata.n_obs, 100 * n_kept / adata.n_obs, removed, cfg.min_umi, cfg.min_genes)
     return out
 
 

@@ -157,3 +157,23 @@ def test_config_readme_documents_every_key():
     walk(yaml.safe_load(CONFIG_SCHEMA.read_text()), "")
     for col in SHEET_SCHEMA["properties"]:
         assert f"`{col}`" in text
+
+
+def test_same_file_under_two_sample_ids_is_refused(tmp_path):
+    data = {k: list(v) for k, v in GOOD.items()}
+    data["raw"][1] = data["raw"][0]
+    data["platform"][1], data["spots"][1] = "visium", ""
+    with pytest.raises(ConfigError, match="name the same raw .* counted twice"):
+        load(write(tmp_path, data))
+    data = {k: list(v) for k, v in GOOD.items()}
+    data["image"][1] = "./" + data["image"][0]  # the same file spelt another way
+    with pytest.raises(ConfigError, match="name the same image"):
+        load(write(tmp_path, data))
+
+
+@pytest.mark.parametrize("col", ["patient_id", "sample_id"])
+def test_ids_differing_only_in_case_are_refused(tmp_path, col):
+    data = {k: list(v) for k, v in GOOD.items()}
+    data[col][1] = data[col][0].lower()
+    with pytest.raises(ConfigError, match=f"column '{col}' holds .* differ only in case"):
+        load(write(tmp_path, data))

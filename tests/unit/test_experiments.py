@@ -311,3 +311,30 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     pred = predict_fold(bf16, "t", "0", man, sections, stores, out, tmp_path / "pred.h5ad", device="cpu")
     assert pred.n_obs == int((man.role == "test").sum()) and pred.uns["stpredict"]["model"]["precision"] == "fp32"
     assert np.isfinite(pred.layers["predicted"]).all()
+
+
+def test_exclude_clusters_naming_an_absent_cluster_is_refused():
+    exp = resolve_experiment({"task": "clusters", "sections": {"samples": ["V1"]}, "exclude_clusters": [8],
+                              "split": {"scheme": "random_within_section", "n_folds": 3}}, {})
+    with pytest.raises(ConfigError, match=r"exclude_clusters names cluster\(s\) \['8'\] that no section"):
+        build_manifest(exp, {"V1": section("V1")}, sheet(), name="t")
+
+
+def test_a_fold_without_test_or_training_spots_is_refused():
+    exp = resolve_experiment({"sections": {"samples": ["V1"]},
+                              "split": {"scheme": "random_within_section", "n_folds": 5}}, {})
+    tiny = section("V1", n=5)  # 4 kept spots (every 10th fails QC) for 5 folds
+    with pytest.raises(InputError, match="fold 4 has no test spots.*V1 4.*lower split.n_folds"):
+        build_manifest(exp, {"V1": tiny}, sheet(), name="t")
+
+
+@pytest.mark.parametrize("split", [
+    {"scheme": "random_within_section", "val_frac": 0.0},
+    {"scheme": "leave_one_patient_out", "inner_folds": 0},
+])
+def test_early_stopping_without_validation_spots_is_refused(split):
+    from stpredict.experiments import expand_experiments
+
+    with pytest.raises(ConfigError, match="train.patience 3 .* no validation spots"):
+        expand_experiments({"e": {"sections": {"platform": "st"}, "split": split, "train": {"patience": 3}}},
+                           {}, sheet())

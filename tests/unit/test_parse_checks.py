@@ -321,3 +321,28 @@ def test_whiteness_flags_a_blank_image():
     tissue[:2] = 255  # two glass patches among tissue
     _, flags, _ = whiteness(tissue, percentile=80)
     assert flags.tolist() == [True, True] + [False] * 8
+
+
+def test_evaluation_genes_unknown_to_the_cohort_are_refused_up_front(tmp_path):
+    """top_mean picks genes per fold, but a map / attribution gene no section measures is a typo."""
+    outs = visium_outs(tmp_path / "A", ["ESR1", "ERBB2", "KRT5"])
+    s = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
+                  {"sample_id": "A2", "patient_id": "P2", "platform": "visium", "raw": str(outs)}])
+    ok = exp(evaluation={"maps": {"genes": ["ESR1"]}, "attributions": {"gene": "KRT5"}})
+    check_experiment(ok, s)
+    bad = exp(evaluation={"attributions": {"gene": "FASN"}})
+    with pytest.raises(ConfigError, match="name FASN, which none of the experiment's sections measures"):
+        check_experiment(bad, s)
+    check_experiment(bad, s, thorough=False)  # jobs skip the file reads
+
+
+def test_missing_imagenet_weights_are_refused_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    e = exp(model={"backbone": "vgg16", "weights": "imagenet"})
+    with pytest.raises(ConfigError, match="ImageNet weights for 'vgg16' are not in the torch cache.*"
+                                          "vgg16-397923af.pth"):
+        check_experiment(e, two_patients())
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "vgg16-397923af.pth").write_bytes(b"")
+    check_experiment(e, two_patients())

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_workflow, run_snakemake
+from tests.conftest import copy_workflow, placeholder_imagenet_cache, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,8 @@ def test_snakefmt_is_clean(repo):
 @pytest.mark.parametrize("preset", ["config.yaml", "config/stnet.yaml", "config/deepspace.yaml"])
 def test_presets_dry_run(tmp_path, preset):
     workdir = copy_workflow(tmp_path)
-    proc = run_snakemake(workdir, "-n", "all", "--configfile", preset)
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", preset,
+                         env=placeholder_imagenet_cache(tmp_path))
     assert "read_section" in proc.stdout and "extract_patches" in proc.stdout
 
 

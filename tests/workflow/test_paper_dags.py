@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import copy_workflow, run_snakemake
+from tests.conftest import copy_workflow, placeholder_imagenet_cache, run_snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +66,8 @@ def visium_sheet(root: Path) -> Path:
 def test_stnet_preset_full_dag(tmp_path):
     workdir = copy_workflow(tmp_path)
     sheet = stnet_sheet(tmp_path)
-    proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/stnet.yaml", "--config", f"samples={sheet}")
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/stnet.yaml", "--config", f"samples={sheet}",
+                         env=placeholder_imagenet_cache(tmp_path))
     jobs = job_counts(proc.stdout)
     assert jobs["read_section"] == 68 and jobs["extract_patches"] == 68
     assert jobs["train_fold"] == 23 * (4 + 1)  # 4 inner folds + the final retrain per held-out patient
@@ -76,7 +77,8 @@ def test_stnet_preset_full_dag(tmp_path):
 def test_deepspace_preset_full_dag(tmp_path):
     workdir = copy_workflow(tmp_path)
     sheet = visium_sheet(tmp_path)
-    proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/deepspace.yaml", "--config", f"samples={sheet}")
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/deepspace.yaml", "--config", f"samples={sheet}",
+                         env=placeholder_imagenet_cache(tmp_path))
     jobs = job_counts(proc.stdout)
     # one experiment per section (DeepSpaCE trained within a section): 7 sections x 5-fold CV,
     # one imputation, 7 sections x 5-fold clusters
@@ -97,6 +99,15 @@ def test_deepspace_clusters_across_sections_refused_before_running(tmp_path):
     sections: {platform: visium}""")
     (workdir / "pooled.yaml").write_text(cfg)
     proc = run_snakemake(workdir, "-n", "all", "--configfile", "pooled.yaml", "--config",
-                         f"samples={sheet}", check=False)
+                         f"samples={sheet}", check=False, env=placeholder_imagenet_cache(tmp_path))
     assert proc.returncode != 0
     assert "numbers its clusters per section" in proc.stdout + proc.stderr
+
+
+def test_preset_without_imagenet_weights_is_refused_before_any_job(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    proc = run_snakemake(workdir, "-n", "all", "--configfile", "config/deepspace.yaml", check=False,
+                         env={"TORCH_HOME": str(tmp_path / "empty_torch_home")})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "ImageNet weights for 'vgg16' are not in the torch cache" in out and "Fix:" in out

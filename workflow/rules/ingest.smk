@@ -32,6 +32,8 @@ rule write_run_config:
         "../../envs/stpredict.yaml"
     params:
         config=config,
+        # every experiment with its defaults filled in (and sections.each expanded)
+        experiments=EXPERIMENTS,
         samples=SAMPLES,
     script:
         "../scripts/write_run_config.py"
