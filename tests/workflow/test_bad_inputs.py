@@ -108,6 +108,7 @@ class Ctx:
     rows: pd.DataFrame
     cfg: dict
     post: Callable[[Path], None] | None = None  # edits the written sheet (what a DataFrame cannot hold)
+    env: dict[str, str] = field(default_factory=dict)  # environment of the snakemake run
 
     def copy(self, src: str | Path, name: str | None = None) -> Path:
         """Copy a cohort file or folder into the workdir's data/ (never change the cohort)."""
@@ -331,6 +332,46 @@ def f_backbone_typo(c):
 
 def f_weights_missing(c):
     _exp(c, model={"backbone": "tiny", "weights": "data/pretrained.pt"})
+
+
+def f_same_raw_twice(c):
+    copy = c.rows.loc[["P1_D1"]].copy()
+    copy["sample_id"], copy["patient_id"] = "P9_D1", "P9"
+    copy["image"] = c.copy(c.rows.loc["P1_D1", "image"], "P9_D1.tif")
+    c.rows = pd.concat([c.rows, copy.set_axis(["P9_D1"])])
+
+
+def f_patient_case(c):
+    _rows(c, "P1_D2", patient_id="p1")
+
+
+def f_imagenet_missing(c):
+    c.env["TORCH_HOME"] = str(c.wd / "empty_torch_home")
+    _exp(c, model={"backbone": "vgg16", "weights": "imagenet"})
+
+
+def f_attribution_gene_unmeasured(c):
+    _exp(c, evaluation={"attributions": {"gene": "NOTAGENE7"}})
+
+
+def f_patience_without_validation(c):
+    _exp(c, split={"scheme": "random_within_section", "n_folds": 2, "val_frac": 0.0},
+         train={"patience": 3})
+
+
+def f_clusters_pooled_without_map(c):
+    _exp(c, task="clusters", sections={"samples": ["P1_D1", "P1_D2"]})
+
+
+def f_exclude_absent_cluster(c):
+    _exp(c, task="clusters", sections={"samples": ["P1_D1"]}, exclude_clusters=[99],
+         train={"epochs": 1})
+
+
+def f_too_few_spots_for_folds(c):
+    # more folds than the section has kept spots: some folds would test nothing
+    _exp(c, sections={"samples": ["P1_D1"]}, split={"scheme": "random_within_section", "n_folds": 2500},
+         train={"epochs": 1})
 
 
 def f_tta_typo(c):
@@ -570,6 +611,14 @@ CASES = [
     Case("clusters_without_graphclust", V, f_clusters_without_graphclust, ["sections"], [CFG, "sample 'P1_D1'", "graphclust"], parse=True),
     Case("backbone_typo", V, f_backbone_typo, ["sections"], [CFG, "experiment 'e'", "densenet12", "densenet121"], parse=True),
     Case("weights_missing", V, f_weights_missing, ["sections"], [CFG, "experiment 'e'", "data/pretrained.pt"], parse=True),
+    Case("same_raw_twice", ["P1_D1", "P9_D1"], f_same_raw_twice, ["sections"], [SHEET, "sample 'P1_D1'", "name the same raw", "counted twice"], parse=True),
+    Case("patient_id_case", V2, f_patient_case, ["sections"], [SHEET, "'P1', 'p1'", "differ only in case"], parse=True),
+    Case("imagenet_weights_missing", V, f_imagenet_missing, ["sections"], [CFG, "experiment 'e'", "vgg16-397923af.pth", "TORCH_HOME"], parse=True),
+    Case("attribution_gene_unmeasured", V2, f_attribution_gene_unmeasured, ["sections"], [CFG, "experiment 'e'", "NOTAGENE7", "none of the experiment's sections"], parse=True),
+    Case("patience_without_validation", V, f_patience_without_validation, ["sections"], [CFG, "experiment 'e'", "no validation spots", "val_frac"], parse=True),
+    Case("clusters_pooled_without_map", V2, f_clusters_pooled_without_map, ["sections"], [CFG, "experiment 'e'", "numbers its clusters per section", "cluster_map"], parse=True),
+    Case("exclude_absent_cluster", V, f_exclude_absent_cluster, ["results/experiments/e/splits.tsv"], ["experiment 'e'", "exclude_clusters", "['99']"], absent=["results/experiments/e/splits.tsv"]),
+    Case("too_few_spots_for_folds", V, f_too_few_spots_for_folds, ["results/experiments/e/splits.tsv"], ["sample 'P1_D1'", "has no test spots", "n_folds"], absent=["results/experiments/e/splits.tsv"]),
     Case("tta_typo", V, f_tta_typo, ["sections"], [CFG, "experiments.e.tta", "1, 4, 8"], parse=True),
     Case("augmentation_typo", V, f_augmentation_typo, ["sections"], [CFG, "experiments.e.train.augmentation", "dihedal"], parse=True),
     Case("cross_entropy_regression", V, f_cross_entropy_regression, ["sections"], [CFG, "experiment 'e'", "cross_entropy"], parse=True),
@@ -652,7 +701,7 @@ def test_bad_input(case: Case, tmp_path, cohort, request):
         ctx.post(wd / SHEET)
 
     args = [*(["-n"] if case.parse else []), *case.target, "--configfile", CFG]
-    proc = run_snakemake(wd, *args, check=False, timeout=600)
+    proc = run_snakemake(wd, *args, check=False, timeout=600, env=ctx.env)
     out = (proc.stderr + proc.stdout)[-6000:]
     if case.passes:
         assert proc.returncode == 0, out
