@@ -1,7 +1,9 @@
 """Opening H&E / IHC images and reading regions of them without decoding a whole slide.
 
 TIFFs (tiled, pyramidal, OME or plain) are read by region through tifffile's zarr store, so a
-25k x 25k slide is never decoded whole; JPEG and PNG files are decoded once and cached. Every
+25k x 25k slide is never decoded whole; in a file of several series / pages (a thumbnail, label
+or macro image beside the slide) the largest by pixel count is the full-resolution image, in
+whatever position (:func:`_full_resolution_series`); JPEG and PNG files are decoded once and cached. Every
 image is validated on opening: it must be 8-bit RGB. Grey, RGBA, palette and 16-bit images are
 refused with a message that names the file, the sample and how to convert it. Decoding is lazy
 (:meth:`SlideImage.to_array`, :meth:`~SlideImage.read_region`, :meth:`~SlideImage.thumbnail`);
@@ -181,11 +183,12 @@ class SlideImage:
 
         try:
             with tifffile.TiffFile(self.path) as tif:
-                series = tif.series[0]
+                index = _full_resolution_series(tif, self.path, self.sample)
+                series = tif.series[index]
                 shape = tuple(int(s) for s in series.shape)
                 dtype = series.dtype
                 axes = series.axes
-                self.mpp_tags = _tiff_mpp(tif, self.path, self.sample)
+                self.mpp_tags = _tiff_mpp(tif, self.path, self.sample, series.keyframe)
                 n_levels = len(series.levels)
         except Exception as exc:  # noqa: BLE001 - any tifffile failure on opening is a bad file
             raise InputError(
@@ -199,7 +202,7 @@ class SlideImage:
         self._check_dtype_channels(dtype, shape)
         self.shape = (shape[0], shape[1])
         with self._decoding("open"):
-            store = tifffile.imread(self.path, aszarr=True)
+            store = tifffile.imread(self.path, aszarr=True, series=index)
             self._store = store
             root = zarr.open(store, mode="r")
             if hasattr(root, "shape"):
@@ -374,11 +377,53 @@ _OME_UNITS_UM = {
 }
 
 
-def _tiff_mpp(tif: Any, path: Any = None, sample: str | None = None) -> float | None:
-    """Microns per pixel from a TIFF's metadata (checked by :func:`plausible_tag_mpp`), or None."""
+def _series_pixels(series: Any) -> int:
+    """Pixel count (height x width) of a tifffile series' full-resolution level."""
+    shape = tuple(int(v) for v in series.shape)
+    axes = str(getattr(series, "axes", ""))
+    if "Y" in axes and "X" in axes and len(axes) == len(shape):
+        return shape[axes.index("Y")] * shape[axes.index("X")]
+    return int(np.prod(shape[:2])) if len(shape) >= 2 else int(np.prod(shape))
+
+
+def _full_resolution_series(tif: Any, path: Any = None, sample: str | None = None) -> int:
+    """Index of the series holding the full-resolution image: the one with the most pixels.
+
+    Some scanners and converters write a thumbnail (or a label / macro image) as the first page
+    or series and the slide after it; reading series 0 would read the thumbnail. Logs which
+    series was chosen when it is not the first.
+    """
+    series = list(tif.series)
+    if len(series) <= 1:
+        return 0
+    pixels = [_series_pixels(s) for s in series]
+    best = int(np.argmax(pixels))  # the first of equal-sized ones
+    if best != 0:
+        listing = ", ".join(
+            f"{i}: {'x'.join(str(v) for v in s.shape)} ({s.axes})" for i, s in enumerate(series)
+        )
+        log.info(
+            "sample %s: image '%s' holds %d series/pages (%s); series %d, the largest, is read "
+            "as the full-resolution image (series 0 is smaller: a thumbnail or label)",
+            sample,
+            path,
+            len(series),
+            listing,
+            best,
+        )
+    return best
+
+
+def _tiff_mpp(
+    tif: Any, path: Any = None, sample: str | None = None, page: Any = None
+) -> float | None:
+    """Microns per pixel from a TIFF's metadata (checked by :func:`plausible_tag_mpp`), or None.
+
+    ``page`` is the first page of the full-resolution series (default: the file's first page).
+    """
     import tifffile
 
-    page = tif.pages[0]
+    page = tif.pages[0] if page is None else page
     # OME-XML
     if tif.is_ome and tif.ome_metadata:
         m = re.search(r'PhysicalSizeX="([0-9.eE+-]+)"', tif.ome_metadata)

@@ -10,7 +10,15 @@ Formats and pitfalls follow FORMATS.md; problems raise :class:`~stpredict.errors
 What is checked, beyond parsing (thresholds are module constants, calibrated on the demo cohort
 and the real fixtures):
 
-- counts are raw: negative, fractional or non-finite values (normalised data) are refused;
+- counts are raw: negative, fractional or non-finite values (normalised data) are refused, and
+  so are integer-valued normalised ones (:func:`_check_not_normalised`: every spot totalling the
+  same, counts per N; a largest value of at most 12 in a matrix of many detected genes, rounded
+  log counts);
+- gene names: a ``gene_map`` that maps none of a section's ids is refused, a partial one and
+  symbols shared by several ids are reported (:func:`_apply_gene_map`,
+  :func:`_unique_gene_names`; ``var["duplicate_symbol"]``);
+- annotation labels are normalised to ``tumor`` / ``non`` (:func:`normalise_annotation_label`),
+  with a warning for a section none of whose labels is either;
 - an empty matrix, a header-only positions / count / spot file, a count file without gene
   columns or with a gene twice, are refused where they are (not later, elsewhere);
 - truncated or corrupt files (gzip, HDF5, mtx, images) raise an InputError naming the file;
@@ -212,6 +220,92 @@ def _check_raw_counts(
         sample=sample,
         fix=_RAW_COUNTS_FIX,
     )
+
+
+#: Normalised values rounded to integers pass the raw-counts check above; two cheap signs catch
+#: them (:func:`_check_not_normalised`), over at least this many spots.
+MIN_SPOTS_NORMALISED_CHECK = 50
+#: Largest coefficient of variation of the per-spot totals that means "every spot totals the
+#: same": counts per N, rounded. Rounding moves the totals off N with depth (a count of 1 in a
+#: spot of 30,000 UMIs is 0.33 per 10k and rounds to 0), so round(counts per 10k) varies by
+#: CV 0.005-0.016 on the real fixtures and the demo, and 0.02-0.08 on simulated deep Visium
+#: spots (18k genes, 2k-60k UMIs); counts per million by < 0.001. Raw counts: demo 0.35-0.76,
+#: real fixtures 0.31 (xfuse), 0.48 (Visium), 1.18 (MOB1) -- three times the threshold at least.
+MAX_NORMALISED_TOTALS_CV = 0.1
+#: A matrix whose largest value is at most this, while more than
+#: :data:`LOG_MIN_SPOT_SHARE` of its spots detect :data:`LOG_MIN_GENES` genes or more, holds
+#: log-transformed values (round(log1p(counts)) of 1e5 UMIs is 12). Raw counts: the largest
+#: value of the demo sections is 528-3966, of the real MOB1 section (62 % of spots >= 100 genes)
+#: 399; the real Visium fixture (max 9) has 100 genes, so no spot reaches 100 genes.
+LOG_MAX_VALUE = 12.0
+LOG_MIN_GENES = 100
+LOG_MIN_SPOT_SHARE = 0.3
+
+
+def _check_not_normalised(x: Any, path: Path, sample: str | None) -> None:
+    """Refuse integer-valued normalised matrices: counts per N, or rounded log counts.
+
+    Parameters
+    ----------
+    x
+        Spots x genes matrix (dense or scipy sparse) of non-negative integer values (after
+        :func:`_check_raw_counts`).
+    path, sample
+        For the message.
+
+    Notes
+    -----
+    (a) every spot's total nearly the same (coefficient of variation below
+    :data:`MAX_NORMALISED_TOTALS_CV` over at least :data:`MIN_SPOTS_NORMALISED_CHECK` spots with
+    a total above 0): counts per N; (b) the largest value of the matrix at most
+    :data:`LOG_MAX_VALUE` while more than :data:`LOG_MIN_SPOT_SHARE` of at least
+    :data:`MIN_SPOTS_NORMALISED_CHECK` spots detect :data:`LOG_MIN_GENES` genes or more: log
+    values. Raw UMI counts vary in depth from spot to spot by tens of per cent, and a spot that
+    detects 100 genes has some gene far above 12 UMIs somewhere in the section.
+    """
+    if sp.issparse(x):
+        m = sp.csr_matrix(x)
+        if m.nnz and not (m.data != 0).all():  # explicitly stored zeros are no detected gene
+            m = m.copy()
+            m.eliminate_zeros()
+        totals = np.asarray(m.sum(axis=1), dtype=np.float64).ravel()
+        n_genes = np.diff(m.indptr)
+        vmax = float(m.data.max()) if m.nnz else 0.0
+    else:
+        a = np.asarray(x, dtype=np.float64)
+        if a.ndim != 2:
+            return
+        totals = a.sum(axis=1)
+        n_genes = (a != 0).sum(axis=1)
+        vmax = float(a.max()) if a.size else 0.0
+    n_spots = totals.size
+    if n_spots < MIN_SPOTS_NORMALISED_CHECK:
+        return
+    pos = totals[totals > 0]
+    if pos.size >= MIN_SPOTS_NORMALISED_CHECK:
+        cv = float(pos.std() / pos.mean())
+        if cv < MAX_NORMALISED_TOTALS_CV:
+            n = float(np.median(pos))
+            nice = 10.0 ** round(math.log10(n))
+            n_text = f"{nice:,.0f}" if abs(n / nice - 1) < 0.2 else f"{float(f'{n:.3g}'):,.0f}"
+            raise InputError(
+                f"every spot totals ≈ {n_text} (the per-spot totals vary by {100 * cv:.2g} % "
+                f"over {pos.size} spots; raw counts vary by tens of per cent): these look like "
+                f"normalised values (counts per {n_text}, rounded to integers), not raw counts",
+                file=path,
+                sample=sample,
+                fix=_RAW_COUNTS_FIX,
+            )
+    share = float((n_genes >= LOG_MIN_GENES).mean())
+    if vmax <= LOG_MAX_VALUE and share > LOG_MIN_SPOT_SHARE:
+        raise InputError(
+            f"the largest value of the count matrix is {vmax:g}, yet {100 * share:.0f} % of its "
+            f"{n_spots} spots detect {LOG_MIN_GENES} genes or more: these look like "
+            "log-transformed values (log-transformed? e.g. round(log1p(counts))), not raw counts",
+            file=path,
+            sample=sample,
+            fix=_RAW_COUNTS_FIX,
+        )
 
 
 def _deduplicate_labels(labels: pd.Series, path: Path, sample: str | None, kind: str) -> pd.Series:
@@ -652,6 +746,7 @@ def _check_matrix(adata: ad.AnnData, path: Path, sample: str) -> None:
             return f"barcode {adata.obs_names[r]}, gene {adata.var_names[c]}"
 
     _check_raw_counts(data, path, sample, where)
+    _check_not_normalised(x, path, sample)
 
 
 def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[str, str]]:
@@ -690,7 +785,7 @@ def _read_10x_matrix(outs: Path, sample: str) -> tuple[ad.AnnData, Path, dict[st
             return adata, h5, meta
         if mtx.is_dir():
             try:
-                adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=True)
+                adata = sc.read_10x_mtx(mtx, var_names="gene_symbols", make_unique=False)
             except Exception as exc:  # noqa: BLE001
                 damaged = isinstance(exc, (EOFError, zlib.error)) or "end-of-stream" in str(exc)
                 raise InputError(
@@ -891,7 +986,9 @@ def read_visium(
         Full-resolution H&E the ``pxl_*_in_fullres`` coordinates refer to. ``None``: no bounds
         check and µm/px from the spot pitch / scalefactors only (a warning is logged).
     annotation
-        CSV ``barcode,label``.
+        CSV ``barcode,label``; labels normalised like the ST reader's
+        (:func:`normalise_annotation_label`: ``Tumor``, ``tumour``, ``cancer`` -> ``tumor``;
+        ``Normal``, ``non-tumor`` -> ``non``; others kept).
     clusters
         CSV ``Barcode,Cluster``; default: ``analysis/clustering/(gene_expression_)graphclust/
         clusters.csv`` under ``outs_dir`` when present.
@@ -982,20 +1079,22 @@ def read_visium(
         if "feature_types" in var
         else np.full(adata.n_vars, "Gene Expression")
     )
-    names = pd.Index([str(v) for v in adata.var_names])
+    names, shared = _unique_gene_names(
+        [str(v) for v in adata.var_names], gene_ids, matrix_path, sample_id, "features"
+    )
     new = ad.AnnData(
         X=_csr_float32(adata.X),
         obs=pd.DataFrame(index=pd.Index(barcodes.astype(str), name=None)),
         var=pd.DataFrame(
-            {"gene_ids": gene_ids.astype(str), "feature_types": ftypes.astype(str)},
+            {
+                "gene_ids": gene_ids.astype(str),
+                "feature_types": ftypes.astype(str),
+                "ambiguous": np.zeros(len(names), dtype=bool),
+                "duplicate_symbol": shared,
+            },
             index=names,
         ),
     )
-    if not new.var_names.is_unique:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            new.var_names_make_unique()
-    new.var["ambiguous"] = np.zeros(new.n_vars, dtype=bool)
     adata = new
 
     obs = adata.obs
@@ -1017,6 +1116,7 @@ def read_visium(
     if annotation:
         labels = _label_csv(Path(annotation), sample_id, "annotation")
         labels.index = pd.Index(repair_barcodes(labels.index))
+        labels = labels.map(normalise_annotation_label)
         # partial annotation is legitimate (unlabelled spots get ""); labels of spots that are
         # not under this section's tissue are not
         obs["annotation"] = _map_labels(
@@ -1028,6 +1128,9 @@ def read_visium(
             allowed=under,
             allowed_what=under_what,
             max_foreign=MAX_FOREIGN_LABELS,
+        )
+        _report_annotation_labels(
+            obs["annotation"].to_numpy(), Path(annotation), sample_id, "Visium"
         )
     cl_path = (
         Path(clusters)
@@ -1113,10 +1216,32 @@ def read_visium(
         thumb, scale = img.thumbnail(_LOWRES_MAX)
         images["lowres"] = np.ascontiguousarray(thumb)
         scalefactors.setdefault("tissue_lowres_scalef", float(scale))
+    # scanpy / squidpy draw spots spot_diameter_fullres wide: when the file's value disagrees
+    # with the chosen pixel size (reconcile_mpp overruled it), write the 10x definition
+    # (65 µm in pixels) there and keep the file's value in uns["stpredict"]
+    sdf_ok = VISIUM_SCALEFACTOR_SPOT_UM / mpp_value
+    sdf_file: float | None = None
+    if sdf and abs(sdf - sdf_ok) / min(sdf, sdf_ok) > mpp_tolerance:
+        sdf_file = float(sdf)
+        log.warning(
+            "sample %s: spot_diameter_fullres %.4g px of '%s' disagrees with the pixel size "
+            "%.4g µm/px (from %s), which puts the 65 µm it measures at %.4g px; "
+            "uns['spatial']['%s']['scalefactors']['spot_diameter_fullres'] is set to %.4g "
+            "(so scanpy / squidpy draw spots at their true size), the file's value is kept in "
+            "uns['stpredict']['spot_diameter_fullres_file']",
+            sample_id,
+            sdf,
+            sf_path,
+            mpp_value,
+            mpp_source,
+            sdf_ok,
+            sample_id,
+            sdf_ok,
+        )
     sf_out = {
         "tissue_hires_scalef": float(scalefactors.get("tissue_hires_scalef", 1.0)),
         "tissue_lowres_scalef": float(scalefactors.get("tissue_lowres_scalef", 1.0)),
-        "spot_diameter_fullres": float(sdf if sdf else VISIUM_SCALEFACTOR_SPOT_UM / mpp_value),
+        "spot_diameter_fullres": float(sdf if sdf and sdf_file is None else sdf_ok),
         "fiducial_diameter_fullres": float(scalefactors.get("fiducial_diameter_fullres", 0.0)),
     }
     for k, v in scalefactors.items():
@@ -1137,6 +1262,8 @@ def read_visium(
         VISIUM_SPOT_UM,
         VISIUM_PITCH_UM,
     )
+    if sdf_file is not None:
+        adata.uns["stpredict"]["spot_diameter_fullres_file"] = sdf_file
     adata.uns["positions"] = _positions_uns(
         pos["barcode"],
         pos["in_tissue"],
@@ -1288,6 +1415,7 @@ def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
         return f"spot {vals.index[r]}, gene {vals.columns[c]}"
 
     _check_raw_counts(arr, path, sample, where)
+    _check_not_normalised(arr, path, sample)
     return vals
 
 
@@ -1411,8 +1539,79 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
     return out
 
 
-_TUMOR = {"tumor", "tumour", "1", "true", "yes", "t"}
-_NON = {"non", "non-tumor", "non_tumor", "nontumor", "normal", "0", "false", "no", "n"}
+#: Annotation labels read as ``tumor`` / ``non`` (case-insensitive, surrounding blanks ignored),
+#: by the ST and the Visium readers alike; other labels are kept as written.
+_TUMOR = {"tumor", "tumour", "cancer", "1", "true", "yes", "t"}
+_NON = {
+    "non",
+    "non-tumor",
+    "non_tumor",
+    "nontumor",
+    "non tumor",
+    "non-tumour",
+    "non_tumour",
+    "nontumour",
+    "non tumour",
+    "non-cancer",
+    "non_cancer",
+    "noncancer",
+    "non cancer",
+    "normal",
+    "0",
+    "false",
+    "no",
+    "n",
+}
+
+
+def normalise_annotation_label(label: str) -> str:
+    """``tumor`` / ``non`` for the synonyms of :data:`_TUMOR` / :data:`_NON`, else the label.
+
+    Case-insensitive (``Tumor``, ``TUMOUR``, ``Normal``, ``non-tumor`` ...); a label outside the
+    vocabulary is returned as written (stripped of surrounding blanks).
+    """
+    text = str(label).strip()
+    low = text.lower()
+    return "tumor" if low in _TUMOR else "non" if low in _NON else text
+
+
+def _report_annotation_labels(
+    labels: np.ndarray, path: Path, sample: str | None, platform: str
+) -> None:
+    """Say when an annotation's labels are not the ``tumor`` / ``non`` the strata need.
+
+    None of them ``tumor`` / ``non``: a WARNING (the tumour / normal strata and the ``labels``
+    baseline will find nothing in this section); some of them: an INFO line listing the others.
+    """
+    lab = pd.Series(np.asarray(labels, dtype=str))
+    lab = lab[lab != ""]
+    if lab.empty:
+        return
+    counts = lab.value_counts()
+    known = counts.index.isin(["tumor", "non"])
+    others = counts[~known]
+    listing = ", ".join(f"{k!r} ({v})" for k, v in others.head(10).items())
+    if len(others) > 10:
+        listing += f", ... ({len(others)} labels)"
+    if not known.any():
+        log.warning(
+            "sample %s: annotation '%s' (%s): none of its labels is tumor or non (or a synonym: "
+            "tumour, cancer, normal, non-tumor, ...); found %s: the tumour / normal strata and "
+            "the labels baseline will not use them (relabel the spots tumor / non to use them)",
+            sample,
+            path,
+            platform,
+            listing,
+        )
+    elif len(others):
+        log.info(
+            "sample %s: annotation '%s': %d spot(s) carry labels other than tumor / non (%s); "
+            "the tumour / normal strata and the labels baseline leave them out",
+            sample,
+            path,
+            int(others.sum()),
+            listing,
+        )
 
 
 def read_st_annotation(
@@ -1459,8 +1658,7 @@ def read_st_annotation(
                 fix=fix,
             )
         ids.append(fields[0])
-        lab = fields[-1].lower()
-        labels.append("tumor" if lab in _TUMOR else "non" if lab in _NON else fields[-1])
+        labels.append(normalise_annotation_label(fields[-1]))
         nums = [float(f) if _is_number(f) else np.nan for f in fields[1:3]] if len(fields) >= 4 else []
         xy.append(nums if len(nums) == 2 else [np.nan, np.nan])
     index = pd.Index(_spot_ids(ids, path, sample))
@@ -1609,19 +1807,180 @@ def _match_st_counts_spots(
     return keep
 
 
-def _gene_symbols(ids: Sequence[str], gene_map: pd.DataFrame | None) -> list[str]:
-    if gene_map is None or len(gene_map) == 0:
-        return list(ids)
-    cols = {str(c).lower(): c for c in gene_map.columns}
-    id_col = cols.get("gene_id", gene_map.columns[0])
-    sym_col = cols.get("gene", cols.get("gene_name", cols.get("symbol", gene_map.columns[-1])))
+_ENSEMBL_ID = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$", re.IGNORECASE)
+_GENE_MAP_FIX = (
+    "give a tab-separated gene map with a header and the columns gene_id (the ids of the count "
+    "files, e.g. ENSG00000091831) and gene (the symbol, e.g. ESR1), or set reading.gene_map to "
+    "an empty string to keep the ids"
+)
+
+
+def _gene_map_columns(gene_map: pd.DataFrame) -> tuple[Any, Any]:
+    """Find the id and symbol columns of a gene map: by name, else the first and the last."""
+    cols = {str(c).strip().lower(): c for c in gene_map.columns}
+    id_col = cols.get("gene_id", cols.get("gene_ids", gene_map.columns[0]))
+    sym_col = cols.get(
+        "gene",
+        cols.get("gene_name", cols.get("symbol", cols.get("gene_symbol", gene_map.columns[-1]))),
+    )
+    return id_col, sym_col
+
+
+def _map_gene_ids(
+    ids: Sequence[str], gene_map: pd.DataFrame | None
+) -> tuple[list[str], np.ndarray]:
+    """Symbols of ``ids`` (an id the map lacks is kept) and which ids the map mapped."""
+    ids = [str(g) for g in ids]
+    if gene_map is None or len(gene_map) == 0 or gene_map.shape[1] < 2:
+        return list(ids), np.zeros(len(ids), dtype=bool)
+    id_col, sym_col = _gene_map_columns(gene_map)
     m = dict(zip(gene_map[id_col].astype(str), gene_map[sym_col].astype(str), strict=True))
     m_nover = {k.split(".")[0]: v for k, v in m.items()}
-    out = []
-    for g in ids:
+    out, mapped = [], np.zeros(len(ids), dtype=bool)
+    for i, g in enumerate(ids):
         sym = m.get(g) or m_nover.get(g.split(".")[0])
-        out.append(sym if sym and sym != "nan" else g)
-    return out
+        ok = bool(sym) and sym != "nan"
+        mapped[i] = ok
+        out.append(sym if ok else g)
+    return out, mapped
+
+
+def _gene_symbols(ids: Sequence[str], gene_map: pd.DataFrame | None) -> list[str]:
+    """Map gene ids to symbols with ``gene_map`` (``gene_id -> gene``); unmapped ids are kept."""
+    return _map_gene_ids(ids, gene_map)[0]
+
+
+def _apply_gene_map(
+    ids: Sequence[str], gene_map: pd.DataFrame | None, file: Path, sample: str | None
+) -> list[str]:
+    """:func:`_gene_symbols`, checked: refuse a map that maps none of the ids, warn on a part.
+
+    ST ``__ambiguous[...]`` columns are not counted (no map maps them). A section whose ids are
+    already the map's symbols (a cohort that mixes Ensembl-id and symbol files under one map) is
+    kept with an INFO line. The gene map's own path is named when the DataFrame carries it in
+    ``gene_map.attrs["path"]``.
+    """
+    ids = [str(g) for g in ids]
+    if gene_map is None or len(gene_map) == 0:
+        return ids
+    map_path = gene_map.attrs.get("path") if hasattr(gene_map, "attrs") else None
+    map_name = f" '{map_path}'" if map_path else ""
+    if gene_map.shape[1] < 2:
+        raise InputError(
+            f"the gene map{map_name} has {gene_map.shape[1]} column(s); it needs two "
+            "(gene_id, gene)",
+            file=map_path or file,
+            sample=sample,
+            fix=_GENE_MAP_FIX,
+        )
+    names, mapped = _map_gene_ids(ids, gene_map)
+    id_col, sym_col = _gene_map_columns(gene_map)
+    considered = np.array([not g.startswith("__ambiguous") for g in ids], dtype=bool)
+    n = int(considered.sum())
+    if n == 0:
+        return names
+    n_mapped = int((mapped & considered).sum())
+    symbols = set(gene_map[sym_col].astype(str))
+    is_symbol = np.array([g in symbols for g in ids], dtype=bool) & considered & ~mapped
+    cons_ids = [g for g, c in zip(ids, considered, strict=True) if c]
+    ensembl_like = float(np.mean([bool(_ENSEMBL_ID.match(g)) for g in cons_ids]))
+    if n_mapped == 0:
+        if is_symbol.sum() >= 0.5 * n and ensembl_like < 0.5:
+            log.info(
+                "sample %s: the gene ids of '%s' are already symbols of the gene map%s (%d of "
+                "%d); kept as they are",
+                sample,
+                file,
+                map_name,
+                int(is_symbol.sum()),
+                n,
+            )
+            return names
+        swapped = (
+            f"; the section's ids are in its '{sym_col}' column, so its columns are swapped"
+            if is_symbol.sum() >= 0.5 * n
+            else ""
+        )
+        raise InputError(
+            f"the gene map{map_name} maps none of the {n} gene ids of this section (section: "
+            f"e.g. {_examples(cons_ids)}; the map's '{id_col}' column: e.g. "
+            f"{_examples(gene_map[id_col].astype(str))}){swapped}: are its columns gene_id, "
+            "gene?",
+            file=file,
+            sample=sample,
+            fix=_GENE_MAP_FIX,
+        )
+    other = considered & ~mapped & ~is_symbol
+    n_other = int(other.sum())
+    if n_other:
+        already = (
+            f", {int(is_symbol.sum())} are already symbols" if is_symbol.any() else ""
+        )
+        log.warning(
+            "sample %s: the gene map%s maps %d of %d ids of '%s'%s; the other %d keep their ids "
+            "(e.g. %s), so the section mixes symbols and ids",
+            sample,
+            map_name,
+            n_mapped,
+            n,
+            file,
+            already,
+            n_other,
+            _examples([g for g, o in zip(ids, other, strict=True) if o]),
+        )
+    return names
+
+
+def _unique_gene_names(
+    names: Sequence[str],
+    gene_ids: Sequence[str],
+    file: Path,
+    sample: str | None,
+    source: str,
+) -> tuple[pd.Index, np.ndarray]:
+    """Make gene names unique, saying so; return the names and which were shared.
+
+    The rule is anndata's ``var_names_make_unique``: the first feature (in file order) keeps the
+    symbol, the later ones get ``-1``, ``-2``, ... (``ESR1``, ``ESR1-1``); ``var["gene_ids"]``
+    keeps their ids. A gene map that gives two ids one symbol is a WARNING (the map merges genes
+    the count file keeps apart); a Space Ranger features file with repeated symbols (references
+    have a few, e.g. ``TBCE``, ``MATR3``) an INFO line. The returned mask is
+    ``var["duplicate_symbol"]``: every feature whose symbol another feature of the section shares.
+    """
+    idx = pd.Index([str(v) for v in names])
+    shared = np.asarray(idx.duplicated(keep=False), dtype=bool)
+    if not shared.any():
+        return idx, shared
+    ids = np.asarray([str(g) for g in gene_ids], dtype=object)
+    groups = pd.Series(ids[shared], index=idx[shared]).groupby(level=0, sort=False)
+    listing = "; ".join(
+        f"{sym}: {', '.join(map(str, grp))}" for sym, grp in list(groups)[:5]
+    )
+    if groups.ngroups > 5:
+        listing += f"; ... ({groups.ngroups} symbols)"
+    level = logging.WARNING if source == "gene map" else logging.INFO
+    what = (
+        "the gene map gives one symbol to several gene ids"
+        if source == "gene map"
+        else "the features file repeats symbols"
+    )
+    log.log(
+        level,
+        "sample %s: '%s': %s (%d symbol(s), %d features: %s); the first in file order keeps "
+        "the symbol, the others are named SYMBOL-1, SYMBOL-2, ... (var['gene_ids'] keeps "
+        "their ids; var['duplicate_symbol'] marks all of them)",
+        sample,
+        file,
+        what,
+        groups.ngroups,
+        int(shared.sum()),
+        listing,
+    )
+    tmp = ad.AnnData(var=pd.DataFrame(index=idx))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tmp.var_names_make_unique()
+    return pd.Index([str(v) for v in tmp.var_names]), shared
 
 
 def read_st(
@@ -1661,7 +2020,8 @@ def read_st(
     bounds_check
         Run :func:`stpredict.geometry.check_bounds`.
     gene_map
-        Optional table ``gene_id -> gene`` mapping Ensembl ids to symbols (unmapped ids kept).
+        Optional table ``gene_id -> gene`` mapping Ensembl ids to symbols (unmapped ids kept);
+        checked by :func:`_apply_gene_map` (its path, for messages, in ``gene_map.attrs["path"]``).
 
     Returns
     -------
@@ -1685,7 +2045,10 @@ def read_st(
 
     gene_ids = [str(g) for g in c.columns]
     ambiguous = np.array([g.startswith("__ambiguous") for g in gene_ids], dtype=bool)
-    names = _gene_symbols(gene_ids, gene_map)
+    names = _apply_gene_map(gene_ids, gene_map, counts_p, sample_id)
+    names_u, shared = _unique_gene_names(
+        names, gene_ids, counts_p, sample_id, "gene map" if gene_map is not None else "counts"
+    )
     adata = ad.AnnData(
         X=_csr_float32(c.to_numpy(dtype=np.float32)),
         obs=pd.DataFrame(index=pd.Index(list(keep))),
@@ -1694,14 +2057,11 @@ def read_st(
                 "gene_ids": np.asarray(gene_ids, dtype=str),
                 "feature_types": np.full(len(gene_ids), "Gene Expression"),
                 "ambiguous": ambiguous,
+                "duplicate_symbol": shared,
             },
-            index=pd.Index(names),
+            index=names_u,
         ),
     )
-    if not adata.var_names.is_unique:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            adata.var_names_make_unique()
     obs = adata.obs
     obs["sample_id"] = str(sample_id)
     obs["patient_id"] = str(patient_id)
@@ -1728,6 +2088,9 @@ def read_st(
             min_coverage=MIN_ST_LABEL_COVERAGE,
             guarantee=" (an annotation labels the spots under tissue; ST-Net drops the few "
             "it misses)",
+        )
+        _report_annotation_labels(
+            obs["annotation"].to_numpy(), Path(annotation), sample_id, "legacy ST"
         )
     if clusters:
         labels = _label_csv(Path(clusters), sample_id, "clusters")

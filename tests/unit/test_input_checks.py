@@ -551,3 +551,268 @@ def test_real_fixtures_still_read_and_report_their_partial_coverage(tmp_path, ca
     assert a.n_obs == 100
     assert "holds 100 of the 4235 spots marked in_tissue" in caplog.text
 
+
+
+# ============================================================================ 7. silent-wrong inputs
+def _labels(a) -> dict:
+    return a.obs["annotation"].value_counts().to_dict()
+
+
+def test_visium_annotation_synonyms_normalised_like_st(tmp_path, caplog):
+    """`Tumor` / `Normal` / `tumour` / `non-tumor` ... were stored as written: strata found none."""
+    v = make_visium(tmp_path)
+    bcs = v["barcodes"]
+    words = ["Tumor", "tumour", "CANCER", " Normal ", "non-tumor", "Non_Tumour", "stroma"]
+    ann = _write_labels(tmp_path / "ann.csv", bcs, [words[i % 7] for i in range(len(bcs))],
+                        ("barcode", "label"))
+    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+        a = read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
+    n = {w: sum(1 for i in range(len(bcs)) if words[i % 7] == w) for w in words}
+    assert _labels(a) == {"tumor": n["Tumor"] + n["tumour"] + n["CANCER"],
+                          "non": n[" Normal "] + n["non-tumor"] + n["Non_Tumour"],
+                          "stroma": n["stroma"]}
+    assert "'stroma'" in caplog.text and "leave them out" in caplog.text  # an INFO line
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "stroma" in r.message]
+
+
+def test_annotation_without_tumor_or_non_is_a_warning(tmp_path, caplog):
+    v = make_visium(tmp_path)
+    bcs = v["barcodes"]
+    ann = _write_labels(tmp_path / "ann.csv", bcs, ["invasive" if i % 2 else "stroma"
+                                                    for i in range(len(bcs))], ("barcode", "label"))
+    with caplog.at_level(logging.WARNING):
+        a = read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
+    assert set(a.obs["annotation"]) == {"invasive", "stroma"}  # kept as written
+    msg = next(r.message for r in caplog.records if "none of its labels" in r.message)
+    assert "'invasive'" in msg and "'stroma'" in msg and "labels baseline" in msg
+    assert "S1" in msg and str(ann) in msg
+    # the same for a legacy ST annotation
+    s = make_st(tmp_path / "st", "stnet")
+    formats.write_st_annotation(s["ann"], s["ids"], s["df"]["x"], s["df"]["y"],
+                                ["DCIS"] * len(s["ids"]))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        read_st(s["counts"], s["spots"], "S2", "P", s["image"], annotation=s["ann"])
+    assert "none of its labels is tumor or non" in caplog.text and "'DCIS'" in caplog.text
+
+
+def _deep_counts(n_spots: int, n_genes: int = 150, seed: int = 0) -> np.ndarray:
+    """Raw-like counts: varying depth, many genes detected per spot."""
+    rng = np.random.default_rng(seed)
+    depth = rng.lognormal(np.log(2000), 0.5, n_spots)
+    prof = rng.dirichlet(np.full(n_genes, 0.5))
+    return rng.poisson(depth[:, None] * prof[None, :])
+
+
+def _cp10k(c: np.ndarray) -> np.ndarray:
+    return np.rint(c / c.sum(axis=1, keepdims=True) * 1e4).astype(np.int64)
+
+
+@pytest.mark.parametrize("kind", ["cp10k", "log1p"])
+def test_st_integer_normalised_counts_refused(tmp_path, kind):
+    """round(counts per 10k) and round(log1p(counts)) are integers: they passed as UMI counts."""
+    s = make_st(tmp_path, "stnet", ann=False)
+    raw = _deep_counts(len(s["ids"]))
+    genes = [f"ENSG{i:011d}" for i in range(raw.shape[1])]
+    formats.write_st_counts(s["counts"], raw, s["ids"], genes)
+    assert read_st(s["counts"], s["spots"], "S", "P", s["image"]).n_vars == len(genes)  # raw: ok
+    bad = _cp10k(raw) if kind == "cp10k" else np.rint(np.log1p(raw)).astype(np.int64)
+    formats.write_st_counts(s["counts"], bad, s["ids"], genes)
+    with pytest.raises(InputError) as ei:
+        read_st(s["counts"], s["spots"], "S", "P", s["image"])
+    words = ("every spot totals ≈ 10,000", "counts per 10,000") if kind == "cp10k" else (
+        "log-transformed?", "largest value of the count matrix is")
+    one_line(ei.value, *words, "raw UMI counts", str(s["counts"]), "sample 'S'")
+
+
+@pytest.mark.parametrize(("store", "kind"), [("h5", "cp10k"), ("h5", "log1p"), ("mtx", "cp10k"),
+                                             ("mtx", "log1p")])
+def test_visium_integer_normalised_counts_refused(tmp_path, store, kind):
+    v = make_visium(tmp_path, mtx=store == "mtx")
+    raw = _deep_counts(len(v["barcodes"]), seed=3)
+    ids = [f"ENSG{i:011d}" for i in range(raw.shape[1])]
+    syms = [f"G{i}" for i in range(raw.shape[1])]
+    bad = _cp10k(raw) if kind == "cp10k" else np.rint(np.log1p(raw)).astype(np.int64)
+    write = formats.write_10x_mtx if store == "mtx" else formats.write_10x_h5
+    target = v["outs"] / ("filtered_feature_bc_matrix" if store == "mtx"
+                          else "filtered_feature_bc_matrix.h5")
+    write(target, raw, v["barcodes"], ids, syms)
+    assert read_visium(v["outs"], "S1", "P1", image=v["image"]).n_vars == len(ids)
+    write(target, bad, v["barcodes"], ids, syms)
+    with pytest.raises(InputError) as ei:
+        read_visium(v["outs"], "S1", "P1", image=v["image"])
+    one_line(ei.value, "every spot totals" if kind == "cp10k" else "log-transformed",
+             str(target), "sample 'S1'", "raw UMI counts")
+
+
+def _st_with_genes(tmp_path, genes):
+    s = make_st(tmp_path, "stnet", ann=False)
+    raw = _deep_counts(len(s["ids"]), n_genes=len(genes), seed=5)
+    formats.write_st_counts(s["counts"], raw, s["ids"], genes)
+    return s
+
+
+def test_gene_map_two_ids_one_symbol_warns(tmp_path, caplog):
+    genes = ["ENSG00000091831", "ENSG00000999999", "ENSG00000141736", "ENSG00000000003"]
+    s = _st_with_genes(tmp_path, genes)
+    gmap = pd.DataFrame({"gene_id": genes, "gene": ["ESR1", "ESR1", "ERBB2", "TSPAN6"]})
+    gmap.attrs["path"] = "/maps/genes.tsv"
+    with caplog.at_level(logging.WARNING):
+        a = read_st(s["counts"], s["spots"], "S", "P", s["image"], gene_map=gmap)
+    assert list(a.var_names) == ["ESR1", "ESR1-1", "ERBB2", "TSPAN6"]
+    assert a.var["duplicate_symbol"].tolist() == [True, True, False, False]
+    assert a.var["gene_ids"].tolist() == genes
+    msg = next(r.message for r in caplog.records if "one symbol to several gene ids" in r.message)
+    assert "ESR1: ENSG00000091831, ENSG00000999999" in msg and "SYMBOL-1" in msg
+    assert "first in file order keeps the symbol" in msg and "sample S:" in msg
+
+
+@pytest.mark.parametrize("flaw", ["swapped", "other-ids"])
+def test_gene_map_mapping_none_of_the_ids_refused(tmp_path, flaw):
+    genes = [f"ENSG{i:011d}" for i in range(120)]
+    s = _st_with_genes(tmp_path, genes + ["__ambiguous[ENSG00000000001+ENSG00000000002]"])
+    syms = [f"GENE{i}" for i in range(120)]
+    if flaw == "swapped":  # header gene_id, gene over symbol, id columns
+        gmap = pd.DataFrame({"gene_id": syms, "gene": genes})
+    else:  # a map of another organism / reference
+        gmap = pd.DataFrame({"gene_id": [f"ENSMUSG{i:011d}" for i in range(120)], "gene": syms})
+    gmap.attrs["path"] = "/maps/genes.tsv"
+    with pytest.raises(InputError) as ei:
+        read_st(s["counts"], s["spots"], "S", "P", s["image"], gene_map=gmap)
+    msg = one_line(ei.value, "maps none of the 120 gene ids of this section",
+                   "are its columns gene_id, gene?", "/maps/genes.tsv", str(s["counts"]),
+                   "sample 'S'")
+    assert ("columns are swapped" in msg) == (flaw == "swapped")
+
+
+def test_gene_map_partial_warns_with_numbers_and_symbol_files_pass(tmp_path, caplog):
+    genes = [f"ENSG{i:011d}" for i in range(130)]
+    s = _st_with_genes(tmp_path, genes)
+    gmap = pd.DataFrame({"gene_id": genes[:100], "gene": [f"GENE{i}" for i in range(100)]})
+    with caplog.at_level(logging.WARNING):
+        a = read_st(s["counts"], s["spots"], "S", "P", s["image"], gene_map=gmap)
+    assert list(a.var_names[98:102]) == ["GENE98", "GENE99", genes[100], genes[101]]
+    assert "maps 100 of 130 ids" in caplog.text
+    assert "the other 30 keep their ids" in caplog.text and "mixes symbols and ids" in caplog.text
+    # a section whose file already holds the symbols (HER2ST) under the same map: kept, no warning
+    s2 = _st_with_genes(tmp_path / "her2st", [f"GENE{i}" for i in range(100)])
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+        a = read_st(s2["counts"], s2["spots"], "S2", "P", s2["image"], gene_map=gmap)
+    assert list(a.var_names[:2]) == ["GENE0", "GENE1"]
+    assert "already symbols" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "gene map" in r.message]
+
+
+@pytest.mark.parametrize("mtx", [False, True], ids=["h5", "mtx"])
+def test_visium_repeated_feature_symbols_reported_and_marked(tmp_path, caplog, mtx):
+    v = make_visium(tmp_path, mtx=mtx)  # SYMBOLS repeats G0 (ids 0 and 11)
+    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+        a = read_visium(v["outs"], "S1", "P1", image=v["image"])
+    assert a.var_names[0] == "G0" and a.var_names[11] == "G0-1"
+    assert a.var["duplicate_symbol"].tolist() == [True] + [False] * 10 + [True]
+    assert a.var["gene_ids"].iloc[11] == GENES[11]
+    msg = next(r for r in caplog.records if "repeats symbols" in r.message)
+    assert msg.levelno == logging.INFO
+    assert "1 symbol(s), 2 features" in msg.message and f"G0: {GENES[0]}, {GENES[11]}" in msg.message
+    assert "SYMBOL-1" in msg.message
+
+
+def test_overruled_spot_diameter_is_corrected_in_the_scalefactors(tmp_path, caplog):
+    """squidpy draws spots spot_diameter_fullres wide: the overruled file value stayed there."""
+    v = make_visium(tmp_path)
+    sf = v["outs"] / "spatial/scalefactors_json.json"
+    obj = json.loads(sf.read_text())
+    wrong = obj["spot_diameter_fullres"] * 1.6  # the scalefactors of a run at another scale
+    obj["spot_diameter_fullres"] = wrong
+    sf.write_text(json.dumps(obj))
+    with pytest.raises(GeometryError, match="spot_diameter_fullres"):
+        read_visium(v["outs"], "S1", "P1", image=v["image"])
+    with caplog.at_level(logging.WARNING):
+        a = read_visium(v["outs"], "S1", "P1", image=v["image"], mpp=MPP)
+    sfo = a.uns["spatial"]["S1"]["scalefactors"]
+    assert sfo["spot_diameter_fullres"] == pytest.approx(65 / MPP)
+    assert a.uns["stpredict"]["spot_diameter_fullres_file"] == pytest.approx(wrong)
+    assert a.uns["stpredict"]["spot_diameter_px"] == pytest.approx(55 / MPP)
+    assert f"spot_diameter_fullres {wrong:.4g} px" in caplog.text
+    assert "spot_diameter_fullres_file" in caplog.text
+    # a file value that agrees is kept as written, and no file value is recorded
+    obj["spot_diameter_fullres"] = 65 / MPP * 1.02
+    sf.write_text(json.dumps(obj))
+    a = read_visium(v["outs"], "S1", "P1", image=v["image"], mpp=MPP)
+    assert a.uns["spatial"]["S1"]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(
+        65 / MPP * 1.02)
+    assert "spot_diameter_fullres_file" not in a.uns["stpredict"]
+
+
+def _thumbnail_first_tiff(path: Path, full: np.ndarray, mpp: float, how: str) -> None:
+    import tifffile
+
+    thumb = full[::4, ::4].copy()
+    res = {"resolution": (1e4 / mpp, 1e4 / mpp), "resolutionunit": "CENTIMETER"}
+    if how == "series":  # two shaped series (tifffile metadata)
+        tifffile.imwrite(path, thumb, photometric="rgb")
+        tifffile.imwrite(path, full, photometric="rgb", append=True, **res)
+    else:  # two plain pages, no metadata; the full page tiled
+        with tifffile.TiffWriter(path) as w:
+            w.write(thumb, photometric="rgb", metadata=None)
+            w.write(full, photometric="rgb", metadata=None, tile=(64, 64), **res)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.parametrize("how", ["series", "pages"])
+def test_tiff_with_thumbnail_first_reads_the_full_resolution(tmp_path, caplog, how):
+    from PIL import Image
+
+    v = make_visium(tmp_path)
+    full = np.asarray(Image.open(v["image"]).convert("RGB"))
+    tif = tmp_path / "he_thumb_first.tif"
+    _thumbnail_first_tiff(tif, full, MPP, how)
+    with caplog.at_level(logging.INFO, logger="stpredict.images"):
+        with SlideImage(tif, sample="S1") as im:
+            assert im.shape == full.shape[:2]
+            assert im.mpp_tags == pytest.approx(MPP)
+            np.testing.assert_array_equal(im.read_region(5, 7, 40, 30), full[7:37, 5:45])
+            assert im.thumbnail(50)[0].shape[1] == 50
+    assert "series 1, the largest" in caplog.text and str(tif) in caplog.text
+    a = read_visium(v["outs"], "S1", "P1", image=tif)
+    assert a.uns["stpredict"]["image_shape"].tolist() == list(full.shape[:2])
+    gc.collect()
+
+
+@realdata
+@needs_real
+def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
+    """Margins of the checks on files nobody here wrote (see readers' constants)."""
+    import scanpy as sc
+
+    from stpredict.readers import (
+        LOG_MAX_VALUE,
+        LOG_MIN_GENES,
+        LOG_MIN_SPOT_SHARE,
+        MAX_NORMALISED_TOTALS_CV,
+    )
+
+    mats = {
+        "MOB1": read_st_counts(REAL / "st_stutility_mob1/MOB1.tsv").to_numpy(float),
+        "xfuse": read_st_counts(REAL / "st_xfuse_mob/counts.tsv").to_numpy(float),
+        "visium": sc.read_10x_h5(REAL / "visium_sr1_scanpy/filtered_feature_bc_matrix.h5")
+        .X.toarray().astype(float),
+    }
+    for name, x in mats.items():
+        tot = x.sum(axis=1)
+        tot = tot[tot > 0]
+        assert tot.std() / tot.mean() > 3 * MAX_NORMALISED_TOTALS_CV, name
+        share = ((x > 0).sum(axis=1) >= LOG_MIN_GENES).mean()
+        assert x.max() > 30 * LOG_MAX_VALUE or share <= LOG_MIN_SPOT_SHARE, name
+    # and their rounded normalised versions are refused where the matrix allows telling
+    from stpredict.readers import _check_not_normalised
+
+    for name in ("MOB1", "xfuse"):
+        x = mats[name]
+        x = x[x.sum(axis=1) > 0]
+        with pytest.raises(InputError, match="every spot totals"):
+            _check_not_normalised(_cp10k(x), Path(name), name)
+    with pytest.raises(InputError, match="log-transformed"):
+        _check_not_normalised(np.rint(np.log1p(mats["MOB1"])), Path("MOB1"), "MOB1")

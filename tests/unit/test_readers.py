@@ -291,7 +291,7 @@ def test_visium_tiff_tags_read_and_clusters_annotation(tmp_path):
     assert a.uns["stpredict"]["mpp_estimates"]["image_tags"] == pytest.approx(MPP)
     assert a.uns["stpredict"]["mpp_source"] == "pitch"
     assert set(a.obs["cluster"]) == {"1", "2", "3"}
-    assert (a.obs["annotation"] == "tumour").sum() == 5
+    assert (a.obs["annotation"] == "tumor").sum() == 5  # 'tumour' normalised, as for ST
     assert (a.obs["annotation"] == "").sum() == a.n_obs - 5
     del a
     gc.collect()

@@ -6,6 +6,7 @@ with script_logging(snakemake.log[0]) as log:
     gene_map = None
     if "gene_map" in snakemake.input.keys():
         gene_map = read_table(snakemake.input.gene_map, dtype=str)
+        gene_map.attrs["path"] = str(snakemake.input.gene_map)  # named in the readers' messages
     adata = read_section(
         snakemake.params.row,
         mpp_tolerance=snakemake.params.mpp_tolerance,
