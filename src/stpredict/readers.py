@@ -1116,7 +1116,7 @@ def read_visium(
     if annotation:
         labels = _label_csv(Path(annotation), sample_id, "annotation")
         labels.index = pd.Index(repair_barcodes(labels.index))
-        labels = labels.map(normalise_annotation_label)
+        labels = pd.Series(normalise_annotation_labels(labels.tolist()), index=labels.index)
         # partial annotation is legitimate (unlabelled spots get ""); labels of spots that are
         # not under this section's tissue are not
         obs["annotation"] = _map_labels(
@@ -1542,6 +1542,10 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
 #: Annotation labels read as ``tumor`` / ``non`` (case-insensitive, surrounding blanks ignored),
 #: by the ST and the Visium readers alike; other labels are kept as written.
 _TUMOR = {"tumor", "tumour", "cancer", "1", "true", "yes", "t"}
+#: coded tokens: mapped only when a whole annotation column is two-valued in one of these codes
+#: (a 0/1/2 region coding is not a tumour/normal annotation)
+_BINARY_CODES = ({"1", "0"}, {"true", "false"}, {"yes", "no"}, {"t", "f"}, {"t", "n"}, {"y", "n"})
+_CODED = {"1", "0", "true", "false", "yes", "no", "t", "f", "n", "y"}
 _NON = {
     "non",
     "non-tumor",
@@ -1564,15 +1568,30 @@ _NON = {
 }
 
 
-def normalise_annotation_label(label: str) -> str:
+def normalise_annotation_label(label: str, coded: bool = False) -> str:
     """``tumor`` / ``non`` for the synonyms of :data:`_TUMOR` / :data:`_NON`, else the label.
 
     Case-insensitive (``Tumor``, ``TUMOUR``, ``Normal``, ``non-tumor`` ...); a label outside the
-    vocabulary is returned as written (stripped of surrounding blanks).
+    vocabulary is returned as written (stripped of surrounding blanks). Coded tokens (``1``/``0``,
+    ``yes``/``no`` ...) are mapped only with ``coded`` (see :func:`normalise_annotation_labels`).
     """
     text = str(label).strip()
     low = text.lower()
+    if low in _CODED and not coded:
+        return text
     return "tumor" if low in _TUMOR else "non" if low in _NON else text
+
+
+def normalise_annotation_labels(labels: Sequence[str]) -> list[str]:
+    """Normalise a whole annotation column (:func:`normalise_annotation_label`).
+
+    Coded tokens count as tumour / normal only when the column holds exactly the two values of
+    one binary code (``1``/``0``, ``true``/``false``, ``yes``/``no``, ``t``/``f``...): a column
+    coding regions ``0, 1, 2`` keeps its labels as written.
+    """
+    values = {str(v).strip().lower() for v in labels if str(v).strip()}
+    coded = any(values == code for code in _BINARY_CODES)
+    return [normalise_annotation_label(v, coded=coded) for v in labels]
 
 
 def _report_annotation_labels(
@@ -1658,11 +1677,11 @@ def read_st_annotation(
                 fix=fix,
             )
         ids.append(fields[0])
-        labels.append(normalise_annotation_label(fields[-1]))
+        labels.append(fields[-1])
         nums = [float(f) if _is_number(f) else np.nan for f in fields[1:3]] if len(fields) >= 4 else []
         xy.append(nums if len(nums) == 2 else [np.nan, np.nan])
     index = pd.Index(_spot_ids(ids, path, sample))
-    s = pd.Series(labels, index=index, dtype=str)
+    s = pd.Series(normalise_annotation_labels(labels), index=index, dtype=str)
     labels_out = _deduplicate_labels(s, path, sample, "annotation")
     if not with_coords:
         return labels_out

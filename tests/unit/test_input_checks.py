@@ -816,3 +816,13 @@ def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
             _check_not_normalised(_cp10k(x), Path(name), name)
     with pytest.raises(InputError, match="log-transformed"):
         _check_not_normalised(np.rint(np.log1p(mats["MOB1"])), Path("MOB1"), "MOB1")
+
+
+def test_coded_annotation_tokens_only_in_a_binary_column():
+    from stpredict.readers import normalise_annotation_labels
+
+    assert normalise_annotation_labels(["1", "0", "1"]) == ["tumor", "non", "tumor"]
+    assert normalise_annotation_labels(["Yes", "no"]) == ["tumor", "non"]
+    # a region coding 0/1/2 is not a tumour/normal annotation: kept as written
+    assert normalise_annotation_labels(["0", "1", "2"]) == ["0", "1", "2"]
+    assert normalise_annotation_labels(["Tumor", "1", "stroma"]) == ["tumor", "1", "stroma"]
