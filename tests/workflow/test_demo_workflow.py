@@ -330,8 +330,7 @@ def test_cluster_metrics(demo_run):
 
 
 FIGURES = {
-    "demo_stnet": ["consistency", "auroc", "methods", "maps", "loss", "umap_1", "umap_2", "umap_3",
-                   "integrated_gradients"],
+    "demo_stnet": ["consistency", "auroc", "methods", "maps", "loss", "integrated_gradients"],
     "demo_deepspace": ["consistency", "auroc", "methods", "maps", "loss"],
     "demo_imputation": ["consistency", "auroc", "methods", "maps", "loss"],
     "demo_clusters": ["confusion", "cluster_maps", "loss"],
@@ -344,6 +343,9 @@ def test_every_figure_is_written_as_png_and_pdf(demo_run):
     paths = [demo_run / "results/figures/dataset.png"]
     for exp, names in FIGURES.items():
         paths += [demo_run / f"results/experiments/{exp}/figures/{n}.png" for n in names]
+    umaps = sorted((demo_run / "results/experiments/demo_stnet/figures/umap").glob("*.png"))
+    assert len(umaps) == 3  # one per shown patient (the three with the most tumour and normal spots)
+    paths += umaps
     for png in paths:
         assert png.stat().st_size > 10_000, png
         assert png.with_suffix(".pdf").read_bytes()[:4] == b"%PDF", png

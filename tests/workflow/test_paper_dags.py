@@ -71,7 +71,7 @@ def test_stnet_preset_full_dag(tmp_path):
     jobs = job_counts(proc.stdout)
     assert jobs["read_section"] == 68 and jobs["extract_patches"] == 68
     assert jobs["train_fold"] == 23 * (4 + 1)  # 4 inner folds + the final retrain per held-out patient
-    assert jobs["predict_fold"] == 23 and jobs["collect_predictions_stnet"] == 1  # writes all 68 sections
+    assert jobs["predict_fold"] == 23 and jobs["collect_predictions"] == 68  # one per held-out section
 
 
 def test_deepspace_preset_full_dag(tmp_path):
@@ -111,3 +111,18 @@ def test_preset_without_imagenet_weights_is_refused_before_any_job(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "ImageNet weights for 'vgg16' are not in the torch cache" in out and "Fix:" in out
+
+
+def test_the_same_rules_for_every_config(tmp_path):
+    """Rules are not generated per experiment: a profile can set resources for any of them."""
+    workdir = copy_workflow(tmp_path)
+    env = placeholder_imagenet_cache(tmp_path)
+    listed = {}
+    for config in ("config.yaml", "config/stnet.yaml", "config/deepspace.yaml"):
+        proc = run_snakemake(workdir, "--list-rules", "--configfile", config, env=env)
+        listed[config] = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().isidentifier()]
+    assert listed["config.yaml"] == listed["config/stnet.yaml"] == listed["config/deepspace.yaml"]
+    assert {"train_fold", "predict_fold", "collect_predictions", "baseline", "latent_space"} <= set(
+        listed["config.yaml"])
+    assert not [r for r in listed["config.yaml"] if r.startswith(("collect_predictions_", "baseline_",
+                                                                    "latent_space_"))]

@@ -168,9 +168,13 @@ for _name, _exp in EXPERIMENTS.items():
         ) from None
 
 
+from stpredict.baselines import BASELINES, NEEDS_FEATURES
+
+
 wildcard_constraints:
     experiment="|".join(re.escape(e) for e in EXPERIMENTS) or "NO_EXPERIMENT",
     fold=r"\d+(\.\d+)?",
+    method="|".join(BASELINES),
 
 
 def get_experiment(wildcards):
@@ -232,6 +236,22 @@ def experiment_predictions(names=None):
     ]
 
 
+def get_section_folds(wildcards):
+    """Prediction files of the outer folds that test ``wildcards.sample``."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    folds = [
+        f"results/experiments/{wildcards.experiment}/folds/{k}/predictions.h5ad"
+        for k in outer_folds(exp, SAMPLES)
+        if wildcards.sample in fold_test_samples(exp, SAMPLES, k)
+    ]
+    if not folds:
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' holds out no spots of section "
+            f"'{wildcards.sample}': no prediction file to collect"
+        )
+    return folds
+
+
 def get_experiment_predictions(wildcards):
     """Per-section prediction files of ``wildcards.experiment``."""
     return experiment_predictions([wildcards.experiment])
@@ -265,7 +285,6 @@ def experiment_metrics(names=None):
 
 
 # ----------------------------------------------------------------------------- evaluation
-from stpredict.baselines import BASELINES, NEEDS_FEATURES
 
 
 def evaluation(name):
@@ -318,8 +337,9 @@ def outer_fold_files(name, filename):
     }
 
 
-def get_baseline_inputs(wildcards, method):
-    name = wildcards.experiment
+def get_baseline_inputs(wildcards):
+    """Manifest, QC'd sections, the outer folds' fitted targets (+ nuclear features) of a baseline."""
+    name, method = wildcards.experiment, wildcards.method
     samples = EXPERIMENT_SAMPLES[name]
     inputs = {
         "splits": f"results/experiments/{name}/splits.tsv",
@@ -331,12 +351,16 @@ def get_baseline_inputs(wildcards, method):
     return inputs
 
 
-def get_baseline_scores(wildcards):
-    return [
-        f"results/experiments/{wildcards.experiment}/baselines/{m}/{f}.tsv"
-        for m in experiment_baselines(wildcards.experiment)
-        for f in ("per_gene", "summary")
-    ]
+def get_baseline_tables(kind):
+    """Input function: the ``kind`` table (per_gene | summary) of every baseline, in order."""
+
+    def tables(wildcards):
+        return [
+            f"results/experiments/{wildcards.experiment}/baselines/{m}/{kind}.tsv"
+            for m in experiment_baselines(wildcards.experiment)
+        ]
+
+    return tables
 
 
 def get_held_out_patches(wildcards):
@@ -361,10 +385,6 @@ def get_all_histories(wildcards):
         f"results/experiments/{wildcards.experiment}/folds/{k}/history.tsv"
         for k in fold_ids(exp, SAMPLES)
     ]
-
-
-def n_umap_figures(name):
-    return min(3, len(experiment_units(name)))
 
 
 def experiment_analyses(names=None):

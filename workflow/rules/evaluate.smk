@@ -72,43 +72,46 @@ rule nuclear_features:
         "../scripts/nuclear_features.py"
 
 
-# One rule per baseline, each fitted on the CNN's folds and scored like the CNN.
-for _method in BASELINES:
-
-    rule:
-        name:
-            f"baseline_{_method}"
-        input:
-            unpack(lambda wc, m=_method: get_baseline_inputs(wc, m)),
-        output:
-            predictions=f"results/experiments/{{experiment}}/baselines/{_method}/predictions.h5ad",
-            per_gene=f"results/experiments/{{experiment}}/baselines/{_method}/per_gene.tsv",
-            summary=f"results/experiments/{{experiment}}/baselines/{_method}/summary.tsv",
-        log:
-            f"results/logs/baseline_{_method}/{{experiment}}.log",
-        benchmark:
-            f"results/benchmarks/baseline_{_method}/{{experiment}}.tsv"
-        conda:
-            "../../envs/stpredict.yaml"
-        threads: 2
-        resources:
-            mem_mb=8000,
-            runtime=120,
-        params:
-            method=_method,
-            experiment=get_experiment,
-            platforms=get_experiment_platforms,
-            unit=get_evaluation_unit,
-            alpha=lambda wc: evaluation(wc.experiment)["alpha"],
-        script:
-            "../scripts/run_baseline.py"
+# One rule for every baseline (wildcard `method`), fitted on the CNN's folds and scored like it.
+rule baseline:
+    input:
+        unpack(get_baseline_inputs),
+    output:
+        predictions="results/experiments/{experiment}/baselines/{method}/predictions.h5ad",
+        per_gene="results/experiments/{experiment}/baselines/{method}/per_gene.tsv",
+        summary="results/experiments/{experiment}/baselines/{method}/summary.tsv",
+    log:
+        "results/logs/baseline/{experiment}/{method}.log",
+    benchmark:
+        "results/benchmarks/baseline/{experiment}/{method}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        # the random forests hold the features of every training spot
+        mem_mb=lambda wc: 32000 if wc.method in NEEDS_FEATURES else 8000,
+        runtime=lambda wc: 240 if wc.method in NEEDS_FEATURES else 60,
+    params:
+        method=lambda wc: wc.method,
+        experiment=get_experiment,
+        platforms=get_experiment_platforms,
+        unit=get_evaluation_unit,
+        alpha=lambda wc: evaluation(wc.experiment)["alpha"],
+    script:
+        "../scripts/run_baseline.py"
 
 
 rule compare_methods:
     input:
         per_gene="results/experiments/{experiment}/metrics/per_gene.tsv",
         summary="results/experiments/{experiment}/metrics/summary.tsv",
-        baselines=get_baseline_scores,
+        baseline_per_gene=get_baseline_tables("per_gene"),
+        baseline_summary=get_baseline_tables("summary"),
+        gene_groups=lambda wc: (
+            [evaluation(wc.experiment)["gene_groups"]]
+            if evaluation(wc.experiment)["gene_groups"]
+            else []
+        ),
     output:
         comparison=report(
             "results/experiments/{experiment}/metrics/comparison.tsv",
@@ -128,7 +131,6 @@ rule compare_methods:
         "../../envs/stpredict.yaml"
     params:
         baselines=lambda wc: experiment_baselines(wc.experiment),
-        gene_groups=lambda wc: evaluation(wc.experiment)["gene_groups"],
     script:
         "../scripts/compare_methods.py"
 
@@ -154,47 +156,41 @@ rule ols_table:
         "../scripts/ols_table.py"
 
 
-# One latent-space job per experiment: its number of UMAP figures (units shown) is known here.
-for _name in [n for n in EXPERIMENTS if evaluation(n)["latent"]]:
-
-    rule:
-        name:
-            f"latent_space_{rule_suffix(_name)}"
-        input:
-            predictions=experiment_predictions([_name]),
-            stores=[f"results/patches/{s}/spots.npy" for s in held_out_samples(_name)],
-            tables=[f"results/patches/{s}/spots.tsv" for s in held_out_samples(_name)],
-        output:
-            purity=report(
-                f"results/experiments/{_name}/latent/purity.tsv",
-                caption="../report/purity.rst",
-                category="Latent space",
-                subcategory=_name,
-            ),
-            neighbours=f"results/experiments/{_name}/latent/neighbour_test.tsv",
-            physical=f"results/experiments/{_name}/latent/physical.tsv",
-            umap=f"results/experiments/{_name}/latent/umap.tsv",
-            summary=f"results/experiments/{_name}/latent/summary.json",
-            umaps=report(
-                [
-                    f"results/experiments/{_name}/figures/umap_{i}.png"
-                    for i in range(1, n_umap_figures(_name) + 1)
-                ],
-                caption="../report/umap.rst",
-                category="Latent space",
-                subcategory=_name,
-            ),
-        log:
-            f"results/logs/latent_space/{_name}.log",
-        conda:
-            "../../envs/stpredict.yaml"
-        params:
-            name=_name,
-            unit=get_evaluation_unit({"experiment": _name}),
-            platforms=get_experiment_platforms({"experiment": _name}),
-            seed=EXPERIMENTS[_name]["seed"],
-        script:
-            "../scripts/latent_space.py"
+rule latent_space:
+    input:
+        predictions=get_experiment_predictions,
+        stores=get_held_out_stores,
+        tables=get_held_out_patches,
+    output:
+        purity=report(
+            "results/experiments/{experiment}/latent/purity.tsv",
+            caption="../report/purity.rst",
+            category="Latent space",
+            subcategory="{experiment}",
+        ),
+        neighbours="results/experiments/{experiment}/latent/neighbour_test.tsv",
+        physical="results/experiments/{experiment}/latent/physical.tsv",
+        umap="results/experiments/{experiment}/latent/umap.tsv",
+        summary="results/experiments/{experiment}/latent/summary.json",
+        # one UMAP figure per shown unit (up to 3): unit names are data, so a folder
+        umaps=report(
+            directory("results/experiments/{experiment}/figures/umap"),
+            patterns=["{name}.png"],
+            caption="../report/umap.rst",
+            category="Latent space",
+            subcategory="{experiment}",
+        ),
+    log:
+        "results/logs/latent_space/{experiment}.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    params:
+        unit=get_evaluation_unit,
+        platforms=get_experiment_platforms,
+        seed=lambda wc: EXPERIMENTS[wc.experiment]["seed"],
+        n_figures=3,
+    script:
+        "../scripts/latent_space.py"
 
 
 rule integrated_gradients:
@@ -257,6 +253,9 @@ rule score_clusters:
             category="Figures",
             subcategory="{experiment}",
         ),
+        confusion_pdf="results/experiments/{experiment}/figures/confusion.pdf",
+        maps_pdf="results/experiments/{experiment}/figures/cluster_maps.pdf",
+        loss_pdf="results/experiments/{experiment}/figures/loss.pdf",
     log:
         "results/logs/score_clusters/{experiment}.log",
     conda:
@@ -308,6 +307,11 @@ rule plot_experiment:
             category="Figures",
             subcategory="{experiment}",
         ),
+        consistency_pdf="results/experiments/{experiment}/figures/consistency.pdf",
+        auroc_pdf="results/experiments/{experiment}/figures/auroc.pdf",
+        methods_pdf="results/experiments/{experiment}/figures/methods.pdf",
+        maps_pdf="results/experiments/{experiment}/figures/maps.pdf",
+        loss_pdf="results/experiments/{experiment}/figures/loss.pdf",
     log:
         "results/logs/plot_experiment/{experiment}.log",
     conda:
@@ -328,6 +332,7 @@ rule plot_dataset:
             caption="../report/dataset.rst",
             category="Figures",
         ),
+        pdf="results/figures/dataset.pdf",
     log:
         "results/logs/plot_dataset.log",
     conda:

@@ -73,29 +73,15 @@ rule predict_fold:
         "../scripts/predict_fold.py"
 
 
-# One job per experiment writes the file of every held-out section (their names are known
-# before anything runs), instead of one job per section.
-for _name in EXPERIMENTS:
-
-    rule:
-        name:
-            f"collect_predictions_{rule_suffix(_name)}"
-        input:
-            folds=[
-                f"results/experiments/{_name}/folds/{k}/predictions.h5ad"
-                for k in outer_folds(EXPERIMENTS[_name], SAMPLES)
-            ],
-        output:
-            h5ad=[
-                f"results/experiments/{_name}/predictions/{s}.h5ad"
-                for s in held_out_samples(_name)
-            ],
-        log:
-            f"results/logs/collect_predictions/{_name}.log",
-        priority: 20
-        conda:
-            "../../envs/stpredict.yaml"
-        params:
-            samples=held_out_samples(_name),
-        script:
-            "../scripts/collect_predictions.py"
+rule collect_predictions:
+    input:
+        folds=get_section_folds,
+    output:
+        h5ad="results/experiments/{experiment}/predictions/{sample}.h5ad",
+    log:
+        "results/logs/collect_predictions/{experiment}/{sample}.log",
+    priority: 20
+    conda:
+        "../../envs/stpredict.yaml"
+    script:
+        "../scripts/collect_predictions.py"

@@ -9,13 +9,14 @@ def read(path):
 
 with script_logging(snakemake.log[0]) as log:
     results = {"cnn": (read(snakemake.input.per_gene), read(snakemake.input.summary))}
-    for method in snakemake.params.baselines:
-        base = f"results/experiments/{snakemake.wildcards.experiment}/baselines/{method}"
-        results[method] = (read(f"{base}/per_gene.tsv"), read(f"{base}/summary.tsv"))
+    tables = zip(snakemake.params.baselines, snakemake.input.baseline_per_gene,
+                 snakemake.input.baseline_summary, strict=True)
+    for method, per_gene, summary in tables:  # inputs in the order of params.baselines
+        results[method] = (read(per_gene), read(summary))
     comparison = compare_methods(results)
     groups = None
-    if snakemake.params.gene_groups:
-        roles = read_table(snakemake.params.gene_groups, dtype=str)
+    if snakemake.input.gene_groups:
+        roles = read_table(snakemake.input.gene_groups[0], dtype=str)
         groups = {r: g["gene"].tolist() for r, g in roles.groupby("role")}
     overview = method_overview(comparison, groups)
     overview.insert(0, "experiment", snakemake.wildcards.experiment)

@@ -18,7 +18,7 @@ from stpredict.patches import patches_for_spots
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    name, unit, platforms = snakemake.params.name, snakemake.params.unit, snakemake.params.platforms
+    name, unit, platforms = snakemake.wildcards.experiment, snakemake.params.unit, snakemake.params.platforms
     seed = int(snakemake.params.seed)
     adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
@@ -63,8 +63,10 @@ with script_logging(snakemake.log[0]) as log:
 
     order = sorted(by_unit, key=lambda u: n_both(by_unit[u]), reverse=True)
     coords_rows = []
-    for i, out_png in enumerate(snakemake.output.umaps):
-        u = order[i]
+    figures = Path(snakemake.output.umaps)  # one figure per shown unit: figures/umap/{unit}.png
+    figures.mkdir(parents=True, exist_ok=True)
+    for u in order[: int(snakemake.params.n_figures)]:
+        out_png = figures / f"{u}.png"
         ads = by_unit[u]
         emb = np.concatenate([np.asarray(x.obsm["embedding"]) for x in ads])
         labels = np.concatenate([x.obs["annotation"].astype(str).to_numpy() for x in ads])
