@@ -49,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PANEL_DIR = Path(__file__).resolve().parents[2] / "resources" / "gene_panels"
+PANEL_DIR = Path(__file__).resolve().parents[3] / "resources" / "gene_panels"
 _CHUNK = 2048  # spots held densely at once
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from stpredict.demo import demo_outputs, demo_sheet, make_demo
 from stpredict.demo.cohort import SHEET_COLUMNS
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import pytest
 from stpredict.errors import GeometryError, InputError
 from stpredict.images import SlideImage, plausible_tag_mpp
 from stpredict.readers import read_st, read_st_counts, read_visium
-from tests.unit.test_readers import GENES, MPP, REAL, SYMBOLS, formats, make_st, make_visium
+from tests.unit.ingest.test_readers import GENES, MPP, REAL, SYMBOLS, formats, make_st, make_visium
 
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/fixtures/real absent")
 realdata = pytest.mark.realdata

@@ -23,7 +23,7 @@ formats = pytest.importorskip("stpredict.demo.formats")
 REAL = Path(
     os.environ.get(
         "STPREDICT_REAL_FIXTURES",
-        Path(__file__).resolve().parents[2].parent / "shared/fixtures/real",
+        Path(__file__).resolve().parents[3].parent / "shared/fixtures/real",
     )
 )
 realdata = pytest.mark.realdata
