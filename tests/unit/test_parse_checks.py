@@ -23,8 +23,8 @@ from stpredict.config import (
     validate_sheet,
 )
 from stpredict.errors import ConfigError, InputError
-from stpredict.experiments import check_experiment, resolve_experiment, section_gene_names
-from stpredict.qc import QCConfig, apply_qc
+from stpredict.learn.experiments import check_experiment, resolve_experiment, section_gene_names
+from stpredict.patches.qc import QCConfig, apply_qc
 
 REPO = Path(__file__).resolve().parents[2]
 SHEET_SCHEMA = load_schema(REPO / "workflow/schemas/samples.schema.yaml")
@@ -303,7 +303,7 @@ def test_qc_whiteness_removing_every_spot_points_at_the_image(tmp_path):
 
 
 def test_resolving_a_cluster_experiment_leaves_the_defaults_alone():
-    from stpredict.experiments import EXPERIMENT_DEFAULTS
+    from stpredict.learn.experiments import EXPERIMENT_DEFAULTS
 
     clusters = resolve_experiment({"task": "clusters"}, {})
     regression = resolve_experiment({"split": {"scheme": "random_within_section"}}, {})
@@ -312,7 +312,7 @@ def test_resolving_a_cluster_experiment_leaves_the_defaults_alone():
 
 
 def test_whiteness_flags_a_blank_image():
-    from stpredict.patches import whiteness
+    from stpredict.patches.store import whiteness
 
     blank = np.full((6, 8, 8, 3), 255, np.uint8)
     _, flags, threshold = whiteness(blank)

@@ -15,7 +15,7 @@ Methods (:data:`BASELINES`):
     training side lacks, get the training mean. Needs annotations.
 ``nuclear_rf``
     ST-Net's hand-crafted baseline: a random forest (scikit-learn) on the per-spot nuclear
-    features of :mod:`stpredict.features`.
+    features of :mod:`stpredict.evaluate.features`.
 ``nmf_rf``
     ST-Net's composition baseline: NMF (10 factors, Frobenius loss, 200 iterations) fitted on
     the training spots' targets, shifted per gene by the training minimum so they are
@@ -45,6 +45,7 @@ import pandas as pd
 
 from stpredict.errors import ConfigError, InputError
 from stpredict.io import read_json, read_table
+from stpredict.vocab import ANNOTATION_LABELS, annotations
 
 __all__ = [
     "BASELINES",
@@ -89,8 +90,7 @@ def _feature_matrix(ads: Sequence[ad.AnnData], features: Mapping[str, pd.DataFra
 
 
 def _annotations(ads: Sequence[ad.AnnData]) -> np.ndarray:
-    return np.concatenate([a.obs["annotation"].astype(str).to_numpy() if "annotation" in a.obs
-                           else np.full(a.n_obs, "") for a in ads])
+    return np.concatenate([annotations(a) for a in ads]) if ads else np.array([], dtype=object)
 
 
 def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
@@ -101,7 +101,7 @@ def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
     ``pools`` gives, per test section (same order), the spots whose measurements the
     neighbours are taken from and their targets (default: the test spots themselves).
     """
-    from stpredict.geometry import spot_neighbors
+    from stpredict.ingest.geometry import spot_neighbors
 
     out = np.empty_like(y)
     start = 0
@@ -143,7 +143,7 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
     if method == "labels":
         lab_tr, lab_te = _annotations(train_ads), _annotations(test_ads)
         out = np.tile(mean, (n_test, 1))
-        for cls in ("tumor", "non"):
+        for cls in ANNOTATION_LABELS:
             sel = lab_tr == cls
             if sel.any():
                 out[lab_te == cls] = y_train[sel].mean(axis=0)
@@ -223,8 +223,8 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         ``layers["predicted"]``, ``obs`` (with ``fold``), ``obsm["spatial"]``; folds are joined
         on the genes they share.
     """
-    from stpredict.experiments import _fold_part, _subsets, smoothed_targets
-    from stpredict.targets import from_dict
+    from stpredict.learn.folds import _fold_part, _subsets, smoothed_targets
+    from stpredict.learn.targets import from_dict
 
     if method in NEEDS_FEATURES and not features:
         raise ConfigError(f"baseline '{method}' needs nuclear features", fix="give the feature tables")
@@ -245,7 +245,7 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         y_te = np.concatenate([transform.transform(a) for a in te_ads]).astype(np.float64)
         if method == "labels":
             lab_tr = _annotations(tr_ads)
-            if not np.isin(lab_tr, ["tumor", "non"]).any():
+            if not np.isin(lab_tr, ANNOTATION_LABELS).any():
                 raise ConfigError("baseline 'labels' needs tumour/normal annotations, and no training "
                                   f"spot of fold {fold} has one",
                                   fix=f"add annotation files to the sheet or remove 'labels' from "

@@ -37,8 +37,8 @@ from skimage.measure import label
 from tqdm.auto import tqdm
 
 from stpredict.errors import GeometryError
-from stpredict.images import SlideImage
-from stpredict.patches import crop_windows
+from stpredict.ingest.images import SlideImage
+from stpredict.patches.geometry import crop_windows
 
 __all__ = [
     "NUCLEUS_FEATURES",

@@ -1,8 +1,8 @@
-"""Latent-space analyses of ST-Net (He et al. 2020): UMAP, purity, neighbours, attributions.
+"""Latent-space analyses of ST-Net (He et al. 2020): UMAP, purity, neighbours, typical spots.
 
 The latent space is the penultimate layer of the patch CNN, stored per spot in
 ``obsm["embedding"]`` of the prediction AnnData objects (one per held-out section; see
-:mod:`stpredict.metrics` for the other fields). The analyses:
+:mod:`stpredict.evaluate.metrics` for the other fields). The analyses:
 
 * :func:`umap_embedding` -- 2-D UMAP of the embeddings (ST-Net Fig. 4a).
 * :func:`purity`, :func:`kmeans_purity`, :func:`purity_table`, :func:`purity_summary` -- how
@@ -15,12 +15,12 @@ The latent space is the penultimate layer of the patch CNN, stored per spot in
   adjacent, against chance (ST-Net Supp. Fig. 9b).
 * :func:`label_agreement`, :func:`typical_atypical` -- representative and atypical tumour and
   normal spots (ST-Net Fig. 4b).
-* :func:`integrated_gradients`, :func:`pick_ig_patches` -- Integrated Gradients attributions
-  of one predicted gene to the pixels of chosen patches.
+
+Integrated-gradients attributions are in :mod:`stpredict.evaluate.attributions`.
 
 Conventions
 -----------
-* Annotations are ``"tumor"``, ``"non"`` (normal; ``"normal"`` is accepted as a synonym) or
+* Annotations are ``"tumor"``, ``"non"`` (normal; the synonyms of :mod:`stpredict.vocab` are accepted) or
   ``""`` (absent); only annotated spots enter the purity and typical/atypical analyses.
 * Correlations are NaN (never 0, no warnings) when either vector is constant or fewer than
   3 spots are available.
@@ -32,25 +32,18 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from stpredict.errors import StpredictError
-from stpredict.geometry import spot_neighbors
-from stpredict.metrics import dense_2d
-
-if TYPE_CHECKING:
-    import torch
-
-    from stpredict.models import PatchModel
+from stpredict.evaluate.metrics import dense_2d
+from stpredict.ingest.geometry import spot_neighbors
+from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED, annotations, normalise_annotation_labels
 
 __all__ = [
-    "TUMOR",
-    "NORMAL",
     "MIN_PURITY_SPOTS",
-    "IG_QUANTILES",
     "umap_embedding",
     "purity",
     "kmeans_purity",
@@ -60,20 +53,12 @@ __all__ = [
     "latent_vs_physical",
     "label_agreement",
     "typical_atypical",
-    "integrated_gradients",
-    "pick_ig_patches",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Annotation of tumour spots.
-TUMOR = "tumor"
-#: Annotation of normal spots.
-NORMAL = "non"
 #: Smallest number of annotated spots for a unit's purity to be computed.
 MIN_PURITY_SPOTS = 10
-#: Quantiles of the values used by :func:`pick_ig_patches` for ``n = 3``.
-IG_QUANTILES: tuple[float, ...] = (0.99, 0.95, 0.90)
 
 _KINDS = ("representative_tumor", "atypical_tumor", "representative_normal", "atypical_normal")
 
@@ -133,14 +118,12 @@ def _neighbours(adata: Any, platform: str) -> list[np.ndarray]:
 
 
 def _normalise_labels(labels: Any) -> np.ndarray:
-    arr = pd.Series(np.asarray(labels, dtype=object).ravel()).fillna("").astype(str).str.strip()
-    return arr.replace({"normal": NORMAL}).to_numpy(dtype=object)
+    arr = pd.Series(np.asarray(labels, dtype=object).ravel()).fillna(UNANNOTATED).astype(str)
+    return np.asarray(normalise_annotation_labels(arr.tolist()), dtype=object)
 
 
 def _annotations(adata: Any) -> np.ndarray:
-    if "annotation" not in adata.obs:
-        return np.full(adata.n_obs, "", dtype=object)
-    return _normalise_labels(adata.obs["annotation"].to_numpy())
+    return _normalise_labels(annotations(adata))
 
 
 def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -526,175 +509,3 @@ def typical_atypical(emb: Any, labels: Any, k: int = 10) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["kind", "index", "share"])
 
 
-# --------------------------------------------------------------------------- attributions
-def integrated_gradients(
-    model: PatchModel,
-    patches_uint8: Any,
-    target: int,
-    n_steps: int = 32,
-    baseline: str = "white",
-    device: str | torch.device | None = None,
-    internal_batch_size: int | None = None,
-    batch_size: int = 8,
-    method: str = "gausslegendre",
-    return_delta: bool = False,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Integrated Gradients of one model output with respect to the pixels of patches.
-
-    Parameters
-    ----------
-    model
-        A :class:`~stpredict.models.PatchModel`. It is put in eval mode for the computation;
-        its training flag and device are restored afterwards.
-    patches_uint8
-        ``(N, H, W, 3)`` uint8 patches (a patch store or a selection of its rows; memory maps
-        are read one batch at a time).
-    target
-        Output (gene) index, ``0 <= target < model.n_outputs``.
-    n_steps
-        Integration steps.
-    baseline
-        ``"white"``: the all-white image (glass background, 1.0 before normalisation;
-        default) or ``"black"``: zeros before normalisation. Either is normalised like the
-        inputs.
-    device
-        Torch device; by default CUDA when available, else the CPU
-        (:func:`stpredict.training.select_device`).
-    internal_batch_size
-        Images per forward/backward pass inside captum; by default ``n_steps`` (one patch's
-        path at a time), which bounds memory.
-    batch_size
-        Patches handed to captum at once.
-    method
-        captum's integration method (``"gausslegendre"`` or ``"riemann_trapezoid"``, ...).
-    return_delta
-        Also return captum's convergence deltas.
-
-    Returns
-    -------
-    numpy.ndarray or tuple
-        ``(N, H, W)`` float32 attributions, summed over the three colour channels of the
-        *normalised* input and signed: positive pixels push the prediction of ``target`` up
-        relative to the baseline. By completeness, the attributions of a patch sum to about
-        ``F(patch) - F(baseline)``. With ``return_delta``, also the ``(N,)`` float32
-        convergence deltas (sum of attributions minus that difference); the largest relative
-        delta is logged at INFO level in any case.
-
-    Raises
-    ------
-    StpredictError
-        Bad patch array, target or baseline.
-    """
-    import torch
-    from captum.attr import IntegratedGradients
-
-    from stpredict.training import select_device
-
-    arr = patches_uint8
-    if getattr(arr, "ndim", None) != 4 or arr.shape[-1] != 3:
-        raise StpredictError(
-            f"patches must be a (N, H, W, 3) uint8 array, got shape {getattr(arr, 'shape', None)}"
-        )
-    if np.dtype(arr.dtype) != np.uint8:
-        raise StpredictError(f"patches must be uint8, got {arr.dtype}")
-    n_out = int(model.n_outputs)
-    if not 0 <= int(target) < n_out:
-        raise StpredictError(f"target {target} is out of range for a model with {n_out} outputs")
-    if baseline not in ("white", "black"):
-        raise StpredictError(f"unknown baseline {baseline!r}", fix="use 'white' or 'black'")
-    target = int(target)
-    n, h, w = int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2])
-    attributions = np.zeros((n, h, w), dtype=np.float32)
-    deltas = np.zeros(n, dtype=np.float32)
-    if n == 0:
-        return (attributions, deltas) if return_delta else attributions
-
-    dev = select_device(device)
-    was_training = model.training
-    first = next(model.parameters(), None)
-    old_device = first.device if first is not None else torch.device("cpu")
-    model.to(dev).eval()
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return model(x)[:, target]
-
-    ig = IntegratedGradients(forward)
-    ibs = int(internal_batch_size) if internal_batch_size else int(n_steps)
-    worst = 0.0
-    try:
-        fill = 1.0 if baseline == "white" else 0.0
-        base_raw = torch.full((1, 3, h, w), fill, device=dev)
-        with torch.no_grad():
-            base = model.normalize(base_raw)
-            f_base = float(forward(base)[0])
-        for start in range(0, n, max(1, int(batch_size))):
-            chunk = np.ascontiguousarray(arr[start:start + batch_size])
-            x = torch.from_numpy(chunk).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
-            x = model.normalize(x)
-            b = base.expand_as(x).contiguous()
-            attr, delta = ig.attribute(
-                x, baselines=b, n_steps=int(n_steps), method=method,
-                internal_batch_size=ibs, return_convergence_delta=True,
-            )
-            stop = start + x.shape[0]
-            attributions[start:stop] = attr.sum(dim=1).detach().cpu().numpy()
-            deltas[start:stop] = delta.detach().float().cpu().numpy()
-            with torch.no_grad():
-                gap = (forward(x) - f_base).abs().cpu().numpy()
-            rel = np.abs(deltas[start:stop]) / np.maximum(gap, 1e-12)
-            worst = max(worst, float(rel.max()))
-    finally:
-        model.to(old_device)
-        model.train(was_training)
-    log.info("integrated_gradients: target %d, %d patches, max |delta| / |F(x) - F(b)| = %.3g",
-             target, n, worst)
-    return (attributions, deltas) if return_delta else attributions
-
-
-def pick_ig_patches(measured_or_pred: Any, n: int = 3) -> np.ndarray:
-    """Choose representative high-expression spots to show Integrated Gradients for.
-
-    Rather than the extreme (often an outlier) spot, the spots whose value is nearest to high
-    quantiles are chosen: the 0.99, 0.95 and 0.90 quantiles for ``n = 3``
-    (:data:`IG_QUANTILES`), and in general ``n`` quantiles evenly spaced from 0.99 down to 0.90
-    (0.99 alone for ``n = 1``). Each quantile takes the nearest not yet chosen spot (ties to
-    the lower index), so the indices are distinct and the choice is deterministic.
-
-    Parameters
-    ----------
-    measured_or_pred
-        ``(n_spots,)`` values of one gene (measured or predicted; a single-column 2-D array
-        is accepted). NaN values are never chosen.
-    n
-        Number of spots.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(min(n, number of finite values),)`` int64 indices, from the highest quantile down.
-    """
-    v = np.asarray(measured_or_pred, dtype=np.float64)
-    if v.ndim == 2 and v.shape[1] == 1:
-        v = v[:, 0]
-    if v.ndim != 1:
-        raise StpredictError(f"expected the values of one gene (1-D), got shape {v.shape}")
-    finite = np.flatnonzero(np.isfinite(v))
-    m = min(int(n), finite.size)
-    if m <= 0:
-        return np.zeros(0, dtype=np.int64)
-    if m == 3:
-        qs = np.array(IG_QUANTILES)
-    elif m == 1:
-        qs = np.array([0.99])
-    else:
-        qs = np.linspace(0.99, 0.90, m)
-    targets = np.quantile(v[finite], qs)
-    available = np.ones(finite.size, dtype=bool)
-    chosen = []
-    for t in targets:
-        d = np.abs(v[finite] - t)
-        d[~available] = np.inf
-        j = int(np.argmin(d))  # first minimum: lowest index among ties
-        available[j] = False
-        chosen.append(int(finite[j]))
-    return np.asarray(chosen, dtype=np.int64)

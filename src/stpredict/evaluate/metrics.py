@@ -1,4 +1,4 @@
-"""Evaluation metrics for held-out predictions (ST-Net and HEST style).
+"""Evaluation metrics for held-out predictions: per-gene scores (ST-Net and HEST style) and clusters.
 
 Inputs are prediction AnnData objects, one per held-out section: ``X`` holds the measured
 target values (spots x genes), ``layers["predicted"]`` the predictions, ``obs`` the columns
@@ -18,10 +18,33 @@ Conventions
   units with a defined correlation.
 * The headline significance is ST-Net's: Holm-adjusted one-sided binomial p below ``alpha``
   (``significant``); Benjamini-Hochberg q values are reported beside it (``q_bh``).
+* :func:`pearson_columns` is the one Pearson correlation of the package (metrics, training's
+  validation r, the latent-space neighbour test, the figures): per column, over the rows where
+  both values are finite; NaN (no warning) when fewer than 3 such rows remain or either column
+  is constant over them.
+
+Cluster task
+------------
+Prediction files of a ``clusters`` experiment hold the one-hot measured cluster in ``X``, the
+class probabilities (softmax; rows sum to 1) in ``layers["predicted"]``, the string labels in
+``obs["cluster_true"]`` / ``obs["cluster_pred"]`` and the class labels in column order in
+``uns["stpredict"]["classes"]``; :func:`cluster_metrics`, :func:`cluster_overview`,
+:func:`confusion_table` and :func:`score_cluster_units` score them (DeepSpaCE's tables).
+
+* Labels are compared as strings, so ``1`` and ``"1"`` are the same class; labels may have gaps
+  (``"1"``, ``"3"``, ``"7"``). The predicted class is the arg-max of the probabilities (the first
+  column wins ties).
+* Precision, recall and F1 follow :func:`sklearn.metrics.precision_recall_fscore_support` with
+  ``zero_division=0`` (a class that is never predicted has precision 0). A class that is neither
+  present in the true labels nor predicted has nothing to evaluate: its precision, recall, F1
+  and AUROC are NaN and it is left out of the ``micro``, ``macro`` and ``weighted`` averages.
+* A one-vs-rest AUROC is NaN (never 0 or 0.5) when the class is absent from the true labels or
+  is the true label of every spot; NaN AUROCs are left out of the macro and weighted means.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -29,7 +52,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
-from stpredict.geometry import hex_neighbors, square_neighbors
+from stpredict.ingest.geometry import hex_neighbors, square_neighbors
+from stpredict.vocab import STRATA, annotations
 
 __all__ = [
     "METRIC_COLUMNS",
@@ -48,13 +72,18 @@ __all__ = [
     "compare_methods",
     "method_overview",
     "COMPARISON_COLUMNS",
+    "CLUSTER_COLUMNS",
+    "OVERVIEW_COLUMNS",
+    "cluster_metrics",
+    "cluster_overview",
+    "confusion_table",
+    "score_cluster_units",
 ]
 
 #: Per-gene metric columns produced by :func:`gene_metrics`.
 METRIC_COLUMNS: tuple[str, ...] = ("pearson", "spearman", "rmse", "auroc", "n_spots")
 #: Smallest number of spots for a tumour / normal stratum to be scored.
 MIN_STRATUM_SPOTS = 10
-_STRATA: dict[str, str] = {"tumor": "tumor", "normal": "non"}
 
 
 def dense_2d(x: Any) -> np.ndarray:
@@ -230,7 +259,7 @@ def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
     """Measured targets: raw, and smoothed (``layers["measured_smoothed"]`` when the file has it).
 
     Prediction files carry the smoothed measurements computed from every kept spot of the
-    section (:func:`stpredict.experiments.smoothed_targets`); without that layer the smoothing is
+    section (:func:`stpredict.learn.folds.smoothed_targets`); without that layer the smoothing is
     over the spots of ``ad``.
     """
     out = {"raw": dense_2d(ad.X)}
@@ -243,12 +272,6 @@ def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
                 platform,
             )
     return out
-
-
-def _annotations(ad: Any) -> np.ndarray:
-    if "annotation" not in ad.obs:
-        return np.full(ad.n_obs, "", dtype=object)
-    return ad.obs["annotation"].astype(object).fillna("").astype(str).to_numpy()
 
 
 #: held-out units :func:`score_units` can score
@@ -303,7 +326,7 @@ def score_units(
     for ad in adatas:
         targets = _section_targets(ad, platform)
         pred = dense_2d(ad.layers["predicted"])
-        ann = _annotations(ad)
+        ann = annotations(ad)
         transform = _transform_name(ad) or ""
         units = _unit_labels(ad, unit)
         for u in pd.unique(units):
@@ -322,7 +345,7 @@ def score_units(
         transforms = sorted({pt[0] for pt in parts if pt[0]})
         masks: dict[str, np.ndarray] = {"all": np.ones(len(ann), dtype=bool)}
         if strata and np.any(ann != ""):
-            for name, label in _STRATA.items():
+            for name, label in STRATA.items():
                 sel = ann == label
                 if sel.sum() >= MIN_STRATUM_SPOTS:
                     masks[name] = sel
@@ -462,7 +485,7 @@ def summarise_strata(per_gene: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
     The table is empty (with its header) when no unit is annotated.
     """
     frames = []
-    for stratum in _STRATA:
+    for stratum in STRATA:
         sub = per_gene[per_gene["stratum"] == stratum]
         if sub.empty:
             continue
@@ -650,3 +673,318 @@ def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]
                 "median_auroc": float(sub["median_auroc"].median()),
             })
     return pd.DataFrame(rows)
+
+
+#: Columns of :func:`cluster_metrics`.
+CLUSTER_COLUMNS: tuple[str, ...] = (
+    "class", "precision", "recall", "f1", "auroc", "support", "n_pred",
+)
+
+
+#: Keys of :func:`cluster_overview` (and columns of the overview of :func:`score_cluster_units`
+#: after ``unit``).
+OVERVIEW_COLUMNS: tuple[str, ...] = (
+    "n_spots", "n_outside", "n_classes_true", "accuracy", "majority_class", "chance_accuracy",
+    "kappa", "macro_f1", "macro_auroc", "micro_auroc",
+)
+
+
+_AVERAGES = ("micro", "macro", "weighted")
+
+
+_MISSING_LABELS = frozenset({"", "nan", "none", "<na>"})
+
+
+def _labels(y: Any) -> np.ndarray:
+    return np.asarray([str(v) for v in np.asarray(y, dtype=object).ravel()], dtype=object)
+
+
+def _classes(classes: Sequence[Any]) -> list[str]:
+    out = [str(c) for c in classes]
+    if not out:
+        raise ValueError("no classes given")
+    if len(set(out)) != len(out):
+        raise ValueError(f"classes are not unique: {out}")
+    return out
+
+
+def _check_proba(proba: Any, n: int, k: int) -> np.ndarray:
+    p = dense_2d(proba)
+    if p.shape != (n, k):
+        raise ValueError(f"proba has shape {p.shape}, expected ({n}, {k}) (spots x classes)")
+    return p
+
+
+# --------------------------------------------------------------------------- cluster task
+def _binary_auroc(y: np.ndarray, score: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    if y.size == 0 or y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, score))
+
+
+def cluster_metrics(y_true: Any, proba: Any, classes: Sequence[Any]) -> pd.DataFrame:
+    """Per-class precision, recall, F1 and one-vs-rest AUROC of a cluster-type prediction.
+
+    Parameters
+    ----------
+    y_true
+        ``(n,)`` true labels (any values; compared as strings). Labels that are not in
+        ``classes`` (a cluster unseen in training) count as errors: they are in no class's
+        ``support`` but their prediction is a false positive of the predicted class.
+    proba
+        ``(n, K)`` class probabilities, column ``k`` for ``classes[k]``.
+    classes
+        The ``K`` class labels in column order.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per class (in the order of ``classes``) followed by rows ``micro``, ``macro``
+        and ``weighted``; columns ``class``, ``precision``, ``recall``, ``f1``, ``auroc``,
+        ``support`` (spots whose true label is the class) and ``n_pred`` (spots predicted as
+        the class). The predicted class is ``classes[argmax(proba)]``. Precision, recall and F1
+        are those of :func:`sklearn.metrics.precision_recall_fscore_support` with
+        ``zero_division=0``; the averages are over the *active* classes (true or predicted at
+        least once), and a class that is neither has NaN metrics. ``auroc`` is
+        :func:`sklearn.metrics.roc_auc_score` of the class indicator against its probability
+        column, NaN when the class is absent from ``y_true`` or is every spot's class. The
+        ``micro`` AUROC is :func:`~sklearn.metrics.roc_auc_score` of the flattened ``(n, K)``
+        indicator matrix against the flattened probabilities, the ``macro`` AUROC the mean and
+        the ``weighted`` AUROC the support-weighted mean of the defined class AUROCs (NaN when
+        none is defined). Average rows have ``support`` = the spots with a true label in
+        ``classes`` and ``n_pred`` = all spots.
+    """
+    from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+    cls = _classes(classes)
+    yt = _labels(y_true)
+    n, k = yt.size, len(cls)
+    if n == 0:
+        raise ValueError("no spots to score")
+    p = _check_proba(proba, n, k)
+    yp = np.asarray(cls, dtype=object)[np.argmax(p, axis=1)]
+    ind = yt[:, None] == np.asarray(cls, dtype=object)[None, :]  # (n, K) true indicator
+    support = ind.sum(axis=0).astype(int)
+    n_pred = np.array([(yp == c).sum() for c in cls], dtype=int)
+    active = (support > 0) | (n_pred > 0)
+    active_labels = [c for c, a in zip(cls, active, strict=True) if a]
+
+    prec = np.full(k, np.nan)
+    rec = np.full(k, np.nan)
+    f1 = np.full(k, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pa, ra, fa, _ = precision_recall_fscore_support(
+            yt, yp, labels=active_labels, average=None, zero_division=0
+        )
+        prec[active], rec[active], f1[active] = pa, ra, fa
+        avg = {
+            a: precision_recall_fscore_support(
+                yt, yp, labels=active_labels, average=a, zero_division=0
+            )[:3]
+            for a in _AVERAGES
+        }
+    auroc = np.array([_binary_auroc(ind[:, j], p[:, j]) for j in range(k)])
+    ok = np.isfinite(auroc)
+    flat = ind.ravel()
+    micro_auc = (
+        float(roc_auc_score(flat, p.ravel())) if flat.any() and not flat.all() else float("nan")
+    )
+    macro_auc = float(auroc[ok].mean()) if ok.any() else float("nan")
+    weighted_auc = (
+        float(np.average(auroc[ok], weights=support[ok])) if ok.any() else float("nan")
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "class": c, "precision": prec[j], "recall": rec[j], "f1": f1[j],
+            "auroc": auroc[j], "support": support[j], "n_pred": n_pred[j],
+        }
+        for j, c in enumerate(cls)
+    ]
+    for a, auc in zip(_AVERAGES, (micro_auc, macro_auc, weighted_auc), strict=True):
+        pr, rc, ff = avg[a]
+        rows.append(
+            {
+                "class": a, "precision": float(pr), "recall": float(rc), "f1": float(ff),
+                "auroc": auc, "support": int(support.sum()), "n_pred": int(n),
+            }
+        )
+    df = pd.DataFrame(rows, columns=list(CLUSTER_COLUMNS))
+    df["support"] = df["support"].astype(int)
+    df["n_pred"] = df["n_pred"].astype(int)
+    return df
+
+
+def cluster_overview(y_true: Any, proba: Any, classes: Sequence[Any]) -> dict[str, Any]:
+    """Overall accuracy, chance level and Cohen's kappa of a cluster-type prediction.
+
+    Parameters
+    ----------
+    y_true, proba, classes
+        As for :func:`cluster_metrics`.
+
+    Returns
+    -------
+    dict
+        ``n_spots``; ``n_outside`` (spots whose true label is not in ``classes``; they count as
+        errors); ``n_classes_true`` (classes present in ``y_true``); ``accuracy`` (share of
+        spots with ``classes[argmax(proba)] == y_true``); ``majority_class`` and
+        ``chance_accuracy`` (the most frequent true label of *these* spots and the accuracy of
+        always predicting it, an optimistic chance level since it is chosen on the evaluated
+        spots; ties go to the label first in sorted order); ``kappa``
+        (:func:`sklearn.metrics.cohen_kappa_score` over all labels, NaN when only one label
+        occurs among true and predicted); ``macro_f1``, ``macro_auroc`` and ``micro_auroc``
+        from :func:`cluster_metrics`.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    cls = _classes(classes)
+    table = cluster_metrics(y_true, proba, cls)
+    yt = _labels(y_true)
+    p = _check_proba(proba, yt.size, len(cls))
+    yp = np.asarray(cls, dtype=object)[np.argmax(p, axis=1)]
+    values, counts = np.unique(yt.astype(str), return_counts=True)
+    top = int(np.argmax(counts))
+    kappa = float("nan")
+    if len(set(yt) | set(yp)) > 1:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore")
+            kappa = float(cohen_kappa_score(yt, yp))
+        if not np.isfinite(kappa):
+            kappa = float("nan")
+    avg = table.set_index("class")
+    return {
+        "n_spots": int(yt.size),
+        "n_outside": int((~np.isin(yt, np.asarray(cls, dtype=object))).sum()),
+        "n_classes_true": int((table["support"].to_numpy()[: len(cls)] > 0).sum()),
+        "accuracy": float(np.mean(yt == yp)),
+        "majority_class": str(values[top]),
+        "chance_accuracy": float(counts[top] / yt.size),
+        "kappa": kappa,
+        "macro_f1": float(avg.loc["macro", "f1"]),
+        "macro_auroc": float(avg.loc["macro", "auroc"]),
+        "micro_auroc": float(avg.loc["micro", "auroc"]),
+    }
+
+
+def confusion_table(
+    y_true: Any, y_pred: Any, classes: Sequence[Any], normalize: bool = False
+) -> pd.DataFrame:
+    """Confusion matrix as a labelled table.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        ``(n,)`` true and predicted labels (compared as strings).
+    classes
+        Class labels, the order of the rows and columns. Spots whose true or predicted label is
+        not among them are not counted (:func:`sklearn.metrics.confusion_matrix` with
+        ``labels=classes``).
+    normalize
+        Divide each row by its total (share of the spots of a true class predicted as each
+        class); rows of classes absent from ``y_true`` are NaN.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Index ``true`` (true class), columns ``predicted``; counts (int) or row shares.
+    """
+    from sklearn.metrics import confusion_matrix
+
+    cls = _classes(classes)
+    yt, yp = _labels(y_true), _labels(y_pred)
+    if yt.size != yp.size:
+        raise ValueError(f"y_true ({yt.size}) and y_pred ({yp.size}) differ in length")
+    if yt.size == 0:
+        cm = np.zeros((len(cls), len(cls)), dtype=int)
+    else:
+        cm = confusion_matrix(yt, yp, labels=np.asarray(cls, dtype=object))
+    index = pd.Index(cls, name="true")
+    columns = pd.Index(cls, name="predicted")
+    if not normalize:
+        return pd.DataFrame(cm.astype(int), index=index, columns=columns)
+    tot = cm.sum(axis=1, keepdims=True).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(tot > 0, cm / np.where(tot > 0, tot, 1.0), np.nan)
+    return pd.DataFrame(share, index=index, columns=columns)
+
+
+def _adata_classes(ad: Any) -> list[str]:
+    try:
+        return [str(c) for c in ad.uns["stpredict"]["classes"]]
+    except (KeyError, TypeError):
+        names = [str(v) for v in ad.var_names]
+        return [v[len("cluster_"):] if v.startswith("cluster_") else v for v in names]
+
+
+def score_cluster_units(
+    adatas: Iterable[Any], unit: str = "sample_id"
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score cluster-type predictions per unit and over all spots pooled.
+
+    Parameters
+    ----------
+    adatas
+        ``"clusters"`` prediction AnnData objects (``layers["predicted"]`` probabilities,
+        ``obs["cluster_true"]``, ``uns["stpredict"]["classes"]``; without the latter the class
+        labels are the ``var_names`` less a ``cluster_`` prefix). Files whose class lists
+        differ (classes are fitted per fold) are aligned on the union of their classes, in
+        first-seen order; a class a model does not know gets probability 0.
+    unit
+        ``obs`` column defining a unit (``"sample_id"``, ``"patient_id"`` or ``"fold"``).
+
+    Returns
+    -------
+    per_class : pandas.DataFrame
+        Column ``unit`` followed by the columns of :func:`cluster_metrics`, for every unit (in
+        order of appearance) and the unit ``"all"`` (all spots pooled), last.
+    overview : pandas.DataFrame
+        One row per unit (same order): ``unit``, the keys of :func:`cluster_overview` and
+        ``n_excluded``: spots left out because their true label is missing (empty, NaN) or not
+        one of the classes (a cluster excluded from or unseen in training).
+    """
+    adatas = list(adatas)
+    if not adatas:
+        raise ValueError("no prediction AnnData objects given")
+    classes: list[str] = []
+    for ad in adatas:
+        classes += [c for c in _adata_classes(ad) if c not in classes]
+    col = {c: j for j, c in enumerate(classes)}
+    ys, ps, us = [], [], []
+    for ad in adatas:
+        cls = _adata_classes(ad)
+        p = dense_2d(ad.layers["predicted"])
+        if p.shape[1] != len(cls):
+            raise ValueError(
+                f"predicted has {p.shape[1]} columns but the file lists {len(cls)} classes"
+            )
+        full = np.zeros((p.shape[0], len(classes)))
+        full[:, [col[c] for c in cls]] = p
+        if unit not in ad.obs:
+            raise ValueError(f"obs has no column {unit!r}")
+        ys.append(_labels(ad.obs["cluster_true"].astype(object).to_numpy()))
+        ps.append(full)
+        us.append(ad.obs[unit].astype(str).to_numpy())
+    y, p, u = np.concatenate(ys), np.vstack(ps), np.concatenate(us)
+    keep = np.isin(y, np.asarray(classes, dtype=object))
+    missing = np.array([v.strip().lower() in _MISSING_LABELS for v in y], dtype=bool)
+    keep &= ~missing
+    frames, rows = [], []
+    units = [(str(v), u == v) for v in pd.unique(u)] + [("all", np.ones(u.size, dtype=bool))]
+    for name, sel in units:
+        use = sel & keep
+        if not use.any():
+            continue
+        df = cluster_metrics(y[use], p[use], classes)
+        df.insert(0, "unit", name)
+        frames.append(df)
+        rows.append(
+            {"unit": name, **cluster_overview(y[use], p[use], classes),
+             "n_excluded": int((sel & ~keep).sum())}
+        )
+    if not frames:
+        raise ValueError("no spot has a true cluster label among the classes")
+    overview = pd.DataFrame(rows, columns=["unit", *OVERVIEW_COLUMNS, "n_excluded"])
+    return pd.concat(frames, ignore_index=True), overview

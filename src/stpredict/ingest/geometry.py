@@ -22,7 +22,7 @@ import numpy as np
 from stpredict.errors import GeometryError
 
 if TYPE_CHECKING:
-    from stpredict.images import SlideImage
+    from stpredict.ingest.images import SlideImage
 
 log = logging.getLogger(__name__)
 
@@ -361,7 +361,7 @@ def reconcile_mpp(
        cross-check (the 55/65 µm ambiguity, and a scalefactors file of another section).
     5. ``image_tags``: the image's resolution tags. Least reliable: software writes default dpi,
        and an image resized in an editor keeps the tags of the original. Implausible tags are
-       dropped before they get here (:func:`stpredict.images.plausible_tag_mpp`).
+       dropped before they get here (:func:`stpredict.ingest.images.plausible_tag_mpp`).
 
     Rules: when every estimate agrees within ``tolerance`` the highest-ranked one is used. The
     *reliable* sources (``sheet``, ``pitch``, ``microns_per_pixel``) must agree with each

@@ -826,7 +826,7 @@ def tta_predict(
     """Predict ``x`` averaged over the first ``n`` of the 8 dihedral transforms.
 
     With ``n = 8`` the result is invariant to any dihedral transform of ``x`` (the group is
-    closed). For a :class:`~stpredict.models.PatchModel` the embeddings are averaged (in fp32) and
+    closed). For a :class:`~stpredict.learn.models.PatchModel` the embeddings are averaged (in fp32) and
     the linear head applied once, in fp32 with autocast disabled (equal to averaging the outputs);
     other models average their outputs in fp32. Only the backbone runs in the precision of a
     surrounding autocast context.

@@ -17,18 +17,20 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from stpredict.augment import tta_predict
 from stpredict.errors import StpredictError
-from stpredict.models import PatchModel, build_model
-from stpredict.training import (
+from stpredict.learn.augment import tta_predict
+from stpredict.learn.models import PatchModel, build_model
+from stpredict.learn.train import (
     PatchDataset,
     autocast_context,
-    encode_labels,
     resolve_precision,
     select_device,
 )
 
-__all__ = ["predict", "load_model", "encode_labels"]
+__all__ = [
+    "predict",
+    "load_model",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 def load_model(
     path: str | os.PathLike[str], device: str | torch.device | None = "cpu"
 ) -> tuple[PatchModel, dict[str, Any]]:
-    """Load a ``model.pt`` written by :func:`stpredict.training.train`.
+    """Load a ``model.pt`` written by :func:`stpredict.learn.train.train`.
 
     Returns
     -------
@@ -75,7 +77,7 @@ def predict(
     Parameters
     ----------
     model
-        A :class:`~stpredict.models.PatchModel` (moved to ``device`` and set to eval mode).
+        A :class:`~stpredict.learn.models.PatchModel` (moved to ``device`` and set to eval mode).
     stores
         Patch store ``.npy`` files (any centres: spots, grids...).
     rows

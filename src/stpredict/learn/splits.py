@@ -1,4 +1,11 @@
-"""Cross-validation split manifests and leakage audits.
+"""Cross-validation: the fold ids of an experiment, its split manifests and their leakage audits.
+
+Fold ids are known at parse time, from the config and the sheet alone (:func:`outer_folds`,
+:func:`inner_folds`, :func:`fold_ids`, :func:`fold_test_samples`), so Snakemake knows every
+``train_fold`` / ``predict_fold`` job up front; the manifest built from the sections
+(:func:`stpredict.learn.folds.build_manifest`) must produce exactly these folds.
+Leave-one-patient-out: outer fold ``k`` holds out the k-th patient in sorted order; inner folds
+are ``k.i``.
 
 A *manifest* is a :class:`pandas.DataFrame` with one row per (fold, spot)::
 
@@ -23,10 +30,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stpredict.errors import StpredictError
+from stpredict.errors import LeakageError, StpredictError
+from stpredict.learn.experiments import _patients, experiment_samples
 
 __all__ = [
-    "LeakageError",
     "MANIFEST_COLUMNS",
     "ROLES",
     "leave_one_patient_out",
@@ -36,6 +43,10 @@ __all__ = [
     "fold_rows",
     "audit",
     "audit_fitted",
+    "outer_folds",
+    "inner_folds",
+    "fold_ids",
+    "fold_test_samples",
 ]
 
 log = logging.getLogger(__name__)
@@ -53,10 +64,6 @@ MANIFEST_COLUMNS = [
 ROLES = ("train", "val", "test")
 _PATIENT_SCHEMES = {"patient"}
 _IMPUTATION_SCHEMES = {"section_imputation"}
-
-
-class LeakageError(StpredictError):
-    """Held-out (validation or test) data can reach training: a split or a fit is unsound."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -613,3 +620,41 @@ def audit_fitted(
             f"training spot in one section and held out in another ({len(ambiguous)} such ids)",
             fix="record fitted_on as (sample_id, spot_id) pairs",
         )
+
+
+def outer_folds(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Folds whose test predictions are reported (``"0"``, ``"1"``, ...)."""
+    scheme = exp["split"]["scheme"]
+    if scheme == "leave_one_patient_out":
+        return [str(k) for k in range(len(_patients(exp, sheet)))]
+    if scheme in ("random_within_section", "spatial_blocks"):
+        return [str(k) for k in range(int(exp["split"]["n_folds"]))]
+    return ["0"]
+
+
+def inner_folds(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) -> list[str]:
+    """Inner folds of an outer fold (ST-Net's epoch selection); empty when there are none."""
+    if exp["split"]["scheme"] != "leave_one_patient_out" or "." in str(fold):
+        return []
+    n = min(int(exp["split"].get("inner_folds", 0)), len(_patients(exp, sheet)) - 1)
+    return [f"{fold}.{i}" for i in range(n)] if n >= 2 else []
+
+
+def fold_ids(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Every fold that trains a model (inner folds first)."""
+    out = []
+    for k in outer_folds(exp, sheet):
+        out += inner_folds(exp, sheet, k) + [k]
+    return out
+
+
+def fold_test_samples(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) -> list[str]:
+    """Sections with test spots in an outer fold."""
+    samples = experiment_samples(exp, sheet)
+    scheme = exp["split"]["scheme"]
+    if scheme == "leave_one_patient_out":
+        held = _patients(exp, sheet)[int(str(fold).split(".")[0])]
+        return [s for s in samples if str(sheet.loc[s, "patient_id"]) == held]
+    if scheme == "section_imputation":
+        return [exp["split"]["test_section"]]
+    return samples

@@ -45,6 +45,7 @@ __all__ = [
     "library_size",
     "sample_ids",
     "fitted_on_record",
+    "TRANSFORM_NAMES",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def sample_ids(adata: Any) -> list[str]:
         return [str(meta["sample_id"])]
     raise InputError(
         "section has no sample id (neither obs['sample_id'] nor uns['stpredict']['sample_id'])",
-        fix="build sections with stpredict.readers.read_section, which records the sample id",
+        fix="build sections with stpredict.ingest.section.read_section, which records the sample id",
     )
 
 
@@ -621,3 +622,11 @@ def load_panel(name_or_path: str | os.PathLike[str]) -> list[str]:
     if not genes:
         raise ConfigError("gene panel is empty", file=path, fix="list one gene symbol per line")
     return genes
+
+
+#: config name -> :mod:`stpredict.learn.targets` transform kind
+TRANSFORM_NAMES = {
+    "log1p": "log1p_normalized",
+    "log_proportion": "log_proportion",
+    "pearson_minmax": "pearson_residuals_minmax",
+}

@@ -41,7 +41,7 @@ no random work).
 
 Precision (``TrainConfig.precision``): the backbone runs under autocast (bf16, or fp16 with a
 GradScaler); the head, the loss and TTA averaging always run in fp32 (see
-:meth:`stpredict.models.PatchModel.apply_head`).
+:meth:`stpredict.learn.models.PatchModel.apply_head`).
 """
 
 from __future__ import annotations
@@ -67,15 +67,14 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from stpredict.augment import make_augment, parse_augmentation, tta_predict
-from stpredict.errors import ConfigError, InputError, StpredictError
+from stpredict.errors import ConfigError, InputError, StpredictError, TrainingInterrupted
 from stpredict.io import atomic_path, write_table
-from stpredict.models import PatchModel, build_model
+from stpredict.learn.augment import make_augment, parse_augmentation, tta_predict
+from stpredict.learn.models import PatchModel, build_model
 
 __all__ = [
     "PatchDataset",
     "TrainConfig",
-    "TrainingInterrupted",
     "train",
     "autocast_context",
     "file_digest",
@@ -109,10 +108,6 @@ PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 LOSS_REDUCTIONS = ("mean", "stnet")
 #: version of the checkpoint layout (older checkpoints start afresh)
 CHECKPOINT_FORMAT = 2
-
-
-class TrainingInterrupted(RuntimeError):
-    """Raised by :func:`train` when ``stop_after_epoch`` is reached (simulates a killed job)."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,7 +235,7 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
 def autocast_context(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
     """Autocast for a resolved precision (``bf16``, ``fp16``; ``fp32`` disables autocast).
 
-    Only the backbone is affected: :class:`~stpredict.models.PatchModel` runs its head with
+    Only the backbone is affected: :class:`~stpredict.learn.models.PatchModel` runs its head with
     autocast disabled, in fp32.
     """
     dev = torch.device(device)
@@ -534,7 +529,7 @@ class TrainConfig:
     Attributes
     ----------
     backbone, weights
-        See :func:`stpredict.models.build_model` (``weights``: ``none``, ``imagenet`` or a path).
+        See :func:`stpredict.learn.models.build_model` (``weights``: ``none``, ``imagenet`` or a path).
     loss
         ``mse``, ``smoothl1`` (regression) or ``cross_entropy`` (cluster classification).
     optimiser
@@ -550,7 +545,7 @@ class TrainConfig:
         ``none``, ``dihedral`` (8 rotations/flips), ``deepspace`` (DeepSpaCE's groups flip, crop,
         color, contrast, random) or ``deepspace:<comma list of groups>`` (e.g. DeepSpaCE's
         README recipe ``deepspace:flip,crop,color,random``); see
-        :func:`stpredict.augment.parse_augmentation`.
+        :func:`stpredict.learn.augment.parse_augmentation`.
     num_workers
         DataLoader worker processes.
     seed
@@ -883,7 +878,7 @@ def train(
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
 ) -> dict[str, Any]:
-    """Train a :class:`~stpredict.models.PatchModel`; resumable, with one rolling checkpoint.
+    """Train a :class:`~stpredict.learn.models.PatchModel`; resumable, with one rolling checkpoint.
 
     Parameters
     ----------

@@ -263,7 +263,7 @@ def qc_summary(adata: Any) -> dict[str, Any]:
     """
     if "qc" not in adata.uns:
         raise InputError("section has no QC record", sample=_sample_id(adata),
-                         fix="run stpredict.qc.apply_qc first")
+                         fix="run stpredict.patches.qc.apply_qc first")
     qc = adata.uns["qc"]
     umi, genes = spot_totals(adata)
     keep = adata.obs["keep"].to_numpy(dtype=bool)

@@ -1,24 +1,22 @@
-"""QC figures (matplotlib, Agg backend), saved atomically."""
+"""The spot-QC figure of a section (spots kept and removed by reason over the H&E), saved atomically."""
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
+from stpredict.io import read_json, read_table
+from stpredict.patches.qc import _sample_id, spot_totals
+from stpredict.plot.style import save_figure, section_background
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from stpredict.io import atomic_path, read_json, read_table  # noqa: E402
-from stpredict.qc import _sample_id, spot_totals  # noqa: E402
-
-__all__ = ["plot_section_qc", "section_background", "save_figure"]
+__all__ = [
+    "plot_section_qc",
+]
 
 log = logging.getLogger(__name__)
 
@@ -28,43 +26,6 @@ _REASONS = {
     "pass_genes": ("too few genes", "+", "#ff7f0e"),
     "pass_white": ("white patch", "s", "#1f77b4"),
 }
-
-
-def save_figure(fig: Any, out: str | os.PathLike[str], dpi: int = 110) -> None:
-    """Save ``fig`` to ``out`` (format from the suffix) via a temporary file and a rename."""
-    fmt = Path(out).suffix.lstrip(".").lower() or "png"
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-
-
-def section_background(adata: Any, max_size: int = 1024) -> tuple[np.ndarray | None, float]:
-    """Background image of a section and the factor from full-resolution px to its px.
-
-    Uses ``uns["spatial"][sample]["images"]["lowres"]`` (or ``hires``) with its scale factor,
-    else a thumbnail of ``uns["stpredict"]["image"]``, else ``(None, 1.0)``.
-    """
-    sid = _sample_id(adata)
-    spatial = adata.uns.get("spatial", {})
-    entry = spatial.get(sid) if isinstance(spatial, Mapping) else None
-    if entry is None and isinstance(spatial, Mapping) and len(spatial) == 1:
-        entry = next(iter(spatial.values()))
-    if isinstance(entry, Mapping):
-        images = entry.get("images", {})
-        scalefs = entry.get("scalefactors", {})
-        for key in ("lowres", "hires"):
-            if key in images and f"tissue_{key}_scalef" in scalefs:
-                return np.asarray(images[key]), float(scalefs[f"tissue_{key}_scalef"])
-    meta = adata.uns.get("stpredict", {})
-    path = meta.get("image") if isinstance(meta, Mapping) else None
-    if path and Path(str(path)).is_file():
-        from stpredict.images import SlideImage
-
-        try:
-            with SlideImage(str(path), sample=sid) as image:
-                return image.thumbnail(max_size)
-        except Exception as exc:  # noqa: BLE001 - a missing background must not fail the figure
-            log.warning("%s: no background image for the QC figure (%s)", sid, exc)
-    return None, 1.0
 
 
 def _spatial_axes(ax: Any, img: np.ndarray | None, xy: np.ndarray) -> None:
@@ -98,7 +59,7 @@ def plot_section_qc(
     Parameters
     ----------
     adata
-        Section AnnData after :func:`stpredict.qc.apply_qc` (without the QC columns every spot
+        Section AnnData after :func:`stpredict.patches.qc.apply_qc` (without the QC columns every spot
         is drawn as kept and no thresholds are shown).
     patches_tsv
         The section's patch table (``white_frac``), or ``None``.

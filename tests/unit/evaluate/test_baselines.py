@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stpredict.baselines import fit_predict, run_baseline
 from stpredict.errors import ConfigError
-from stpredict.targets import GeneSelector, make_transform
+from stpredict.evaluate.baselines import fit_predict, run_baseline
+from stpredict.learn.targets import GeneSelector, make_transform
 
 GENES = [f"G{i}" for i in range(6)]
 
@@ -72,7 +72,7 @@ def test_mean_uses_the_training_side_only(cohort):
     # plant absurd counts in S0: folds that test S0 must not see them in their training mean
     sections["S0"].X = sp.csr_matrix(sections["S0"].X.toarray() * 0 + 1000)
     out = {a.obs["sample_id"].iloc[0]: a for a in run_baseline("mean", man, sections, fitted)}
-    from stpredict.targets import from_dict
+    from stpredict.learn.targets import from_dict
 
     tr = from_dict(json.loads(Path(fitted["0"]).read_text())["transform"])
     side = man[(man["fold"] == "0") & (man["role"] != "test")]
@@ -147,7 +147,7 @@ def test_fit_predict_mean_and_unknown():
 
 def within_section_manifest(sections: dict[str, ad.AnnData], n_folds: int = 5) -> pd.DataFrame:
     """DeepSpaCE-style random folds inside one section: test = every n_folds-th spot."""
-    from stpredict.splits import random_within_section
+    from stpredict.learn.splits import random_within_section
 
     spots = pd.concat([pd.DataFrame({"sample_id": s, "spot_id": a.obs_names, "patient_id": s})
                        for s, a in sections.items()])
@@ -161,7 +161,7 @@ def test_neighbours_oracle_under_within_section_split_uses_all_neighbours(tmp_pa
     fitted = fitted_files(tmp_path, sections, man)
     outs = run_baseline("neighbours", man, sections, fitted, platforms={"S0": "st", "S1": "st"})
     (a,) = [x for x in outs if x.obs["sample_id"].iloc[0] == "S0"]
-    from stpredict.targets import from_dict
+    from stpredict.learn.targets import from_dict
 
     full = sections["S0"]
     pos = {(r, c): i for i, (r, c) in enumerate(zip(full.obs["array_row"], full.obs["array_col"], strict=True))}
@@ -184,8 +184,8 @@ def test_neighbours_oracle_under_within_section_split_uses_all_neighbours(tmp_pa
 
 
 def test_smoothed_measurements_come_from_the_whole_section(tmp_path):
-    from stpredict.metrics import smooth_measurements
-    from stpredict.targets import from_dict
+    from stpredict.evaluate.metrics import smooth_measurements
+    from stpredict.learn.targets import from_dict
 
     sections = {"S0": section("S0", "S0", n_side=8, seed=5)}
     man = within_section_manifest(sections)

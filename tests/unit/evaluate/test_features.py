@@ -7,7 +7,7 @@ import tifffile
 from scipy import stats
 from skimage.measure import label, regionprops_table
 
-from stpredict.features import (
+from stpredict.evaluate.features import (
     _delaunay_distances,
     _moments,
     _region_stats,
@@ -16,7 +16,7 @@ from stpredict.features import (
     patch_features,
     segment_nuclei,
 )
-from stpredict.images import open_image
+from stpredict.ingest.images import open_image
 
 PINK = (235, 170, 215)
 NUCLEUS = (70, 40, 140)
@@ -70,7 +70,7 @@ def test_segmentation_counts_and_sizes_discs():
     centres = [(30, 30), (30, 120), (100, 60), (150, 150), (170, 40)]
     for cy, cx in centres:
         draw_disc(img, cy, cx, 8)
-    from stpredict.features import hematoxylin_threshold, nucleus_table
+    from stpredict.evaluate.features import hematoxylin_threshold, nucleus_table
 
     thr = hematoxylin_threshold([img], mpp)
     lab = segment_nuclei(img, thr, mpp)

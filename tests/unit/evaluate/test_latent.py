@@ -1,4 +1,4 @@
-"""Tests of the latent-space analyses (stpredict.latent)."""
+"""Tests of the latent-space analyses (stpredict.evaluate.latent)."""
 
 from __future__ import annotations
 
@@ -12,20 +12,19 @@ import torch
 from scipy import stats
 
 from stpredict.errors import StpredictError
-from stpredict.latent import (
-    integrated_gradients,
+from stpredict.evaluate.attributions import integrated_gradients, pick_ig_patches
+from stpredict.evaluate.latent import (
     kmeans_purity,
     label_agreement,
     latent_vs_physical,
     neighbour_test,
-    pick_ig_patches,
     purity,
     purity_summary,
     purity_table,
     typical_atypical,
     umap_embedding,
 )
-from stpredict.models import build_model
+from stpredict.learn.models import build_model
 
 
 def _blobs(n_per: int = 40, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

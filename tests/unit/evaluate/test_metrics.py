@@ -1,4 +1,4 @@
-"""Tests of stpredict.metrics against independent computations."""
+"""Tests of stpredict.evaluate.metrics against independent computations."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
-from stpredict.metrics import (
+from stpredict.evaluate.metrics import (
     auroc_extremes,
     gene_metrics,
     pooled_metrics,
@@ -328,7 +328,7 @@ def test_units_with_fold_specific_genes():
 
 
 def test_score_folds_mean_and_sd_over_folds_of_a_section():
-    from stpredict.metrics import score_folds
+    from stpredict.evaluate.metrics import score_folds
 
     adatas = _dataset()[:1]
     a = adatas[0]

@@ -1,4 +1,4 @@
-"""Tests of stpredict.evaltables against hand-computed values and independent fits."""
+"""Tests of stpredict.evaluate.ols against hand-computed values and independent fits."""
 
 from __future__ import annotations
 
@@ -17,16 +17,14 @@ from sklearn.metrics import (
 )
 
 from stpredict.errors import StpredictError
-from stpredict.evaltables import (
+from stpredict.evaluate.metrics import (
     CLUSTER_COLUMNS,
-    OLS_COLUMNS,
     cluster_metrics,
     cluster_overview,
     confusion_table,
-    ols_inputs,
-    ols_table,
     score_cluster_units,
 )
+from stpredict.evaluate.ols import OLS_COLUMNS, ols_inputs, ols_table
 
 
 # --------------------------------------------------------------------------- cluster fixtures

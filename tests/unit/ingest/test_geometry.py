@@ -1,4 +1,4 @@
-"""Tests of stpredict.geometry: neighbours, pitch, mpp reconciliation, bounds check."""
+"""Tests of stpredict.ingest.geometry: neighbours, pitch, mpp reconciliation, bounds check."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from stpredict.errors import GeometryError
-from stpredict.geometry import (
+from stpredict.ingest.geometry import (
     ORIENTATIONS,
     check_bounds,
     estimate_mpp_from_pitch,
@@ -20,7 +20,7 @@ from stpredict.geometry import (
     square_neighbors,
     visium_lattice,
 )
-from stpredict.images import SlideImage
+from stpredict.ingest.images import SlideImage
 
 formats = pytest.importorskip("stpredict.demo.formats")
 

@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 
 from stpredict.errors import GeometryError, InputError
-from stpredict.images import SlideImage, plausible_tag_mpp
-from stpredict.readers import read_st, read_st_counts, read_visium
+from stpredict.ingest.images import SlideImage, plausible_tag_mpp
+from stpredict.ingest.st import read_st, read_st_counts
+from stpredict.ingest.visium import read_visium
 from tests.unit.ingest.test_readers import GENES, MPP, REAL, SYMBOLS, formats, make_st, make_visium
 
 needs_real = pytest.mark.skipif(not REAL.is_dir(), reason="../shared/fixtures/real absent")
@@ -99,7 +100,7 @@ def test_png_dpi_and_helper_limits(tmp_path, caplog):
 def test_stale_tiff_tag_is_the_outlier_and_sheet_mpp_settles_it(tmp_path):
     """The image was resized after scanning: its tag says 1 µm/px, the pitch 2 µm/px."""
     v = make_visium(tmp_path, image=None)
-    from stpredict.images import SlideImage as _S
+    from stpredict.ingest.images import SlideImage as _S
 
     png = make_visium(tmp_path / "png")["image"]
     arr = _S(png).to_array()
@@ -158,8 +159,8 @@ def test_real_st_mirrored_or_rotated_image_is_refused(tmp_path, fixture, op, wor
 @needs_real
 def test_real_visium_lowres_orientation(tmp_path):
     """scanpy's Visium fixture: coordinates scaled onto the lowres H&E; mirrored -> refused."""
-    from stpredict.geometry import check_bounds
-    from stpredict.readers import read_visium_positions
+    from stpredict.ingest.geometry import check_bounds
+    from stpredict.ingest.visium import read_visium_positions
 
     d = REAL / "visium_sr1_scanpy/spatial"
     pos = read_visium_positions(d / "tissue_positions_list.csv")
@@ -565,7 +566,7 @@ def test_visium_annotation_synonyms_normalised_like_st(tmp_path, caplog):
     words = ["Tumor", "tumour", "CANCER", " Normal ", "non-tumor", "Non_Tumour", "stroma"]
     ann = _write_labels(tmp_path / "ann.csv", bcs, [words[i % 7] for i in range(len(bcs))],
                         ("barcode", "label"))
-    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+    with caplog.at_level(logging.INFO, logger="stpredict.ingest"):
         a = read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
     n = {w: sum(1 for i in range(len(bcs)) if words[i % 7] == w) for w in words}
     assert _labels(a) == {"tumor": n["Tumor"] + n["tumour"] + n["CANCER"],
@@ -697,7 +698,7 @@ def test_gene_map_partial_warns_with_numbers_and_symbol_files_pass(tmp_path, cap
     # a section whose file already holds the symbols (HER2ST) under the same map: kept, no warning
     s2 = _st_with_genes(tmp_path / "her2st", [f"GENE{i}" for i in range(100)])
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+    with caplog.at_level(logging.INFO, logger="stpredict.ingest"):
         a = read_st(s2["counts"], s2["spots"], "S2", "P", s2["image"], gene_map=gmap)
     assert list(a.var_names[:2]) == ["GENE0", "GENE1"]
     assert "already symbols" in caplog.text
@@ -707,7 +708,7 @@ def test_gene_map_partial_warns_with_numbers_and_symbol_files_pass(tmp_path, cap
 @pytest.mark.parametrize("mtx", [False, True], ids=["h5", "mtx"])
 def test_visium_repeated_feature_symbols_reported_and_marked(tmp_path, caplog, mtx):
     v = make_visium(tmp_path, mtx=mtx)  # SYMBOLS repeats G0 (ids 0 and 11)
-    with caplog.at_level(logging.INFO, logger="stpredict.readers"):
+    with caplog.at_level(logging.INFO, logger="stpredict.ingest"):
         a = read_visium(v["outs"], "S1", "P1", image=v["image"])
     assert a.var_names[0] == "G0" and a.var_names[11] == "G0-1"
     assert a.var["duplicate_symbol"].tolist() == [True] + [False] * 10 + [True]
@@ -769,7 +770,7 @@ def test_tiff_with_thumbnail_first_reads_the_full_resolution(tmp_path, caplog, h
     full = np.asarray(Image.open(v["image"]).convert("RGB"))
     tif = tmp_path / "he_thumb_first.tif"
     _thumbnail_first_tiff(tif, full, MPP, how)
-    with caplog.at_level(logging.INFO, logger="stpredict.images"):
+    with caplog.at_level(logging.INFO, logger="stpredict.ingest.images"):
         with SlideImage(tif, sample="S1") as im:
             assert im.shape == full.shape[:2]
             assert im.mpp_tags == pytest.approx(MPP)
@@ -787,7 +788,7 @@ def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
     """Margins of the checks on files nobody here wrote (see readers' constants)."""
     import scanpy as sc
 
-    from stpredict.readers import (
+    from stpredict.ingest.files import (
         LOG_MAX_VALUE,
         LOG_MIN_GENES,
         LOG_MIN_SPOT_SHARE,
@@ -807,7 +808,7 @@ def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
         share = ((x > 0).sum(axis=1) >= LOG_MIN_GENES).mean()
         assert x.max() > 30 * LOG_MAX_VALUE or share <= LOG_MIN_SPOT_SHARE, name
     # and their rounded normalised versions are refused where the matrix allows telling
-    from stpredict.readers import _check_not_normalised
+    from stpredict.ingest.files import _check_not_normalised
 
     for name in ("MOB1", "xfuse"):
         x = mats[name]
@@ -819,7 +820,7 @@ def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
 
 
 def test_coded_annotation_tokens_only_in_a_binary_column():
-    from stpredict.readers import normalise_annotation_labels
+    from stpredict.vocab import normalise_annotation_labels
 
     assert normalise_annotation_labels(["1", "0", "1"]) == ["tumor", "non", "tumor"]
     assert normalise_annotation_labels(["Yes", "no"]) == ["tumor", "non"]

@@ -1,4 +1,4 @@
-"""Tests of stpredict.readers on real files written by others and on synthetic fixtures."""
+"""Tests of stpredict.ingest.section on real files written by others and on synthetic fixtures."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ import pytest
 import scipy.sparse as sp
 
 from stpredict.errors import GeometryError, InputError
-from stpredict.geometry import estimate_mpp_from_pitch, visium_lattice
-from stpredict.readers import read_section, read_st, read_st_annotation, read_visium
+from stpredict.ingest.geometry import estimate_mpp_from_pitch, visium_lattice
+from stpredict.ingest.section import read_section
+from stpredict.ingest.st import read_st, read_st_annotation
+from stpredict.ingest.visium import read_visium
 
 formats = pytest.importorskip("stpredict.demo.formats")
 

@@ -1,4 +1,4 @@
-"""DeepSpaCE's training augmentation (``stpredict.augment.DeepSpaceAugment``) and its config names."""
+"""DeepSpaCE's training augmentation (``stpredict.learn.augment.DeepSpaceAugment``) and its config names."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from stpredict.augment import (
+from stpredict.errors import ConfigError
+from stpredict.learn.augment import (
     AUGMENT_GROUPS,
     DEEPSPACE_GROUPS,
     DIHEDRAL,
@@ -33,8 +34,7 @@ from stpredict.augment import (
     make_augment,
     parse_augmentation,
 )
-from stpredict.errors import ConfigError
-from stpredict.training import TrainConfig
+from stpredict.learn.train import TrainConfig
 
 torch.set_num_threads(1)
 S = 32
@@ -368,7 +368,7 @@ def test_median_and_box_blur_match_brute_force():
 
 
 def test_median_is_chunked(monkeypatch):
-    import stpredict.augment as augment
+    import stpredict.learn.augment as augment
 
     x = torch.rand(5, 3, 16, 16, generator=gen(17))
     whole = _apply_median_blur(x, {"ksize": torch.full((5,), 5)})

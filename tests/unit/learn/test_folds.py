@@ -6,18 +6,16 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stpredict.errors import ConfigError, InputError
-from stpredict.experiments import (
-    build_manifest,
-    choose_epochs,
-    experiment_samples,
+from stpredict.errors import ConfigError, InputError, LeakageError
+from stpredict.learn.experiments import experiment_samples, resolve_experiment
+from stpredict.learn.folds import build_manifest, choose_epochs
+from stpredict.learn.splits import (
+    audit_fitted,
     fold_ids,
     fold_test_samples,
     inner_folds,
     outer_folds,
-    resolve_experiment,
 )
-from stpredict.splits import LeakageError, audit_fitted
 
 
 def sheet() -> pd.DataFrame:
@@ -117,7 +115,7 @@ def visium_sheet() -> pd.DataFrame:
 
 
 def test_sections_each_makes_one_experiment_per_section():
-    from stpredict.experiments import expand_experiments
+    from stpredict.learn.experiments import expand_experiments
 
     raw = {"cv": {"sections": {"platform": "visium", "each": True},
                   "split": {"scheme": "random_within_section", "n_folds": 5}}}
@@ -132,7 +130,7 @@ def test_sections_each_makes_one_experiment_per_section():
 
 
 def test_clusters_across_sections_need_harmonised_labels(tmp_path):
-    from stpredict.experiments import expand_experiments
+    from stpredict.learn.experiments import expand_experiments
 
     pooled = {"cl": {"task": "clusters", "sections": {"platform": "visium"},
                      "split": {"scheme": "random_within_section"}}}
@@ -146,7 +144,7 @@ def test_clusters_across_sections_need_harmonised_labels(tmp_path):
                     "D2\t1\tstroma\nD2\t2\ttumour\nD2\t3\tstroma\n")
     mapped = {"cl": {**pooled["cl"], "cluster_map": str(cmap), "sections": {"samples": ["D1", "D2"]}}}
     (exp,) = expand_experiments(mapped, {}, visium_sheet()).values()
-    from stpredict.experiments import apply_cluster_map
+    from stpredict.learn.folds import apply_cluster_map
 
     secs = {"D1": section("D1"), "D2": section("D2")}
     apply_cluster_map(exp, secs)
@@ -161,7 +159,7 @@ def test_clusters_across_sections_need_harmonised_labels(tmp_path):
 
 
 def test_section_lacking_most_selected_genes_is_refused(caplog):
-    from stpredict.experiments import check_gene_coverage
+    from stpredict.learn.folds import check_gene_coverage
 
     genes = [f"G{i}" for i in range(10)]
     ok = section("A")
@@ -178,7 +176,7 @@ def test_section_lacking_most_selected_genes_is_refused(caplog):
 
 def test_top_mean_ranks_by_raw_counts_when_asked():
     """ST-Net's 250 genes are those of highest mean raw count; log1p ranking can differ."""
-    from stpredict.experiments import _fit_targets
+    from stpredict.learn.folds import _fit_targets
 
     rng = np.random.default_rng(0)
     n = 200
@@ -201,7 +199,7 @@ def test_top_mean_ranks_by_raw_counts_when_asked():
 
 
 def test_per_experiment_nuclear_settings_are_refused():
-    from stpredict.experiments import expand_experiments
+    from stpredict.learn.experiments import expand_experiments
 
     with pytest.raises(ConfigError, match="computed once per section"):
         expand_experiments({"e": {"sections": {"platform": "st"},
@@ -244,7 +242,7 @@ def test_experiment_train_defaults():
     exp = resolve_experiment({}, {})
     t = exp["train"]
     assert (t["loss_reduction"], t["precision"], t["val_tta"]) == ("mean", "auto", 1)
-    from stpredict.training import TrainConfig
+    from stpredict.learn.train import TrainConfig
 
     TrainConfig(**t)  # every default is a valid training setting
     # a clusters experiment without `train` must not turn the defaults' loss into cross_entropy
@@ -256,8 +254,8 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     """Changing targets.transform after a run retrains from scratch (never the old weights)."""
     import torch
 
-    from stpredict.experiments import train_fold
-    from stpredict.training import TrainingInterrupted
+    from stpredict.errors import TrainingInterrupted
+    from stpredict.learn.folds import train_fold
 
     torch.set_num_threads(1)
     s = sheet()
@@ -282,7 +280,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     man = build_manifest(exp, sections, s, name="t")
     man = man[man.fold == "0"]
     out = tmp_path / "fold0"
-    from stpredict import training
+    from stpredict.learn import train as training
 
     orig = training.train
     with monkeypatch.context() as mp:  # an interrupted run (killed after epoch 1)
@@ -290,7 +288,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
         with pytest.raises(TrainingInterrupted):
             train_fold(exp, "t", "0", man, sections, stores, out, device="cpu")
     assert (out / "checkpoint.pt").exists()
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         res = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, out,
                          device="cpu")
     assert res["resumed_from"] == 0
@@ -304,7 +302,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     assert a["target_transform"] == "log_proportion"
     assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
     # prediction takes the experiment's precision (explicit bf16 works on the CPU)
-    from stpredict.experiments import predict_fold
+    from stpredict.learn.folds import predict_fold
 
     bf16 = experiment("log_proportion")
     bf16["train"]["precision"] = "bf16"
@@ -333,7 +331,7 @@ def test_a_fold_without_test_or_training_spots_is_refused():
     {"scheme": "leave_one_patient_out", "inner_folds": 0},
 ])
 def test_early_stopping_without_validation_spots_is_refused(split):
-    from stpredict.experiments import expand_experiments
+    from stpredict.learn.experiments import expand_experiments
 
     with pytest.raises(ConfigError, match="train.patience 3 .* no validation spots"):
         expand_experiments({"e": {"sections": {"platform": "st"}, "split": split, "train": {"patience": 3}}},

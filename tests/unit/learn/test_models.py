@@ -8,7 +8,7 @@ import torch
 import torchvision
 
 from stpredict.errors import StpredictError
-from stpredict.models import PatchModel, build_model, imagenet_cache_path, load_weights
+from stpredict.learn.models import PatchModel, build_model, imagenet_cache_path, load_weights
 
 
 def test_tiny_model_shapes_and_split():
@@ -111,7 +111,7 @@ def test_local_weights_path(tmp_path, caplog):
     # a dict with "state_dict" (e.g. our model.pt) and another head size: the head is skipped
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": src.state_dict(), "epoch": 3}, wrapped)
-    with caplog.at_level("INFO", logger="stpredict.models"):
+    with caplog.at_level("INFO", logger="stpredict.learn.models"):
         other = build_model("tiny", 2, weights=wrapped)
     assert torch.equal(other.backbone.features[0].weight, src.backbone.features[0].weight)
     assert other.head.weight.shape == (2, 32)

@@ -5,17 +5,17 @@ import pandas as pd
 import pytest
 import torch
 
-from stpredict.augment import (
+from stpredict.errors import InputError
+from stpredict.learn.augment import (
     DIHEDRAL,
     DeepSpaceAugment,
     dihedral,
     random_dihedral,
     tta_predict,
 )
-from stpredict.errors import InputError
-from stpredict.inference import encode_labels, load_model, predict
-from stpredict.models import build_model
-from stpredict.training import PatchDataset, TrainConfig, train
+from stpredict.learn.models import build_model
+from stpredict.learn.predict import load_model, predict
+from stpredict.learn.train import PatchDataset, TrainConfig, encode_labels, train
 
 S = 16
 

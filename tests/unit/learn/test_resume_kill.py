@@ -18,7 +18,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    from stpredict.training import PatchDataset, TrainConfig, train
+    from stpredict.learn.train import PatchDataset, TrainConfig, train
 
     root, out, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
     rng = np.random.default_rng(0)

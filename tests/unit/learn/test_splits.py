@@ -4,10 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stpredict.errors import StpredictError
-from stpredict.splits import (
+from stpredict.errors import LeakageError, StpredictError
+from stpredict.learn.splits import (
     MANIFEST_COLUMNS,
-    LeakageError,
     audit,
     audit_fitted,
     fold_rows,

@@ -1,4 +1,4 @@
-"""Tests of stpredict.targets against independent computations (numpy, scanpy)."""
+"""Tests of stpredict.learn.targets against independent computations (numpy, scanpy)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 import scanpy as sc
 import scipy.sparse as sp
 
-from stpredict import targets as T
 from stpredict.errors import ConfigError, InputError
+from stpredict.learn import targets as T
 
 
 def section(sample: str, counts: np.ndarray, genes: list[str], ambiguous=None) -> ad.AnnData:

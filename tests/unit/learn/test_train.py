@@ -9,16 +9,15 @@ import pandas as pd
 import pytest
 import torch
 
-import stpredict.training as training
-from stpredict.augment import tta_predict
-from stpredict.errors import ConfigError, InputError
-from stpredict.inference import load_model, predict
-from stpredict.models import build_model
-from stpredict.training import (
+import stpredict.learn.train as training
+from stpredict.errors import ConfigError, InputError, TrainingInterrupted
+from stpredict.learn.augment import tta_predict
+from stpredict.learn.models import build_model
+from stpredict.learn.predict import load_model, predict
+from stpredict.learn.train import (
     HISTORY_COLUMNS,
     PatchDataset,
     TrainConfig,
-    TrainingInterrupted,
     file_digest,
     pearson_per_output,
     per_spot_loss,
@@ -223,7 +222,7 @@ def test_epoch_count_changes_and_resume_false(data, tmp_path, caplog):
     cut = tmp_path / "cut"
     with pytest.raises(TrainingInterrupted):
         train(c(6), train_ds, None, cut, stop_after_epoch=3)
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c(2), train_ds, None, cut)
     assert "past the 2 epochs" in caplog.text and "starting afresh" in caplog.text
     assert r["resumed_from"] == 0 and _hist(cut)["epoch"].tolist() == [1, 2]
@@ -240,7 +239,7 @@ def test_epoch_count_changes_and_resume_false(data, tmp_path, caplog):
     caplog.clear()
     with pytest.raises(TrainingInterrupted):
         train(c(2), train_ds, None, cut, stop_after_epoch=1)
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c(2, weight_decay=0.5), train_ds, None, cut)
     assert "config.weight_decay 0.0 -> 0.5" in caplog.text
     assert r["resumed_from"] == 0
@@ -270,7 +269,7 @@ def test_changed_targets_retrain(data, tmp_path, caplog, complete):
                              targets=np.log1p(np.abs(train_ds.targets)))
     new_val = PatchDataset(val_ds.stores, [np.arange(16, 24)],
                            targets=np.log1p(np.abs(val_ds.targets)))
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c, new_train, new_val, out, target_transform="other")
     assert r["resumed_from"] == 0
     assert _hist(out)["epoch"].tolist() == [1, 2, 3]
@@ -297,7 +296,7 @@ def test_changed_data_signature_store_content_or_geometry_retrain(data, tmp_path
             train(c, train_ds, val_ds, out, stop_after_epoch=1, **kw)
 
     interrupted(data_signature=sig)
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c, train_ds, val_ds, out, data_signature={**sig, "val_spots": ["A:1", "A:3"]})
     assert r["resumed_from"] == 0 and "extra.val_spots changed" in caplog.text
     # the same signature resumes
@@ -311,7 +310,7 @@ def test_changed_data_signature_store_content_or_geometry_retrain(data, tmp_path
     arr[0, 0, 0, 0] ^= 1
     np.save(store, arr)
     caplog.clear()
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c, train_ds, val_ds, out)
     assert r["resumed_from"] == 0
     assert f"stores.[{store}].content changed" in caplog.text
@@ -321,7 +320,7 @@ def test_changed_data_signature_store_content_or_geometry_retrain(data, tmp_path
     interrupted()
     store.with_suffix(".json").write_text(json.dumps({"fov_um": 150, "fov_px": 218, "size_px": S}))
     caplog.clear()
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c, train_ds, val_ds, out)
     assert r["resumed_from"] == 0
     assert "geometry.fov_um 110 -> 150" in caplog.text
@@ -333,7 +332,7 @@ def test_unreadable_checkpoint_starts_afresh(data, tmp_path, caplog):
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
     (out / "model.pt").write_bytes(b"stale weights of another run")
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(cfg(epochs=2), train_ds, val_ds, out)
     assert "cannot read the checkpoint" in caplog.text and r["resumed_from"] == 0
     train(cfg(epochs=2), train_ds, val_ds, tmp_path / "ref")
@@ -356,7 +355,7 @@ def test_missing_best_weights_start_afresh(data, tmp_path, caplog, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         train(cfg(epochs=3), train_ds, val_ds, tmp_path, stop_after_epoch=2)
     (tmp_path / "best.pt").write_bytes(b"broken")
-    with caplog.at_level("WARNING", logger="stpredict.training"):
+    with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(cfg(epochs=3), train_ds, val_ds, tmp_path)
     assert "best weights" in caplog.text and r["resumed_from"] == 0
     assert _hist(tmp_path)["epoch"].tolist() == [1, 2, 3] and r["epoch"] == 3

@@ -1,4 +1,4 @@
-"""Tests of stpredict.qc: thresholds, whiteness join by spot id, uns record, summary."""
+"""Tests of stpredict.patches.qc: thresholds, whiteness join by spot id, uns record, summary."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stpredict import qc as Q
 from stpredict.errors import ConfigError, InputError
+from stpredict.patches import qc as Q
 
 
 def make_section(seed=0, n=12, g=1700):

@@ -1,4 +1,4 @@
-"""Tests of stpredict.patches: crop geometry, padding, order, resizing, whiteness, atomicity."""
+"""Tests of stpredict.patches.store: crop geometry, padding, order, resizing, whiteness, atomicity."""
 
 from __future__ import annotations
 
@@ -11,9 +11,17 @@ import pytest
 import tifffile
 from PIL import Image
 
-from stpredict import patches as P
 from stpredict.errors import ConfigError, GeometryError
-from stpredict.images import SlideImage
+from stpredict.ingest.images import SlideImage
+from stpredict.patches import store
+from stpredict.patches.geometry import DEEPSPACE, STNET, PatchSpec, deepspace_crop_px, resize_batch
+from stpredict.patches.store import (
+    PATCH_COLUMNS,
+    extract_patches,
+    load_patches,
+    patches_for_spots,
+    whiteness,
+)
 
 H, W = 300, 400
 
@@ -64,22 +72,22 @@ def _naive_crop(img, x, y, c, fill=255):
 
 def _run(tmp_path, image, xy, spec, mpp=None, **kw):
     npy, tsv, js = tmp_path / "p.npy", tmp_path / "p.tsv", tmp_path / "p.json"
-    table = P.extract_patches(image, xy, spec, mpp, npy, tsv, js, progress=False, **kw)
+    table = extract_patches(image, xy, spec, mpp, npy, tsv, js, progress=False, **kw)
     return table, npy, tsv, js
 
 
 def test_deepspace_rule_and_spec():
-    assert P.deepspace_crop_px(0.5) == 2 * 138  # 27.5/0.5*2.5 = 137.5 -> ceil 138
-    assert P.deepspace_crop_px(0.65) == 212  # 42.31*2.5 = 105.77 -> 106
-    assert P.STNET.crop_px(0.3) == 224 and P.STNET.crop_px(None) == 224
-    assert P.DEEPSPACE.crop_px(0.5) == 275  # 137.5 / 0.5
-    assert P.PatchSpec.deepspace_paper(0.5).fov_px == 276
+    assert deepspace_crop_px(0.5) == 2 * 138  # 27.5/0.5*2.5 = 137.5 -> ceil 138
+    assert deepspace_crop_px(0.65) == 212  # 42.31*2.5 = 105.77 -> 106
+    assert STNET.crop_px(0.3) == 224 and STNET.crop_px(None) == 224
+    assert DEEPSPACE.crop_px(0.5) == 275  # 137.5 / 0.5
+    assert PatchSpec.deepspace_paper(0.5).fov_px == 276
     with pytest.raises(ConfigError, match="exactly one"):
-        P.PatchSpec(fov_um=100.0, fov_px=100)
+        PatchSpec(fov_um=100.0, fov_px=100)
     with pytest.raises(ConfigError, match="exactly one"):
-        P.PatchSpec()
+        PatchSpec()
     with pytest.raises(ConfigError, match="pixel size"):
-        P.DEEPSPACE.crop_px(None)
+        DEEPSPACE.crop_px(None)
 
 
 @pytest.mark.parametrize("which", ["png", "tif"])
@@ -93,16 +101,16 @@ def test_crops_exact_order_and_padding(tmp_path, coded, which, opened):
     perm = rng.permutation(len(xy))
     xy = xy[perm]
     for c in (32, 33):
-        spec = P.PatchSpec(fov_px=c, size_px=c, pad_value=255)
+        spec = PatchSpec(fov_px=c, size_px=c, pad_value=255)
         table, npy, tsv, js = _run(tmp_path, image, xy, spec, batch=7, band_px=50,
                                    ids=[f"s{i}" for i in range(len(xy))])
-        store = P.load_patches(npy)
+        store = load_patches(npy)
         assert isinstance(store, np.memmap) and store.shape == (len(xy), c, c, 3)
         assert store.flags["C_CONTIGUOUS"] and store.dtype == np.uint8
         for i, (x, y) in enumerate(xy):
             np.testing.assert_array_equal(store[i], _naive_crop(img, x, y, c), err_msg=f"row {i}")
         back = pd.read_csv(tsv, sep="\t")
-        assert list(back.columns) == P.PATCH_COLUMNS
+        assert list(back.columns) == PATCH_COLUMNS
         assert list(back["id"]) == [f"s{i}" for i in range(len(xy))]
         np.testing.assert_allclose(back[["x", "y"]].to_numpy(), xy)
         # pad_frac: independent count of out-of-image pixels
@@ -126,8 +134,8 @@ def test_tiff_is_read_by_region_not_whole(tmp_path, coded, monkeypatch, opened):
 
     monkeypatch.setattr(SlideImage, "to_array", boom)
     xy = np.array([[50, 50], [350, 250]])
-    _, npy, _, _ = _run(tmp_path, image, xy, P.PatchSpec(fov_px=20, size_px=20))
-    np.testing.assert_array_equal(P.load_patches(npy)[1], img[240:260, 340:360])
+    _, npy, _, _ = _run(tmp_path, image, xy, PatchSpec(fov_px=20, size_px=20))
+    np.testing.assert_array_equal(load_patches(npy)[1], img[240:260, 340:360])
 
 
 def test_resize_is_antialiased_bilinear(tmp_path):
@@ -136,9 +144,9 @@ def test_resize_is_antialiased_bilinear(tmp_path):
     img = np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8)
     src = tmp_path / "g.png"
     Image.fromarray(img).save(src)
-    spec = P.PatchSpec(fov_um=64.0, size_px=32)  # 128 px crop at 0.5 mpp -> 32 px
+    spec = PatchSpec(fov_um=64.0, size_px=32)  # 128 px crop at 0.5 mpp -> 32 px
     table, npy, _, js = _run(tmp_path, SlideImage(src), np.array([[128, 128]]), spec, mpp=0.5)
-    out = P.load_patches(npy)[0].astype(float)
+    out = load_patches(npy)[0].astype(float)
     crop = img[64:192, 64:192].astype(float)
     box = crop.reshape(32, 4, 32, 4, 3).mean(axis=(1, 3))
     assert np.abs(out - box).max() <= 1.0
@@ -168,12 +176,12 @@ def test_whiteness_matches_deepspace_rule():
     crops[5:8, :6] = 252  # mostly white
     crops[8, :, :, 0] = 255  # red channel saturated only: a scalar threshold, not per channel
     for pct, frac in [(80, 0.5), (50, 0.3), (100, 0.5)]:
-        wf, flag, thr = P.whiteness(crops, pct, frac, chunk=4)
+        wf, flag, thr = whiteness(crops, pct, frac, chunk=4)
         wf0, flag0, thr0 = _naive_whiteness(crops, pct, frac)
         assert thr == pytest.approx(thr0)
         np.testing.assert_allclose(wf, wf0)
         np.testing.assert_array_equal(flag, flag0)
-    wf, flag, thr = P.whiteness(crops, 80, 0.5)
+    wf, flag, thr = whiteness(crops, 80, 0.5)
     assert flag[:5].all() and flag.sum() >= 5
 
 
@@ -186,7 +194,7 @@ def test_whiteness_uses_full_resolution_crops_not_resized_patches(tmp_path):
     src = tmp_path / "t.png"
     Image.fromarray(img).save(src)
     xy = np.array([[32 + 64 * i, 32] for i in range(10)])
-    table, npy, _, js = _run(tmp_path, SlideImage(src), xy, P.PatchSpec(fov_px=64, size_px=8))
+    table, npy, _, js = _run(tmp_path, SlideImage(src), xy, PatchSpec(fov_px=64, size_px=8))
     full = np.stack([img[0:64, 64 * i : 64 * i + 64] for i in range(10)])
     wf0, flag0, thr0 = _naive_whiteness(full, 80, 0.5)
     np.testing.assert_allclose(table["white_frac"], wf0)
@@ -203,7 +211,7 @@ def test_whiteness_written_and_flags_background(tmp_path):
     # 2 of 10 crops on glass: the 80th percentile of the means lies between tissue and glass
     xy = np.array([[50, 100], [100, 100], [150, 60], [250, 100], [350, 100], [60, 50],
                    [60, 150], [120, 40], [80, 80], [140, 140]])
-    table, _, tsv, js = _run(tmp_path, SlideImage(src), xy, P.PatchSpec(fov_px=40, size_px=40))
+    table, _, tsv, js = _run(tmp_path, SlideImage(src), xy, PatchSpec(fov_px=40, size_px=40))
     assert table["white"].tolist() == [False, False, False, True, True] + [False] * 5
     assert table["white_frac"].tolist() == [0.0] * 3 + [1.0, 1.0] + [0.0] * 5
     meta = json.loads(js.read_text())
@@ -217,24 +225,24 @@ def test_failure_leaves_no_output(tmp_path, coded, monkeypatch):
     def broken(crops, size, backend="torch"):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(P, "resize_batch", broken)
+    monkeypatch.setattr(store, "resize_batch", broken)
     with pytest.raises(RuntimeError):
-        _run(tmp_path, SlideImage(png), np.array([[10, 10]]), P.PatchSpec(fov_px=8, size_px=8))
+        _run(tmp_path, SlideImage(png), np.array([[10, 10]]), PatchSpec(fov_px=8, size_px=8))
     assert list(tmp_path.glob("p*")) == [] and list(tmp_path.glob(".p*")) == []
 
 
 def test_no_centres_gives_empty_store(tmp_path, coded):
     img, png, tif = coded
-    table, npy, tsv, js = _run(tmp_path, SlideImage(png), np.zeros((0, 2)), P.STNET)
-    assert len(table) == 0 and P.load_patches(npy).shape == (0, 224, 224, 3)
+    table, npy, tsv, js = _run(tmp_path, SlideImage(png), np.zeros((0, 2)), STNET)
+    assert len(table) == 0 and load_patches(npy).shape == (0, 224, 224, 3)
     assert json.loads(js.read_text())["whiteness"]["threshold"] is None
 
 
 @pytest.mark.parametrize("crop,size", [(44, 32), (300, 224), (137, 224)])
 def test_pil_and_torch_resizing_agree(crop, size):
     crops = np.random.default_rng(crop).integers(0, 256, (6, crop, crop, 3), dtype=np.uint8)
-    a = P.resize_batch(crops, size, "torch").astype(int)
-    b = P.resize_batch(crops, size, "pil").astype(int)
+    a = resize_batch(crops, size, "torch").astype(int)
+    b = resize_batch(crops, size, "pil").astype(int)
     assert a.shape == b.shape == (6, size, size, 3)
     assert np.abs(a - b).max() <= 1
 
@@ -242,10 +250,10 @@ def test_pil_and_torch_resizing_agree(crop, size):
 def test_patches_for_spots_follow_the_requested_order(tmp_path, coded):
     img, png, tif = coded
     xy = np.array([[10, 10], [20, 12], [30, 14]])
-    table, npy, _, _ = _run(tmp_path, SlideImage(png), xy, P.PatchSpec(fov_px=8, size_px=8))
-    store = P.load_patches(npy)
+    table, npy, _, _ = _run(tmp_path, SlideImage(png), xy, PatchSpec(fov_px=8, size_px=8))
+    store = load_patches(npy)
     ids = list(table["id"])
-    got = P.patches_for_spots(npy, [ids[2], ids[0]])
+    got = patches_for_spots(npy, [ids[2], ids[0]])
     np.testing.assert_array_equal(got, store[[2, 0]])
     with pytest.raises(GeometryError, match="not in the patch store"):
-        P.patches_for_spots(npy, ["nope"])
+        patches_for_spots(npy, ["nope"])

@@ -1,4 +1,4 @@
-"""Tests of stpredict.figures: every figure is rendered to a PNG and a PDF, NaNs do not crash."""
+"""Tests of stpredict.plot.style: every figure is rendered to a PNG and a PDF, NaNs do not crash."""
 
 from __future__ import annotations
 
@@ -10,8 +10,17 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from stpredict import figures as FG
-from stpredict.geometry import visium_lattice
+from stpredict.ingest.geometry import visium_lattice
+from stpredict.plot.latent import plot_ig_overlays, plot_umap
+from stpredict.plot.maps import plot_cluster_maps, plot_dataset_stats, plot_expression_maps
+from stpredict.plot.scores import (
+    plot_auroc_hist,
+    plot_confusion,
+    plot_consistency,
+    plot_loss_curves,
+    plot_method_scatter,
+)
+from stpredict.vocab import units_label
 
 SID = "DEMO_A1"
 
@@ -113,13 +122,6 @@ def _no_open_figures():
     assert plt.get_fignums() == []
 
 
-def test_units_label():
-    assert FG.units_label("log1p") == "log1p(UMI / total × 10⁴)"
-    assert FG.units_label("log_proportion") == "log(UMI / total + pseudocount)"
-    assert FG.units_label("pearson_minmax") == "Pearson residual, min–max scaled to [0, 1]"
-    assert FG.units_label("zscore") == "zscore"
-
-
 def test_dataset_stats(tmp_path):
     rng = np.random.default_rng(0)
     parts = []
@@ -134,7 +136,7 @@ def test_dataset_stats(tmp_path):
                                "total_counts": [5.0, 7.0], "n_genes_by_counts": [2, 3],
                                "keep": [False, False]}))  # a section with no kept spot
     png = tmp_path / "stats" / "dataset.png"
-    FG.plot_dataset_stats(pd.concat(parts), png)
+    plot_dataset_stats(pd.concat(parts), png)
     check_outputs(png)
 
 
@@ -142,31 +144,31 @@ def test_expression_maps(tmp_path):
     a = section()
     b = section("DEMO_B1", genes=("G1", "G3"), image=False)  # no H&E, G2 missing
     png = tmp_path / "maps.png"
-    FG.plot_expression_maps([a, b], ["G1", "G2", "G3"], FG.units_label("log1p"), png,
+    plot_expression_maps([a, b], ["G1", "G2", "G3"], units_label("log1p"), png,
                             titles=["section A", "section B"])
     check_outputs(png, min_w=800, min_h=1000)
 
 
 def test_expression_maps_sparse_default_titles(tmp_path):
     png = tmp_path / "maps_sparse.png"
-    FG.plot_expression_maps([section(sparse=True)], ["G1"], "counts", png)
+    plot_expression_maps([section(sparse=True)], ["G1"], "counts", png)
     check_outputs(png, min_w=800)
 
 
 def test_expression_maps_rejects_bad_titles(tmp_path):
     with pytest.raises(ValueError, match="titles"):
-        FG.plot_expression_maps([section()], ["G1"], "x", tmp_path / "m.png", titles=["a", "b"])
+        plot_expression_maps([section()], ["G1"], "x", tmp_path / "m.png", titles=["a", "b"])
     assert plt.get_fignums() == []
 
 
 def test_consistency(tmp_path):
-    from stpredict.metrics import summarise
+    from stpredict.evaluate.metrics import summarise
 
     summary = summarise(per_gene_table())
     assert summary["median_pearson"].isna().any()  # the NaN gene is in the input
     comp = comparison_table()
     png = tmp_path / "consistency.png"
-    FG.plot_consistency(summary, 8, png, methods={"labels": summary.assign(
+    plot_consistency(summary, 8, png, methods={"labels": summary.assign(
         n_positive=summary["n_positive"] // 2), "mean": comp[comp["method"] == "mean"]})
     check_outputs(png)
 
@@ -175,23 +177,23 @@ def test_consistency_all_nan(tmp_path):
     summary = pd.DataFrame({"target": "raw", "gene": ["A", "B"], "median_pearson": np.nan,
                             "n_units": 0, "n_positive": 0})
     png = tmp_path / "consistency_nan.png"
-    FG.plot_consistency(summary, 5, png)
+    plot_consistency(summary, 5, png)
     check_outputs(png)
 
 
 def test_auroc_hist(tmp_path):
     png = tmp_path / "auroc.png"
-    FG.plot_auroc_hist(per_gene_table(), png)
+    plot_auroc_hist(per_gene_table(), png)
     check_outputs(png)
     nan_only = per_gene_table(n_genes=2).assign(auroc=np.nan)
     png2 = tmp_path / "auroc_nan.png"
-    FG.plot_auroc_hist(nan_only, png2)
+    plot_auroc_hist(nan_only, png2)
     check_outputs(png2)
 
 
 def test_method_scatter_counts(tmp_path):
     png = tmp_path / "methods.png"
-    counts = FG.plot_method_scatter(comparison_table(), png, units_label="log1p")
+    counts = plot_method_scatter(comparison_table(), png, units_label="log1p")
     check_outputs(png)
     # labels (r): A 0.30>0.10, B 0.10<0.20, C 0.20>0.05, D CNN NaN -> 2 of 3
     # mean (RMSE, lower is better): A .50<.60, B .60>.55, C .40<.50, D .70<.80 -> 3 of 4
@@ -202,9 +204,9 @@ def test_method_scatter_counts(tmp_path):
 def test_method_scatter_needs_cnn(tmp_path):
     comp = comparison_table()
     with pytest.raises(ValueError, match="cnn"):
-        FG.plot_method_scatter(comp[comp["method"] != "cnn"], tmp_path / "m.png")
+        plot_method_scatter(comp[comp["method"] != "cnn"], tmp_path / "m.png")
     only_cnn = comp[comp["method"] == "cnn"]
-    assert FG.plot_method_scatter(only_cnn, tmp_path / "cnn_only.png") == {}
+    assert plot_method_scatter(only_cnn, tmp_path / "cnn_only.png") == {}
     check_outputs(tmp_path / "cnn_only.png")
 
 
@@ -219,14 +221,14 @@ def test_umap(tmp_path, with_patches):
                                        int(np.flatnonzero(labels == "non")[0]), 7, 11]})
     patches = rng.integers(0, 255, (4, 32, 32, 3)).astype(np.uint8) if with_patches else None
     png = tmp_path / "umap.png"
-    FG.plot_umap(coords, labels, png, examples, patches, "UMAP of patch features")
+    plot_umap(coords, labels, png, examples, patches, "UMAP of patch features")
     check_outputs(png)
 
 
 def test_umap_without_examples(tmp_path):
     rng = np.random.default_rng(5)
     png = tmp_path / "umap_plain.png"
-    FG.plot_umap(rng.normal(size=(50, 2)), np.array(["tumor"] * 25 + [""] * 25, dtype=object),
+    plot_umap(rng.normal(size=(50, 2)), np.array(["tumor"] * 25 + [""] * 25, dtype=object),
                  png, title="plain")
     check_outputs(png)
 
@@ -238,11 +240,11 @@ def test_ig_overlays(tmp_path):
     attr[1] = 0.0  # no attribution at all
     attr[2, :3] = np.nan
     png = tmp_path / "ig.png"
-    FG.plot_ig_overlays(patches, attr, "ERBB2", png,
+    plot_ig_overlays(patches, attr, "ERBB2", png,
                         values=[1.0, np.nan, 2.0, 0.5, 0.1, 3.0, 2.2], units_label="log1p")
     check_outputs(png)
     png2 = tmp_path / "ig_one.png"
-    FG.plot_ig_overlays(patches[:1], attr[:1], "ERBB2", png2)
+    plot_ig_overlays(patches[:1], attr[:1], "ERBB2", png2)
     check_outputs(png2, min_w=150)
 
 
@@ -251,13 +253,13 @@ def test_confusion(tmp_path):
     cm = pd.DataFrame([[10, 2, 0], [0, 0, 0], [1, 3, 20]], index=labels, columns=labels)
     for normalise in (True, False):
         png = tmp_path / f"confusion_{normalise}.png"
-        FG.plot_confusion(cm, png, normalise=normalise)
+        plot_confusion(cm, png, normalise=normalise)
         check_outputs(png)
 
 
 def test_cluster_maps(tmp_path):
     png = tmp_path / "clusters.png"
-    FG.plot_cluster_maps(section(clusters=True), png)
+    plot_cluster_maps(section(clusters=True), png)
     check_outputs(png)
 
 
@@ -268,9 +270,9 @@ def test_loss_curves(tmp_path):
                       "images_per_s": 100.0, "seconds": 1.0, "lr": 1e-4})
     few = {"fold0": h, "fold1": h.assign(val_loss=np.nan), "fold2": h.iloc[:0]}
     png = tmp_path / "loss.png"
-    FG.plot_loss_curves(few, png)
+    plot_loss_curves(few, png)
     check_outputs(png)
     many = {f"fold{i}": h.assign(train_loss=h["train_loss"] * (1 + i / 10)) for i in range(12)}
     png2 = tmp_path / "loss_many.png"
-    FG.plot_loss_curves(many, png2)
+    plot_loss_curves(many, png2)
     check_outputs(png2)

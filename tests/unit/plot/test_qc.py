@@ -1,4 +1,4 @@
-"""Tests of stpredict.plotting: the QC figure is written (atomically), readable and complete."""
+"""Tests of stpredict.plot.qc: the QC figure is written (atomically), readable and complete."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import scipy.sparse as sp
 from PIL import Image
 
-from stpredict import plotting as PL
-from stpredict import qc as Q
+from stpredict.patches import qc as Q
+from stpredict.plot.qc import plot_section_qc
+from stpredict.plot.style import section_background
 
 
 def qc_section(tmp_path, with_lowres=True):
@@ -47,7 +48,7 @@ def test_plot_section_qc_writes_png_and_pdf(tmp_path, with_lowres):
     a, tsv = qc_section(tmp_path, with_lowres)
     assert 0 < a.obs["keep"].sum() < a.n_obs  # every panel has something to show
     png, pdf = tmp_path / "fig" / "DEMO_A1.png", tmp_path / "fig" / "DEMO_A1.pdf"
-    fig = PL.plot_section_qc(a, tsv, png, out_pdf=pdf)
+    fig = plot_section_qc(a, tsv, png, out_pdf=pdf)
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] > 1200 and im.size[1] > 700
         arr = np.asarray(im.convert("RGB"))
@@ -63,8 +64,8 @@ def test_plot_section_qc_writes_png_and_pdf(tmp_path, with_lowres):
 
 def test_background_scale(tmp_path):
     a, _ = qc_section(tmp_path)
-    img, scale = PL.section_background(a)
+    img, scale = section_background(a)
     assert img.shape == (110, 120, 3) and scale == 0.1
     del a.uns["spatial"]
-    img, scale = PL.section_background(a)
+    img, scale = section_background(a)
     assert img is None and scale == 1.0
