@@ -282,10 +282,10 @@ def section(n: int = 40, umi: int = 3) -> ad.AnnData:
 def test_qc_removing_every_spot_fails_clearly():
     a = section()
     umi = np.asarray(a.X.sum(axis=1)).ravel()
-    out = apply_qc(a, None, QCConfig(min_umi=1, min_genes=1))
+    out = apply_qc(a, None, QCConfig(min_umi=1, min_genes=1, whiteness=False))
     assert out.obs["keep"].all()
     with pytest.raises(InputError) as info:
-        apply_qc(a, None, QCConfig(min_umi=10_000, min_genes=1), section_file="results/sections/S1.h5ad")
+        apply_qc(a, None, QCConfig(min_umi=10_000, min_genes=1, whiteness=False), section_file="results/sections/S1.h5ad")
     msg = str(info.value)
     assert "sample 'S1'" in msg and "results/sections/S1.h5ad" in msg
     assert "QC removes all 40 spots" in msg and "min_umi 10000 removes 40" in msg

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import StpredictError
-from stpredict.evaluate.metrics import dense_2d
+from stpredict.evaluate.metrics import dense_2d, pearson_columns
 from stpredict.ingest.geometry import spot_neighbors
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED, annotations, normalise_annotation_labels
 
@@ -124,21 +124,6 @@ def _normalise_labels(labels: Any) -> np.ndarray:
 
 def _annotations(adata: Any) -> np.ndarray:
     return _normalise_labels(annotations(adata))
-
-
-def _pearson_columns(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pearson r of matching columns; NaN for constant columns or fewer than 3 rows."""
-    n_cols = a.shape[1]
-    if a.shape[0] < 3:
-        return np.full(n_cols, np.nan)
-    ac = a - a.mean(0)
-    bc = b - b.mean(0)
-    const = np.all(a == a[:1], axis=0) | np.all(b == b[:1], axis=0)
-    denom = np.sqrt((ac * ac).sum(0) * (bc * bc).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (ac * bc).sum(0) / denom
-    r[const | ~np.isfinite(r)] = np.nan
-    return np.clip(r, -1.0, 1.0)
 
 
 # --------------------------------------------------------------------------- UMAP
@@ -368,8 +353,8 @@ def neighbour_test(adata: Any, platform: str) -> pd.DataFrame:
         distinct.append(int(nb[np.argmax(d)]))
     idx = np.asarray(spots, dtype=np.int64)
     truth = x[idx]
-    r_sim = _pearson_columns(x[np.asarray(similar, dtype=np.int64)], truth)
-    r_dis = _pearson_columns(x[np.asarray(distinct, dtype=np.int64)], truth)
+    r_sim = pearson_columns(x[np.asarray(similar, dtype=np.int64)], truth)
+    r_dis = pearson_columns(x[np.asarray(distinct, dtype=np.int64)], truth)
     return pd.DataFrame({
         "gene": np.asarray(adata.var_names, dtype=object),
         "r_similar": r_sim,

@@ -67,6 +67,7 @@ __all__ = [
     "summarise_strata",
     "table1",
     "dense_2d",
+    "pearson_columns",
     "score_experiment",
     "score_folds",
     "compare_methods",
@@ -146,6 +147,38 @@ def _is_constant(v: np.ndarray) -> bool:
     return v.size == 0 or bool(np.all(v == v[0]))
 
 
+def _pearson(m: np.ndarray, p: np.ndarray) -> float:
+    """Pearson r of two 1-D vectors over their finite pairs (NaN convention of :func:`pearson_columns`)."""
+    ok = np.isfinite(m) & np.isfinite(p)
+    m, p = m[ok], p[ok]
+    if m.size < 3 or _is_constant(m) or _is_constant(p):
+        return float("nan")
+    with warnings.catch_warnings():  # nearly constant values: r as computed, no warning
+        warnings.simplefilter("ignore", stats.NearConstantInputWarning)
+        return float(stats.pearsonr(m, p)[0])
+
+
+def pearson_columns(a: Any, b: Any) -> np.ndarray:
+    """Pearson r of each column of ``a`` with the same column of ``b``: the package's one correlation.
+
+    Parameters
+    ----------
+    a, b
+        ``(n, k)`` arrays of the same shape (dense or sparse; a 1-D vector is one column).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(k,)`` float64. Each column is correlated over the rows where both values are finite;
+        NaN (never 0, no warning) when fewer than 3 such rows remain or either column is
+        constant over them (:func:`scipy.stats.pearsonr` otherwise).
+    """
+    x, y = dense_2d(a), dense_2d(b)
+    if x.shape != y.shape:
+        raise ValueError(f"pearson_columns: shapes {x.shape} and {y.shape} differ")  # internal
+    return np.array([_pearson(x[:, j], y[:, j]) for j in range(x.shape[1])], dtype=np.float64)
+
+
 def auroc_extremes(measured: np.ndarray, predicted: np.ndarray) -> float:
     """AUROC of ``predicted`` separating the top from the bottom quarter of ``measured``.
 
@@ -186,7 +219,7 @@ def _one_gene(m: np.ndarray, p: np.ndarray) -> dict[str, float]:
     out = {"pearson": np.nan, "spearman": np.nan, "rmse": rmse, "auroc": np.nan, "n_spots": n}
     if n < 3 or _is_constant(m) or _is_constant(p):
         return out
-    out["pearson"] = float(stats.pearsonr(m, p)[0])
+    out["pearson"] = _pearson(m, p)
     rm, rp = stats.rankdata(m), stats.rankdata(p)
     out["spearman"] = float(np.corrcoef(rm, rp)[0, 1])
     out["auroc"] = auroc_extremes(m, p)

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from stpredict.config import CONFIG_SCHEMA, load_schema, schema_defaults
 from stpredict.errors import ConfigError
 
 __all__ = [
@@ -176,10 +177,10 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                 f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
                 fix="add sections of other patients, or use split.scheme random_within_section or "
                 "spatial_blocks within this patient's sections")
-        if int(split.get("inner_folds", 0) or 0) == 1:
+        if int(split["inner_folds"]) == 1:
             raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
                               fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
-    task = exp.get("task", "regression")
+    task = exp["task"]
     if task == "regression" and exp["train"]["loss"] == "cross_entropy":
         raise ConfigError("train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
                           fix="use train.loss mse or smoothl1, or set task: clusters")
@@ -203,7 +204,7 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                     sample=s,
                     fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
     model = exp["model"]
-    weights = str(model.get("weights", "none"))
+    weights = str(model["weights"])
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
         raise ConfigError(f"model.weights names a file that does not exist: {weights}",
                           fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'")
@@ -265,7 +266,7 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                     f"which none of the experiment's sections measures",
                     fix="use the sections' gene names (ST files may use Ensembl ids: set "
                     "reading.gene_map to map them to symbols), or leave the setting empty")
-    if thorough and str(model.get("weights", "none")).lower() == "imagenet":
+    if thorough and str(model["weights"]).lower() == "imagenet":
         from stpredict.errors import StpredictError
         from stpredict.learn.models import require_imagenet_weights
 
@@ -275,37 +276,14 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
             raise ConfigError(exc.problem, fix=exc.fix) from None
 
 
-#: defaults of every experiment key (the schema documents them; see config/README.md)
-EXPERIMENT_DEFAULTS: dict[str, Any] = {
-    "task": "regression",
-    "sections": {"samples": [], "patients": [], "platform": "", "each": False},
-    "split": {"scheme": "leave_one_patient_out", "inner_folds": 0, "inner_assignment": "stride",
-              "n_folds": 5, "val_frac": 0.2,
-              "block_um": 600.0, "buffer_um": 0.0, "train_sections": [], "test_section": ""},
-    "model": {"backbone": "tiny", "weights": "none", "tiny_width": 8},
-    "train": {"loss": "mse", "optimiser": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
-              "batch_size": 64, "epochs": 10, "patience": None, "augmentation": "dihedral",
-              "num_workers": 0, "head_init": None, "loss_reduction": "mean", "precision": "auto",
-              "val_tta": 1},
-    "tta": 8,
-    "exclude_clusters": [],
-    "cluster_map": "",
-}
-
-
-#: defaults of the ``evaluation`` section (the schema documents them)
-EVALUATION_DEFAULTS: dict[str, Any] = {
-    "baselines": ["mean", "labels", "nuclear_rf", "nmf_rf", "neighbours"],
-    "alpha": 0.05,
-    "ols": True,
-    "latent": True,
-    "attributions": {"enabled": True, "gene": "", "n_patches": 3, "n_steps": 32},
-    "maps": {"genes": [], "n_sections": 2},
-    "gene_groups": "",
-    "nuclear": {"fov_um": None, "min_area_um2": 10.0},
-    "random_forest": {"n_estimators": 100, "min_samples_leaf": 5, "max_features": 0.33, "max_samples": None},
-    "nmf": {"n_factors": 10, "max_iter": 200},
-}
+_SCHEMA = load_schema(CONFIG_SCHEMA)
+#: defaults of every experiment key: the schema's ``$defs/experiment`` (see config/README.md);
+#: ``targets``, ``evaluation`` and ``seed`` default to the global sections instead
+EXPERIMENT_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA["$defs"]["experiment"])
+#: defaults of the ``evaluation`` section: the schema's ``evaluation``
+EVALUATION_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA["properties"]["evaluation"])
+#: defaults of the global ``targets`` section and ``seed`` (what an experiment falls back to)
+_GLOBAL_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA)
 
 
 def _check_keys(over: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
@@ -328,10 +306,13 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     """Fill an experiment's unset keys from :data:`EXPERIMENT_DEFAULTS` and the global config.
 
     ``targets`` defaults to the global ``targets`` section, ``evaluation`` to the global
-    ``evaluation`` section (itself filled from :data:`EVALUATION_DEFAULTS`) and ``seed`` to the
-    global seed.
+    ``evaluation`` section and ``seed`` to the global seed, each filled from the schema's
+    defaults where the config lacks them (Snakemake's ``validate`` has filled them in a run), so
+    the result holds every key the jobs read.
     """
-    base = {**EXPERIMENT_DEFAULTS, "targets": config.get("targets", {}), "seed": config.get("seed", 0),
+    base = {**EXPERIMENT_DEFAULTS,
+            "targets": _merge(_GLOBAL_DEFAULTS["targets"], config.get("targets", {})),
+            "seed": config.get("seed", _GLOBAL_DEFAULTS["seed"]),
             "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {}))}
     _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
     # a deep copy: the nested defaults (and the global sections) must never be changed below
@@ -405,8 +386,8 @@ def _check_validation(name: str, exp: Mapping[str, Any]) -> None:
     if not exp["train"].get("patience"):
         return
     scheme = split["scheme"]
-    no_val = (scheme == "leave_one_patient_out" and int(split.get("inner_folds", 0) or 0) < 2) or (
-        scheme != "leave_one_patient_out" and not float(split.get("val_frac", 0) or 0) > 0)
+    no_val = (scheme == "leave_one_patient_out" and int(split["inner_folds"]) < 2) or (
+        scheme != "leave_one_patient_out" and not float(split["val_frac"]) > 0)
     if no_val:
         raise ConfigError(
             f"experiment '{name}' sets train.patience {exp['train']['patience']} (early stopping on "

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------ manifest
 def _seed(exp: Mapping[str, Any], *parts: str) -> int:
-    return (int(exp.get("seed", 0)) * 1_000_003 + zlib.crc32("/".join(parts).encode())) % (2**31)
+    return (int(exp["seed"]) * 1_000_003 + zlib.crc32("/".join(parts).encode())) % (2**31)
 
 
 def _kept(adata: ad.AnnData) -> np.ndarray:
@@ -70,8 +70,8 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
 
     apply_cluster_map(exp, sections)
     rows, xy, mpp = [], [], {}
-    excluded = {str(c) for c in exp.get("exclude_clusters", [])}
-    if exp.get("task", "regression") == "clusters" and excluded:
+    excluded = {str(c) for c in exp["exclude_clusters"]}
+    if exp["task"] == "clusters" and excluded:
         present = set().union(*(set(a.obs["cluster"].astype(str)) for a in sections.values())) - {""}
         unknown = sorted(excluded - present)
         if unknown and exp.get("parent"):  # sections.each: the list serves every section
@@ -84,7 +84,7 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
                 fix="use the clusters' own labels (Space Ranger numbers graphclust clusters from 1)")
     for sample, a in sections.items():
         keep = _kept(a)
-        if exp.get("task", "regression") == "clusters":
+        if exp["task"] == "clusters":
             lab = a.obs["cluster"].astype(str).to_numpy()
             keep &= (lab != "") & ~np.isin(lab, list(excluded))
         rows.append(pd.DataFrame({"sample_id": sample, "spot_id": a.obs_names[keep].astype(str),
@@ -96,8 +96,8 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
     seed = _seed(exp, name, "split")
     scheme = split["scheme"]
     if scheme == "leave_one_patient_out":
-        man = splits.leave_one_patient_out(spots, inner_folds=int(split.get("inner_folds", 0)), seed=seed,
-                                           inner_assignment=split.get("inner_assignment", "stride"))
+        man = splits.leave_one_patient_out(spots, inner_folds=int(split["inner_folds"]), seed=seed,
+                                           inner_assignment=split["inner_assignment"])
     elif scheme == "random_within_section":
         man = splits.random_within_section(spots, n_folds=int(split["n_folds"]),
                                            val_frac=float(split["val_frac"]), seed=seed)
@@ -105,7 +105,7 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
         spots_xy = np.concatenate(xy)
         man = splits.spatial_blocks_within_section(
             spots, spots_xy, block_um=float(split["block_um"]), mpp=mpp, n_folds=int(split["n_folds"]),
-            seed=seed, buffer_um=float(split.get("buffer_um", 0.0)), val_frac=float(split["val_frac"]))
+            seed=seed, buffer_um=float(split["buffer_um"]), val_frac=float(split["val_frac"]))
     elif scheme == "section_imputation":
         man = splits.section_imputation(spots, split["train_sections"], split["test_section"],
                                         val_frac=float(split["val_frac"]), seed=seed)
@@ -203,7 +203,7 @@ def _fit_targets(exp: Mapping[str, Any], train_ads: list[ad.AnnData]) -> tuple[A
     g = tcfg["genes"]
     selector = GeneSelector(mode=g["mode"], n=int(g["n"]), panel=g["panel"] or None,
                             min_frac=float(g["min_frac"]), allow_missing=bool(g.get("allow_missing", False)),
-                            normalization=g.get("rank_by", "log1p"))
+                            normalization=g["rank_by"])
     selector.fit(train_ads)
     transform = make_transform(TRANSFORM_NAMES[tcfg["transform"]], genes=list(selector.genes_)).fit(train_ads)
     return selector, transform
@@ -222,7 +222,7 @@ def check_gene_coverage(ads: Sequence[ad.AnnData], genes: Sequence[str],
     genes = [str(g) for g in genes]
     if not genes:
         return
-    need = float(genes_cfg.get("min_coverage", 0.5))
+    need = float(genes_cfg["min_coverage"])
     for a in ads:
         sample = str(a.obs["sample_id"].iloc[0]) if "sample_id" in a.obs and a.n_obs else "?"
         have = pd.Index(a.var_names.astype(str))
@@ -276,10 +276,7 @@ def _labels(exp: Mapping[str, Any], ads: list[ad.AnnData]) -> np.ndarray:
 def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | None) -> Any:
     from stpredict.learn.train import TrainConfig
 
-    t = dict(exp["train"])
-    m = exp["model"]
-    cfg = TrainConfig(backbone=m["backbone"], weights=m["weights"], tiny_width=int(m.get("tiny_width", 8)),
-                      seed=_seed(exp, name, "train", fold), **t)
+    cfg = TrainConfig.from_experiment(exp, _seed(exp, name, "train", fold))
     if epochs is not None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs), "patience": None})
     return cfg
@@ -290,7 +287,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
                inner_histories: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
     """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
 
-    Writes ``model.pt``, ``history.tsv``, ``loss.png`` (by :func:`stpredict.learn.train.train`,
+    Writes ``model.pt``, ``history.tsv`` (by :func:`stpredict.learn.train.train`,
     which keeps ``checkpoint.pt`` / ``best.pt`` only while training) and ``fitted.json`` (gene
     set, target transform and classes, each with the record of what it was fitted on) into
     ``out_dir``. The manifest's train/val spot ids and the fitted transform go into the resume
@@ -308,7 +305,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
     if epochs is not None:
         log.info("fold %s: %d epochs chosen on inner folds %s", fold, epochs, list(inner_histories))
         va_ads, va_samples, va_rows = [], [], []  # final retrain on all training patients
-    fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp.get("task", "regression"),
+    fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp["task"],
                               "epochs_from_inner_folds": epochs}
     cfg = _train_config(exp, fold, name, epochs)
     # what the weights depend on beyond the datasets (train() hashes the stores, rows, targets)
@@ -320,7 +317,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
     }
     tr_stores = [stores[s] for s in tr_samples]
     va_stores = [stores[s] for s in va_samples]
-    if exp.get("task", "regression") == "clusters":
+    if exp["task"] == "clusters":
         y_tr = _labels(exp, tr_ads)
         codes_tr, classes = encode_labels(y_tr, exclude=None)
         fitted["classes"] = [str(c) for c in classes]
@@ -376,8 +373,8 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
     model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
     preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
-                          tta=int(exp.get("tta", 8)), device=device,
-                          precision=str(exp["train"].get("precision", "auto")))
+                          tta=int(exp["tta"]), device=device,
+                          precision=str(exp["train"]["precision"]))
     obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
     obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
     keep_cols = [c for c in ("sample_id", "patient_id", "spot_id", "in_tissue", "array_row", "array_col",
@@ -386,7 +383,7 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     obs["fold"] = str(fold)
     spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads])
     uns: dict[str, Any] = {"experiment": name, "fold": str(fold), "task": fitted["task"],
-                           "tta": int(exp.get("tta", 8)), "model": {k: v for k, v in meta.items()
+                           "tta": int(exp["tta"]), "model": {k: v for k, v in meta.items()
                                                                      if isinstance(v, (str, int, float))}}
     if fitted["task"] == "clusters":
         classes = fitted["classes"]

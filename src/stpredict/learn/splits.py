@@ -636,7 +636,7 @@ def inner_folds(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) -> list[
     """Inner folds of an outer fold (ST-Net's epoch selection); empty when there are none."""
     if exp["split"]["scheme"] != "leave_one_patient_out" or "." in str(fold):
         return []
-    n = min(int(exp["split"].get("inner_folds", 0)), len(_patients(exp, sheet)) - 1)
+    n = min(int(exp["split"]["inner_folds"]), len(_patients(exp, sheet)) - 1)
     return [f"{fold}.{i}" for i in range(n)] if n >= 2 else []
 
 

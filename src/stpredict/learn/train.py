@@ -18,7 +18,6 @@ happen on the training device. :func:`train` writes into ``out_dir``:
   ``val_accuracy`` (classification); ``images_per_s``; ``seconds``; ``lr``; ``precision`` (the
   autocast precision of the backbone: ``bf16``, ``fp16`` or ``fp32``). Validation predictions
   average ``val_tta`` dihedral transforms. Validation columns are NaN without validation data.
-* ``loss.png`` — the loss curves.
 * ``model.pt`` — ``{"state_dict", "backbone", "n_outputs", "n_features", "genes", "classes",
   "target_transform", "epoch", "selection", "precision", "config", ...}``: the best-validation
   weights, or the last epoch's without validation.
@@ -54,7 +53,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -68,6 +67,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from stpredict.errors import ConfigError, InputError, StpredictError, TrainingInterrupted
+from stpredict.evaluate.metrics import pearson_columns
 from stpredict.io import atomic_path, write_table
 from stpredict.learn.augment import make_augment, parse_augmentation, tta_predict
 from stpredict.learn.models import PatchModel, build_model
@@ -81,7 +81,6 @@ __all__ = [
     "per_spot_loss",
     "resolve_precision",
     "encode_labels",
-    "pearson_per_output",
     "select_device",
     "seed_everything",
 ]
@@ -159,21 +158,6 @@ def encode_labels(
     if len(classes) < 2:
         log.warning("encode_labels: only %d class(es) remain", len(classes))
     return codes, classes
-
-
-def pearson_per_output(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
-    """Pearson correlation of every column of ``pred`` with ``true`` (NaN for constant columns)."""
-    p = np.asarray(pred, dtype=np.float64)
-    t = np.asarray(true, dtype=np.float64)
-    if p.ndim == 1:
-        p, t = p[:, None], t[:, None]
-    p = p - p.mean(0)
-    t = t - t.mean(0)
-    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (p * t).sum(0) / denom
-    r[~np.isfinite(r)] = np.nan
-    return r
 
 
 def seed_everything(seed: int) -> None:
@@ -522,9 +506,9 @@ class _EpochSampler(Sampler[int]):
 # config
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainConfig:
-    """Training settings.
+    """Training settings: every field is given (no defaults of its own; see :meth:`from_experiment`).
 
     Attributes
     ----------
@@ -574,26 +558,26 @@ class TrainConfig:
         Minimum decrease of the validation loss that counts as an improvement.
     """
 
-    backbone: str = "tiny"
-    weights: str = "none"
-    loss: str = "mse"
-    optimiser: str = "sgd"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 10
-    patience: int | None = None
-    augmentation: str = "dihedral"
-    num_workers: int = 0
-    seed: int = 0
-    precision: str = "auto"
-    loss_reduction: str = "mean"
-    val_tta: int = 1
-    channels_last: bool = True
-    head_init: str | None = None
-    tiny_width: int = 8
-    min_delta: float = 0.0
+    backbone: str
+    weights: str
+    loss: str
+    optimiser: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    epochs: int
+    patience: int | None
+    augmentation: str
+    num_workers: int
+    seed: int
+    precision: str
+    loss_reduction: str
+    val_tta: int
+    channels_last: bool
+    head_init: str | None
+    tiny_width: int
+    min_delta: float
 
     def __post_init__(self) -> None:
         """Check the values."""
@@ -629,6 +613,17 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
+    def from_experiment(cls, exp: Mapping[str, Any], seed: int) -> TrainConfig:
+        """Build from a resolved experiment (:func:`stpredict.learn.experiments.resolve_experiment`).
+
+        Its ``model`` (``backbone``, ``weights``, ``tiny_width``) and ``train`` sections hold
+        every setting, with the schema's defaults filled in; ``seed`` is the fold's seed.
+        """
+        m = exp["model"]
+        return cls(backbone=m["backbone"], weights=m["weights"], tiny_width=int(m["tiny_width"]),
+                   seed=int(seed), **exp["train"])
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Build from a dict, rejecting unknown keys (the legacy ``amp`` flag is translated)."""
         d = dict(d)
@@ -655,26 +650,6 @@ _NOT_IN_SIGNATURE = {"num_workers", "channels_last", "epochs"}
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-
-
-def _plot_history(history: list[dict[str, Any]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    ep = [h["epoch"] for h in history]
-    ax.plot(ep, [h["train_loss"] for h in history], marker="o", label="train")
-    val = [h["val_loss"] for h in history]
-    if any(np.isfinite(v) for v in val):
-        ax.plot(ep, val, marker="o", label="validation")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
 
 
 def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Any]:
@@ -766,7 +741,7 @@ def _evaluate(
         res["val_accuracy"] = float((pred.argmax(1) == true).mean())
     else:
         res["val_sse"] = sse
-        r = pearson_per_output(pred, true)
+        r = pearson_columns(pred, true)
         res["val_pearson_mean"] = float(np.nanmean(r)) if np.isfinite(r).any() else math.nan
     return res
 
@@ -891,7 +866,7 @@ def train(
         weights (ST-Net's final retrain for an epoch count chosen on inner folds).
     out_dir
         Folder for ``checkpoint.pt``, ``best.pt`` (both removed at the end), ``history.tsv``,
-        ``loss.png``, ``model.pt``.
+        ``model.pt`` (the loss curves are drawn by :func:`stpredict.plot.scores.plot_loss_curves`).
     resume
         Continue from ``out_dir/checkpoint.pt`` when its signature matches (``False``: start
         afresh). A mismatch starts afresh too, logging what changed.
@@ -921,7 +896,7 @@ def train(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path, model_path = out / "checkpoint.pt", out / "best.pt", out / "model.pt"
-    hist_path, plot_path = out / "history.tsv", out / "loss.png"
+    hist_path = out / "history.tsv"
     dev = select_device(device)
     cuda = dev.type == "cuda"
     precision = resolve_precision(cfg.precision, dev)
@@ -1026,7 +1001,6 @@ def train(
     elif state["epoch"] >= cfg.epochs:
         log.info("%s: all %d epochs done", out, state["epoch"])
     last_ips = math.nan
-    last_plot = time.perf_counter()
     for epoch in range(start, cfg.epochs + 1):
         if state["stopped"]:
             break
@@ -1095,9 +1069,6 @@ def train(
             # own epoch, and a resume rewrites best.pt from the checkpoint's weights
             _save_best(model, epoch, sig_digest, best_path)
         write_table(pd.DataFrame(state["history"], columns=HISTORY_COLUMNS), hist_path)
-        if time.perf_counter() - last_plot > 60.0:  # plotting costs ~0.2 s: not every epoch
-            _plot_history(state["history"], plot_path)
-            last_plot = time.perf_counter()
         if callback is not None:
             callback(epoch, row)
         if stop_after_epoch is not None and epoch == stop_after_epoch:
@@ -1138,7 +1109,6 @@ def train(
     }
     _atomic_torch_save(meta, model_path)
     write_table(pd.DataFrame(state["history"], columns=HISTORY_COLUMNS), hist_path)
-    _plot_history(state["history"], plot_path)
     _remove(ckpt_path, best_path)  # model.pt holds the result
     log.info("%s: wrote %s (epoch %d, %s, %s)", out, model_path, chosen, selection, precision)
     return {

@@ -34,7 +34,7 @@ LOW_KEPT_SHARE = 0.2
 
 @dataclass(frozen=True)
 class QCConfig:
-    """QC thresholds.
+    """QC thresholds (the workflow builds them from the config's ``qc`` section: no defaults here).
 
     Parameters
     ----------
@@ -46,22 +46,22 @@ class QCConfig:
         Apply the whiteness flag of the patch table (column ``white``).
     """
 
-    min_umi: float = 0
-    min_genes: int = 0
-    whiteness: bool = False
+    min_umi: float
+    min_genes: int
+    whiteness: bool
 
     @classmethod
     def from_config(cls, cfg: QCConfig | Mapping[str, Any] | str | None) -> QCConfig:
         """Build from a preset name, a mapping (optionally ``{"preset": name, ...overrides}``)."""
         if cfg is None:
-            return cls()
+            return QC_PRESETS["none"]
         if isinstance(cfg, QCConfig):
             return cfg
         if isinstance(cfg, str):
             cfg = {"preset": cfg}
         cfg = dict(cfg)
         preset = cfg.pop("preset", None)
-        base = cls()
+        base = QC_PRESETS["none"]
         if preset is not None:
             if preset not in QC_PRESETS:
                 raise ConfigError(f"unknown QC preset '{preset}'", fix=f"use one of {sorted(QC_PRESETS)}")
@@ -81,7 +81,7 @@ QC_PRESETS: dict[str, QCConfig] = {
     "deepspace": QCConfig(min_umi=1000, min_genes=1000, whiteness=True),
     # ST-Net: no spot filter
     "stnet": QCConfig(min_umi=0, min_genes=0, whiteness=False),
-    "none": QCConfig(),
+    "none": QCConfig(min_umi=0, min_genes=0, whiteness=False),
 }
 
 

@@ -26,6 +26,7 @@ from matplotlib.colors import Normalize
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from stpredict.evaluate.metrics import pearson_columns
 from stpredict.plot.style import (
     PathLike,
     _category_colours,
@@ -41,16 +42,6 @@ from stpredict.plot.style import (
 from stpredict.vocab import NORMAL, TUMOR, annotations
 
 __all__ = ["plot_dataset_stats", "plot_expression_maps", "plot_cluster_maps"]
-
-
-def _pearson(m: np.ndarray, p: np.ndarray) -> float:
-    ok = np.isfinite(m) & np.isfinite(p)
-    if ok.sum() < 3:
-        return float("nan")
-    m, p = m[ok], p[ok]
-    if np.all(m == m[0]) or np.all(p == p[0]):
-        return float("nan")
-    return float(np.corrcoef(m, p)[0, 1])
 
 
 def _column(adata: Any, gene: str, layer: str | None = None) -> np.ndarray | None:
@@ -388,7 +379,7 @@ def plot_expression_maps(
                 continue
             coll = sec.spots(ax, cmap=cm, norm=norm, linewidths=0)
             coll.set_array(np.ma.masked_invalid(values))
-        r_val = _pearson(measured, predicted) if predicted is not None else float("nan")
+        r_val = float(pearson_columns(measured, predicted)[0]) if predicted is not None else float("nan")
         r_txt = f"r = {r_val:.2f}" if np.isfinite(r_val) else "r = n/a"
         ax_m.set_title(f"{gene}: measured")
         ax_p.set_title(f"{gene}: predicted, {r_txt}")

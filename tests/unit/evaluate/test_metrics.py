@@ -15,6 +15,7 @@ from statsmodels.stats.multitest import multipletests
 from stpredict.evaluate.metrics import (
     auroc_extremes,
     gene_metrics,
+    pearson_columns,
     pooled_metrics,
     score_units,
     smooth_measurements,
@@ -349,3 +350,32 @@ def test_smoothed_layer_is_used_when_present():
     per = score_units([a], "st", unit="sample_id", strata=False)
     sm = per[per.target == "smoothed"]
     assert np.allclose(sm["pearson"], 1.0)
+
+
+# --------------------------------------------------------------------------- the one correlation
+def test_pearson_columns_nan_convention():
+    x = np.arange(10.0)
+    r = pearson_columns(np.stack([x, -x, np.ones(10)], 1), np.stack([x, x, x], 1))
+    np.testing.assert_allclose(r[:2], [1.0, -1.0])
+    assert np.isnan(r[2])  # a constant column is undefined, never 0
+    # only the finite pairs count; fewer than 3 of them: NaN
+    a = np.array([1.0, 2.0, np.nan, 4.0, 5.0])
+    b = np.array([2.0, 4.0, 6.0, np.inf, 10.0])
+    assert pearson_columns(a, b)[0] == pytest.approx(1.0)
+    assert np.isnan(pearson_columns(a[:3], b[:3])[0])
+    assert np.isnan(pearson_columns([1.0, 2.0], [2.0, 1.0])[0])
+
+
+def test_pearson_columns_is_the_per_gene_pearson_of_the_metrics():
+    rng = np.random.default_rng(3)
+    m = rng.normal(size=(40, 6))
+    p = m + rng.normal(size=(40, 6))
+    m[:, 4] = 2.0  # constant gene
+    p[:5, 5] = np.nan
+    per_gene = gene_metrics(m, p)["pearson"].to_numpy()
+    r = pearson_columns(m, p)
+    np.testing.assert_array_equal(np.isnan(r), np.isnan(per_gene))
+    np.testing.assert_array_equal(r[~np.isnan(r)], per_gene[~np.isnan(per_gene)])
+    ok = np.isfinite(p[:, 5])
+    assert r[5] == pytest.approx(stats.pearsonr(m[ok, 5], p[ok, 5])[0], abs=1e-15)
+

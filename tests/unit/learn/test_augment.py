@@ -34,7 +34,7 @@ from stpredict.learn.augment import (
     make_augment,
     parse_augmentation,
 )
-from stpredict.learn.train import TrainConfig
+from tests.conftest import train_config
 
 torch.set_num_threads(1)
 S = 32
@@ -145,11 +145,11 @@ def test_unknown_names_raise_config_errors(name, match):
         make_augment(name)
     assert "\n" not in str(info.value) and "Fix:" in str(info.value)
     with pytest.raises(ConfigError, match="invalid training setting"):
-        TrainConfig(augmentation=name)
+        train_config(augmentation=name)
 
 
 def test_train_config_accepts_group_lists():
-    assert TrainConfig(augmentation="deepspace:flip,crop,color,random").augmentation.endswith("random")
+    assert train_config(augmentation="deepspace:flip,crop,color,random").augmentation.endswith("random")
 
 
 def test_schema_pattern_matches_the_parser(repo):

@@ -244,7 +244,7 @@ def test_experiment_train_defaults():
     assert (t["loss_reduction"], t["precision"], t["val_tta"]) == ("mean", "auto", 1)
     from stpredict.learn.train import TrainConfig
 
-    TrainConfig(**t)  # every default is a valid training setting
+    TrainConfig.from_experiment(exp, seed=0)  # every default is a valid training setting
     # a clusters experiment without `train` must not turn the defaults' loss into cross_entropy
     assert resolve_experiment({"task": "clusters"}, {})["train"]["loss"] == "cross_entropy"
     assert resolve_experiment({}, {})["train"]["loss"] == "mse"

@@ -15,7 +15,8 @@ from stpredict.learn.augment import (
 )
 from stpredict.learn.models import build_model
 from stpredict.learn.predict import load_model, predict
-from stpredict.learn.train import PatchDataset, TrainConfig, encode_labels, train
+from stpredict.learn.train import PatchDataset, encode_labels, train
+from tests.conftest import train_config
 
 S = 16
 
@@ -181,7 +182,7 @@ def test_cluster_mode_trains_on_remapped_labels(tmp_path):
     with pytest.raises(InputError, match="negative"):
         PatchDataset([tmp_path / "c.npy"], [np.arange(n)], labels=codes)
     ds = PatchDataset([tmp_path / "c.npy"], [keep], labels=codes[keep])
-    cfg = TrainConfig(backbone="tiny", tiny_width=4, loss="cross_entropy", optimiser="adam",
+    cfg = train_config(backbone="tiny", tiny_width=4, loss="cross_entropy", optimiser="adam",
                       lr=0.02, batch_size=8, epochs=3, augmentation="dihedral", seed=0)
     res = train(cfg, ds, ds, tmp_path / "run", classes=list(classes))
     hist = pd.read_csv(tmp_path / "run" / "history.tsv", sep="\t")

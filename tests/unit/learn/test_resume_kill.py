@@ -18,6 +18,7 @@ WORKER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
+    from stpredict.learn.experiments import resolve_experiment
     from stpredict.learn.train import PatchDataset, TrainConfig, train
 
     root, out, slow = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "slow"
@@ -28,8 +29,10 @@ WORKER = textwrap.dedent(
     y = (level[:, 0, 0] / 100.0).astype(np.float32)
     tr = PatchDataset([root / "a.npy"], [np.arange(40)], targets=y[:40])
     va = PatchDataset([root / "a.npy"], [np.arange(40, 48)], targets=y[40:])
-    cfg = TrainConfig(backbone="tiny", tiny_width=4, batch_size=8, epochs=6, lr=0.01, seed=5,
-                      augmentation="dihedral", optimiser="adam")
+    exp = resolve_experiment({"model": {"backbone": "tiny", "tiny_width": 4},
+                              "train": {"batch_size": 8, "epochs": 6, "lr": 0.01,
+                                        "augmentation": "dihedral", "optimiser": "adam"}}, {})
+    cfg = TrainConfig.from_experiment(exp, seed=5)
     # the pause after each epoch only gives the test time to kill; it touches no random state
     train(cfg, tr, va, out, callback=(lambda e, row: time.sleep(1.5)) if slow else None)
     """
