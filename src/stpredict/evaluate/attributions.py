@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from stpredict.errors import StpredictError
+from stpredict.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     import torch
@@ -93,16 +93,16 @@ def integrated_gradients(
 
     arr = patches_uint8
     if getattr(arr, "ndim", None) != 4 or arr.shape[-1] != 3:
-        raise StpredictError(
+        raise InputError(
             f"patches must be a (N, H, W, 3) uint8 array, got shape {getattr(arr, 'shape', None)}"
         )
     if np.dtype(arr.dtype) != np.uint8:
-        raise StpredictError(f"patches must be uint8, got {arr.dtype}")
+        raise InputError(f"patches must be uint8, got {arr.dtype}")
     n_out = int(model.n_outputs)
     if not 0 <= int(target) < n_out:
-        raise StpredictError(f"target {target} is out of range for a model with {n_out} outputs")
+        raise InputError(f"target {target} is out of range for a model with {n_out} outputs")
     if baseline not in ("white", "black"):
-        raise StpredictError(f"unknown baseline {baseline!r}", fix="use 'white' or 'black'")
+        raise ConfigError(f"unknown baseline {baseline!r}", fix="use 'white' or 'black'")
     target = int(target)
     n, h, w = int(arr.shape[0]), int(arr.shape[1]), int(arr.shape[2])
     attributions = np.zeros((n, h, w), dtype=np.float32)
@@ -178,7 +178,7 @@ def pick_ig_patches(measured_or_pred: Any, n: int = 3) -> np.ndarray:
     if v.ndim == 2 and v.shape[1] == 1:
         v = v[:, 0]
     if v.ndim != 1:
-        raise StpredictError(f"expected the values of one gene (1-D), got shape {v.shape}")
+        raise InputError(f"expected the values of one gene (1-D), got shape {v.shape}")
     finite = np.flatnonzero(np.isfinite(v))
     m = min(int(n), finite.size)
     if m <= 0:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stpredict.errors import StpredictError
+from stpredict.errors import InputError
 from stpredict.evaluate.metrics import dense_2d, pearson_columns
 from stpredict.ingest.geometry import spot_neighbors
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED, annotations, normalise_annotation_labels
@@ -70,11 +70,11 @@ _dense = dense_2d
 def _as_matrix(emb: Any, name: str = "emb", sample: str | None = None) -> np.ndarray:
     arr = _dense(emb)
     if arr.ndim != 2:
-        raise StpredictError(
+        raise InputError(
             f"{name} must be a 2-D (spots x features) array, got shape {arr.shape}", sample=sample
         )
     if not np.all(np.isfinite(arr)):
-        raise StpredictError(
+        raise InputError(
             f"{name} holds NaN or infinite values", sample=sample,
             fix="recompute the embeddings; they must be finite",
         )
@@ -91,13 +91,13 @@ def _sample_name(adata: Any) -> str | None:
 def _embedding(adata: Any) -> np.ndarray:
     sample = _sample_name(adata)
     if "embedding" not in adata.obsm:
-        raise StpredictError(
+        raise InputError(
             "the prediction AnnData has no obsm['embedding']", sample=sample,
             fix="re-run prediction with embeddings saved",
         )
     emb = _as_matrix(adata.obsm["embedding"], "obsm['embedding']", sample)
     if emb.shape[0] != adata.n_obs:
-        raise StpredictError(
+        raise InputError(
             f"obsm['embedding'] has {emb.shape[0]} rows for {adata.n_obs} spots", sample=sample
         )
     return emb
@@ -107,14 +107,14 @@ def _neighbours(adata: Any, platform: str) -> list[np.ndarray]:
     sample = _sample_name(adata)
     for col in ("array_row", "array_col"):
         if col not in adata.obs:
-            raise StpredictError(f"obs has no '{col}' column", sample=sample)
+            raise InputError(f"obs has no '{col}' column", sample=sample)
     try:
         return spot_neighbors(
             adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), platform,
             connectivity=4,
         )
     except ValueError as exc:
-        raise StpredictError(str(exc), sample=sample) from None
+        raise InputError(str(exc), sample=sample) from None
 
 
 def _normalise_labels(labels: Any) -> np.ndarray:
@@ -163,7 +163,7 @@ def umap_embedding(
     x = _as_matrix(emb)
     n = x.shape[0]
     if n < 3:
-        raise StpredictError(
+        raise InputError(
             f"UMAP needs at least 3 points, got {n}", fix="embed more spots at once"
         )
     with warnings.catch_warnings():
@@ -205,9 +205,9 @@ def purity(labels_true: Any, clusters: Any) -> float:
     t = np.asarray(labels_true, dtype=object).ravel()
     c = np.asarray(clusters, dtype=object).ravel()
     if t.size != c.size:
-        raise StpredictError(f"labels ({t.size}) and clusters ({c.size}) differ in length")
+        raise InputError(f"labels ({t.size}) and clusters ({c.size}) differ in length")
     if t.size == 0:
-        raise StpredictError("purity of an empty set of points is undefined")
+        raise InputError("purity of an empty set of points is undefined")
     table = pd.crosstab(pd.Series(c, dtype=object), pd.Series(t, dtype=object))
     return float(table.max(axis=1).sum() / t.size)
 
@@ -241,9 +241,9 @@ def kmeans_purity(emb: Any, labels: Any, k: int = 2, seed: int = 0) -> float:
     x = _as_matrix(emb)
     lab = np.asarray(labels, dtype=object).ravel()
     if lab.size != x.shape[0]:
-        raise StpredictError(f"emb has {x.shape[0]} rows but labels has {lab.size} entries")
+        raise InputError(f"emb has {x.shape[0]} rows but labels has {lab.size} entries")
     if x.shape[0] < k:
-        raise StpredictError(f"k-means with k={k} needs at least {k} points, got {x.shape[0]}")
+        raise InputError(f"k-means with k={k} needs at least {k} points, got {x.shape[0]}")
     with warnings.catch_warnings():
         # few distinct points: sklearn warns that it found fewer clusters than k
         warnings.simplefilter("ignore")
@@ -394,7 +394,7 @@ def latent_vs_physical(adata: Any, platform: str, k: int = 4) -> dict[str, float
     emb = _embedding(adata)
     n = emb.shape[0]
     if n < 2:
-        raise StpredictError(f"need at least 2 spots, got {n}", sample=_sample_name(adata))
+        raise InputError(f"need at least 2 spots, got {n}", sample=_sample_name(adata))
     nbrs = _neighbours(adata, platform)
     k_eff = max(1, min(int(k), n - 1))
     # kneighbors() without X leaves each point out of its own neighbour list
@@ -439,7 +439,7 @@ def label_agreement(emb: Any, labels: Any, k: int = 10) -> np.ndarray:
     x = _as_matrix(emb)
     lab = _normalise_labels(labels)
     if lab.size != x.shape[0]:
-        raise StpredictError(f"emb has {x.shape[0]} rows but labels has {lab.size} entries")
+        raise InputError(f"emb has {x.shape[0]} rows but labels has {lab.size} entries")
     out = np.full(lab.size, np.nan)
     keep = np.flatnonzero(np.isin(lab, [TUMOR, NORMAL]))
     if keep.size < 2:

@@ -52,7 +52,9 @@ import numpy as np
 import pandas as pd
 from scipy import sparse, stats
 
+from stpredict.errors import InputError
 from stpredict.ingest.geometry import hex_neighbors, square_neighbors
+from stpredict.ingest.section import sample_id_of
 from stpredict.vocab import STRATA, annotations
 
 __all__ = [
@@ -261,13 +263,19 @@ def gene_metrics(
 
 
 # --------------------------------------------------------------------------- AnnData scoring
+#: fix of an inconsistent set of prediction files (a run interrupted between two versions)
+_RERUN_FIX = "rerun snakemake, which rebuilds the experiment's prediction files from one run"
+
+
 def _genes(adatas: Sequence[Any]) -> pd.Index:
     if not adatas:
         raise ValueError("no prediction AnnData objects given")
     genes = pd.Index(adatas[0].var_names)
     for ad in adatas[1:]:
         if not pd.Index(ad.var_names).equals(genes):
-            raise ValueError("prediction files differ in their genes (var_names)")
+            raise InputError("prediction files differ in their genes (var_names): they come from "
+                             "different runs", sample=sample_id_of(ad) or None,
+                             fix=_RERUN_FIX)
     return genes
 
 
@@ -372,7 +380,8 @@ def score_units(
     for u, parts in pieces.items():
         genes = parts[0][4]
         if any(not pt[4].equals(genes) for pt in parts[1:]):
-            raise ValueError(f"prediction files of unit {u!r} differ in their genes (var_names)")
+            raise InputError(f"prediction files of unit {u!r} differ in their genes (var_names): "
+                             "they come from different runs", fix=_RERUN_FIX)
         pred = np.vstack([pt[2] for pt in parts])
         ann = np.concatenate([pt[3] for pt in parts])
         transforms = sorted({pt[0] for pt in parts if pt[0]})
@@ -990,13 +999,15 @@ def score_cluster_units(
         cls = _adata_classes(ad)
         p = dense_2d(ad.layers["predicted"])
         if p.shape[1] != len(cls):
-            raise ValueError(
-                f"predicted has {p.shape[1]} columns but the file lists {len(cls)} classes"
+            raise InputError(
+                f"predicted has {p.shape[1]} columns but the file lists {len(cls)} classes",
+                sample=sample_id_of(ad) or None, fix=_RERUN_FIX,
             )
         full = np.zeros((p.shape[0], len(classes)))
         full[:, [col[c] for c in cls]] = p
         if unit not in ad.obs:
-            raise ValueError(f"obs has no column {unit!r}")
+            raise InputError(f"the prediction file has no obs column {unit!r}",
+                             sample=sample_id_of(ad) or None, fix=_RERUN_FIX)
         ys.append(_labels(ad.obs["cluster_true"].astype(object).to_numpy()))
         ps.append(full)
         us.append(ad.obs[unit].astype(str).to_numpy())
@@ -1018,6 +1029,9 @@ def score_cluster_units(
              "n_excluded": int((sel & ~keep).sum())}
         )
     if not frames:
-        raise ValueError("no spot has a true cluster label among the classes")
+        raise InputError("no held-out spot has a true cluster label among the classes the "
+                         "models were trained on",
+                         fix="check exclude_clusters and cluster_map: the test sections' clusters "
+                         "must be among the training sections' ones")
     overview = pd.DataFrame(rows, columns=["unit", *OVERVIEW_COLUMNS, "n_excluded"])
     return pd.concat(frames, ignore_index=True), overview

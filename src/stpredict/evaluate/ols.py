@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stpredict.errors import StpredictError
+from stpredict.errors import InputError
 from stpredict.evaluate.metrics import dense_2d
 
 __all__ = [
@@ -62,7 +62,9 @@ def _shared_genes(adatas: Sequence[Any]) -> list[str]:
         have = {str(g) for g in ad.var_names}
         genes = [g for g in genes if g in have]
     if not genes:
-        raise ValueError("the prediction files share no gene")
+        raise InputError("the prediction files share no gene (each fold selected other genes)",
+                         fix="select the genes by a panel (targets.genes.mode: panel) or raise "
+                         "targets.genes.n, so that the folds share genes")
     return genes
 
 
@@ -97,7 +99,7 @@ def ols_inputs(
 
     Raises
     ------
-    StpredictError
+    InputError
         Naming the sample, when it has no patch table, its patch table lacks a column or
         repeats an id, or one of its spots has no patch row.
     """
@@ -109,7 +111,8 @@ def ols_inputs(
     meas, pred, covs = [], [], []
     for ad in adatas:
         if "sample_id" not in ad.obs:
-            raise ValueError("obs has no column 'sample_id'")
+            raise InputError("the prediction file has no obs column 'sample_id'",
+                             fix="rerun snakemake, which rebuilds the prediction files")
         gi = pd.Index([str(g) for g in ad.var_names]).get_indexer(genes)
         m = _dense(ad.X)[:, gi]
         p = _dense(ad.layers["predicted"])[:, gi]
@@ -124,28 +127,28 @@ def ols_inputs(
         for s in pd.unique(samples):
             sel = samples == s
             if s not in tables:
-                raise StpredictError(
+                raise InputError(
                     "no patch table for this sample", sample=s,
                     fix="pass the sample's patch table (TSV written with the patches)",
                 )
             tab = tables[s]
             lack = [c for c in _PATCH_NEEDED if c not in tab.columns]
             if lack:
-                raise StpredictError(
+                raise InputError(
                     f"patch table lacks column(s) {', '.join(lack)}", sample=s,
                     fix="re-extract the patches to write the colour statistics",
                 )
             ids = tab["id"].astype(str)
             if ids.duplicated().any():
                 dup = ids[ids.duplicated()].iloc[0]
-                raise StpredictError(f"patch table repeats spot id {dup!r}", sample=s)
+                raise InputError(f"patch table repeats spot id {dup!r}", sample=s)
             tab = tab.set_axis(pd.Index(ids.to_numpy(), name="id"), axis=0)
             pos = tab.index.get_indexer(spot[sel])
             if (pos < 0).any():
                 miss = spot[sel][pos < 0]
                 shown = ", ".join(repr(v) for v in miss[:5])
                 more = f" and {miss.size - 5} more" if miss.size > 5 else ""
-                raise StpredictError(
+                raise InputError(
                     f"{miss.size} spot(s) have no row in the patch table: {shown}{more}",
                     sample=s, fix="use the patch table extracted for this section",
                 )
@@ -172,7 +175,10 @@ def ols_inputs(
         [f"{s}:{i}" for s, i in zip(cov["sample_id"], cov["spot_id"], strict=True)], name="spot"
     )
     if index.has_duplicates:
-        raise ValueError("a spot (sample_id:spot_id) occurs in more than one prediction file")
+        dup = index[index.duplicated()][0]
+        raise InputError(f"spot {dup} (sample_id:spot_id) occurs in more than one prediction file",
+                         sample=dup.split(":")[0],
+                         fix="give each held-out section's prediction file once")
     cov.index = index
     cols = pd.Index(genes, name="gene")
     return (

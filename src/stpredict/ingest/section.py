@@ -25,7 +25,7 @@ from stpredict.ingest.files import PathLike
 from stpredict.ingest.images import SlideImage
 from stpredict.io import checked_read
 
-__all__ = ["read_section", "read_section_light", "load_sections"]
+__all__ = ["read_section", "read_section_light", "load_sections", "sample_id_of"]
 
 #: largest side of the lowres / hires copies of the H&E kept in ``uns["spatial"]``
 _LOWRES_MAX = 600
@@ -227,3 +227,13 @@ def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
 def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:
     """Read QC'd section AnnData files (without images) keyed by sample id."""
     return {s: read_section_light(p) for s, p in paths.items()}
+
+
+def sample_id_of(adata: Any) -> str:
+    """Sample id of a section, QC or prediction AnnData (``uns["stpredict"]``, else ``obs``); ``""`` if none."""
+    meta = adata.uns.get("stpredict", {})
+    if isinstance(meta, Mapping) and meta.get("sample_id"):
+        return str(meta["sample_id"])
+    if "sample_id" in adata.obs and adata.n_obs:
+        return str(adata.obs["sample_id"].iloc[0])
+    return ""

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from stpredict.errors import StpredictError
+from stpredict.errors import ConfigError, InputError
 
 __all__ = [
     "PatchModel",
@@ -153,7 +153,7 @@ def _final_layer(model: nn.Module) -> tuple[str, nn.Module, int]:
         elif isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1) and mod.out_channels == 1000:
             last = (name, mod, mod.in_channels)
     if last is None:
-        raise StpredictError(
+        raise ConfigError(
             f"cannot find the classifier layer of {type(model).__name__}",
             fix="use a torchvision classification backbone",
         )
@@ -182,7 +182,7 @@ def _torchvision_backbone(name: str, weights: Any) -> nn.Module:
         return torchvision.models.get_model(name, weights=weights)
     except ValueError as exc:
         known = ", ".join(torchvision.models.list_models(module=torchvision.models))
-        raise StpredictError(
+        raise ConfigError(
             f"unknown backbone '{name}' ({exc})",
             fix=f"use 'tiny' or a torchvision classification model: {known}",
         ) from None
@@ -199,7 +199,7 @@ def imagenet_cache_path(backbone: str) -> tuple[Any, Path]:
     try:
         enum = torchvision.models.get_model_weights(backbone).DEFAULT
     except (ValueError, KeyError):
-        raise StpredictError(
+        raise ConfigError(
             f"backbone '{backbone}' has no ImageNet weights in torchvision",
             fix="use weights: none or a path to a state_dict",
         ) from None
@@ -215,10 +215,10 @@ def require_imagenet_weights(backbone: str) -> tuple[Any, Path]:
     before any job runs.
     """
     if backbone == "tiny":
-        raise StpredictError("the 'tiny' backbone has no ImageNet weights", fix="use weights: none")
+        raise ConfigError("the 'tiny' backbone has no ImageNet weights", fix="use weights: none")
     tv_weights, cache = imagenet_cache_path(backbone)
     if not cache.is_file():
-        raise StpredictError(
+        raise InputError(
             f"ImageNet weights for '{backbone}' are not in the torch cache (offline, "
             f"nothing is downloaded): expected {cache}",
             fix=f"put {tv_weights.url.rsplit('/', 1)[-1]} (from {tv_weights.url}) there, "
@@ -240,7 +240,7 @@ def _clean_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise StpredictError(
+        raise InputError(
             "weights file holds no state_dict (a mapping of names to tensors, or a dict with "
             "a 'state_dict' or 'model' entry)",
             file=path,
@@ -267,12 +267,12 @@ def load_weights(model: PatchModel, path: str | os.PathLike[str]) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise StpredictError("weights file not found", file=path,
+        raise InputError("weights file not found", file=path,
                              fix="give an existing path, 'imagenet' or 'none'")
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise StpredictError(f"cannot read weights ({type(exc).__name__}: {exc})", file=path,
+        raise InputError(f"cannot read weights ({type(exc).__name__}: {exc})", file=path,
                              fix="save weights with torch.save(state_dict, path)") from None
     sd = _clean_state_dict(obj, path)
     if not any(k.startswith(("backbone.", "head.")) for k in sd):
@@ -282,7 +282,7 @@ def load_weights(model: PatchModel, path: str | os.PathLike[str]) -> list[str]:
     usable = {k: v for k, v in sd.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in sd if k not in usable)
     if not usable:
-        raise StpredictError(
+        raise InputError(
             f"no tensor of the weights file fits backbone '{model.backbone_name}' "
             f"(first keys: {list(sd)[:3]})",
             file=path,
@@ -347,7 +347,7 @@ def build_model(
         file and the fix), or an unreadable/unfitting weights file.
     """
     if n_outputs < 1:
-        raise StpredictError(f"n_outputs must be at least 1, got {n_outputs}")
+        raise InputError(f"n_outputs must be at least 1, got {n_outputs}")
     w = str(weights)
     tv_weights = None
     if w.lower() == "imagenet":
@@ -364,7 +364,7 @@ def build_model(
     if w.lower() not in ("none", "imagenet", ""):
         load_weights(model, w)
     if head_init not in (None, "default", "zero"):
-        raise StpredictError(f"unknown head_init '{head_init}'", fix="use 'zero' or leave it empty")
+        raise ConfigError(f"unknown head_init '{head_init}'", fix="use 'zero' or leave it empty")
     with torch.no_grad():
         if head_init == "zero":
             model.head.weight.zero_()
@@ -372,7 +372,7 @@ def build_model(
         if head_bias is not None:
             bias = torch.as_tensor(np.asarray(head_bias, dtype=np.float32)).flatten()
             if bias.numel() != n_outputs:
-                raise StpredictError(
+                raise InputError(
                     f"head_bias has {bias.numel()} values for {n_outputs} outputs"
                 )
             model.head.bias.copy_(bias)

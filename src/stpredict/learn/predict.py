@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from stpredict.errors import StpredictError
+from stpredict.errors import InputError
 from stpredict.learn.augment import tta_predict
 from stpredict.learn.models import PatchModel, build_model
 from stpredict.learn.train import (
@@ -52,7 +52,7 @@ def load_model(
     path = Path(path)
     obj = load_torch(path)  # missing: "does not exist"; corrupt: removed, so Snakemake retrains
     if not isinstance(obj, dict) or "state_dict" not in obj or "backbone" not in obj:
-        raise StpredictError("not a stpredict model file (no state_dict/backbone)", file=path)
+        raise InputError("not a stpredict model file (no state_dict/backbone)", file=path)
     model = build_model(obj["backbone"], int(obj["n_outputs"]), weights="none",
                         tiny_width=int(obj.get("tiny_width", 8)))
     model.load_state_dict(obj["state_dict"])

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stpredict.errors import LeakageError, StpredictError
+from stpredict.errors import ConfigError, InputError, LeakageError
 from stpredict.learn.experiments import _patients, experiment_samples
 
 __all__ = [
@@ -75,7 +75,7 @@ def _spots(spots_df: pd.DataFrame) -> pd.DataFrame:
     need = {"sample_id", "spot_id", "patient_id"}
     missing = sorted(need - set(spots_df.columns))
     if missing:
-        raise StpredictError(
+        raise InputError(
             f"spot table lacks column(s) {missing}",
             fix="pass one row per spot with columns sample_id, spot_id, patient_id",
         )
@@ -161,12 +161,12 @@ def leave_one_patient_out(
         The manifest (see the module docstring), ``scheme == "patient"``.
     """
     if inner_assignment not in ("stride", "random"):
-        raise StpredictError(f"unknown inner_assignment '{inner_assignment}'",
+        raise ConfigError(f"unknown inner_assignment '{inner_assignment}'",
                              fix="use 'stride' (ST-Net) or 'random'")
     df = _spots(spots_df)
     patients = sorted(df["patient_id"].unique())
     if len(patients) < 2:
-        raise StpredictError(
+        raise ConfigError(
             f"leave-one-patient-out needs at least 2 patients, found {len(patients)}",
             fix="add patients or use a within-section split",
         )
@@ -221,9 +221,9 @@ def random_within_section(
         The manifest, ``scheme == "random"``.
     """
     if n_folds < 2:
-        raise StpredictError(f"n_folds must be at least 2, got {n_folds}")
+        raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
     if not 0.0 <= val_frac < 1.0:
-        raise StpredictError(f"val_frac must be in [0, 1), got {val_frac}")
+        raise ConfigError(f"val_frac must be in [0, 1), got {val_frac}")
     df = _spots(spots_df)
     test_group = np.empty(len(df), dtype=int)
     val_key = np.empty(len(df), dtype=float)
@@ -297,19 +297,19 @@ def spatial_blocks_within_section(
     from scipy.spatial import cKDTree
 
     if n_folds < 2:
-        raise StpredictError(f"n_folds must be at least 2, got {n_folds}")
+        raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
     if block_um <= 0:
-        raise StpredictError(f"block_um must be positive, got {block_um}")
+        raise ConfigError(f"block_um must be positive, got {block_um}")
     xy = np.asarray(xy, dtype=float)
     if xy.shape != (len(spots_df), 2):
-        raise StpredictError(f"xy must have shape ({len(spots_df)}, 2), got {xy.shape}")
+        raise InputError(f"xy must have shape ({len(spots_df)}, 2), got {xy.shape}")
     if isinstance(mpp, Mapping):
         um_per_px = spots_df["sample_id"].astype(str).map(
             {str(k): float(v) for k, v in mpp.items()}
         )
         if um_per_px.isna().any():
             missing = sorted(set(spots_df["sample_id"].astype(str)) - {str(k) for k in mpp})
-            raise StpredictError(f"mpp has no value for sample(s) {missing}")
+            raise InputError(f"mpp has no value for sample(s) {missing}")
         um_per_px = um_per_px.to_numpy(float)
     else:
         um_per_px = np.broadcast_to(np.asarray(mpp, dtype=float), (len(spots_df),)).copy()
@@ -406,7 +406,7 @@ def section_imputation(
     known = set(df["sample_id"])
     unknown = sorted((set(train_s) | set(test_s)) - known)
     if unknown:
-        raise StpredictError(f"section(s) {unknown} have no spots in the spot table")
+        raise InputError(f"section(s) {unknown} have no spots in the spot table")
     role = np.full(len(df), "drop", dtype=object)
     role[df["sample_id"].isin(test_s).to_numpy()] = "test"
     for s_idx, s in enumerate(train_s):
@@ -466,7 +466,7 @@ def audit(
     m = manifest.copy()
     for col in ("sample_id", "spot_id", "fold", "role"):
         if col not in m.columns:
-            raise StpredictError(f"manifest lacks column '{col}'")
+            raise InputError(f"manifest lacks column '{col}'")
     m["fold"] = m["fold"].astype(str)
     m["sample_id"] = m["sample_id"].astype(str)
     m["spot_id"] = m["spot_id"].astype(str)
@@ -492,7 +492,7 @@ def audit(
         meta = meta.drop_duplicates("sample_id").set_index("sample_id")
         unknown = sorted(set(m["sample_id"]) - set(meta.index))
         if unknown:
-            raise StpredictError(f"manifest samples {unknown[:5]} are not in the sections table")
+            raise InputError(f"manifest samples {unknown[:5]} are not in the sections table")
         if "patient_id" in meta.columns:
             m["patient_id"] = m["sample_id"].map(meta["patient_id"].astype(str))
         if "series" in meta.columns:
@@ -564,7 +564,7 @@ def audit_fitted(
     fold = str(fold)
     m = manifest[manifest["fold"].astype(str) == fold]
     if m.empty:
-        raise StpredictError(f"fold {fold} is not in the manifest")
+        raise InputError(f"fold {fold} is not in the manifest")
     m = m.assign(sample_id=m["sample_id"].astype(str), spot_id=m["spot_id"].astype(str))
     train = m[m["role"] == "train"]
     held = m[m["role"] != "train"]

@@ -66,7 +66,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from stpredict.errors import ConfigError, InputError, StpredictError, TrainingInterrupted
+from stpredict.errors import ConfigError, InputError, TrainingInterrupted
 from stpredict.evaluate.metrics import pearson_columns
 from stpredict.io import atomic_path, write_table
 from stpredict.learn.augment import make_augment, parse_augmentation, tta_predict
@@ -1034,7 +1034,7 @@ def train(
         train_secs = time.perf_counter() - t0
         train_loss = float(loss_sum) / max(seen, 1)
         if not math.isfinite(train_loss):
-            raise StpredictError(f"the training loss became {train_loss} in epoch {epoch}",
+            raise ConfigError(f"the training loss became {train_loss} in epoch {epoch}",
                                  fix="lower lr, check the targets, or set train.precision: fp32")
         val = {"val_loss": math.nan, "val_sse": math.nan, "val_n": 0,
                "val_pearson_mean": math.nan, "val_accuracy": math.nan}
@@ -1076,11 +1076,11 @@ def train(
 
     # ---- final weights
     if not state["history"]:
-        raise StpredictError("no epoch was trained", file=ckpt_path)
+        raise InputError("no epoch was trained", file=ckpt_path)
     if val_loader is not None and state["best_epoch"] > 0:
         best = torch.load(best_path, weights_only=True, map_location="cpu")
         if int(best["epoch"]) != int(state["best_epoch"]) or best["signature"] != sig_digest:
-            raise StpredictError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
+            raise InputError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
                                  f"{state['best_epoch']}", file=best_path,
                                  fix="delete checkpoint.pt and best.pt to retrain")
         weights, chosen, selection = best["state_dict"], state["best_epoch"], "best_val_loss"

@@ -20,6 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from stpredict.errors import ConfigError, InputError
+from stpredict.ingest.section import sample_id_of
 from stpredict.io import read_json, read_table
 
 __all__ = ["QCConfig", "QC_PRESETS", "qc_flags", "apply_qc", "qc_summary", "qc_table",
@@ -126,31 +127,22 @@ def qc_flags(adata: Any, min_umi: float, min_genes: int, white: np.ndarray | Non
     return df
 
 
-def _sample_id(adata: Any) -> str:
-    meta = adata.uns.get("stpredict", {})
-    if isinstance(meta, Mapping) and meta.get("sample_id"):
-        return str(meta["sample_id"])
-    if "sample_id" in adata.obs and adata.n_obs:
-        return str(adata.obs["sample_id"].iloc[0])
-    return ""
-
-
 def _read_white(adata: Any, patch_tsv: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    table = read_table(patch_tsv, sample=_sample_id(adata) or None, dtype={"id": str})
+    table = read_table(patch_tsv, sample=sample_id_of(adata) or None, dtype={"id": str})
     if "id" not in table or "white" not in table:
         raise InputError("patch table lacks the 'id' or 'white' column", file=patch_tsv,
-                         sample=_sample_id(adata), fix="re-run the patch extraction rule")
+                         sample=sample_id_of(adata), fix="re-run the patch extraction rule")
     flags = table.set_index("id")["white"].astype(bool)
     missing = adata.obs_names.difference(flags.index)
     if len(missing):
         raise InputError(
             f"{len(missing)} spot(s) of the section have no patch (e.g. {list(missing[:3])})",
-            file=patch_tsv, sample=_sample_id(adata),
+            file=patch_tsv, sample=sample_id_of(adata),
             fix="re-run the patch extraction for this section (its spots changed)")
     meta: dict[str, Any] = {}
     side = Path(patch_tsv).with_suffix(".json")
     if side.is_file():
-        meta = read_json(side, sample=_sample_id(adata) or None).get("whiteness", {})
+        meta = read_json(side, sample=sample_id_of(adata) or None).get("whiteness", {})
     return flags.reindex(adata.obs_names).to_numpy(dtype=bool), meta
 
 
@@ -185,7 +177,7 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
     if cfg.whiteness:
         if patch_tsv is None:
             raise ConfigError("the whiteness filter needs the section's patch table",
-                              sample=_sample_id(adata),
+                              sample=sample_id_of(adata),
                               fix="give the patch .tsv or set qc.whiteness: false")
         white, white_meta = _read_white(adata, patch_tsv)
     flags = qc_flags(adata, cfg.min_umi, cfg.min_genes, white)
@@ -211,11 +203,11 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
         "n_removed": int(adata.n_obs - n_kept),
         "removed": removed,
     }
-    log.info("%s: QC keeps %d of %d spots (failing: %s)", _sample_id(adata), n_kept, adata.n_obs,
+    log.info("%s: QC keeps %d of %d spots (failing: %s)", sample_id_of(adata), n_kept, adata.n_obs,
              removed)
     if adata.n_obs and n_kept < LOW_KEPT_SHARE * adata.n_obs:
         log.warning("%s: QC keeps only %d of %d spots (%.0f%%; failing: %s): check the thresholds "
-                    "(qc.min_umi %g, qc.min_genes %d) against the section's depth", _sample_id(adata),
+                    "(qc.min_umi %g, qc.min_genes %d) against the section's depth", sample_id_of(adata),
                     n_kept, adata.n_obs, 100 * n_kept / adata.n_obs, removed, cfg.min_umi, cfg.min_genes)
     return out
 
@@ -246,7 +238,7 @@ def _all_removed(adata: Any, cfg: QCConfig, removed: Mapping[str, int], white_me
         f"spot is {np.median(umi):g} and median genes per spot {np.median(genes):g}, so nothing is "
         "left to train or test on",
         file=section_file if section_file is not None else patch_tsv,
-        sample=_sample_id(adata) or None,
+        sample=sample_id_of(adata) or None,
         fix="; ".join(fixes[:-1]) + ", " + fixes[-1],
     )
 
@@ -262,7 +254,7 @@ def qc_summary(adata: Any) -> dict[str, Any]:
         ``removed_*`` count the spots failing each criterion (a spot can fail several).
     """
     if "qc" not in adata.uns:
-        raise InputError("section has no QC record", sample=_sample_id(adata),
+        raise InputError("section has no QC record", sample=sample_id_of(adata),
                          fix="run stpredict.patches.qc.apply_qc first")
     qc = adata.uns["qc"]
     umi, genes = spot_totals(adata)
@@ -274,7 +266,7 @@ def qc_summary(adata: Any) -> dict[str, Any]:
         return float(np.median(v)) if len(v) else float("nan")
 
     return {
-        "sample_id": _sample_id(adata),
+        "sample_id": sample_id_of(adata),
         "n_spots": int(adata.n_obs),
         "n_kept": int(keep.sum()),
         "removed_umi": int(qc["removed"]["umi"]),

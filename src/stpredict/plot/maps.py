@@ -323,11 +323,11 @@ def plot_expression_maps(
     cmap
         Colour map of the expression values.
     """
-    from stpredict.patches.qc import _sample_id
+    from stpredict.ingest.section import sample_id_of
 
     genes = [str(g) for g in genes]
     if titles is None:
-        titles = [_sample_id(a) or f"section {i + 1}" for i, a in enumerate(adatas)]
+        titles = [sample_id_of(a) or f"section {i + 1}" for i, a in enumerate(adatas)]
     if len(titles) != len(adatas):
         raise ValueError("titles must have one entry per section")
     sections = [_Section(a) for a in adatas]
@@ -406,7 +406,7 @@ def plot_cluster_maps(adata: Any, out_png: PathLike, title: str | None = None) -
     title
         Section name (default: ``sample_id``).
     """
-    from stpredict.patches.qc import _sample_id
+    from stpredict.ingest.section import sample_id_of
 
     def labels(col: str) -> np.ndarray:
         s = adata.obs[col].astype(object) if col in adata.obs else pd.Series(
@@ -438,7 +438,7 @@ def plot_cluster_maps(adata: Any, out_png: PathLike, title: str | None = None) -
     if handles:
         fig.legend(handles=handles, loc="outside right upper", title="cluster", frameon=False,
                    ncol=1 if len(handles) <= 16 else 2)
-    name = title or _sample_id(adata) or "section"
+    name = title or sample_id_of(adata) or "section"
     acc_txt = f"accuracy {acc:.1%}" if np.isfinite(acc) else "accuracy n/a"
     fig.suptitle(f"{name}: clusters ({acc_txt}, {int(both.sum()):,} spots)")
     _save_both(fig, out_png)

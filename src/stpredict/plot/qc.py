@@ -10,8 +10,9 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
+from stpredict.ingest.section import sample_id_of
 from stpredict.io import read_json, read_table
-from stpredict.patches.qc import _sample_id, spot_totals
+from stpredict.patches.qc import spot_totals
 from stpredict.plot.style import save_figure, section_background
 
 __all__ = [
@@ -73,7 +74,7 @@ def plot_section_qc(
     matplotlib.figure.Figure
         The (closed) figure.
     """
-    sid = _sample_id(adata)
+    sid = sample_id_of(adata)
     umi, genes = spot_totals(adata)
     log_umi = np.log10(umi + 1)
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else (

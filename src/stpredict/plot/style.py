@@ -27,8 +27,8 @@ from matplotlib.ticker import (
     NullFormatter,
 )
 
+from stpredict.ingest.section import sample_id_of
 from stpredict.io import atomic_path
-from stpredict.patches.qc import _sample_id
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED
 
 __all__ = ["DPI", "save_figure", "section_background"]
@@ -165,7 +165,7 @@ def section_background(adata: Any, max_size: int = 1024) -> tuple[np.ndarray | N
     Uses ``uns["spatial"][sample]["images"]["lowres"]`` (or ``hires``) with its scale factor,
     else a thumbnail of ``uns["stpredict"]["image"]``, else ``(None, 1.0)``.
     """
-    sid = _sample_id(adata)
+    sid = sample_id_of(adata)
     spatial = adata.uns.get("spatial", {})
     entry = spatial.get(sid) if isinstance(spatial, Mapping) else None
     if entry is None and isinstance(spatial, Mapping) and len(spatial) == 1:

@@ -12,6 +12,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.multitest import multipletests
 
+from stpredict.errors import InputError
 from stpredict.evaluate.metrics import (
     auroc_extremes,
     gene_metrics,
@@ -324,7 +325,7 @@ def test_units_with_fold_specific_genes():
     assert sorted(pooled.gene.unique()) == ["noisy", "perfect"]
     bad = _dataset()
     bad[1] = bad[1][:, ["perfect", "noisy"]].copy()  # two sections of P1 disagree: refused
-    with pytest.raises(ValueError, match="unit 'P1'"):
+    with pytest.raises(InputError, match="unit .P1."):
         score_units(bad, "st", unit="patient_id")
 
 
