@@ -100,6 +100,29 @@ def _first_lines(path: Path, n: int = 3, sample: str | None = None, what: str = 
         raise _damaged(path, sample, exc, what) from exc
 
 
+def _head_lines(path: Path, sample: str | None, what: str, fix: str, *,
+                need_rows: bool = True, empty_fix: str | None = None) -> list[str]:
+    """Return the first two non-blank lines of a raw text file, refusing a missing or empty one.
+
+    With ``need_rows`` a file of one line (a header without spot rows) is refused too.
+    """
+    if not path.is_file():
+        raise InputError(f"{what} does not exist", file=path, sample=sample, fix=fix)
+    lines = _first_lines(path, 2, sample, what)
+    if not lines:
+        raise InputError(
+            f"{what} is empty ({path.stat().st_size} bytes, no text lines)",
+            file=path,
+            sample=sample,
+            fix=empty_fix or fix,
+        )
+    if need_rows and len(lines) < 2:
+        raise InputError(
+            f"{what} holds only a header line, no spot rows", file=path, sample=sample, fix=fix
+        )
+    return lines
+
+
 def _read_table(path: Path, sample: str | None, what: str, fix: str, **kw: Any) -> pd.DataFrame:
     """``pandas.read_csv`` with every decoding / parsing failure as a one-line InputError."""
     try:
@@ -131,22 +154,15 @@ def _check_raw_counts(
     v = np.asarray(values).ravel()
     if v.size == 0:
         return
-    if v.dtype.kind in "iub":  # integer storage: only the sign can be wrong
-        if v.dtype.kind == "i" and v.min() < 0:
-            neg = v < 0
-            i = int(np.flatnonzero(neg)[0])
-            at = f" at {where(i)}" if where is not None else ""
-            raise InputError(
-                f"the count matrix holds negative values ({int(neg.sum())}, e.g. {v[i]}){at}: "
-                "these are normalised or transformed values, not raw counts",
-                file=path,
-                sample=sample,
-                fix=_RAW_COUNTS_FIX,
-            )
-        return
     fin = np.isfinite(v)
     bad_kind = None
-    if not fin.all():
+    if v.dtype.kind in "iub":  # integer storage: only the sign can be wrong
+        if v.dtype.kind != "i" or v.min() >= 0:
+            return
+        neg = v < 0
+        i = int(np.flatnonzero(neg)[0])
+        bad_kind = f"negative values ({int(neg.sum())}, e.g. {v[i]})"
+    elif not fin.all():
         i = int(np.flatnonzero(~fin)[0])
         bad_kind = f"non-finite values ({int((~fin).sum())}, e.g. {v[i]})"
     else:

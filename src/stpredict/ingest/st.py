@@ -44,7 +44,7 @@ from stpredict.ingest.files import (
     _damaged,
     _deduplicate_labels,
     _examples,
-    _first_lines,
+    _head_lines,
     _is_number,
     _label_csv,
     _map_labels,
@@ -123,23 +123,10 @@ def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
     """
     path = Path(path)
     fix = "give the ST count matrix: tab-separated, one row per spot, first column the 'XxY' id"
-    if not path.is_file():
-        raise InputError("count matrix does not exist", file=path, sample=sample, fix=fix)
-    lines = _first_lines(path, 2, sample, "count matrix")
-    if not lines:
-        raise InputError(
-            f"count matrix is empty ({path.stat().st_size} bytes, no text lines)",
-            file=path,
-            sample=sample,
-            fix="copy the count matrix again (the ST pipeline writes one row per spot); " + fix,
-        )
-    if len(lines) < 2:
-        raise InputError(
-            "count matrix holds only a header line, no spot rows",
-            file=path,
-            sample=sample,
-            fix=fix,
-        )
+    lines = _head_lines(
+        path, sample, "count matrix", fix,
+        empty_fix="copy the count matrix again (the ST pipeline writes one row per spot); " + fix,
+    )
     sep = _sniff_sep(lines[0])
     header = [h.strip().strip('"') for h in re.split(sep, lines[0].rstrip())]
     df = _read_table(
@@ -229,18 +216,7 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
         "give an ST spot file with columns 'x y pixel_x pixel_y' (optionally new_x new_y "
         "selected), or the published spots_*.csv with an 'XxY' index and columns X, Y"
     )
-    if not path.is_file():
-        raise InputError("spot-coordinate file does not exist", file=path, sample=sample, fix=fix)
-    lines = _first_lines(path, 2, sample, "spot-coordinate file")
-    if not lines:
-        raise InputError("spot-coordinate file is empty", file=path, sample=sample, fix=fix)
-    if len(lines) < 2:
-        raise InputError(
-            "spot-coordinate file holds only a header line, no spot rows",
-            file=path,
-            sample=sample,
-            fix=fix,
-        )
+    lines = _head_lines(path, sample, "spot-coordinate file", fix)
     sep = _sniff_sep(lines[0])
     df = _read_table(
         path,

@@ -45,7 +45,7 @@ from stpredict.ingest.files import (
     _check_not_normalised,
     _check_raw_counts,
     _examples,
-    _first_lines,
+    _head_lines,
     _is_number,
     _label_csv,
     _map_labels,
@@ -72,7 +72,13 @@ from stpredict.ingest.section import (
 )
 from stpredict.vocab import normalise_annotation_labels
 
-__all__ = ["read_visium", "read_visium_positions", "repair_barcodes", "POSITION_COLUMNS"]
+__all__ = [
+    "read_visium",
+    "read_visium_positions",
+    "repair_barcodes",
+    "POSITION_COLUMNS",
+    "GRAPHCLUST_CLUSTERS",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +92,11 @@ POSITION_COLUMNS = [
 ]
 
 
+#: where Space Ranger writes the graphclust clusters, relative to ``outs/`` (1.x, then >= 2.0)
+GRAPHCLUST_CLUSTERS: tuple[str, ...] = (
+    "analysis/clustering/graphclust/clusters.csv",
+    "analysis/clustering/gene_expression_graphclust/clusters.csv",
+)
 _R_BARCODE = re.compile(r"\.(\d+)$")
 
 
@@ -143,11 +154,7 @@ def read_visium_positions(path: PathLike, sample: str | None = None) -> pd.DataF
         "tissue_positions_list.csv (no header): barcode,in_tissue,array_row,array_col,"
         "pxl_row_in_fullres,pxl_col_in_fullres"
     )
-    if not path.is_file():
-        raise InputError("positions file does not exist", file=path, sample=sample, fix=fix)
-    lines = _first_lines(path, 2, sample, "positions file")
-    if not lines:
-        raise InputError("positions file is empty", file=path, sample=sample, fix=fix)
+    lines = _head_lines(path, sample, "positions file", fix, need_rows=False)
     first = [f.strip().strip('"') for f in lines[0].split(",")]
     if len(first) != 6:
         raise InputError(
@@ -683,12 +690,7 @@ def read_visium(
     cl_path = (
         Path(clusters)
         if clusters
-        else _first_existing(
-            [
-                outs / "analysis/clustering/graphclust/clusters.csv",
-                outs / "analysis/clustering/gene_expression_graphclust/clusters.csv",
-            ]
-        )
+        else _first_existing([outs / c for c in GRAPHCLUST_CLUSTERS])
     )
     if cl_path is not None:
         labels = _label_csv(cl_path, sample_id, "clusters")

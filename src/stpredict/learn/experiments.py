@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,9 @@ import pandas as pd
 
 from stpredict.config import CONFIG_SCHEMA, load_schema, schema_defaults
 from stpredict.errors import ConfigError
+from stpredict.ingest.files import _first_lines
+from stpredict.ingest.st import _SPOT_ID, _gene_symbols
+from stpredict.ingest.visium import GRAPHCLUST_CLUSTERS
 
 __all__ = [
     "experiment_samples",
@@ -79,17 +81,6 @@ def _patients(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
     return sorted({str(sheet.loc[s, "patient_id"]) for s in experiment_samples(exp, sheet)})
 
 
-_SPOT_ID_RE = re.compile(r"^-?\d+(\.\d+)?x-?\d+(\.\d+)?$")
-_VISIUM_CLUSTERS = ("analysis/clustering/gene_expression_graphclust/clusters.csv",
-                    "analysis/clustering/graphclust/clusters.csv")
-
-
-def _first_two_lines(path: Path) -> list[str]:
-    import gzip
-
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-        return [fh.readline().rstrip("\r\n"), fh.readline().rstrip("\r\n")]
 
 
 def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] | None = None) -> set[str] | None:
@@ -122,19 +113,17 @@ def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] 
             return None
         if not raw.is_file():
             return None
-        header, first = _first_two_lines(raw)
+        header, first = (_first_lines(raw, 2) + ["", ""])[:2]
         sep = "\t" if "\t" in header else ","
         fields = header.split(sep)
         if len(fields) == len(first.split(sep)):
             fields = fields[1:]  # the corner cell
         ids = [f.strip().strip('"') for f in fields]
-        if not ids or any(_SPOT_ID_RE.match(i) for i in ids[:20]):
+        if not ids or any(_SPOT_ID.match(i) for i in ids[:20]):
             return None  # genes x spots layout: the genes are the first column
         if gene_map:
             if not Path(gene_map).is_file():
                 return None
-            from stpredict.ingest.st import _gene_symbols
-
             ids = _gene_symbols(ids, pd.read_csv(gene_map, sep="\t", dtype=str))
         return set(ids)
     except Exception:  # noqa: BLE001 - a cheap look only; the reader reports real problems
@@ -197,10 +186,10 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                     "out of the experiment (sections: {platform: visium})")
             raw = Path(str(row["raw"]))
             filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
-            if filled and not any((raw / c).is_file() for c in _VISIUM_CLUSTERS):
+            if filled and not any((raw / c).is_file() for c in GRAPHCLUST_CLUSTERS):
                 raise ConfigError(
                     f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
-                    f"clusters ({raw / _VISIUM_CLUSTERS[0]})",
+                    f"clusters ({raw / GRAPHCLUST_CLUSTERS[-1]})",
                     sample=s,
                     fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
     model = exp["model"]
