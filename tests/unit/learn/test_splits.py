@@ -5,16 +5,22 @@ import pandas as pd
 import pytest
 
 from stpredict.errors import LeakageError, StpredictError
+from stpredict.learn.experiments import experiment_samples, resolve_experiment
 from stpredict.learn.splits import (
     MANIFEST_COLUMNS,
     audit,
     audit_fitted,
+    fold_ids,
     fold_rows,
+    fold_test_samples,
+    inner_folds,
     leave_one_patient_out,
+    outer_folds,
     random_within_section,
     section_imputation,
     spatial_blocks_within_section,
 )
+from tests.unit.learn.test_folds import sheet
 
 
 def make_spots(n_patients: int = 5, sections_per_patient: int = 2, n_spots: int = 30):
@@ -258,3 +264,14 @@ def test_audit_fitted(spots):
         audit_fitted(list(tr["spot_id"]), rnd, 1)
     with pytest.raises(StpredictError, match="not in the manifest"):
         audit_fitted([], rnd, 99)
+
+
+def test_lopo_folds_and_inner_folds_known_before_running():
+    exp = resolve_experiment({"sections": {"platform": "st"},
+                              "split": {"scheme": "leave_one_patient_out", "inner_folds": 2}}, {"seed": 1})
+    s = sheet()
+    assert experiment_samples(exp, s) == ["PA_0", "PA_1", "PB_0", "PB_1", "PC_0", "PD_0"]
+    assert outer_folds(exp, s) == ["0", "1", "2", "3"]
+    assert inner_folds(exp, s, "0") == ["0.0", "0.1"] and inner_folds(exp, s, "0.1") == []
+    assert fold_ids(exp, s)[:3] == ["0.0", "0.1", "0"]
+    assert fold_test_samples(exp, s, "1") == ["PB_0", "PB_1"]
