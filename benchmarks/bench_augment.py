@@ -1,4 +1,4 @@
-"""Training-augmentation throughput (images/s) of `stpredict.augment.make_augment` settings.
+"""Training-augmentation throughput (images/s) of `stpredict.learn.augment.make_augment` settings.
 
     python benchmarks/bench_augment.py [--batch 64] [--sizes 224 32] [--reps 3] [--threads 0]
                                        [--out benchmarks/results/augment.tsv]
@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from stpredict.augment import make_augment
 from stpredict.io import write_table
+from stpredict.learn.augment import make_augment
 
 SETTINGS = ("deepspace", "deepspace:flip,crop,color,random", "dihedral")
 KEY = ["machine", "device", "augmentation", "size_px", "batch"]

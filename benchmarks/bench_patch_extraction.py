@@ -1,4 +1,4 @@
-"""Benchmark: patch extraction of the seed implementations vs stpredict.patches.extract_patches.
+"""Benchmark: patch extraction of the seed implementations vs stpredict.patches.store.extract_patches.
 
 Makes a synthetic H&E-like RGB image (default 8,000 x 8,000 px) as a JPEG and as a tiled,
 JPEG-compressed TIFF in a temporary folder, lays ~3,000 spot centres on a hexagonal grid and times
@@ -32,8 +32,9 @@ import pandas as pd
 import tifffile
 from PIL import Image
 
-from stpredict.images import SlideImage
-from stpredict.patches import PatchSpec, extract_patches
+from stpredict.ingest.images import SlideImage
+from stpredict.patches.geometry import PatchSpec
+from stpredict.patches.store import extract_patches
 
 MPP = 0.5
 SPEC = PatchSpec.deepspace()  # 137.5 µm -> 275 px at 0.5 µm/px -> 224 px

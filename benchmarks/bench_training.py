@@ -3,7 +3,7 @@
     python benchmarks/bench_training.py [--backbone densenet121] [--size 224] [--batch 32]
                                         [--steps 5] [--workers 2] [--out benchmarks/results/training.tsv]
 
-On CUDA the step uses bf16 autocast and channels_last, as `stpredict.training.train` does. The
+On CUDA the step uses bf16 autocast and channels_last, as `stpredict.learn.train.train` does. The
 loader is measured alone (uint8 patches from a memory-mapped store, shipped to the device and
 converted to float), so the two rates show whether the GPU would wait for data. Appends one row
 per run to the TSV (machine, device, rates, loader/model ratio).
@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from stpredict.models import build_model
-from stpredict.training import PatchDataset, select_device
+from stpredict.learn.models import build_model
+from stpredict.learn.train import PatchDataset, select_device
 
 
 def main() -> None:

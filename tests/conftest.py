@@ -92,3 +92,18 @@ def demo_run(tmp_path_factory) -> Path:
     workdir = copy_workflow(tmp_path_factory.mktemp("demo_run"))
     run_snakemake(workdir, "all")
     return workdir
+
+
+def train_config(**settings):
+    """A ``TrainConfig`` built as the workflow builds it: the schema's defaults, then ``settings``.
+
+    ``backbone``, ``weights`` and ``tiny_width`` go to the experiment's ``model``, ``seed`` is the
+    fold seed, everything else goes to its ``train`` section.
+    """
+    from stpredict.learn.experiments import resolve_experiment
+    from stpredict.learn.train import TrainConfig
+
+    model = {k: settings.pop(k) for k in ("backbone", "weights", "tiny_width") if k in settings}
+    seed = settings.pop("seed", 0)
+    exp = resolve_experiment({"model": model, "train": settings}, {})
+    return TrainConfig.from_experiment(exp, seed)

@@ -2,11 +2,14 @@
 
 Both are checked against the JSON schemas in ``workflow/schemas`` before anything runs. Sheet
 errors name the sheet, the row (1-based, as a spreadsheet shows it, header = row 1), the sample
-and the column.
+and the column. The config schema is the one source of every default (:func:`schema_defaults`):
+Snakemake fills them in when it validates the config, and the library reads the same values
+(e.g. :data:`stpredict.learn.experiments.EXPERIMENT_DEFAULTS`).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,7 +23,9 @@ from stpredict.errors import ConfigError
 __all__ = [
     "SHEET_COLUMNS",
     "OPTIONAL_COLUMNS",
+    "CONFIG_SCHEMA",
     "load_schema",
+    "schema_defaults",
     "read_sheet",
     "validate_sheet",
     "check_sheet_paths",
@@ -46,10 +51,44 @@ SHEET_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 PATH_COLUMNS = ("raw", "spots", "image", "annotation", "clusters", "ihc_image")
 
 
+#: the schema of the run configuration, which holds every default
+CONFIG_SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
 def load_schema(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON schema written in YAML."""
     with open(path) as fh:
         return yaml.safe_load(fh)
+
+
+def schema_defaults(node: Mapping[str, Any]) -> Any:
+    """Collect the defaults a schema node declares, as Snakemake's ``validate`` fills them in.
+
+    Parameters
+    ----------
+    node
+        A node of a JSON schema (e.g. ``schema["properties"]["evaluation"]`` or
+        ``schema["$defs"]["experiment"]``).
+
+    Returns
+    -------
+    dict or Any
+        For an object with ``properties``: a dict of the defaults of its properties, recursively
+        (a property without a default anywhere below is left out); otherwise the node's
+        ``default`` (a copy).
+    """
+    props = node.get("properties")
+    if not props:
+        return copy.deepcopy(node.get("default"))
+    out: dict[str, Any] = {}
+    for key, sub in props.items():
+        if sub.get("properties"):
+            value = schema_defaults(sub)
+            if value or "default" in sub:
+                out[key] = value
+        elif "default" in sub:
+            out[key] = copy.deepcopy(sub["default"])
+    return out
 
 
 def read_sheet(path: str | os.PathLike[str]) -> pd.DataFrame:

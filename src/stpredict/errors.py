@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from os import PathLike
 
-__all__ = ["StpredictError", "InputError", "GeometryError", "ConfigError", "format_message"]
+__all__ = [
+    "StpredictError",
+    "InputError",
+    "GeometryError",
+    "ConfigError",
+    "format_message",
+    "TrainingInterrupted",
+    "LeakageError",
+]
 
 
 def format_message(
@@ -69,3 +77,11 @@ class GeometryError(StpredictError):
 
 class ConfigError(StpredictError):
     """The configuration or the sample sheet is invalid."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by :func:`train` when ``stop_after_epoch`` is reached (simulates a killed job)."""
+
+
+class LeakageError(StpredictError):
+    """Held-out (validation or test) data can reach training: a split or a fit is unsound."""

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -177,3 +178,115 @@ def test_ids_differing_only_in_case_are_refused(tmp_path, col):
     data[col][1] = data[col][0].lower()
     with pytest.raises(ConfigError, match=f"column '{col}' holds .* differ only in case"):
         load(write(tmp_path, data))
+
+
+# --------------------------------------------------------------------------- one source of defaults
+#: README phrases that stand for a schema default (or for "defaults to a global section")
+_PHRASES = {
+    "—": "no default",
+    "all": "all",
+    "all five": ["mean", "labels", "nuclear_rf", "nmf_rf", "neighbours"],
+    "global `seed`": "global",
+    "global `targets`": "global",
+    "global `evaluation`": "global",
+}
+
+
+def _readme_defaults(repo, heading):
+    """``{key: default text}`` of the key table under ``heading`` in config/README.md."""
+    text = (repo / "config/README.md").read_text()
+    block = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`"):
+            continue
+        keys = re.findall(r"`([\w.*]+)`", cells[0])
+        values = [v.strip() for v in cells[1].split(",")] if len(keys) > 1 else [cells[1]]
+        if len(values) != len(keys):
+            values = values[:1] * len(keys)
+        out.update(dict(zip(keys, values, strict=True)))
+    return out
+
+
+def _value(text):
+    if text in _PHRASES:
+        return _PHRASES[text]
+    try:
+        return float(text)
+    except ValueError:
+        return yaml.safe_load(text) if text else None
+
+
+def _leaves(node, prefix=""):
+    """``{dotted key: schema node}`` of every property, objects included."""
+    out = {}
+    for key, sub in (node.get("properties") or {}).items():
+        out[prefix + key] = sub
+        out.update(_leaves(sub, f"{prefix}{key}."))
+    return out
+
+
+def _check_documented(leaves, documented, defaults):
+    for key, sub in leaves.items():
+        if sub.get("properties") and key not in documented:
+            continue  # an object: its keys are listed
+        assert key in documented or any(k.endswith("*") and key.startswith(k[:-1])
+                                        for k in documented), f"{key} is not in config/README.md"
+        if key not in documented:
+            continue
+        got = _value(documented[key])
+        if sub.get("properties"):
+            assert got in (None, {}, "global"), key  # objects: blank, {} or a global section
+            continue
+        if got == "no default" or got == "global":
+            assert "default" not in sub, f"{key}: README says no default, the schema has one"
+            continue
+        assert "default" in sub, f"{key}: README gives a default the schema lacks"
+        schema_value = sub["default"]
+        if got == "all":
+            assert schema_value in ([], ""), key  # an empty selection means all sections
+            continue
+        want = defaults
+        for part in key.split("."):
+            want = want[part]
+        assert want == schema_value, key
+        if isinstance(got, float) and not isinstance(schema_value, bool):
+            assert schema_value is not None and float(schema_value) == got, \
+                f"{key}: README {documented[key]!r}, schema {schema_value!r}"
+        else:
+            assert got == schema_value, f"{key}: README {documented[key]!r}, schema {schema_value!r}"
+
+
+def test_readme_schema_and_library_defaults_agree(repo):
+    from stpredict.config import CONFIG_SCHEMA, schema_defaults
+    from stpredict.learn.experiments import EVALUATION_DEFAULTS, EXPERIMENT_DEFAULTS
+
+    assert CONFIG_SCHEMA == repo / "workflow/schemas/config.schema.yaml"
+    schema = load_schema(CONFIG_SCHEMA)
+    defaults = schema_defaults(schema)
+    assert EVALUATION_DEFAULTS == defaults["evaluation"]
+    assert EXPERIMENT_DEFAULTS == schema_defaults(schema["$defs"]["experiment"])
+    # the keys that default to a global section have no default of their own
+    assert not {"seed", "targets", "evaluation"} & set(EXPERIMENT_DEFAULTS)
+    globals_ = {k: v for k, v in _leaves(schema).items() if not k.startswith("experiments.")}
+    _check_documented(globals_, _readme_defaults(repo, "## Configuration keys"), defaults)
+    _check_documented(_leaves(schema["$defs"]["experiment"]),
+                      _readme_defaults(repo, "## Experiments (`experiments`)"), EXPERIMENT_DEFAULTS)
+
+
+def test_train_config_has_no_defaults_of_its_own():
+    import dataclasses
+
+    from stpredict.learn.experiments import resolve_experiment
+    from stpredict.learn.train import TrainConfig
+
+    fields = dataclasses.fields(TrainConfig)
+    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+               for f in fields)
+    with pytest.raises(TypeError):
+        TrainConfig()
+    # the workflow's path: the resolved experiment holds every field but the fold's seed
+    cfg = TrainConfig.from_experiment(resolve_experiment({}, {}), seed=4)
+    assert {f.name for f in fields} == set(cfg.to_dict())
+    assert (cfg.optimiser, cfg.batch_size, cfg.seed) == ("adam", 64, 4)

@@ -168,7 +168,7 @@ def test_corrupt_model_is_removed_even_when_write_protected(workdir):
 
 
 def test_inference_load_model_removes_a_corrupt_model(workdir):
-    from stpredict.inference import load_model
+    from stpredict.learn.predict import load_model
 
     p = workdir / "results/experiments/e/folds/0/model.pt"
     p.parent.mkdir(parents=True)

@@ -23,8 +23,8 @@ from stpredict.config import (
     validate_sheet,
 )
 from stpredict.errors import ConfigError, InputError
-from stpredict.experiments import check_experiment, resolve_experiment, section_gene_names
-from stpredict.qc import QCConfig, apply_qc
+from stpredict.learn.experiments import check_experiment, resolve_experiment, section_gene_names
+from stpredict.patches.qc import QCConfig, apply_qc
 
 REPO = Path(__file__).resolve().parents[2]
 SHEET_SCHEMA = load_schema(REPO / "workflow/schemas/samples.schema.yaml")
@@ -282,10 +282,10 @@ def section(n: int = 40, umi: int = 3) -> ad.AnnData:
 def test_qc_removing_every_spot_fails_clearly():
     a = section()
     umi = np.asarray(a.X.sum(axis=1)).ravel()
-    out = apply_qc(a, None, QCConfig(min_umi=1, min_genes=1))
+    out = apply_qc(a, None, QCConfig(min_umi=1, min_genes=1, whiteness=False))
     assert out.obs["keep"].all()
     with pytest.raises(InputError) as info:
-        apply_qc(a, None, QCConfig(min_umi=10_000, min_genes=1), section_file="results/sections/S1.h5ad")
+        apply_qc(a, None, QCConfig(min_umi=10_000, min_genes=1, whiteness=False), section_file="results/sections/S1.h5ad")
     msg = str(info.value)
     assert "sample 'S1'" in msg and "results/sections/S1.h5ad" in msg
     assert "QC removes all 40 spots" in msg and "min_umi 10000 removes 40" in msg
@@ -303,7 +303,7 @@ def test_qc_whiteness_removing_every_spot_points_at_the_image(tmp_path):
 
 
 def test_resolving_a_cluster_experiment_leaves_the_defaults_alone():
-    from stpredict.experiments import EXPERIMENT_DEFAULTS
+    from stpredict.learn.experiments import EXPERIMENT_DEFAULTS
 
     clusters = resolve_experiment({"task": "clusters"}, {})
     regression = resolve_experiment({"split": {"scheme": "random_within_section"}}, {})
@@ -312,7 +312,7 @@ def test_resolving_a_cluster_experiment_leaves_the_defaults_alone():
 
 
 def test_whiteness_flags_a_blank_image():
-    from stpredict.patches import whiteness
+    from stpredict.patches.store import whiteness
 
     blank = np.full((6, 8, 8, 3), 255, np.uint8)
     _, flags, threshold = whiteness(blank)

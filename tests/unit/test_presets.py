@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from stpredict.experiments import expand_experiments
+from stpredict.learn.experiments import expand_experiments
 
 REPO = Path(__file__).resolve().parents[2]
 

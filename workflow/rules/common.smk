@@ -134,15 +134,12 @@ def get_demo_files():
 
 
 # ---------------------------------------------------------------------------- experiments
-from stpredict.experiments import (
+from stpredict.learn.experiments import (
     check_experiment,
     expand_experiments,
-    fold_ids,
-    fold_test_samples,
-    inner_folds,
-    outer_folds,
     experiment_samples,
 )
+from stpredict.learn.splits import fold_ids, fold_test_samples, inner_folds, outer_folds
 
 try:
     # resolved, one per section for `sections.each` (name.sample), clusters labels checked
@@ -168,7 +165,7 @@ for _name, _exp in EXPERIMENTS.items():
         ) from None
 
 
-from stpredict.baselines import BASELINES, NEEDS_FEATURES
+from stpredict.evaluate.baselines import BASELINES, NEEDS_FEATURES
 
 
 wildcard_constraints:

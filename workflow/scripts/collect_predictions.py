@@ -1,4 +1,4 @@
-from stpredict.experiments import collect_predictions
+from stpredict.learn.folds import collect_predictions
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]):

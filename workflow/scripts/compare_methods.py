@@ -1,5 +1,5 @@
+from stpredict.evaluate.metrics import compare_methods, method_overview
 from stpredict.io import read_table, write_table
-from stpredict.metrics import compare_methods, method_overview
 from stpredict.workflow import script_logging
 
 

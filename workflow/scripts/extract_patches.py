@@ -1,6 +1,7 @@
-from stpredict.images import open_image
+from stpredict.ingest.images import open_image
 from stpredict.io import read_h5ad
-from stpredict.patches import PatchSpec, extract_patches
+from stpredict.patches.geometry import PatchSpec
+from stpredict.patches.store import extract_patches
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

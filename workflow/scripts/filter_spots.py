@@ -1,6 +1,6 @@
 from stpredict.io import read_h5ad, write_h5ad, write_table
-from stpredict.plotting import plot_section_qc
-from stpredict.qc import QCConfig, apply_qc, qc_table
+from stpredict.patches.qc import QCConfig, apply_qc, qc_table
+from stpredict.plot.qc import plot_section_qc
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -4,11 +4,12 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError
-from stpredict.figures import plot_ig_overlays, units_label
-from stpredict.inference import load_model
+from stpredict.evaluate.attributions import integrated_gradients, pick_ig_patches
 from stpredict.io import read_h5ad, read_table, write_table
-from stpredict.latent import integrated_gradients, pick_ig_patches
-from stpredict.patches import patches_for_spots
+from stpredict.learn.predict import load_model
+from stpredict.patches.store import patches_for_spots
+from stpredict.plot.latent import plot_ig_overlays
+from stpredict.vocab import units_label
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -4,9 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stpredict.figures import plot_umap
-from stpredict.io import atomic_path, read_h5ad, write_table
-from stpredict.latent import (
+from stpredict.evaluate.latent import (
     latent_vs_physical,
     neighbour_test,
     purity_summary,
@@ -14,7 +12,9 @@ from stpredict.latent import (
     typical_atypical,
     umap_embedding,
 )
-from stpredict.patches import patches_for_spots
+from stpredict.io import atomic_path, read_h5ad, write_table
+from stpredict.patches.store import patches_for_spots
+from stpredict.plot.latent import plot_umap
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

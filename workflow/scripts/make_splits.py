@@ -1,6 +1,7 @@
 from pathlib import Path
 
-from stpredict.experiments import build_manifest, load_sections, write_manifest
+from stpredict.ingest.section import load_sections
+from stpredict.learn.folds import build_manifest, write_manifest
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -1,8 +1,8 @@
-from stpredict.experiments import read_section_light
-from stpredict.features import nuclear_features
-from stpredict.images import open_image
+from stpredict.evaluate.features import nuclear_features
+from stpredict.ingest.images import open_image
+from stpredict.ingest.section import read_section_light
 from stpredict.io import write_table
-from stpredict.patches import PatchSpec
+from stpredict.patches.geometry import PatchSpec
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from stpredict.evaltables import ols_inputs, ols_table
+from stpredict.evaluate.ols import ols_inputs, ols_table
 from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.workflow import script_logging
 

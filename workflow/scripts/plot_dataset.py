@@ -1,7 +1,7 @@
 import pandas as pd
 
-from stpredict.experiments import read_section_light
-from stpredict.figures import plot_dataset_stats
+from stpredict.ingest.section import read_section_light
+from stpredict.plot.maps import plot_dataset_stats
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

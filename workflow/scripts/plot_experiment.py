@@ -2,15 +2,15 @@ from pathlib import Path
 
 import numpy as np
 
-from stpredict.figures import (
+from stpredict.io import read_h5ad, read_table
+from stpredict.plot.maps import plot_expression_maps
+from stpredict.plot.scores import (
     plot_auroc_hist,
     plot_consistency,
-    plot_expression_maps,
     plot_loss_curves,
     plot_method_scatter,
-    units_label,
 )
-from stpredict.io import read_h5ad, read_table
+from stpredict.vocab import units_label
 from stpredict.workflow import script_logging
 
 

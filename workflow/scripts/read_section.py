@@ -1,5 +1,5 @@
+from stpredict.ingest.section import read_section
 from stpredict.io import read_table, write_h5ad
-from stpredict.readers import read_section
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

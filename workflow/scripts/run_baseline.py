@@ -2,10 +2,11 @@ from pathlib import Path
 
 import anndata as ad
 
-from stpredict.baselines import read_features, run_baseline
-from stpredict.experiments import load_sections, read_manifest
+from stpredict.evaluate.baselines import read_features, run_baseline
+from stpredict.evaluate.metrics import score_experiment
+from stpredict.ingest.section import load_sections
 from stpredict.io import write_h5ad, write_table
-from stpredict.metrics import score_experiment
+from stpredict.learn.folds import read_manifest
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from stpredict.evaltables import confusion_table, score_cluster_units
-from stpredict.figures import plot_cluster_maps, plot_confusion, plot_loss_curves
+from stpredict.evaluate.metrics import confusion_table, score_cluster_units
 from stpredict.io import read_h5ad, read_table, write_table
+from stpredict.plot.maps import plot_cluster_maps
+from stpredict.plot.scores import plot_confusion, plot_loss_curves
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

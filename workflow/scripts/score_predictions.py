@@ -1,6 +1,6 @@
 from stpredict.errors import ConfigError
+from stpredict.evaluate.metrics import score_experiment, score_folds, summarise_strata, table1
 from stpredict.io import read_h5ad, write_table
-from stpredict.metrics import score_experiment, score_folds, summarise_strata, table1
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

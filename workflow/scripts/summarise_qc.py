@@ -1,7 +1,7 @@
 import pandas as pd
 
 from stpredict.io import read_h5ad, write_table
-from stpredict.qc import qc_summary
+from stpredict.patches.qc import qc_summary
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]):

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import torch
 
-from stpredict.experiments import fold_data, read_manifest, train_fold
+from stpredict.learn.folds import fold_data, read_manifest, train_fold
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:

@@ -38,7 +38,7 @@ from stpredict.demo.tissue import (
     spot_stats,
     view_matrix,
 )
-from stpredict.geometry import visium_lattice
+from stpredict.ingest.geometry import visium_lattice
 from stpredict.io import atomic_path, write_json, write_table
 
 __all__ = ["make_demo", "demo_sheet", "demo_outputs", "SHEET_COLUMNS"]

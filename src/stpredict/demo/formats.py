@@ -21,8 +21,8 @@ import pandas as pd
 import scipy.sparse as sp
 from PIL import Image
 
+from stpredict.ingest.visium import POSITION_COLUMNS as READER_POSITION_COLUMNS
 from stpredict.io import atomic_path
-from stpredict.readers import POSITION_COLUMNS as READER_POSITION_COLUMNS
 
 __all__ = [
     "write_10x_h5",

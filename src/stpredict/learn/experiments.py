@@ -1,0 +1,409 @@
+"""Experiments: a cohort, a split, targets, a model and its training, as one named unit.
+
+An experiment (``config["experiments"][name]``) combines the sections it uses, the split design,
+the target transform and gene set (fitted per fold, on training spots only), the model, the
+optimiser, augmentation and test-time augmentation. This module is the parse-time side: it
+fills an experiment's unset keys from the schema's defaults (:func:`resolve_experiment`),
+expands ``sections.each`` (:func:`expand_experiments`) and refuses what the config and the sheet
+already show cannot run (:func:`check_experiment`). The fold ids are
+:mod:`stpredict.learn.splits`; the jobs of one fold are :mod:`stpredict.learn.folds`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from stpredict.config import CONFIG_SCHEMA, load_schema, schema_defaults
+from stpredict.errors import ConfigError
+from stpredict.ingest.files import _first_lines
+from stpredict.ingest.st import _SPOT_ID, _gene_symbols
+from stpredict.ingest.visium import GRAPHCLUST_CLUSTERS
+
+__all__ = [
+    "experiment_samples",
+    "check_experiment",
+    "section_gene_names",
+]
+
+
+# ------------------------------------------------------------------------------ parse time
+def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Sample ids an experiment uses, in sheet order."""
+    sel = exp.get("sections", {}) or {}
+    split = exp["split"]
+    ids = sheet["sample_id"].tolist()
+    if split["scheme"] == "section_imputation":
+        train, test = list(split.get("train_sections", []) or []), str(split.get("test_section", "") or "")
+        if not test or not train:
+            raise ConfigError("section_imputation needs split.train_sections and split.test_section",
+                              fix="name the training sections and the imputed section (sample_id values "
+                              "of the sheet), e.g. train_sections: [D1, D3], test_section: D2")
+        if test in train:
+            raise ConfigError(f"section_imputation: the test section '{test}' is also a training section",
+                              fix="remove it from split.train_sections (a section cannot be imputed from itself)")
+        wanted = train + [test]
+        ids = [s for s in ids if s in wanted]
+        missing = sorted(set(wanted) - set(ids))
+        if missing:
+            raise ConfigError(f"section_imputation names section(s) {missing} that are not in the sample sheet",
+                              fix="use sample_id values from the sheet in split.train_sections / split.test_section")
+        return ids
+    if sel.get("samples"):
+        missing = sorted(set(sel["samples"]) - set(ids))
+        if missing:
+            raise ConfigError(f"sections.samples names {missing}, absent from the sample sheet",
+                              fix="use sample_id values from the sheet")
+        ids = [s for s in ids if s in set(sel["samples"])]
+    if sel.get("patients"):
+        pats = {str(p) for p in sel["patients"]}
+        unknown = sorted(pats - set(sheet["patient_id"].astype(str)))
+        if unknown:
+            raise ConfigError(f"sections.patients names {unknown}, absent from the sample sheet",
+                              fix="use patient_id values from the sheet")
+        ids = [s for s in ids if sheet.loc[s, "patient_id"] in pats]
+    if sel.get("platform"):
+        ids = [s for s in ids if sheet.loc[s, "platform"] == sel["platform"]]
+    if not ids:
+        raise ConfigError(f"the experiment selects no section (sections: {dict(sel)})",
+                          fix="check its 'sections' settings against the sample sheet (samples, patients, "
+                          "platform)")
+    return ids
+
+
+def _patients(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    return sorted({str(sheet.loc[s, "patient_id"]) for s in experiment_samples(exp, sheet)})
+
+
+
+
+def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] | None = None) -> set[str] | None:
+    """Return the gene names of a section's raw counts when they are cheap to know, else ``None``.
+
+    Visium: the feature names of ``filtered_feature_bc_matrix.h5`` or of the matrix folder's
+    ``features.tsv(.gz)``; ST: the header of the count file, mapped to symbols with ``gene_map``
+    (a TSV ``gene_id, gene``) as the reader does. ``None`` when the files do not exist yet, the
+    layout is unusual (a genes x spots ST file) or anything fails: the reader reports real
+    problems later.
+    """
+    try:
+        raw = Path(str(row["raw"]))
+        if row["platform"] == "visium":
+            h5 = raw / "filtered_feature_bc_matrix.h5"
+            if h5.is_file():
+                import h5py
+
+                with h5py.File(h5, "r") as f:
+                    if "matrix" in f and "features" in f["matrix"]:
+                        names = f["matrix/features/name"][:]
+                    else:  # Cell Ranger 2 layout: one group per genome
+                        names = next(iter(f.values()))["gene_names"][:]
+                return {n.decode() if isinstance(n, bytes) else str(n) for n in names}
+            for name in ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"):
+                p = raw / "filtered_feature_bc_matrix" / name
+                if p.is_file():
+                    t = pd.read_csv(p, sep="\t", header=None, dtype=str)
+                    return set(t.iloc[:, 1 if t.shape[1] > 1 else 0].astype(str))
+            return None
+        if not raw.is_file():
+            return None
+        header, first = (_first_lines(raw, 2) + ["", ""])[:2]
+        sep = "\t" if "\t" in header else ","
+        fields = header.split(sep)
+        if len(fields) == len(first.split(sep)):
+            fields = fields[1:]  # the corner cell
+        ids = [f.strip().strip('"') for f in fields]
+        if not ids or any(_SPOT_ID.match(i) for i in ids[:20]):
+            return None  # genes x spots layout: the genes are the first column
+        if gene_map:
+            if not Path(gene_map).is_file():
+                return None
+            ids = _gene_symbols(ids, pd.read_csv(gene_map, sep="\t", dtype=str))
+        return set(ids)
+    except Exception:  # noqa: BLE001 - a cheap look only; the reader reports real problems
+        return None
+
+
+def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: str | os.PathLike[str] | None = None,
+                     thorough: bool = True) -> None:
+    """Refuse, at parse time, an experiment that the config and the sheet already show cannot run.
+
+    Parameters
+    ----------
+    exp
+        The resolved experiment (:func:`resolve_experiment`).
+    sheet
+        The validated sample sheet (indexed by sample id).
+    gene_map
+        ``reading.gene_map`` (ST Ensembl ids -> symbols), for the panel check.
+    thorough
+        Also run the checks that read files or import torchvision (the panel genes against the
+        sections' gene names, the backbone name); Snakemake's main process runs them, its jobs
+        skip them.
+
+    Raises
+    ------
+    ConfigError
+        The experiment selects no section; names samples, patients or sections absent from the
+        sheet; leaves one patient out among a single patient; imputes a section it trains on;
+        classifies clusters of sections that have none; names a weights file that does not
+        exist, an unknown backbone, panel genes that none of its sections measures, or maps /
+        attributions of genes outside its panel.
+    """
+    samples = experiment_samples(exp, sheet)
+    split = exp["split"]
+    if split["scheme"] == "leave_one_patient_out":
+        patients = _patients(exp, sheet)
+        if len(patients) < 2:
+            raise ConfigError(
+                f"leave_one_patient_out needs at least 2 patients, but the experiment's sections "
+                f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
+                fix="add sections of other patients, or use split.scheme random_within_section or "
+                "spatial_blocks within this patient's sections")
+        if int(split["inner_folds"]) == 1:
+            raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
+                              fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
+    task = exp["task"]
+    if task == "regression" and exp["train"]["loss"] == "cross_entropy":
+        raise ConfigError("train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
+                          fix="use train.loss mse or smoothl1, or set task: clusters")
+    if task == "clusters":
+        for s in samples:
+            row = sheet.loc[s]
+            if row["clusters"]:
+                continue
+            if row["platform"] == "st":
+                raise ConfigError(
+                    f"a clusters experiment uses the ST section '{s}', which has no clusters",
+                    sample=s,
+                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
+                    "out of the experiment (sections: {platform: visium})")
+            raw = Path(str(row["raw"]))
+            filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
+            if filled and not any((raw / c).is_file() for c in GRAPHCLUST_CLUSTERS):
+                raise ConfigError(
+                    f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
+                    f"clusters ({raw / GRAPHCLUST_CLUSTERS[-1]})",
+                    sample=s,
+                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
+    model = exp["model"]
+    weights = str(model["weights"])
+    if weights not in ("none", "imagenet") and not Path(weights).is_file():
+        raise ConfigError(f"model.weights names a file that does not exist: {weights}",
+                          fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'")
+    if thorough and model["backbone"] != "tiny":
+        import torchvision
+
+        known = torchvision.models.list_models(module=torchvision.models)
+        if model["backbone"] not in known:
+            import difflib
+
+            close = difflib.get_close_matches(model["backbone"], known, n=3)
+            raise ConfigError(
+                f"unknown model.backbone '{model['backbone']}'"
+                + (f" (did you mean {', '.join(close)}?)" if close else ""),
+                fix="use 'tiny' or a torchvision classification model name such as densenet121, "
+                "vgg16, resnet50")
+    genes = exp["targets"]["genes"]
+    if genes["mode"] == "panel":
+        from stpredict.learn.targets import load_panel
+
+        if not genes.get("panel"):
+            raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
+                              fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
+        panel = load_panel(genes["panel"])
+        ev = exp.get("evaluation", {}) or {}
+        shown = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+        explained = (ev.get("attributions", {}) or {}).get("gene", "")
+        outside = [g for g in shown + ([explained] if explained else []) if g not in panel]
+        if outside:
+            raise ConfigError(
+                f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
+                f"the panel '{genes['panel']}' does not predict",
+                fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
+        if thorough:
+            names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
+            if names and all(n is not None for n in names):
+                known = set().union(*names)
+                missing = [g for g in panel if g not in known]
+                allow = bool(genes.get("allow_missing", False))
+                if missing and (not allow or len(missing) == len(panel)):
+                    raise ConfigError(
+                        f"{len(missing)} of the {len(panel)} genes of panel '{genes['panel']}' are measured "
+                        f"in none of the experiment's sections {samples}: {', '.join(missing[:10])}"
+                        + (" ..." if len(missing) > 10 else ""),
+                        fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
+                        "the panel, or set targets.genes.allow_missing: true to drop them")
+    elif thorough:  # genes chosen per fold: the evaluation's gene names must at least be measured
+        ev = exp.get("evaluation", {}) or {}
+        named = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+        explained = (ev.get("attributions", {}) or {}).get("gene", "")
+        named += [explained] if explained else []
+        names = [section_gene_names(sheet.loc[s], gene_map) for s in samples] if named else []
+        if names and all(n is not None for n in names):
+            known = set().union(*names)
+            absent = [g for g in named if g not in known]
+            if absent:
+                raise ConfigError(
+                    f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(absent)}, "
+                    f"which none of the experiment's sections measures",
+                    fix="use the sections' gene names (ST files may use Ensembl ids: set "
+                    "reading.gene_map to map them to symbols), or leave the setting empty")
+    if thorough and str(model["weights"]).lower() == "imagenet":
+        from stpredict.errors import StpredictError
+        from stpredict.learn.models import require_imagenet_weights
+
+        try:
+            require_imagenet_weights(model["backbone"])
+        except StpredictError as exc:
+            raise ConfigError(exc.problem, fix=exc.fix) from None
+
+
+_SCHEMA = load_schema(CONFIG_SCHEMA)
+#: defaults of every experiment key: the schema's ``$defs/experiment`` (see config/README.md);
+#: ``targets``, ``evaluation`` and ``seed`` default to the global sections instead
+EXPERIMENT_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA["$defs"]["experiment"])
+#: defaults of the ``evaluation`` section: the schema's ``evaluation``
+EVALUATION_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA["properties"]["evaluation"])
+#: defaults of the global ``targets`` section and ``seed`` (what an experiment falls back to)
+_GLOBAL_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA)
+
+
+def _check_keys(over: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
+    for k, v in over.items():
+        if k not in base:
+            raise ConfigError(f"unknown key '{where}.{k}' in an experiment",
+                              fix=f"use one of {', '.join(sorted(base))} (config/README.md)")
+        if isinstance(v, Mapping) and isinstance(base[k], Mapping):
+            _check_keys(v, base[k], f"{where}.{k}")
+
+
+def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in (over or {}).items():
+        out[k] = _merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
+    return out
+
+
+def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
+    """Fill an experiment's unset keys from :data:`EXPERIMENT_DEFAULTS` and the global config.
+
+    ``targets`` defaults to the global ``targets`` section, ``evaluation`` to the global
+    ``evaluation`` section and ``seed`` to the global seed, each filled from the schema's
+    defaults where the config lacks them (Snakemake's ``validate`` has filled them in a run), so
+    the result holds every key the jobs read.
+    """
+    base = {**EXPERIMENT_DEFAULTS,
+            "targets": _merge(_GLOBAL_DEFAULTS["targets"], config.get("targets", {})),
+            "seed": config.get("seed", _GLOBAL_DEFAULTS["seed"]),
+            "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {}))}
+    _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
+    # a deep copy: the nested defaults (and the global sections) must never be changed below
+    out = copy.deepcopy(_merge(base, exp))
+    if out["task"] == "clusters" and out["train"]["loss"] != "cross_entropy":
+        # a new dict: out["train"] may be EXPERIMENT_DEFAULTS["train"] itself
+        out["train"] = {**out["train"], "loss": "cross_entropy"}
+    return out
+
+
+#: split schemes that train within a section, so that ``sections.each`` makes sense
+WITHIN_SECTION_SCHEMES = ("random_within_section", "spatial_blocks")
+
+
+def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any],
+                       sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Resolve every experiment; one with ``sections.each`` becomes one experiment per section.
+
+    DeepSpaCE trained and tested within one section at a time; ``sections: {each: true}`` keeps
+    that protocol for any cohort: experiment ``name`` with sections ``S1, S2`` becomes
+    ``name.S1`` and ``name.S2`` (each with its own splits, models and metrics). The expanded
+    experiments' cluster labels are then checked (:func:`check_cluster_labels`; the other
+    parse-time checks are :func:`check_experiment`).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in experiments.items():
+        try:
+            out.update(_expand_one(name, raw, experiments, config, sheet))
+        except ConfigError as exc:
+            problem = exc.problem if f"'{name}'" in exc.problem else f"experiment '{name}': {exc.problem}"
+            raise ConfigError(problem, file=exc.file, sample=exc.sample, fix=exc.fix) from None
+    return out
+
+
+def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any],
+                config: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """Resolve one experiment of :func:`expand_experiments` (its expansion when ``sections.each``)."""
+    if ((raw or {}).get("evaluation") or {}).get("nuclear"):
+        raise ConfigError(f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
+                          "computed once per section (results/features/{sample}/nuclear.tsv) "
+                          "and shared by every experiment",
+                          fix="set evaluation.nuclear in the global evaluation section")
+    exp = resolve_experiment(raw, config)
+    _check_validation(name, exp)
+    if not exp["sections"].get("each"):
+        check_cluster_labels(name, exp, sheet)
+        return {name: exp}
+    scheme = exp["split"]["scheme"]
+    if scheme not in WITHIN_SECTION_SCHEMES:
+        raise ConfigError(f"experiment '{name}': sections.each needs a within-section split, "
+                          f"not '{scheme}'",
+                          fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop "
+                          "sections.each")
+    out: dict[str, dict[str, Any]] = {}
+    for sample in experiment_samples(exp, sheet):
+        sub = json.loads(json.dumps(exp))
+        sub["sections"] = {"samples": [sample], "patients": [], "platform": "", "each": False}
+        sub["parent"] = name
+        key = f"{name}.{sample}"
+        if key in experiments:
+            raise ConfigError(f"experiment '{name}' (sections.each) would create '{key}', which "
+                              "is already an experiment name", fix="rename one of them")
+        check_cluster_labels(key, sub, sheet)
+        out[key] = sub
+    return out
+
+
+def _check_validation(name: str, exp: Mapping[str, Any]) -> None:
+    """Refuse early stopping in an experiment whose folds have no validation spots."""
+    split = exp["split"]
+    if not exp["train"].get("patience"):
+        return
+    scheme = split["scheme"]
+    no_val = (scheme == "leave_one_patient_out" and int(split["inner_folds"]) < 2) or (
+        scheme != "leave_one_patient_out" and not float(split["val_frac"]) > 0)
+    if no_val:
+        raise ConfigError(
+            f"experiment '{name}' sets train.patience {exp['train']['patience']} (early stopping on "
+            f"the validation loss), but its {scheme} folds have no validation spots"
+            + (" (val_frac 0)" if scheme != "leave_one_patient_out" else " (no inner folds)"),
+            fix="set split.val_frac above 0 (DeepSpaCE 0.2), or train.patience: null"
+            if scheme != "leave_one_patient_out" else
+            "set split.inner_folds (ST-Net 4: the epoch count is chosen on them) or train.patience: null")
+
+
+def check_cluster_labels(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:
+    """Refuse a clusters task over several sections without harmonised labels.
+
+    Space Ranger numbers graphclust clusters per section, so cluster 3 of one section is not
+    cluster 3 of another; such an experiment needs ``cluster_map`` (or ``sections.each``).
+    """
+    samples = experiment_samples(exp, sheet)
+    if exp.get("task") == "clusters" and len(samples) > 1 and not exp.get("cluster_map"):
+        shown = ", ".join(samples[:4]) + (" ..." if len(samples) > 4 else "")
+        raise ConfigError(
+            f"experiment '{name}' classifies clusters across {len(samples)} sections ({shown}), "
+            "but Space Ranger numbers its clusters per section (cluster 3 of one section is not "
+            "cluster 3 of another)",
+            fix="set sections.each: true (one model per section, as DeepSpaCE), or give "
+            "cluster_map: a TSV with columns sample_id, cluster, label that harmonises the labels")
+    if exp.get("cluster_map") and exp.get("task") != "clusters":
+        raise ConfigError(f"experiment '{name}' sets cluster_map but its task is not clusters",
+                          fix="remove cluster_map or set task: clusters")
+
+

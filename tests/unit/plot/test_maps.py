@@ -1,0 +1,60 @@
+"""Spatial figures (stpredict.plot.maps): PNG and PDF written, missing images, genes and NaNs drawn around."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+
+from stpredict.plot.maps import plot_cluster_maps, plot_dataset_stats, plot_expression_maps
+from stpredict.vocab import units_label
+from tests.unit.plot.figure_inputs import (
+    check_outputs,
+    section,
+)
+
+
+def test_dataset_stats_survive_zero_umi_spots_and_a_section_without_kept_spots(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = []
+    for i in range(5):
+        tc = rng.lognormal(8, 0.6, 80)
+        tc[:3] = 0  # zero-UMI spots cannot go on the log axis
+        parts.append(pd.DataFrame({"sample_id": f"S{i}", "patient_id": f"P{i // 2}",
+                                   "platform": "visium" if i < 4 else "st",
+                                   "total_counts": tc, "n_genes_by_counts": (tc ** 0.8),
+                                   "keep": tc > 2000}))
+    parts.append(pd.DataFrame({"sample_id": "S9", "patient_id": "P9", "platform": "st",
+                               "total_counts": [5.0, 7.0], "n_genes_by_counts": [2, 3],
+                               "keep": [False, False]}))  # a section with no kept spot
+    png = tmp_path / "stats" / "dataset.png"
+    plot_dataset_stats(pd.concat(parts), png)
+    check_outputs(png)
+
+
+def test_expression_maps_draw_sections_without_an_image_or_a_gene(tmp_path):
+    a = section()
+    b = section("DEMO_B1", genes=("G1", "G3"), image=False)  # no H&E, G2 missing
+    png = tmp_path / "maps.png"
+    plot_expression_maps([a, b], ["G1", "G2", "G3"], units_label("log1p"), png,
+                            titles=["section A", "section B"])
+    check_outputs(png, min_w=800, min_h=1000)
+
+
+def test_expression_maps_of_sparse_counts_take_default_titles(tmp_path):
+    png = tmp_path / "maps_sparse.png"
+    plot_expression_maps([section(sparse=True)], ["G1"], "counts", png)
+    check_outputs(png, min_w=800)
+
+
+def test_expression_maps_refuse_titles_of_another_length_and_close_the_figure(tmp_path):
+    with pytest.raises(ValueError, match="titles"):
+        plot_expression_maps([section()], ["G1"], "x", tmp_path / "m.png", titles=["a", "b"])
+    assert plt.get_fignums() == []
+
+
+def test_cluster_maps_draw_every_cluster_over_the_section(tmp_path):
+    png = tmp_path / "clusters.png"
+    plot_cluster_maps(section(clusters=True), png)
+    check_outputs(png)
