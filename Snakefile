@@ -28,9 +28,9 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/patches.smk"
-include: "workflow/rules/qc.smk"
-include: "workflow/rules/train.smk"
+include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/plot.smk"
 
 
 rule all:

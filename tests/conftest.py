@@ -105,5 +105,6 @@ def train_config(**settings):
 
     model = {k: settings.pop(k) for k in ("backbone", "weights", "tiny_width") if k in settings}
     seed = settings.pop("seed", 0)
+    workers = settings.pop("num_workers", 0)  # a resource of the job, not a config key
     exp = resolve_experiment({"model": model, "train": settings}, {})
-    return TrainConfig.from_experiment(exp, seed)
+    return TrainConfig.from_experiment(exp, seed, num_workers=workers)

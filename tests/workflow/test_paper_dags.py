@@ -126,3 +126,17 @@ def test_the_same_rules_for_every_config(tmp_path):
         listed["config.yaml"])
     assert not [r for r in listed["config.yaml"] if r.startswith(("collect_predictions_", "baseline_",
                                                                     "latent_space_"))]
+
+
+def test_profiles_hold_site_specifics_only(repo):
+    """The rules declare their needs; a profile says where and how many, never a second value."""
+    import yaml
+
+    portable = {"mem_mb", "mem", "runtime", "gpu", "disk_mb", "threads"}
+    for profile in ("default", "slurm"):
+        cfg = yaml.safe_load((repo / "profiles" / profile / "config.yaml").read_text())
+        for rule, res in (cfg.get("set-resources") or {}).items():
+            assert not portable & set(res), f"profiles/{profile}: {rule} re-declares {portable & set(res)}"
+        assert "num_workers" not in (repo / "profiles" / profile / "config.yaml").read_text()
+    for preset in ("config.yaml", "config/stnet.yaml", "config/deepspace.yaml"):
+        assert "num_workers" not in (repo / preset).read_text(), preset

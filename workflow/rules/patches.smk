@@ -1,4 +1,5 @@
-# Patch stores: one contiguous uint8 array per section, centres and flags beside it.
+# Patch stores (one contiguous uint8 array per section, centres and flags beside it) and spot QC
+# (UMI / gene thresholds and the whiteness filter, a figure per section, a summary).
 
 
 rule extract_patches:
@@ -18,10 +19,55 @@ rule extract_patches:
         "../../envs/stpredict.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=16000,
         runtime=30,
     params:
         patches=config["patches"],
         whiteness=config["qc"]["whiteness"],
     script:
         "../scripts/extract_patches.py"
+
+
+rule filter_spots:
+    input:
+        section="results/sections/{sample}.h5ad",
+        patches="results/patches/{sample}/spots.tsv",
+    output:
+        h5ad="results/qc/{sample}.h5ad",
+        tsv="results/qc/{sample}.tsv",
+        png=report(
+            "results/qc/{sample}.png",
+            caption="../report/qc_section.rst",
+            category="Quality control",
+            labels={"section": "{sample}"},
+        ),
+    log:
+        "results/logs/filter_spots/{sample}.log",
+    priority: 30
+    conda:
+        "../../envs/stpredict.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        qc=config["qc"],
+    script:
+        "../scripts/filter_spots.py"
+
+
+rule summarise_qc:
+    input:
+        tsv=expand("results/qc/{sample}.tsv", sample=SAMPLE_IDS),
+        h5ad=expand("results/qc/{sample}.h5ad", sample=SAMPLE_IDS),
+    output:
+        summary=report(
+            "results/qc/summary.tsv",
+            caption="../report/qc_summary.rst",
+            category="Quality control",
+        ),
+    log:
+        "results/logs/summarise_qc.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    script:
+        "../scripts/summarise_qc.py"

@@ -1,8 +1,7 @@
-from pathlib import Path
-
 import torch
 
 from stpredict.learn.folds import fold_data, read_manifest, train_fold
+from stpredict.learn.train import loader_workers
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
@@ -15,7 +14,8 @@ with script_logging(snakemake.log[0]) as log:
         read_manifest(snakemake.input.splits),
         sections,
         stores,
-        Path(snakemake.output.model).parent,
+        {k: snakemake.output[k] for k in ("model", "history", "fitted")},
         inner_histories=snakemake.input.get("inner", []),
+        num_workers=loader_workers(snakemake.threads),
     )
     log.info("fold %s done: %s", snakemake.wildcards.fold, result)

@@ -273,31 +273,35 @@ def _labels(exp: Mapping[str, Any], ads: list[ad.AnnData]) -> np.ndarray:
     return np.concatenate([a.obs["cluster"].astype(str).to_numpy() for a in ads]) if ads else np.array([], str)
 
 
-def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | None) -> Any:
+def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | None,
+                  num_workers: int = 0) -> Any:
     from stpredict.learn.train import TrainConfig
 
-    cfg = TrainConfig.from_experiment(exp, _seed(exp, name, "train", fold))
+    cfg = TrainConfig.from_experiment(exp, _seed(exp, name, "train", fold), num_workers=num_workers)
     if epochs is not None:
         cfg = TrainConfig.from_dict({**cfg.to_dict(), "epochs": int(epochs), "patience": None})
     return cfg
 
 
 def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
-               sections: Mapping[str, ad.AnnData], stores: Mapping[str, str], out_dir: str | os.PathLike[str],
-               inner_histories: Sequence[str] = (), device: str | None = None) -> dict[str, Any]:
+               sections: Mapping[str, ad.AnnData], stores: Mapping[str, str],
+               outputs: Mapping[str, str | os.PathLike[str]], inner_histories: Sequence[str] = (),
+               device: str | None = None, num_workers: int = 0) -> dict[str, Any]:
     """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
 
-    Writes ``model.pt``, ``history.tsv`` (by :func:`stpredict.learn.train.train`,
-    which keeps ``checkpoint.pt`` / ``best.pt`` only while training) and ``fitted.json`` (gene
-    set, target transform and classes, each with the record of what it was fitted on) into
-    ``out_dir``. The manifest's train/val spot ids and the fitted transform go into the resume
-    signature: a rerun after a change retrains from scratch.
+    Writes ``outputs["model"]`` and ``outputs["history"]`` (by :func:`stpredict.learn.train.train`,
+    which keeps ``checkpoint.pt`` / ``best.pt`` beside the model only while training) and
+    ``outputs["fitted"]`` (gene set, target transform and classes, each with the record of what
+    it was fitted on). The manifest's train/val spot ids and the fitted transform go into the
+    resume signature: a rerun after a change retrains from scratch. ``num_workers``: data-loader
+    processes (a resource: :func:`stpredict.learn.train.loader_workers`).
     """
     from stpredict.learn.splits import audit_fitted
     from stpredict.learn.train import PatchDataset, encode_labels, train
 
-    out = Path(out_dir)
+    out = Path(outputs["model"]).parent
     out.mkdir(parents=True, exist_ok=True)
+    written = {"model_path": outputs["model"], "history_path": outputs["history"]}
     apply_cluster_map(exp, sections)
     tr_ads, tr_samples, tr_rows = _subsets(_fold_part(manifest, fold, "train"), sections)
     va_ads, va_samples, va_rows = _subsets(_fold_part(manifest, fold, "val"), sections)
@@ -307,7 +311,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
         va_ads, va_samples, va_rows = [], [], []  # final retrain on all training patients
     fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp["task"],
                               "epochs_from_inner_folds": epochs}
-    cfg = _train_config(exp, fold, name, epochs)
+    cfg = _train_config(exp, fold, name, epochs, num_workers)
     # what the weights depend on beyond the datasets (train() hashes the stores, rows, targets)
     data_sig: dict[str, Any] = {
         "experiment": name, "fold": str(fold), "task": fitted["task"],
@@ -336,7 +340,7 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
                 start += len(r)
             val_ds = PatchDataset(va_stores, va_rows_ok, labels=codes_va[ok])
         result = train(cfg, train_ds, val_ds, out, classes=fitted["classes"], target_transform="clusters",
-                       data_signature=data_sig, device=device)
+                       data_signature=data_sig, device=device, **written)
     else:
         selector, transform = _fit_targets(exp, tr_ads)
         check_gene_coverage(tr_ads + va_ads, selector.genes_, _targets_cfg(exp)["genes"])
@@ -353,25 +357,26 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
             val_ds = PatchDataset(va_stores, va_rows, targets=y_va)
         data_sig["transform"] = fitted["transform"]
         result = train(cfg, train_ds, val_ds, out, genes=list(selector.genes_),
-                       target_transform=fitted["transform_name"], data_signature=data_sig, device=device)
-    fitted["train_config"] = cfg.to_dict()
+                       target_transform=fitted["transform_name"], data_signature=data_sig, device=device,
+                       **written)
+    fitted["train_config"] = {k: v for k, v in cfg.to_dict().items() if k != "num_workers"}
     fitted["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
-    write_json(fitted, out / "fitted.json")
+    write_json(fitted, outputs["fitted"])
     return result
 
 
 def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
-                 sections: Mapping[str, ad.AnnData], stores: Mapping[str, str], model_dir: str | os.PathLike[str],
+                 sections: Mapping[str, ad.AnnData], stores: Mapping[str, str],
+                 model_path: str | os.PathLike[str], fitted_path: str | os.PathLike[str],
                  out_h5ad: str | os.PathLike[str], device: str | None = None, batch_size: int = 128) -> ad.AnnData:
     """Predict the fold's test spots (with TTA) and write measured + predicted values as AnnData."""
     from stpredict.learn.predict import load_model, predict
     from stpredict.learn.targets import from_dict
 
-    model_dir = Path(model_dir)
-    fitted = read_json(model_dir / "fitted.json")
+    fitted = read_json(fitted_path)
     apply_cluster_map(exp, sections)
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
-    model, meta = load_model(model_dir / "model.pt", device=device or "cpu")
+    model, meta = load_model(model_path, device=device or "cpu")
     preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
                           tta=int(exp["tta"]), device=device,
                           precision=str(exp["train"]["precision"]))

@@ -191,6 +191,18 @@ def _cuda_bf16_native(device: torch.device) -> bool:
         return False
 
 
+def loader_workers(threads: int, device: str | torch.device | None = None) -> int:
+    """Data-loader worker processes for a job of ``threads`` threads.
+
+    On CUDA the workers feed the GPU: all threads but one (the main process); on the CPU the
+    threads compute and the patches come from a memory map: no workers (their start-up would
+    cost more than they save). Resources come from the rule and the profile (``threads``), never
+    from the config.
+    """
+    dev = select_device(device)
+    return max(0, int(threads) - 1) if dev.type == "cuda" else 0
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """Return the autocast precision actually used on ``device`` for a ``precision`` setting.
 
@@ -613,15 +625,17 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_experiment(cls, exp: Mapping[str, Any], seed: int) -> TrainConfig:
+    def from_experiment(cls, exp: Mapping[str, Any], seed: int, num_workers: int = 0) -> TrainConfig:
         """Build from a resolved experiment (:func:`stpredict.learn.experiments.resolve_experiment`).
 
         Its ``model`` (``backbone``, ``weights``, ``tiny_width``) and ``train`` sections hold
         every setting, with the schema's defaults filled in; ``seed`` is the fold's seed.
+        ``num_workers`` is a resource, not a setting: the job derives it from its threads
+        (:func:`loader_workers`); the weights do not depend on it.
         """
         m = exp["model"]
         return cls(backbone=m["backbone"], weights=m["weights"], tiny_width=int(m["tiny_width"]),
-                   seed=int(seed), **exp["train"])
+                   seed=int(seed), num_workers=int(num_workers), **exp["train"])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -852,6 +866,8 @@ def train(
     device: str | torch.device | None = None,
     callback: Callable[[int, dict[str, Any]], None] | None = None,
     stop_after_epoch: int | None = None,
+    model_path: str | os.PathLike[str] | None = None,
+    history_path: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`~stpredict.learn.models.PatchModel`; resumable, with one rolling checkpoint.
 
@@ -865,8 +881,10 @@ def train(
         Validation patches, or ``None`` to train exactly ``cfg.epochs`` epochs and keep the last
         weights (ST-Net's final retrain for an epoch count chosen on inner folds).
     out_dir
-        Folder for ``checkpoint.pt``, ``best.pt`` (both removed at the end), ``history.tsv``,
-        ``model.pt`` (the loss curves are drawn by :func:`stpredict.plot.scores.plot_loss_curves`).
+        Folder for the scratch files ``checkpoint.pt`` and ``best.pt`` (both removed at the end)
+        and, unless ``model_path`` / ``history_path`` say otherwise, ``model.pt`` and
+        ``history.tsv`` (the loss curves are drawn by
+        :func:`stpredict.plot.scores.plot_loss_curves`).
     resume
         Continue from ``out_dir/checkpoint.pt`` when its signature matches (``False``: start
         afresh). A mismatch starts afresh too, logging what changed.
@@ -885,6 +903,8 @@ def train(
         Called as ``callback(epoch, history_row)`` after each epoch's checkpoint is written.
     stop_after_epoch
         Raise :class:`TrainingInterrupted` after this epoch's checkpoint (tests, simulations).
+    model_path, history_path
+        Where to write the model and the history (the rule's declared outputs).
 
     Returns
     -------
@@ -895,8 +915,9 @@ def train(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, best_path, model_path = out / "checkpoint.pt", out / "best.pt", out / "model.pt"
-    hist_path = out / "history.tsv"
+    ckpt_path, best_path = out / "checkpoint.pt", out / "best.pt"
+    model_path = Path(model_path) if model_path is not None else out / "model.pt"
+    hist_path = Path(history_path) if history_path is not None else out / "history.tsv"
     dev = select_device(device)
     cuda = dev.type == "cuda"
     precision = resolve_precision(cfg.precision, dev)

@@ -204,23 +204,28 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     man = build_manifest(exp, sections, s, name="t")
     man = man[man.fold == "0"]
     out = tmp_path / "fold0"
+
+    def outputs(folder):
+        return {k: folder / f for k, f in (("model", "model.pt"), ("history", "history.tsv"),
+                                          ("fitted", "fitted.json"))}
+
     from stpredict.learn import train as training
 
     orig = training.train
     with monkeypatch.context() as mp:  # an interrupted run (killed after epoch 1)
         mp.setattr(training, "train", lambda *a, **k: orig(*a, **k, stop_after_epoch=1))
         with pytest.raises(TrainingInterrupted):
-            train_fold(exp, "t", "0", man, sections, stores, out, device="cpu")
+            train_fold(exp, "t", "0", man, sections, stores, outputs(out), device="cpu")
     assert (out / "checkpoint.pt").exists()
     with caplog.at_level("WARNING", logger="stpredict.learn.train"):
-        res = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, out,
+        res = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, outputs(out),
                          device="cpu")
     assert res["resumed_from"] == 0
     assert "target_transform \"log1p\" -> \"log_proportion\"" in caplog.text
     hist = pd.read_csv(out / "history.tsv", sep="\t")
     assert hist["epoch"].tolist() == [1, 2]
-    ref = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, tmp_path / "ref",
-                     device="cpu")
+    ref = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores,
+                     outputs(tmp_path / "ref"), device="cpu")
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(ref["model"], weights_only=True)
     assert a["target_transform"] == "log_proportion"
@@ -230,7 +235,8 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
 
     bf16 = experiment("log_proportion")
     bf16["train"]["precision"] = "bf16"
-    pred = predict_fold(bf16, "t", "0", man, sections, stores, out, tmp_path / "pred.h5ad", device="cpu")
+    pred = predict_fold(bf16, "t", "0", man, sections, stores, out / "model.pt", out / "fitted.json",
+                        tmp_path / "pred.h5ad", device="cpu")
     assert pred.n_obs == int((man.role == "test").sum()) and pred.uns["stpredict"]["model"]["precision"] == "fp32"
     assert np.isfinite(pred.layers["predicted"]).all()
 

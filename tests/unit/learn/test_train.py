@@ -548,3 +548,18 @@ def test_cuda_precisions_keep_fp32_outputs(tmp_path, precision):
     b = model.head.bias.detach().double().cpu().numpy()
     np.testing.assert_allclose(pred, emb.astype(np.float64) @ w.T + b, atol=1e-5)
     assert len(np.unique(pred[:, 0])) > 0.9 * n
+
+
+def test_loader_workers_come_from_the_job_threads():
+    from stpredict.learn.train import loader_workers
+
+    assert loader_workers(8, "cpu") == 0  # the CPU's threads compute; patches come from a memmap
+    if torch.cuda.is_available():
+        assert loader_workers(8, "cuda") == 7
+    # not a setting of the config: the schema refuses it (resources live in rules and profiles)
+    from stpredict.config import CONFIG_SCHEMA, check_config_schema, load_schema
+    from stpredict.errors import ConfigError
+
+    cfg = {"samples": "s.tsv", "experiments": {"e": {"train": {"num_workers": 4}}}}
+    with pytest.raises(ConfigError, match="num_workers"):
+        check_config_schema(cfg, load_schema(CONFIG_SCHEMA))

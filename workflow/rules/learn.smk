@@ -40,7 +40,7 @@ rule train_fold:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=32000,
         runtime=720,
     params:
         experiment=get_experiment,
