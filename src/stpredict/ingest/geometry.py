@@ -668,6 +668,134 @@ def orient_xy(xy: np.ndarray, name: str, width: int, height: int) -> np.ndarray:
     return np.column_stack([nx, ny])
 
 
+def _check_spots_given(xy_in: np.ndarray, file: Any, sample: str | None) -> None:
+    """Refuse an empty or non-finite set of in-tissue spot centres."""
+    if len(xy_in) == 0:
+        raise GeometryError(
+            "no in-tissue spots to check",
+            file=file,
+            sample=sample,
+            fix="check the in_tissue / selected column of the positions file",
+        )
+    if not np.isfinite(xy_in).all():
+        raise GeometryError(
+            f"{int((~np.isfinite(xy_in).all(axis=1)).sum())} in-tissue spots have no finite "
+            "pixel coordinates",
+            file=file,
+            sample=sample,
+            fix="give the coordinate file the alignment software wrote (no NaN / inf)",
+        )
+
+
+def _near_reference(xy_in: np.ndarray, xy_off: np.ndarray, pitch: float) -> np.ndarray:
+    """Off-tissue positions within REFERENCE_BAND pitches of an in-tissue spot (else all).
+
+    Those near the tissue tell orientations apart; those far away are glass in every
+    orientation.
+    """
+    from scipy.spatial import cKDTree
+
+    finite = xy_off[np.isfinite(xy_off).all(axis=1)]
+    dist, _ = cKDTree(xy_in).query(finite)
+    near = finite[dist <= REFERENCE_BAND * pitch]
+    return near if len(near) >= 5 else finite
+
+
+def _check_contrast(stats: dict[str, float], wide: Mapping[str, float], img_name: str,
+                    min_contrast: float, file: Any, sample: str | None) -> None:
+    """Refuse in-tissue spots that are not darker than the glass, near or (else) anywhere.
+
+    Tissue may surround the spots (larger than the capture area): then glass is found only
+    farther away, so the contrast against every off-tissue / background position (``wide``)
+    is recorded as ``contrast_wide`` and used when larger.
+    """
+    b_in, b_off, contrast = stats["brightness_in"], stats["brightness_off"], stats["contrast"]
+    stats["contrast_wide"] = wide["contrast"]
+    if wide["contrast"] > contrast:
+        b_off, contrast = wide["brightness_off"], wide["contrast"]
+    if contrast < min_contrast:
+        raise GeometryError(
+            f"in-tissue spots are not darker than off-tissue ones (median brightness "
+            f"{b_in:.3f} vs {b_off:.3f}, needs a difference >= {min_contrast}) in image "
+            f"'{img_name}'; the coordinates may be transposed, flipped or for another image",
+            file=file,
+            sample=sample,
+            fix="check that the image is the one the coordinates were aligned to and that x is "
+            "the image column; set bounds_check: false only if the image is known to be unusual",
+        )
+
+
+def _outside_error(xy_in: np.ndarray, inside: Any, fits: Mapping[str, bool], measure: Any,
+                   size: tuple[int, int], img_name: str, margin: float, min_contrast: float,
+                   file: Any, sample: str | None) -> GeometryError:
+    """Build the error for in-tissue spots outside the image, naming the likely cause."""
+    w, h = size
+    n_out = int((~inside(xy_in)).sum())
+    ext_x, ext_y = float(xy_in[:, 0].max()), float(xy_in[:, 1].max())
+    swapped = [n for n in ORIENTATIONS if ORIENTATIONS[n][0] and fits[n]]
+    if swapped:
+        scores = {n: measure(n) for n in swapped}
+        order = sorted(swapped, key=lambda n: scores[n]["separation"], reverse=True)
+        best = order[0]
+        clear = len(order) == 1 or (
+            scores[best]["separation"] > scores[order[1]]["separation"] + margin
+        )
+        if clear and scores[best]["contrast"] >= min_contrast:
+            hint = (
+                f"{ORIENTATIONS[best][1]} ({100 * scores[best]['tissue_share_in']:.0f}% of "
+                "in-tissue spots land on tissue that way)"
+            )
+            fix = ORIENTATIONS[best][2]
+        else:
+            hint = "the coordinates look transposed (x and y swapped) or rotated by 90°"
+            fix = (
+                "swap the x/y (pixel column/row) columns of the coordinate file, or rotate "
+                "the image by 90° so that it matches the coordinates"
+            )
+    else:
+        hint = "the coordinates may be for the hires image or transposed"
+        fix = (
+            f"give the full-resolution image the coordinates refer to (they reach "
+            f"x={ext_x:.0f}, y={ext_y:.0f}); not tissue_hires_image.png / "
+            "tissue_lowres_image.png or another downscaled copy"
+        )
+    return GeometryError(
+        f"{n_out} of {len(xy_in)} in-tissue spots lie outside the {w}x{h} image "
+        f"'{img_name}'; {hint}",
+        file=file,
+        sample=sample,
+        fix=fix,
+    )
+
+
+def _check_orientation(stats: Mapping[str, float], others: Mapping[str, Mapping[str, float]],
+                       img_name: str, margin: float, min_contrast: float, file: Any,
+                       sample: str | None) -> None:
+    """Refuse the given orientation when another one puts clearly more spots on tissue."""
+    best = max(others, key=lambda n: others[n]["separation"])
+    alt = others[best]
+    if not (alt["contrast"] >= min_contrast and alt["separation"] > stats["separation"] + margin):
+        return
+    numbers = (
+        f"{100 * stats['tissue_share_in']:.0f}% of in-tissue spots lie on tissue as given "
+        f"(tissue separation {stats['separation']:.2f}) but "
+        f"{100 * alt['tissue_share_in']:.0f}% (separation {alt['separation']:.2f}) with "
+        f"the coordinates placed as if it were so (image '{img_name}')"
+    )
+    if max(alt["separation"], stats["separation"]) < POOR_FIT_SEPARATION:
+        # no orientation fits well: more likely another section's image than a flip
+        raise GeometryError(
+            f"the image fits the spot coordinates poorly in every orientation: it is "
+            f"probably the image of another section (or {ORIENTATIONS[best][1]}): " + numbers,
+            file=file,
+            sample=sample,
+            fix="give the image the coordinates were aligned to; if it is this "
+            f"section's image, {ORIENTATIONS[best][2].split(' (or ')[0]}",
+        )
+    raise GeometryError(f"{ORIENTATIONS[best][1]}: " + numbers, file=file, sample=sample,
+                        fix=ORIENTATIONS[best][2])
+
+
 def check_bounds(
     image: SlideImage,
     xy_in_tissue: Any,
@@ -748,21 +876,7 @@ def check_bounds(
     def inside(xy: np.ndarray) -> np.ndarray:
         return (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
 
-    if len(xy_in) == 0:
-        raise GeometryError(
-            "no in-tissue spots to check",
-            file=file,
-            sample=sample,
-            fix="check the in_tissue / selected column of the positions file",
-        )
-    if not np.isfinite(xy_in).all():
-        raise GeometryError(
-            f"{int((~np.isfinite(xy_in).all(axis=1)).sum())} in-tissue spots have no finite "
-            "pixel coordinates",
-            file=file,
-            sample=sample,
-            fix="give the coordinate file the alignment software wrote (no NaN / inf)",
-        )
+    _check_spots_given(xy_in, file, sample)
 
     def placed(name: str, xy: np.ndarray | None) -> np.ndarray | None:
         if xy is None:
@@ -780,14 +894,7 @@ def check_bounds(
     }
     xy_off_all = xy_off
     if xy_off is not None and len(xy_off) and id_fits:
-        # Off-tissue positions near the tissue (within REFERENCE_BAND pitches of an in-tissue
-        # spot) tell orientations apart; those far away are glass in every orientation.
-        from scipy.spatial import cKDTree
-
-        finite = xy_off[np.isfinite(xy_off).all(axis=1)]
-        dist, _ = cKDTree(xy_in).query(finite)
-        near = finite[dist <= REFERENCE_BAND * pitch]
-        xy_off = near if len(near) >= 5 else finite
+        xy_off = _near_reference(xy_in, xy_off, pitch)
     state: dict[str, Any] = {}
 
     def measure(name: str, wide: bool = False) -> dict[str, float]:
@@ -810,43 +917,8 @@ def check_bounds(
         )
 
     if not fits["identity"]:
-        ok = inside(xy_in)
-        n_out = int((~ok).sum())
-        ext_x, ext_y = float(xy_in[:, 0].max()), float(xy_in[:, 1].max())
-        swapped = [n for n in ORIENTATIONS if ORIENTATIONS[n][0] and fits[n]]
-        if swapped:
-            scores = {n: measure(n) for n in swapped}
-            order = sorted(swapped, key=lambda n: scores[n]["separation"], reverse=True)
-            best = order[0]
-            clear = len(order) == 1 or (
-                scores[best]["separation"] > scores[order[1]]["separation"] + margin
-            )
-            if clear and scores[best]["contrast"] >= min_contrast:
-                hint = (
-                    f"{ORIENTATIONS[best][1]} ({100 * scores[best]['tissue_share_in']:.0f}% of "
-                    "in-tissue spots land on tissue that way)"
-                )
-                fix = ORIENTATIONS[best][2]
-            else:
-                hint = "the coordinates look transposed (x and y swapped) or rotated by 90°"
-                fix = (
-                    "swap the x/y (pixel column/row) columns of the coordinate file, or rotate "
-                    "the image by 90° so that it matches the coordinates"
-                )
-        else:
-            hint = "the coordinates may be for the hires image or transposed"
-            fix = (
-                f"give the full-resolution image the coordinates refer to (they reach "
-                f"x={ext_x:.0f}, y={ext_y:.0f}); not tissue_hires_image.png / "
-                "tissue_lowres_image.png or another downscaled copy"
-            )
-        raise GeometryError(
-            f"{n_out} of {len(xy_in)} in-tissue spots lie outside the {w}x{h} image "
-            f"'{img_name}'; {hint}",
-            file=file,
-            sample=sample,
-            fix=fix,
-        )
+        raise _outside_error(xy_in, inside, fits, measure, (w, h), img_name, margin, min_contrast,
+                             file, sample)
 
     stats = measure("identity")
     stats["tissue_threshold"] = state["threshold"]
@@ -859,48 +931,8 @@ def check_bounds(
         stats[f"separation_{name}"] = others[name]["separation"] if name in others else float("nan")
     stats["separation_transposed"] = stats["separation_transpose"]
     if others and len(xy_in) >= ORIENTATION_MIN_SPOTS:
-        best = max(others, key=lambda n: others[n]["separation"])
-        alt = others[best]
-        if alt["contrast"] >= min_contrast and alt["separation"] > stats["separation"] + margin:
-            numbers = (
-                f"{100 * stats['tissue_share_in']:.0f}% of in-tissue spots lie on tissue as given "
-                f"(tissue separation {stats['separation']:.2f}) but "
-                f"{100 * alt['tissue_share_in']:.0f}% (separation {alt['separation']:.2f}) with "
-                f"the coordinates placed as if it were so (image '{img_name}')"
-            )
-            if max(alt["separation"], stats["separation"]) < POOR_FIT_SEPARATION:
-                # no orientation fits well: more likely another section's image than a flip
-                raise GeometryError(
-                    f"the image fits the spot coordinates poorly in every orientation: it is "
-                    f"probably the image of another section (or {ORIENTATIONS[best][1]}): "
-                    + numbers,
-                    file=file,
-                    sample=sample,
-                    fix="give the image the coordinates were aligned to; if it is this "
-                    f"section's image, {ORIENTATIONS[best][2].split(' (or ')[0]}",
-                )
-            raise GeometryError(
-                f"{ORIENTATIONS[best][1]}: " + numbers,
-                file=file,
-                sample=sample,
-                fix=ORIENTATIONS[best][2],
-            )
-    b_in, b_off, contrast = stats["brightness_in"], stats["brightness_off"], stats["contrast"]
-    if contrast < min_contrast:
-        # Tissue may surround the spots (larger than the capture area): then glass is found
-        # only farther away; compare with every off-tissue / background position as well.
-        wide = measure("identity", wide=True)
-        stats["contrast_wide"] = wide["contrast"]
-        if wide["contrast"] > contrast:
-            b_off, contrast = wide["brightness_off"], wide["contrast"]
-    if contrast < min_contrast:
-        raise GeometryError(
-            f"in-tissue spots are not darker than off-tissue ones (median brightness "
-            f"{b_in:.3f} vs {b_off:.3f}, needs a difference >= {min_contrast}) in image "
-            f"'{img_name}'; the coordinates may be transposed, flipped or for another image",
-            file=file,
-            sample=sample,
-            fix="check that the image is the one the coordinates were aligned to and that x is "
-            "the image column; set bounds_check: false only if the image is known to be unusual",
-        )
+        _check_orientation(stats, others, img_name, margin, min_contrast, file, sample)
+    if stats["contrast"] < min_contrast:
+        _check_contrast(stats, measure("identity", wide=True), img_name, min_contrast, file,
+                        sample)
     return stats

@@ -515,6 +515,64 @@ def _check_matrix_in_tissue(
         )
 
 
+def _matrix_barcodes(adata: ad.AnnData, pos: pd.DataFrame, matrix_path: Path, pos_path: Path,
+                     sample_id: str) -> pd.Index:
+    """Repaired matrix barcodes; refuse duplicates and barcodes absent from the positions."""
+    barcodes = pd.Index(repair_barcodes(adata.obs_names))
+    if barcodes.duplicated().any():
+        dup = barcodes[barcodes.duplicated()]
+        raise InputError(
+            f"{len(dup)} duplicate barcode(s) in the count matrix (e.g. {_examples(dup)})",
+            file=matrix_path,
+            sample=sample_id,
+            fix="give the matrix Space Ranger wrote, one column per barcode",
+        )
+    pos_idx = pd.Index(pos["barcode"])
+    absent = barcodes[~barcodes.isin(pos_idx)]
+    if len(absent):
+        raise InputError(
+            f"{len(absent)} of {len(barcodes)} matrix barcodes are absent from the positions file "
+            f"'{pos_path}' (e.g. {_examples(absent)}; positions hold e.g. "
+            f"{_examples(pos_idx)})",
+            file=matrix_path,
+            sample=sample_id,
+            fix="use the matrix and spatial/ folder of the same Space Ranger run",
+        )
+    return barcodes
+
+
+def _section_matrix(adata: ad.AnnData, barcodes: pd.Index, matrix_path: Path,
+                    sample_id: str) -> ad.AnnData:
+    """Build the float32 CSR matrix with unique gene names and the section's var columns."""
+    var = adata.var
+    gene_ids = (
+        var["gene_ids"].astype(str).to_numpy()
+        if "gene_ids" in var
+        else np.asarray(adata.var_names, dtype=str)
+    )
+    ftypes = (
+        var["feature_types"].astype(str).to_numpy()
+        if "feature_types" in var
+        else np.full(adata.n_vars, "Gene Expression")
+    )
+    names, shared = _unique_gene_names(
+        [str(v) for v in adata.var_names], gene_ids, matrix_path, sample_id, "features"
+    )
+    return ad.AnnData(
+        X=_csr_float32(adata.X),
+        obs=pd.DataFrame(index=pd.Index(barcodes.astype(str), name=None)),
+        var=pd.DataFrame(
+            {
+                "gene_ids": gene_ids.astype(str),
+                "feature_types": ftypes.astype(str),
+                "ambiguous": np.zeros(len(names), dtype=bool),
+                "duplicate_symbol": shared,
+            },
+            index=names,
+        ),
+    )
+
+
 def read_visium(
     outs_dir: PathLike,
     sample_id: str,
@@ -597,60 +655,14 @@ def read_visium(
     scalefactors = _read_scalefactors(sf_path, sample_id)
 
     # --- matrix barcodes vs positions
-    barcodes = pd.Index(repair_barcodes(adata.obs_names))
-    if barcodes.duplicated().any():
-        dup = barcodes[barcodes.duplicated()]
-        raise InputError(
-            f"{len(dup)} duplicate barcode(s) in the count matrix (e.g. {_examples(dup)})",
-            file=matrix_path,
-            sample=sample_id,
-            fix="give the matrix Space Ranger wrote, one column per barcode",
-        )
-    pos_idx = pd.Index(pos["barcode"])
-    absent = barcodes[~barcodes.isin(pos_idx)]
-    if len(absent):
-        raise InputError(
-            f"{len(absent)} of {len(barcodes)} matrix barcodes are absent from the positions file "
-            f"'{pos_path}' (e.g. {_examples(absent)}; positions hold e.g. "
-            f"{_examples(pos_idx)})",
-            file=matrix_path,
-            sample=sample_id,
-            fix="use the matrix and spatial/ folder of the same Space Ranger run",
-        )
+    barcodes = _matrix_barcodes(adata, pos, matrix_path, pos_path, sample_id)
     adata.obs_names = barcodes
     p = pos.set_index("barcode").loc[barcodes]
     _check_matrix_in_tissue(barcodes, p["in_tissue"].to_numpy(bool), pos, matrix_path, pos_path,
                             sample_id)
 
     # --- var
-    var = adata.var
-    gene_ids = (
-        var["gene_ids"].astype(str).to_numpy()
-        if "gene_ids" in var
-        else np.asarray(adata.var_names, dtype=str)
-    )
-    ftypes = (
-        var["feature_types"].astype(str).to_numpy()
-        if "feature_types" in var
-        else np.full(adata.n_vars, "Gene Expression")
-    )
-    names, shared = _unique_gene_names(
-        [str(v) for v in adata.var_names], gene_ids, matrix_path, sample_id, "features"
-    )
-    new = ad.AnnData(
-        X=_csr_float32(adata.X),
-        obs=pd.DataFrame(index=pd.Index(barcodes.astype(str), name=None)),
-        var=pd.DataFrame(
-            {
-                "gene_ids": gene_ids.astype(str),
-                "feature_types": ftypes.astype(str),
-                "ambiguous": np.zeros(len(names), dtype=bool),
-                "duplicate_symbol": shared,
-            },
-            index=names,
-        ),
-    )
-    adata = new
+    adata = _section_matrix(adata, barcodes, matrix_path, sample_id)
 
     obs = adata.obs
     obs["sample_id"] = str(sample_id)

@@ -157,47 +157,63 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
         attributions of genes outside its panel.
     """
     samples = experiment_samples(exp, sheet)
+    _check_split(exp, sheet, samples)
+    _check_task(exp, sheet, samples)
+    _check_model(exp["model"], thorough)
+    _check_genes(exp, sheet, samples, gene_map, thorough)
+
+
+def _check_split(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]) -> None:
     split = exp["split"]
-    if split["scheme"] == "leave_one_patient_out":
-        patients = _patients(exp, sheet)
-        if len(patients) < 2:
-            raise ConfigError(
-                f"leave_one_patient_out needs at least 2 patients, but the experiment's sections "
-                f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
-                fix="add sections of other patients, or use split.scheme random_within_section or "
-                "spatial_blocks within this patient's sections")
-        if int(split["inner_folds"]) == 1:
-            raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
-                              fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
+    if split["scheme"] != "leave_one_patient_out":
+        return
+    patients = _patients(exp, sheet)
+    if len(patients) < 2:
+        raise ConfigError(
+            f"leave_one_patient_out needs at least 2 patients, but the experiment's sections "
+            f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
+            fix="add sections of other patients, or use split.scheme random_within_section or "
+            "spatial_blocks within this patient's sections")
+    if int(split["inner_folds"]) == 1:
+        raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
+                          fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
+
+
+def _check_task(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]) -> None:
     task = exp["task"]
     if task == "regression" and exp["train"]["loss"] == "cross_entropy":
         raise ConfigError("train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
                           fix="use train.loss mse or smoothl1, or set task: clusters")
-    if task == "clusters":
-        for s in samples:
-            row = sheet.loc[s]
-            if row["clusters"]:
-                continue
-            if row["platform"] == "st":
-                raise ConfigError(
-                    f"a clusters experiment uses the ST section '{s}', which has no clusters",
-                    sample=s,
-                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
-                    "out of the experiment (sections: {platform: visium})")
-            raw = Path(str(row["raw"]))
-            filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
-            if filled and not any((raw / c).is_file() for c in GRAPHCLUST_CLUSTERS):
-                raise ConfigError(
-                    f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
-                    f"clusters ({raw / GRAPHCLUST_CLUSTERS[-1]})",
-                    sample=s,
-                    fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
-    model = exp["model"]
+    if task != "clusters":
+        return
+    for s in samples:
+        row = sheet.loc[s]
+        if row["clusters"]:
+            continue
+        if row["platform"] == "st":
+            raise ConfigError(
+                f"a clusters experiment uses the ST section '{s}', which has no clusters",
+                sample=s,
+                fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
+                "out of the experiment (sections: {platform: visium})")
+        raw = Path(str(row["raw"]))
+        filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
+        if filled and not any((raw / c).is_file() for c in GRAPHCLUST_CLUSTERS):
+            raise ConfigError(
+                f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
+                f"clusters ({raw / GRAPHCLUST_CLUSTERS[-1]})",
+                sample=s,
+                fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
+
+
+def _check_model(model: Mapping[str, Any], thorough: bool) -> None:
     weights = str(model["weights"])
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
         raise ConfigError(f"model.weights names a file that does not exist: {weights}",
                           fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'")
-    if thorough and model["backbone"] != "tiny":
+    if not thorough:
+        return
+    if model["backbone"] != "tiny":
         import torchvision
 
         known = torchvision.models.list_models(module=torchvision.models)
@@ -210,52 +226,7 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
                 + (f" (did you mean {', '.join(close)}?)" if close else ""),
                 fix="use 'tiny' or a torchvision classification model name such as densenet121, "
                 "vgg16, resnet50")
-    genes = exp["targets"]["genes"]
-    if genes["mode"] == "panel":
-        from stpredict.learn.targets import load_panel
-
-        if not genes.get("panel"):
-            raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
-                              fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
-        panel = load_panel(genes["panel"])
-        ev = exp.get("evaluation", {}) or {}
-        shown = list((ev.get("maps", {}) or {}).get("genes", []) or [])
-        explained = (ev.get("attributions", {}) or {}).get("gene", "")
-        outside = [g for g in shown + ([explained] if explained else []) if g not in panel]
-        if outside:
-            raise ConfigError(
-                f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
-                f"the panel '{genes['panel']}' does not predict",
-                fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
-        if thorough:
-            names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
-            if names and all(n is not None for n in names):
-                known = set().union(*names)
-                missing = [g for g in panel if g not in known]
-                allow = bool(genes.get("allow_missing", False))
-                if missing and (not allow or len(missing) == len(panel)):
-                    raise ConfigError(
-                        f"{len(missing)} of the {len(panel)} genes of panel '{genes['panel']}' are measured "
-                        f"in none of the experiment's sections {samples}: {', '.join(missing[:10])}"
-                        + (" ..." if len(missing) > 10 else ""),
-                        fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
-                        "the panel, or set targets.genes.allow_missing: true to drop them")
-    elif thorough:  # genes chosen per fold: the evaluation's gene names must at least be measured
-        ev = exp.get("evaluation", {}) or {}
-        named = list((ev.get("maps", {}) or {}).get("genes", []) or [])
-        explained = (ev.get("attributions", {}) or {}).get("gene", "")
-        named += [explained] if explained else []
-        names = [section_gene_names(sheet.loc[s], gene_map) for s in samples] if named else []
-        if names and all(n is not None for n in names):
-            known = set().union(*names)
-            absent = [g for g in named if g not in known]
-            if absent:
-                raise ConfigError(
-                    f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(absent)}, "
-                    f"which none of the experiment's sections measures",
-                    fix="use the sections' gene names (ST files may use Ensembl ids: set "
-                    "reading.gene_map to map them to symbols), or leave the setting empty")
-    if thorough and str(model["weights"]).lower() == "imagenet":
+    if weights.lower() == "imagenet":
         from stpredict.errors import StpredictError
         from stpredict.learn.models import require_imagenet_weights
 
@@ -263,6 +234,63 @@ def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: s
             require_imagenet_weights(model["backbone"])
         except StpredictError as exc:
             raise ConfigError(exc.problem, fix=exc.fix) from None
+
+
+def _evaluation_genes(exp: Mapping[str, Any]) -> list[str]:
+    """Return the genes the evaluation names (maps, attributions)."""
+    ev = exp.get("evaluation", {}) or {}
+    named = list((ev.get("maps", {}) or {}).get("genes", []) or [])
+    explained = (ev.get("attributions", {}) or {}).get("gene", "")
+    return named + ([explained] if explained else [])
+
+
+def _measured_genes(sheet: pd.DataFrame, samples: list[str],
+                    gene_map: str | os.PathLike[str] | None) -> set[str] | None:
+    """Return every gene some section measures (``None`` while a section's files do not exist)."""
+    names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
+    if not names or any(n is None for n in names):
+        return None
+    return set().union(*names)
+
+
+def _check_genes(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str],
+                 gene_map: str | os.PathLike[str] | None, thorough: bool) -> None:
+    genes = exp["targets"]["genes"]
+    named = _evaluation_genes(exp)
+    if genes["mode"] != "panel":  # genes chosen per fold: the evaluation's must be measured
+        known = _measured_genes(sheet, samples, gene_map) if thorough and named else None
+        absent = [g for g in named if known is not None and g not in known]
+        if absent:
+            raise ConfigError(
+                f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(absent)}, "
+                f"which none of the experiment's sections measures",
+                fix="use the sections' gene names (ST files may use Ensembl ids: set "
+                "reading.gene_map to map them to symbols), or leave the setting empty")
+        return
+    from stpredict.learn.targets import load_panel
+
+    if not genes.get("panel"):
+        raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
+                          fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
+    panel = load_panel(genes["panel"])
+    outside = [g for g in named if g not in panel]
+    if outside:
+        raise ConfigError(
+            f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
+            f"the panel '{genes['panel']}' does not predict",
+            fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
+    known = _measured_genes(sheet, samples, gene_map) if thorough else None
+    if known is None:
+        return
+    missing = [g for g in panel if g not in known]
+    allow = bool(genes.get("allow_missing", False))
+    if missing and (not allow or len(missing) == len(panel)):
+        raise ConfigError(
+            f"{len(missing)} of the {len(panel)} genes of panel '{genes['panel']}' are measured "
+            f"in none of the experiment's sections {samples}: {', '.join(missing[:10])}"
+            + (" ..." if len(missing) > 10 else ""),
+            fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
+            "the panel, or set targets.genes.allow_missing: true to drop them")
 
 
 _SCHEMA = load_schema(CONFIG_SCHEMA)

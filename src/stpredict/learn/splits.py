@@ -251,6 +251,38 @@ def random_within_section(
     return _concat(frames)
 
 
+def _um_per_px(spots_df: pd.DataFrame, mpp: float | Mapping[str, float] | np.ndarray) -> np.ndarray:
+    """Per-spot µm/px from one number, a ``{sample_id: mpp}`` mapping or a per-spot array."""
+    if isinstance(mpp, Mapping):
+        um_per_px = spots_df["sample_id"].astype(str).map(
+            {str(k): float(v) for k, v in mpp.items()}
+        )
+        if um_per_px.isna().any():
+            missing = sorted(set(spots_df["sample_id"].astype(str)) - {str(k) for k in mpp})
+            raise InputError(f"mpp has no value for sample(s) {missing}")
+        return um_per_px.to_numpy(float)
+    return np.broadcast_to(np.asarray(mpp, dtype=float), (len(spots_df),)).copy()
+
+
+def _buffered(role: np.ndarray, pts_um: np.ndarray, buffer_um: float) -> np.ndarray:
+    """Mark training / validation spots within ``buffer_um`` of a held-out spot as ``buffer``.
+
+    Training and validation spots near a test spot, and training spots near a validation spot,
+    of one section (``pts_um``: its spots' positions in µm).
+    """
+    from scipy.spatial import cKDTree
+
+    r = role.copy()
+    for held, victims in (("test", ("train", "val")), ("val", ("train",))):
+        hmask = r == held
+        vmask = np.isin(r, victims)
+        if not hmask.any() or not vmask.any():
+            continue
+        dist, _ = cKDTree(pts_um[hmask]).query(pts_um[vmask], k=1)
+        r[np.flatnonzero(vmask)[dist < buffer_um]] = "buffer"
+    return r
+
+
 def spatial_blocks_within_section(
     spots_df: pd.DataFrame,
     xy: np.ndarray,
@@ -294,8 +326,6 @@ def spatial_blocks_within_section(
     pandas.DataFrame
         The manifest, ``scheme == "spatial_blocks"`` (buffered spots are absent from a fold).
     """
-    from scipy.spatial import cKDTree
-
     if n_folds < 2:
         raise ConfigError(f"n_folds must be at least 2, got {n_folds}")
     if block_um <= 0:
@@ -303,16 +333,7 @@ def spatial_blocks_within_section(
     xy = np.asarray(xy, dtype=float)
     if xy.shape != (len(spots_df), 2):
         raise InputError(f"xy must have shape ({len(spots_df)}, 2), got {xy.shape}")
-    if isinstance(mpp, Mapping):
-        um_per_px = spots_df["sample_id"].astype(str).map(
-            {str(k): float(v) for k, v in mpp.items()}
-        )
-        if um_per_px.isna().any():
-            missing = sorted(set(spots_df["sample_id"].astype(str)) - {str(k) for k in mpp})
-            raise InputError(f"mpp has no value for sample(s) {missing}")
-        um_per_px = um_per_px.to_numpy(float)
-    else:
-        um_per_px = np.broadcast_to(np.asarray(mpp, dtype=float), (len(spots_df),)).copy()
+    um_per_px = _um_per_px(spots_df, mpp)
     df = _spots(spots_df)
     um = xy[df["_pos"].to_numpy()] * um_per_px[df["_pos"].to_numpy()][:, None]
     fold_of = np.empty(len(df), dtype=int)
@@ -346,17 +367,7 @@ def spatial_blocks_within_section(
         role = np.where(is_test, "test", np.where(is_val_block[k], "val", "train")).astype(object)
         if buffer_um > 0:
             for idx in sections.values():
-                r = role[idx]
-                pts = um[idx]
-                for held, victims in (("test", ("train", "val")), ("val", ("train",))):
-                    hmask = r == held
-                    vmask = np.isin(r, victims)
-                    if not hmask.any() or not vmask.any():
-                        continue
-                    dist, _ = cKDTree(pts[hmask]).query(pts[vmask], k=1)
-                    drop = np.flatnonzero(vmask)[dist < buffer_um]
-                    r[drop] = "buffer"
-                role[idx] = r
+                role[idx] = _buffered(role[idx], um[idx], buffer_um)
             n_dropped += int((role == "buffer").sum())
         frames.append(_frame(df, role, str(k), "spatial_blocks", k))
     if buffer_um > 0:

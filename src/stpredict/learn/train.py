@@ -923,29 +923,7 @@ def train(
     precision = resolve_precision(cfg.precision, dev)
     channels_last = cuda and cfg.channels_last
     classify = cfg.loss == "cross_entropy"
-
-    # ---- outputs and data checks
-    if len(train_ds) == 0:
-        raise InputError("the training set is empty")
-    if classify:
-        if train_ds.labels is None:
-            raise InputError("cross_entropy needs a training set with labels")
-        n_outputs = len(classes) if classes is not None else int(train_ds.labels.max()) + 1
-        for name, ds in (("training", train_ds), ("validation", val_ds)):
-            if ds is not None and (ds.labels is None or (len(ds) and ds.labels.max() >= n_outputs)):
-                raise InputError(f"{name} labels must be codes 0..{n_outputs - 1}",
-                                 fix="encode the labels with encode_labels")
-    else:
-        if train_ds.targets is None:
-            raise InputError(f"loss '{cfg.loss}' needs a training set with targets")
-        n_outputs = train_ds.n_targets
-        if val_ds is not None and val_ds.n_targets != n_outputs:
-            raise InputError(f"validation has {val_ds.n_targets} targets, training {n_outputs}")
-    if genes is not None and not classify and len(genes) != n_outputs:
-        raise InputError(f"{len(genes)} gene names for {n_outputs} targets")
-    if val_ds is not None and len(val_ds) == 0:
-        log.warning("the validation set is empty: training without validation")
-        val_ds = None
+    n_outputs, val_ds = _check_datasets(cfg, train_ds, val_ds, genes, classes)
 
     # ---- model, optimiser, loss
     head_bias = None
@@ -953,59 +931,19 @@ def train(
         head_bias = train_ds.targets.mean(0)  # type: ignore[union-attr]
 
     def fresh() -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
-        seed_everything(cfg.seed)
-        m = build_model(cfg.backbone, n_outputs, weights=cfg.weights, head_init=cfg.head_init,
-                        head_bias=head_bias, tiny_width=cfg.tiny_width).to(dev)
-        if channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        if cfg.optimiser == "sgd":
-            o: torch.optim.Optimizer = torch.optim.SGD(
-                m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            o = torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sc = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
-        return m, o, sc
+        return _fresh_model(cfg, n_outputs, head_bias, dev, precision, channels_last)
 
-    model, opt, scaler = fresh()
     aug = make_augment(cfg.augmentation)
     aug_gen = torch.Generator()
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
     # ---- state, possibly resumed
-    state: dict[str, Any] = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0,
-                             "bad_epochs": 0, "stopped": False, "history": []}
     signature = _signature(cfg, precision, n_outputs, train_ds, val_ds, genes, classes,
                            target_transform, data_signature)
     sig_digest = _json_digest(signature)
-    ck = None
-    if resume:
-        ck = _load_checkpoint(ckpt_path, best_path, signature, cfg)
-    elif ckpt_path.exists():
-        log.info("resume=False: ignoring the existing %s", ckpt_path)
-    if ck is not None:
-        try:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            if scaler is not None:
-                scaler.load_state_dict(ck["scaler"])
-            _set_rng_state(ck["rng"], {"loader": loader_gen, "augment": aug_gen})
-            state = {k: ck[k] for k in state}
-            if state["best_epoch"] and state["best_epoch"] == state["epoch"]:
-                _save_best(model, state["epoch"], sig_digest, best_path)  # may not be written
-            log.info("resuming %s from epoch %d", out, state["epoch"])
-        except Exception as exc:  # noqa: BLE001 - an inconsistent checkpoint: start afresh
-            log.warning("%s: cannot restore the checkpoint (%s: %s): starting afresh", ckpt_path,
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            ck = None
-            model, opt, scaler = fresh()
-            loader_gen.manual_seed(cfg.seed)
-            state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-                     "stopped": False, "history": []}
-    if ck is None:  # leftovers of another run must not be taken for this one's
-        stale = [p for p in (ckpt_path, best_path, model_path) if p.exists()]
-        if stale:
-            log.info("%s: starting afresh, removing %s", out, ", ".join(p.name for p in stale))
-        _remove(ckpt_path, best_path, model_path)
+    model, opt, scaler, state = _resume_or_start(
+        fresh, cfg, resume, out, (ckpt_path, best_path, model_path), signature, sig_digest,
+        {"loader": loader_gen, "augment": aug_gen})
     resumed_from = int(state["epoch"])
 
     n = len(train_ds)
@@ -1030,33 +968,13 @@ def train(
         seed_everything(eseed)
         aug_gen.manual_seed(eseed + 1)
         sampler.set_epoch(epoch)
-        model.train()
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=dev, dtype=acc_dtype)
-        seen = 0
-        for xb, yb in _batches(train_loader, dev, f"epoch {epoch}/{cfg.epochs}"):
-            x = _prepare(xb, model, aug, aug_gen, channels_last)
-            with autocast_context(dev, precision):
-                pred = model(x)  # the head runs in fp32 inside
-            per_spot = per_spot_loss(pred, yb, cfg.loss)  # fp32
-            loss = per_spot.sum() if cfg.loss_reduction == "stnet" else per_spot.mean()
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            loss_sum += per_spot.detach().sum().to(acc_dtype)
-            seen += len(xb)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        train_secs = time.perf_counter() - t0
-        train_loss = float(loss_sum) / max(seen, 1)
+        train_loss, seen, train_secs = _train_epoch(
+            model, train_loader, opt, scaler, cfg, dev, precision, channels_last, aug, aug_gen,
+            acc_dtype, f"epoch {epoch}/{cfg.epochs}")
         if not math.isfinite(train_loss):
             raise ConfigError(f"the training loss became {train_loss} in epoch {epoch}",
-                                 fix="lower lr, check the targets, or set train.precision: fp32")
+                              fix="lower lr, check the targets, or set train.precision: fp32")
         val = {"val_loss": math.nan, "val_sse": math.nan, "val_n": 0,
                "val_pearson_mean": math.nan, "val_accuracy": math.nan}
         improved = False
@@ -1098,16 +1016,8 @@ def train(
     # ---- final weights
     if not state["history"]:
         raise InputError("no epoch was trained", file=ckpt_path)
-    if val_loader is not None and state["best_epoch"] > 0:
-        best = torch.load(best_path, weights_only=True, map_location="cpu")
-        if int(best["epoch"]) != int(state["best_epoch"]) or best["signature"] != sig_digest:
-            raise InputError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
-                                 f"{state['best_epoch']}", file=best_path,
-                                 fix="delete checkpoint.pt and best.pt to retrain")
-        weights, chosen, selection = best["state_dict"], state["best_epoch"], "best_val_loss"
-    else:
-        weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        chosen, selection = state["epoch"], "last_epoch"
+    weights, chosen, selection = _final_weights(model, state, val_loader is not None, best_path,
+                                                sig_digest)
     meta = {
         "state_dict": weights,
         "backbone": cfg.backbone,
@@ -1144,3 +1054,144 @@ def train(
         "model": str(model_path),
         "history": str(hist_path),
     }
+
+
+def _check_datasets(cfg: TrainConfig, train_ds: PatchDataset, val_ds: PatchDataset | None,
+                    genes: Sequence[str] | None, classes: Sequence[Any] | None
+                    ) -> tuple[int, PatchDataset | None]:
+    """Return the number of outputs and the validation set (``None`` when empty); refuse unfit data."""
+    classify = cfg.loss == "cross_entropy"
+    if len(train_ds) == 0:
+        raise InputError("the training set is empty")
+    if classify:
+        if train_ds.labels is None:
+            raise InputError("cross_entropy needs a training set with labels")
+        n_outputs = len(classes) if classes is not None else int(train_ds.labels.max()) + 1
+        for name, ds in (("training", train_ds), ("validation", val_ds)):
+            if ds is not None and (ds.labels is None or (len(ds) and ds.labels.max() >= n_outputs)):
+                raise InputError(f"{name} labels must be codes 0..{n_outputs - 1}",
+                                 fix="encode the labels with encode_labels")
+    else:
+        if train_ds.targets is None:
+            raise InputError(f"loss '{cfg.loss}' needs a training set with targets")
+        n_outputs = train_ds.n_targets
+        if val_ds is not None and val_ds.n_targets != n_outputs:
+            raise InputError(f"validation has {val_ds.n_targets} targets, training {n_outputs}")
+    if genes is not None and not classify and len(genes) != n_outputs:
+        raise InputError(f"{len(genes)} gene names for {n_outputs} targets")
+    if val_ds is not None and len(val_ds) == 0:
+        log.warning("the validation set is empty: training without validation")
+        val_ds = None
+    return n_outputs, val_ds
+
+
+def _fresh_model(cfg: TrainConfig, n_outputs: int, head_bias: np.ndarray | None,
+                 dev: torch.device, precision: str, channels_last: bool
+                 ) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
+    """Build a freshly initialised model (seeded), its optimiser and, for fp16, a GradScaler."""
+    seed_everything(cfg.seed)
+    m = build_model(cfg.backbone, n_outputs, weights=cfg.weights, head_init=cfg.head_init,
+                    head_bias=head_bias, tiny_width=cfg.tiny_width).to(dev)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)
+    if cfg.optimiser == "sgd":
+        o: torch.optim.Optimizer = torch.optim.SGD(
+            m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        o = torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sc = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
+    return m, o, sc
+
+
+def _fresh_state() -> dict[str, Any]:
+    return {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
+            "stopped": False, "history": []}
+
+
+def _resume_or_start(
+    fresh: Callable[[], tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]],
+    cfg: TrainConfig, resume: bool, out: Path, paths: tuple[Path, Path, Path],
+    signature: dict[str, Any], sig_digest: str, gens: dict[str, torch.Generator],
+) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None, dict[str, Any]]:
+    """Return model, optimiser, scaler and loop state: resumed from a matching checkpoint, else fresh.
+
+    A fresh start removes the leftovers of another run (checkpoint, best weights, model), so they
+    can never be taken for this run's.
+    """
+    ckpt_path, best_path, model_path = paths
+    model, opt, scaler = fresh()
+    state = _fresh_state()
+    ck = None
+    if resume:
+        ck = _load_checkpoint(ckpt_path, best_path, signature, cfg)
+    elif ckpt_path.exists():
+        log.info("resume=False: ignoring the existing %s", ckpt_path)
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            if scaler is not None:
+                scaler.load_state_dict(ck["scaler"])
+            _set_rng_state(ck["rng"], gens)
+            state = {k: ck[k] for k in state}
+            if state["best_epoch"] and state["best_epoch"] == state["epoch"]:
+                _save_best(model, state["epoch"], sig_digest, best_path)  # may not be written
+            log.info("resuming %s from epoch %d", out, state["epoch"])
+        except Exception as exc:  # noqa: BLE001 - an inconsistent checkpoint: start afresh
+            log.warning("%s: cannot restore the checkpoint (%s: %s): starting afresh", ckpt_path,
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            ck = None
+            model, opt, scaler = fresh()
+            gens["loader"].manual_seed(cfg.seed)
+            state = _fresh_state()
+    if ck is None:  # leftovers of another run must not be taken for this one's
+        stale = [p for p in (ckpt_path, best_path, model_path) if p.exists()]
+        if stale:
+            log.info("%s: starting afresh, removing %s", out, ", ".join(p.name for p in stale))
+        _remove(ckpt_path, best_path, model_path)
+    return model, opt, scaler, state
+
+
+def _train_epoch(model: PatchModel, loader: DataLoader, opt: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler | None, cfg: TrainConfig, dev: torch.device,
+                 precision: str, channels_last: bool, aug: nn.Module | None,
+                 aug_gen: torch.Generator, acc_dtype: torch.dtype, desc: str
+                 ) -> tuple[float, int, float]:
+    """Run one pass over the training loader; return the mean per-spot loss, spots seen, seconds."""
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=dev, dtype=acc_dtype)
+    seen = 0
+    for xb, yb in _batches(loader, dev, desc):
+        x = _prepare(xb, model, aug, aug_gen, channels_last)
+        with autocast_context(dev, precision):
+            pred = model(x)  # the head runs in fp32 inside
+        per_spot = per_spot_loss(pred, yb, cfg.loss)  # fp32
+        loss = per_spot.sum() if cfg.loss_reduction == "stnet" else per_spot.mean()
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        loss_sum += per_spot.detach().sum().to(acc_dtype)
+        seen += len(xb)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return float(loss_sum) / max(seen, 1), seen, time.perf_counter() - t0
+
+
+def _final_weights(model: PatchModel, state: dict[str, Any], validated: bool, best_path: Path,
+                   sig_digest: str) -> tuple[dict[str, torch.Tensor], int, str]:
+    """Return the weights model.pt keeps: the best validation epoch's, else the last epoch's."""
+    if validated and state["best_epoch"] > 0:
+        best = torch.load(best_path, weights_only=True, map_location="cpu")
+        if int(best["epoch"]) != int(state["best_epoch"]) or best["signature"] != sig_digest:
+            raise InputError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
+                             f"{state['best_epoch']}", file=best_path,
+                             fix="delete checkpoint.pt and best.pt to retrain")
+        return best["state_dict"], int(state["best_epoch"]), "best_val_loss"
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    return weights, int(state["epoch"]), "last_epoch"

@@ -23,6 +23,47 @@ from stpredict.vocab import ANNOTATION_LABELS, NORMAL, TUMOR, UNANNOTATED
 __all__ = ["plot_umap", "plot_ig_overlays"]
 
 
+def _draw_insets(fig: Any, gs: Any, ax: Any, patches: np.ndarray, pts: np.ndarray,
+                 valid: np.ndarray, lab_ex: np.ndarray, kinds: list[str]) -> None:
+    """Draw example patches beside the UMAP, framed in their annotation's colour, with arrows.
+
+    ``pts``: the examples' UMAP positions (``valid``: those that index a point); ``lab_ex``:
+    their annotations; ``kinds``: captions.
+    """
+    ex_n = len(pts)
+    # two leftmost examples on the left, the others on the right; top/bottom by y
+    xs = np.where(valid, pts[:, 0], np.inf)
+    by_x = np.argsort(xs, kind="stable")
+    n_left = min(2, ex_n // 2 if ex_n > 1 else 1)
+    sides = {int(j): (0 if r < n_left else 2) for r, j in enumerate(by_x)}
+    slots: dict[tuple[int, int], int] = {}
+    for col in (0, 2):
+        members = [j for j, c in sides.items() if c == col]
+        members.sort(key=lambda j: -pts[j, 1] if valid[j] else 0.0)  # high y on top
+        for row, j in enumerate(members[:2]):
+            slots[(row, col)] = j
+    for (row, col), j in slots.items():
+        axi = fig.add_subplot(gs[row, col])
+        if j < len(patches):
+            axi.imshow(np.asarray(patches[j]))
+        axi.set_xticks([])
+        axi.set_yticks([])
+        colour = _ANNOTATION.get(lab_ex[j] if valid[j] else "", _ANNOTATION[""])[1]
+        for side in axi.spines.values():
+            side.set_visible(True)
+            side.set_edgecolor(colour)
+            side.set_linewidth(2.0)
+        axi.set_title(kinds[j], fontsize=9)
+        axi.set_aspect("equal")
+        if valid[j]:
+            xa = 1.0 if col == 0 else 0.0
+            con = ConnectionPatch(xyA=(xa, 0.5), coordsA=axi.transAxes,
+                                  xyB=tuple(pts[j]), coordsB=ax.transData,
+                                  color="black", lw=0.8, alpha=0.7,
+                                  arrowstyle="-|>", mutation_scale=8, shrinkB=4)
+            fig.add_artist(con)
+
+
 # --------------------------------------------------------------------------- UMAP
 @_styled
 def plot_umap(
@@ -95,37 +136,8 @@ def plot_umap(
                    linewidths=1.4, zorder=5)
         kinds = ex["kind"].astype(str).tolist() if "kind" in ex else [""] * len(ex)
         if has_insets:
-            # two leftmost examples on the left, the others on the right; top/bottom by y
-            xs = np.where(valid, pts[:, 0], np.inf)
-            by_x = np.argsort(xs, kind="stable")
-            n_left = min(2, len(ex) // 2 if len(ex) > 1 else 1)
-            sides = {int(j): (0 if r < n_left else 2) for r, j in enumerate(by_x)}
-            slots: dict[tuple[int, int], int] = {}
-            for col in (0, 2):
-                members = [j for j, c in sides.items() if c == col]
-                members.sort(key=lambda j: -pts[j, 1] if valid[j] else 0.0)  # high y on top
-                for row, j in enumerate(members[:2]):
-                    slots[(row, col)] = j
-            for (row, col), j in slots.items():
-                axi = fig.add_subplot(gs[row, col])
-                if j < len(patches):
-                    axi.imshow(np.asarray(patches[j]))
-                axi.set_xticks([])
-                axi.set_yticks([])
-                colour = _ANNOTATION.get(lab[idx[j]] if valid[j] else "", _ANNOTATION[""])[1]
-                for side in axi.spines.values():
-                    side.set_visible(True)
-                    side.set_edgecolor(colour)
-                    side.set_linewidth(2.0)
-                axi.set_title(kinds[j], fontsize=9)
-                axi.set_aspect("equal")
-                if valid[j]:
-                    xa = 1.0 if col == 0 else 0.0
-                    con = ConnectionPatch(xyA=(xa, 0.5), coordsA=axi.transAxes,
-                                          xyB=tuple(pts[j]), coordsB=ax.transData,
-                                          color="black", lw=0.8, alpha=0.7,
-                                          arrowstyle="-|>", mutation_scale=8, shrinkB=4)
-                    fig.add_artist(con)
+            lab_ex = np.asarray([lab[i] if ok else "" for i, ok in zip(idx, valid, strict=True)], dtype=object)
+            _draw_insets(fig, gs, ax, patches, pts, valid, lab_ex, kinds)
         else:
             for j in np.flatnonzero(valid):
                 ax.annotate(kinds[j], pts[j], xytext=(6, 6), textcoords="offset points",
