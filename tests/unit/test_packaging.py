@@ -25,12 +25,28 @@ def test_every_dependency_has_a_lower_bound():
         assert ">=" in req, f"{req} has no lower bound"
 
 
-def test_ruff_is_clean():
+LINTED = ["src", "tests", "workflow/scripts", "benchmarks"]
+
+
+def _ruff(*args):
     import subprocess
     import sys
 
-    proc = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "src", "tests", "workflow/scripts", "benchmarks"],
-        cwd=REPO, capture_output=True, text=True,
+    return subprocess.run(
+        [sys.executable, "-m", "ruff", *args, *LINTED], cwd=REPO, capture_output=True, text=True
     )
+
+
+def test_ruff_lint_is_clean_including_the_complexity_limit():
+    py = tomllib.loads((REPO / "pyproject.toml").read_text())
+    lint = py["tool"]["ruff"]["lint"]
+    assert "C90" in lint["select"] and lint["mccabe"]["max-complexity"] <= 15
+    proc = _ruff("check")
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+def test_code_is_ruff_formatted():
+    proc = _ruff("format", "--check")
+    assert proc.returncode == 0, (
+        "run `ruff format " + " ".join(LINTED) + "`:\n" + proc.stdout[-3000:]
+    )
