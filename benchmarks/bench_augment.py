@@ -63,14 +63,24 @@ def main() -> None:
         cuda = dev.type == "cuda"
         name = torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine()
         for size in args.sizes:
-            x = torch.rand(args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dev)
+            x = torch.rand(
+                args.batch, 3, size, size, generator=torch.Generator().manual_seed(1)
+            ).to(dev)
             for setting in args.settings:
                 r = rate(setting, x, args.reps * (10 if cuda else 1))
-                rows.append({"machine": machine, "device": dev.type, "device_name": name,
-                             "augmentation": setting, "size_px": size, "batch": args.batch,
-                             "torch_threads": torch.get_num_threads(),
-                             "images_per_s": round(r, 1),
-                             "ms_per_batch": round(1000 * args.batch / r, 2)})
+                rows.append(
+                    {
+                        "machine": machine,
+                        "device": dev.type,
+                        "device_name": name,
+                        "augmentation": setting,
+                        "size_px": size,
+                        "batch": args.batch,
+                        "torch_threads": torch.get_num_threads(),
+                        "images_per_s": round(r, 1),
+                        "ms_per_batch": round(1000 * args.batch / r, 2),
+                    }
+                )
                 print("\t".join(str(v) for v in rows[-1].values()), flush=True)
     df = pd.DataFrame(rows)
     out = Path(args.out)

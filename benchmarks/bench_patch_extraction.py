@@ -91,8 +91,9 @@ def seed_per_spot(path: Path, xy: np.ndarray, out: Path, reopen: bool) -> float:
 def ours(path: Path, xy: np.ndarray, out: Path) -> float:
     image = SlideImage(path, sample=path.stem)
     t0 = time.perf_counter()
-    extract_patches(image, xy, SPEC, MPP, out / "p.npy", out / "p.tsv", out / "p.json",
-                    progress=False)
+    extract_patches(
+        image, xy, SPEC, MPP, out / "p.npy", out / "p.tsv", out / "p.json", progress=False
+    )
     dt = time.perf_counter() - t0
     image.close()
     return dt
@@ -104,8 +105,11 @@ def main() -> None:
     ap.add_argument("--n-spots", type=int, default=3000)
     ap.add_argument("--n-seed", type=int, default=12, help="spots timed for (a) (full decode each)")
     ap.add_argument("--n-once", type=int, default=600, help="spots timed for (a')")
-    ap.add_argument("--out", type=Path,
-                    default=Path(__file__).resolve().parent / "results" / "patch_extraction.tsv")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results" / "patch_extraction.tsv",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -115,30 +119,57 @@ def main() -> None:
         img = make_image(args.size)
         jpg, tif = tmp / "slide.jpg", tmp / "slide.tif"
         Image.fromarray(img).save(jpg, quality=90)
-        tifffile.imwrite(tif, img, tile=(512, 512), photometric="rgb", compression="jpeg",
-                         compressionargs={"level": 90})
+        tifffile.imwrite(
+            tif,
+            img,
+            tile=(512, 512),
+            photometric="rgb",
+            compression="jpeg",
+            compressionargs={"level": 90},
+        )
         del img
-        print(f"test image {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s "
-              f"(jpeg {jpg.stat().st_size / 2**20:.0f} MiB, tiled tiff {tif.stat().st_size / 2**20:.0f} MiB)")
+        print(
+            f"test image {args.size}x{args.size} written in {time.perf_counter() - t0:.1f} s "
+            f"(jpeg {jpg.stat().st_size / 2**20:.0f} MiB, tiled tiff {tif.stat().st_size / 2**20:.0f} MiB)"
+        )
         xy = hex_centres(args.size, args.n_spots)
         n = len(xy)
         rows = []
 
         def add(method: str, image: str, k: int, sec: float) -> None:
-            rows.append({"method": method, "image": image, "n_patches": k, "seconds": round(sec, 3),
-                         "patches_per_s": round(k / sec, 2)})
-            print(f"{method:<46s} {image:<10s} {k:5d} patches {sec:8.2f} s {k / sec:9.1f} patches/s")
+            rows.append(
+                {
+                    "method": method,
+                    "image": image,
+                    "n_patches": k,
+                    "seconds": round(sec, 3),
+                    "patches_per_s": round(k / sec, 2),
+                }
+            )
+            print(
+                f"{method:<46s} {image:<10s} {k:5d} patches {sec:8.2f} s {k / sec:9.1f} patches/s"
+            )
 
         t0 = time.perf_counter()
         import torch  # noqa: F401  (one-off per process; excluded from (b), reported here)
 
-        print(f"import torch (once per process, not in the (b) times): {time.perf_counter() - t0:.1f} s")
+        print(
+            f"import torch (once per process, not in the (b) times): {time.perf_counter() - t0:.1f} s"
+        )
         sub = xy[np.linspace(0, n - 1, args.n_seed).astype(int)]
-        add("(a) seed: per-spot open+crop+resize+PNG", "jpeg", len(sub),
-            seed_per_spot(jpg, sub, tmp / "seed_a", reopen=True))
+        add(
+            "(a) seed: per-spot open+crop+resize+PNG",
+            "jpeg",
+            len(sub),
+            seed_per_spot(jpg, sub, tmp / "seed_a", reopen=True),
+        )
         sub = xy[np.linspace(0, n - 1, min(args.n_once, n)).astype(int)]
-        add("(a') per-spot crop+resize+PNG, decoded once", "jpeg", len(sub),
-            seed_per_spot(jpg, sub, tmp / "seed_b", reopen=False))
+        add(
+            "(a') per-spot crop+resize+PNG, decoded once",
+            "jpeg",
+            len(sub),
+            seed_per_spot(jpg, sub, tmp / "seed_b", reopen=False),
+        )
         add("(b) stpredict extract_patches", "jpeg", n, ours(jpg, xy, tmp / "ours_jpg"))
         add("(b) stpredict extract_patches", "tiled tiff", n, ours(tif, xy, tmp / "ours_tif"))
 
@@ -151,8 +182,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out, sep="\t", index=False)
     print()
-    print(df[["method", "image", "patches_per_s", "speedup_vs_a", "speedup_vs_a_prime"]]
-          .to_string(index=False))
+    print(
+        df[["method", "image", "patches_per_s", "speedup_vs_a", "speedup_vs_a_prime"]].to_string(
+            index=False
+        )
+    )
     print(f"\nwrote {args.out}")
 
 

@@ -32,7 +32,9 @@ def main() -> None:
     ap.add_argument("--backbone", default="densenet121")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5, help="timed optimiser steps (after 2 warm-up steps)")
+    ap.add_argument(
+        "--steps", type=int, default=5, help="timed optimiser steps (after 2 warm-up steps)"
+    )
     ap.add_argument("--patches", type=int, default=2048, help="patches in the synthetic store")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/training.tsv")
@@ -43,13 +45,24 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp) / "spots.npy"
-        arr = np.lib.format.open_memmap(store, mode="w+", dtype=np.uint8, shape=(args.patches, args.size, args.size, 3))
+        arr = np.lib.format.open_memmap(
+            store, mode="w+", dtype=np.uint8, shape=(args.patches, args.size, args.size, 3)
+        )
         arr[:] = np.random.default_rng(0).integers(0, 255, arr.shape, dtype=np.uint8)
         arr.flush()
         del arr
-        ds = PatchDataset([store], [np.arange(args.patches)], targets=np.zeros((args.patches, 250), np.float32))
-        loader = DataLoader(ds, batch_size=args.batch, shuffle=True, num_workers=args.workers, pin_memory=cuda,
-                            persistent_workers=args.workers > 0, drop_last=True)
+        ds = PatchDataset(
+            [store], [np.arange(args.patches)], targets=np.zeros((args.patches, 250), np.float32)
+        )
+        loader = DataLoader(
+            ds,
+            batch_size=args.batch,
+            shuffle=True,
+            num_workers=args.workers,
+            pin_memory=cuda,
+            persistent_workers=args.workers > 0,
+            drop_last=True,
+        )
 
         # loader alone: to the device and to float, as in training
         n, t0 = 0, time.perf_counter()
@@ -91,10 +104,18 @@ def main() -> None:
         model_rate = args.steps * args.batch / (time.perf_counter() - t0)
 
     row = {
-        "backbone": args.backbone, "size_px": args.size, "batch": args.batch, "device": str(dev),
-        "device_name": torch.cuda.get_device_name(0) if cuda else platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "loader_workers": args.workers,
-        "train_images_per_s": round(model_rate, 2), "loader_images_per_s": round(loader_rate, 1),
+        "backbone": args.backbone,
+        "size_px": args.size,
+        "batch": args.batch,
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(0)
+        if cuda
+        else platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "loader_workers": args.workers,
+        "train_images_per_s": round(model_rate, 2),
+        "loader_images_per_s": round(loader_rate, 1),
         "loader_over_model": round(loader_rate / model_rate, 2),
     }
     print(pd.Series(row).to_string())

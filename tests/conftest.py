@@ -73,12 +73,19 @@ def placeholder_imagenet_cache(root: Path) -> dict[str, str]:
     return {"TORCH_HOME": str(root / "torch_home")}
 
 
-def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    workdir: Path,
+    *args: str,
+    check: bool = True,
+    timeout: int = 1500,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
     """Run the real snakemake CLI in ``workdir``; return the completed process."""
     cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env
+    )
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"

@@ -161,11 +161,14 @@ def _read_cells(path: Path, sep: str) -> pd.DataFrame:
         header = header[:-1]
     dup = sorted({c for c in header if header.count(c) > 1})
     if dup:
-        raise ConfigError(f"sample sheet names column(s) {', '.join(dup)} twice", file=path,
-                          fix="keep one column of each name")
+        raise ConfigError(
+            f"sample sheet names column(s) {', '.join(dup)} twice",
+            file=path,
+            fix="keep one column of each name",
+        )
     out = []
     for i, row in enumerate(rows[1:]):
-        extra = row[len(header):]
+        extra = row[len(header) :]
         if any(c.strip() for c in extra):
             raise ConfigError(
                 f"row {i + 2} has {len(row)} cells but the header {len(header)} (extra: "
@@ -179,7 +182,9 @@ def _read_cells(path: Path, sep: str) -> pd.DataFrame:
     return pd.DataFrame(out, columns=header, dtype=str)
 
 
-def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.PathLike[str]) -> pd.DataFrame:
+def validate_sheet(
+    df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.PathLike[str]
+) -> pd.DataFrame:
     """Validate every row against ``schema`` and the cross-row rules; return the sheet indexed by sample_id.
 
     Raises
@@ -222,12 +227,20 @@ def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.
             file=sheet,
             fix="give every section its own sample_id",
         )
-    _check_case_collisions(df, "sample_id", sheet,
-                           "sample ids that differ only in case collide as file names on "
-                           "case-insensitive file systems")
-    _check_case_collisions(df, "patient_id", sheet,
-                           "a patient spelt two ways becomes two patients, and a patient-level "
-                           "split then puts the same patient on both sides")
+    _check_case_collisions(
+        df,
+        "sample_id",
+        sheet,
+        "sample ids that differ only in case collide as file names on "
+        "case-insensitive file systems",
+    )
+    _check_case_collisions(
+        df,
+        "patient_id",
+        sheet,
+        "a patient spelt two ways becomes two patients, and a patient-level "
+        "split then puts the same patient on both sides",
+    )
     # the same file under two sample ids: a section counted twice (train and test of one fold)
     for col in ("raw", "image"):
         filled = df[df[col] != ""]
@@ -263,8 +276,9 @@ def validate_sheet(df: pd.DataFrame, schema: Mapping[str, Any], sheet: str | os.
     return df.set_index("sample_id", drop=False)
 
 
-def _check_case_collisions(df: pd.DataFrame, col: str, sheet: str | os.PathLike[str],
-                           why: str) -> None:
+def _check_case_collisions(
+    df: pd.DataFrame, col: str, sheet: str | os.PathLike[str], why: str
+) -> None:
     """Refuse two different values of ``col`` that are equal ignoring case."""
     values = pd.Series(df[col].unique())
     folded = values.str.casefold()
@@ -344,8 +358,9 @@ def check_run_config(config: Mapping[str, Any], file: str | os.PathLike[str] | N
         )
 
 
-def check_config_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
-                        file: str | os.PathLike[str] | None = None) -> None:
+def check_config_schema(
+    config: Mapping[str, Any], schema: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> None:
     """Validate the configuration against its JSON schema with a one-line error naming the key.
 
     Snakemake's own ``validate`` (which also fills in the defaults) prints the whole schema of the
@@ -369,7 +384,9 @@ def check_config_schema(config: Mapping[str, Any], schema: Mapping[str, Any],
     if err.validator == "additionalProperties" and isinstance(sub.get("properties"), Mapping):
         fix = f"the keys allowed here are {', '.join(sorted(sub['properties']))} (config/README.md)"
     elif err.validator == "enum":
-        fix = f"use one of {', '.join(map(str, err.validator_value))}" + (f" ({fix})" if fix else "")
+        fix = f"use one of {', '.join(map(str, err.validator_value))}" + (
+            f" ({fix})" if fix else ""
+        )
     message = err.message
     if err.validator == "pattern":  # the regular expression itself helps nobody
         message = f"{err.instance!r} is not an accepted value"

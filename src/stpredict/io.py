@@ -171,8 +171,13 @@ def _protected_siblings(path: Path) -> list[Path]:
     other two means removing the model as well.
     """
     parts = _relative_to_results(path)
-    if (parts and len(parts) == 5 and parts[0] == "experiments" and parts[2] == "folds"
-            and parts[4] in ("history.tsv", "fitted.json")):
+    if (
+        parts
+        and len(parts) == 5
+        and parts[0] == "experiments"
+        and parts[2] == "folds"
+        and parts[4] in ("history.tsv", "fitted.json")
+    ):
         model = path.parent / "model.pt"
         return [model] if model.exists() else []
     return []
@@ -225,8 +230,10 @@ def corrupt_error(
             log.error("removed the truncated or corrupt intermediate %s (%s)", path, why)
             also = ""
             if siblings:
-                also = (f" with {', '.join(str(s) for s in siblings)} (written by the same job, "
-                        "write-protected)")
+                also = (
+                    f" with {', '.join(str(s) for s in siblings)} (written by the same job, "
+                    "write-protected)"
+                )
                 log.error("also removed %s so that the job can rerun", siblings)
             return InputError(
                 f"workflow output is truncated or corrupt ({why}); it was removed{also}",
@@ -285,7 +292,9 @@ def checked_read(
         raise
     except PermissionError as exc:
         raise InputError(
-            f"cannot be read ({_short(exc)})", file=path, sample=sample,
+            f"cannot be read ({_short(exc)})",
+            file=path,
+            sample=sample,
             fix="give the account running the workflow read access to it",
         ) from None
     except OSError as exc:
@@ -294,7 +303,8 @@ def checked_read(
         if "unable to lock file" in str(exc).lower():  # HDF5 locking on a file system without locks
             raise InputError(
                 f"cannot be opened: the file system refuses HDF5's file lock ({_short(exc)})",
-                file=path, sample=sample,
+                file=path,
+                sample=sample,
                 fix="export HDF5_USE_FILE_LOCKING=FALSE before running snakemake",
             ) from None
         raise corrupt_error(path, exc, sample=sample, intermediate=inter) from None
@@ -334,7 +344,9 @@ def _check_table_complete(path: Path, sep: str) -> None:
     last = body.rsplit(b"\n", 1)[-1] if b"\n" in body or size <= 65536 else None
     if last is None:
         return
-    n_header = len(next(csv.reader([header.decode("utf-8", "replace").rstrip("\r\n")], delimiter=sep)))
+    n_header = len(
+        next(csv.reader([header.decode("utf-8", "replace").rstrip("\r\n")], delimiter=sep))
+    )
     row = next(csv.reader([last.decode("utf-8", "replace").rstrip("\r")], delimiter=sep), [])
     if len(row) != n_header:
         raise ValueError(f"its last line has {len(row)} fields, the header {n_header}")

@@ -15,7 +15,9 @@ __all__ = ["script_logging"]
 
 
 @contextlib.contextmanager
-def script_logging(log_path: str | os.PathLike[str] | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
+def script_logging(
+    log_path: str | os.PathLike[str] | None, level: int = logging.INFO
+) -> Iterator[logging.Logger]:
     """Log to the rule's log file and turn expected errors into a one-line message and exit code 1.
 
     Everything the script logs, and anything written to stderr (warnings, tqdm bars, tracebacks),
@@ -55,17 +57,26 @@ def script_logging(log_path: str | os.PathLike[str] | None, level: int = logging
         fail(str(exc))
     except MemoryError:
         logger.exception("out of memory")
-        fail(format_message("the job ran out of memory", file=log_path,
-                            fix="give the rule more memory (resources: mem_mb, e.g. "
-                            "--set-resources RULE:mem_mb=16000) or run fewer jobs at once"))
+        fail(
+            format_message(
+                "the job ran out of memory",
+                file=log_path,
+                fix="give the rule more memory (resources: mem_mb, e.g. "
+                "--set-resources RULE:mem_mb=16000) or run fewer jobs at once",
+            )
+        )
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             logger.exception("unexpected error (a bug: please report it with this log)")
             raise
         logger.exception("disk full")
-        fail(format_message(f"no space left to write ({exc.strerror})",
-                            file=exc.filename or log_path,
-                            fix="free disk space (or raise the quota) and rerun snakemake"))
+        fail(
+            format_message(
+                f"no space left to write ({exc.strerror})",
+                file=exc.filename or log_path,
+                fix="free disk space (or raise the quota) and rerun snakemake",
+            )
+        )
     except Exception:
         logger.exception("unexpected error (a bug: please report it with this log)")
         raise

@@ -91,7 +91,9 @@ def test_series_needs_order_and_one_patient(tmp_path):
     p = write(tmp_path, {**GOOD, "series": ["S", "S"], "order": ["1", "2"]})
     with pytest.raises(ConfigError, match="spans several patients"):
         load(p)
-    p = write(tmp_path, {**GOOD, "patient_id": ["P1", "P1"], "series": ["S", "S"], "order": ["1", "1"]})
+    p = write(
+        tmp_path, {**GOOD, "patient_id": ["P1", "P1"], "series": ["S", "S"], "order": ["1", "1"]}
+    )
     with pytest.raises(ConfigError, match="share series"):
         load(p)
 
@@ -231,8 +233,9 @@ def _check_documented(leaves, documented, defaults):
     for key, sub in leaves.items():
         if sub.get("properties") and key not in documented:
             continue  # an object: its keys are listed
-        assert key in documented or any(k.endswith("*") and key.startswith(k[:-1])
-                                        for k in documented), f"{key} is not in config/README.md"
+        assert key in documented or any(
+            k.endswith("*") and key.startswith(k[:-1]) for k in documented
+        ), f"{key} is not in config/README.md"
         if key not in documented:
             continue
         got = _value(documented[key])
@@ -252,10 +255,13 @@ def _check_documented(leaves, documented, defaults):
             want = want[part]
         assert want == schema_value, key
         if isinstance(got, float) and not isinstance(schema_value, bool):
-            assert schema_value is not None and float(schema_value) == got, \
+            assert schema_value is not None and float(schema_value) == got, (
                 f"{key}: README {documented[key]!r}, schema {schema_value!r}"
+            )
         else:
-            assert got == schema_value, f"{key}: README {documented[key]!r}, schema {schema_value!r}"
+            assert got == schema_value, (
+                f"{key}: README {documented[key]!r}, schema {schema_value!r}"
+            )
 
 
 def test_readme_schema_and_library_defaults_agree(repo):
@@ -271,8 +277,11 @@ def test_readme_schema_and_library_defaults_agree(repo):
     assert not {"seed", "targets", "evaluation"} & set(EXPERIMENT_DEFAULTS)
     globals_ = {k: v for k, v in _leaves(schema).items() if not k.startswith("experiments.")}
     _check_documented(globals_, _readme_defaults(repo, "## Configuration keys"), defaults)
-    _check_documented(_leaves(schema["$defs"]["experiment"]),
-                      _readme_defaults(repo, "## Experiments (`experiments`)"), EXPERIMENT_DEFAULTS)
+    _check_documented(
+        _leaves(schema["$defs"]["experiment"]),
+        _readme_defaults(repo, "## Experiments (`experiments`)"),
+        EXPERIMENT_DEFAULTS,
+    )
 
 
 def test_train_config_has_no_defaults_of_its_own():
@@ -282,8 +291,10 @@ def test_train_config_has_no_defaults_of_its_own():
     from stpredict.learn.train import TrainConfig
 
     fields = dataclasses.fields(TrainConfig)
-    assert all(f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-               for f in fields)
+    assert all(
+        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in fields
+    )
     with pytest.raises(TypeError):
         TrainConfig()
     # the workflow's path: the resolved experiment holds every field but the fold's seed

@@ -40,14 +40,22 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("ingest/geometry.py", "_int_coords", "ValueError"): "readers check array coordinates",
     ("ingest/geometry.py", "offset_neighbors", "ValueError"): "readers refuse shared positions",
     ("ingest/geometry.py", "square_neighbors", "ValueError"): "connectivity is 4 or 8 in the code",
-    ("ingest/geometry.py", "spot_neighbors", "ValueError"): "platform validated by the sheet schema",
+    (
+        "ingest/geometry.py",
+        "spot_neighbors",
+        "ValueError",
+    ): "platform validated by the sheet schema",
     ("ingest/geometry.py", "estimate_mpp_from_pitch", "ValueError"): "platform fixed by the reader",
     ("ingest/geometry.py", "_xy", "ValueError"): "coordinates built by the readers",
     ("ingest/geometry.py", "orient_xy", "ValueError"): "orientation names from ORIENTATIONS",
     # augmentation / TTA: images come from patch stores (square uint8, PatchSpec), the TTA count
     # and the group list are validated by the schema and parse_augmentation
     ("learn/augment.py", "random_dihedral", "ValueError"): "patches are square by construction",
-    ("learn/augment.py", "DeepSpaceAugment.__init__", "TypeError"): "groups from parse_augmentation",
+    (
+        "learn/augment.py",
+        "DeepSpaceAugment.__init__",
+        "TypeError",
+    ): "groups from parse_augmentation",
     ("learn/augment.py", "DeepSpaceAugment.forward", "ValueError"): "float batches of the loop",
     ("learn/augment.py", "_elements", "ValueError"): "tta / val_tta: schema enum 1, 4, 8",
     ("learn/augment.py", "tta_predict", "ValueError"): "PatchModel always has features and head",
@@ -58,11 +66,19 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("evaluate/metrics.py", "gene_metrics", "ValueError"): "callers pass matching arrays",
     ("evaluate/metrics.py", "_genes", "ValueError"): "empty list: the rules give >= 1 file",
     ("evaluate/metrics.py", "_shared_genes", "ValueError"): "empty list: the rules give >= 1 file",
-    ("evaluate/metrics.py", "score_units", "ValueError"): "unit from get_evaluation_unit; >= 1 file",
+    (
+        "evaluate/metrics.py",
+        "score_units",
+        "ValueError",
+    ): "unit from get_evaluation_unit; >= 1 file",
     ("evaluate/metrics.py", "score_cluster_units", "ValueError"): "empty list: >= 1 file",
     ("evaluate/metrics.py", "_classes", "ValueError"): "classes written by predict_fold",
     ("evaluate/metrics.py", "_check_proba", "ValueError"): "columns checked against the classes",
-    ("evaluate/metrics.py", "cluster_metrics", "ValueError"): "score_cluster_units skips empty units",
+    (
+        "evaluate/metrics.py",
+        "cluster_metrics",
+        "ValueError",
+    ): "score_cluster_units skips empty units",
     ("evaluate/metrics.py", "confusion_table", "ValueError"): "columns of one prediction table",
     ("evaluate/ols.py", "ols_inputs", "ValueError"): "empty list: the rule gives >= 1 file",
     ("evaluate/ols.py", "_matrix", "ValueError"): "genes are the files' shared genes",
@@ -71,7 +87,11 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     # figures: arguments assembled by the plotting scripts from the run's own tables
     ("plot/latent.py", "plot_umap", "ValueError"): "labels of the embedded spots",
     ("plot/latent.py", "plot_ig_overlays", "ValueError"): "one attribution map per patch",
-    ("plot/maps.py", "plot_expression_maps", "ValueError"): "sections and genes chosen by the script",
+    (
+        "plot/maps.py",
+        "plot_expression_maps",
+        "ValueError",
+    ): "sections and genes chosen by the script",
     ("plot/scores.py", "plot_method_scatter", "ValueError"): "the comparison table always has cnn",
 }
 
@@ -107,9 +127,11 @@ def test_library_code_raises_no_bare_value_errors_on_user_input():
                 used.add(key)
             else:
                 found.append(f"{rel}:{line} {func}: raise {exc}")
-    assert not found, ("raise InputError / ConfigError / GeometryError (problem, file=, sample=, "
-                       "fix=) instead, or add the site to ALLOWED with the reason no user input "
-                       "reaches it:\n" + "\n".join(found))
+    assert not found, (
+        "raise InputError / ConfigError / GeometryError (problem, file=, sample=, "
+        "fix=) instead, or add the site to ALLOWED with the reason no user input "
+        "reaches it:\n" + "\n".join(found)
+    )
     assert not set(ALLOWED) - used, f"stale ALLOWED entries: {sorted(set(ALLOWED) - used)}"
 
 
@@ -118,24 +140,34 @@ def test_every_exception_class_lives_in_errors():
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ClassDef) and any(
-                    getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception",
-                                                                      "Interrupted"))
-                    for b in node.bases):
+                getattr(b, "id", getattr(b, "attr", "")).endswith(
+                    ("Error", "Exception", "Interrupted")
+                )
+                for b in node.bases
+            ):
                 defined.append((path.relative_to(SRC).as_posix(), node.name))
     assert defined and all(f == "errors.py" for f, _ in defined), defined
     names = {n for _, n in defined}
-    assert {"StpredictError", "InputError", "GeometryError", "ConfigError", "LeakageError",
-            "TrainingInterrupted"} <= names
+    assert {
+        "StpredictError",
+        "InputError",
+        "GeometryError",
+        "ConfigError",
+        "LeakageError",
+        "TrainingInterrupted",
+    } <= names
     assert set(errors.__all__) >= names
 
 
-@pytest.mark.parametrize("cls", [errors.InputError, errors.ConfigError, errors.GeometryError,
-                                 errors.LeakageError])
+@pytest.mark.parametrize(
+    "cls", [errors.InputError, errors.ConfigError, errors.GeometryError, errors.LeakageError]
+)
 def test_every_kind_is_a_one_line_stpredict_error(cls):
     err = cls("the thing is\nbroken", file="a/b.tsv", sample="S1", fix="do this")
     assert isinstance(err, StpredictError)
-    assert str(err) == format_message("the thing is broken", file="a/b.tsv", sample="S1",
-                                      fix="do this")
+    assert str(err) == format_message(
+        "the thing is broken", file="a/b.tsv", sample="S1", fix="do this"
+    )
     assert "\n" not in str(err) and (err.file, err.sample, err.fix) == ("a/b.tsv", "S1", "do this")
 
 
@@ -148,16 +180,26 @@ def test_converted_sites_name_the_sample_and_the_fix():
     from stpredict.evaluate.metrics import score_units
 
     def pred(sample, genes):
-        a = ad.AnnData(np.zeros((4, len(genes)), np.float32),
-                       obs=pd.DataFrame({"sample_id": sample, "patient_id": "P1", "fold": "0",
-                                         "array_row": [0, 0, 1, 1], "array_col": [0, 2, 1, 3]},
-                                        index=[f"{sample}:{i}" for i in range(4)]),
-                       var=pd.DataFrame(index=genes))
+        a = ad.AnnData(
+            np.zeros((4, len(genes)), np.float32),
+            obs=pd.DataFrame(
+                {
+                    "sample_id": sample,
+                    "patient_id": "P1",
+                    "fold": "0",
+                    "array_row": [0, 0, 1, 1],
+                    "array_col": [0, 2, 1, 3],
+                },
+                index=[f"{sample}:{i}" for i in range(4)],
+            ),
+            var=pd.DataFrame(index=genes),
+        )
         a.layers["predicted"] = a.X.copy()
         a.uns["stpredict"] = {"sample_id": sample, "platform": "visium"}
         return a
 
     with pytest.raises(InputError) as info:
-        score_units([pred("S1", ["G1", "G2"]), pred("S2", ["G1", "G3"])], "visium",
-                    unit="patient_id")
+        score_units(
+            [pred("S1", ["G1", "G2"]), pred("S2", ["G1", "G3"])], "visium", unit="patient_id"
+        )
     assert "differ in their genes" in str(info.value) and "Fix: rerun snakemake" in str(info.value)

@@ -98,8 +98,14 @@ def test_missing_intermediate_says_rerun(workdir):
 
 def test_table_cut_mid_line_is_truncated(workdir):
     p = workdir / "results/experiments/e/splits.tsv"
-    df = pd.DataFrame({"sample_id": ["A"] * 50, "spot_id": [f"s{i}" for i in range(50)],
-                       "fold": ["0"] * 50, "role": ["train"] * 50})
+    df = pd.DataFrame(
+        {
+            "sample_id": ["A"] * 50,
+            "spot_id": [f"s{i}" for i in range(50)],
+            "fold": ["0"] * 50,
+            "role": ["train"] * 50,
+        }
+    )
     write_table(df, p)
     assert len(read_table(p, dtype=str)) == 50
     text = p.read_text()

@@ -29,8 +29,21 @@ from stpredict.patches.qc import QCConfig, apply_qc
 REPO = Path(__file__).resolve().parents[2]
 SHEET_SCHEMA = load_schema(REPO / "workflow/schemas/samples.schema.yaml")
 CONFIG_SCHEMA = load_schema(REPO / "workflow/schemas/config.schema.yaml")
-COLUMNS = ["sample_id", "patient_id", "platform", "raw", "spots", "image", "annotation", "clusters",
-           "ihc_image", "ihc_gene", "series", "order", "mpp"]
+COLUMNS = [
+    "sample_id",
+    "patient_id",
+    "platform",
+    "raw",
+    "spots",
+    "image",
+    "annotation",
+    "clusters",
+    "ihc_image",
+    "ihc_gene",
+    "series",
+    "order",
+    "mpp",
+]
 
 
 def sheet_of(rows: list[dict]) -> pd.DataFrame:
@@ -84,14 +97,21 @@ def test_schema_errors_name_the_key_in_one_line():
     with pytest.raises(ConfigError) as info:
         check_config_schema(bad, CONFIG_SCHEMA, file="config.yaml")
     msg = str(info.value)
-    assert "experiments.demo_stnet.tta" in msg and "Fix: use one of 1, 4, 8" in msg and "\n" not in msg
+    assert (
+        "experiments.demo_stnet.tta" in msg and "Fix: use one of 1, 4, 8" in msg and "\n" not in msg
+    )
     bad = json.loads(json.dumps(cfg))
     bad["qc"]["min_umis"] = 3
-    with pytest.raises(ConfigError, match="'min_umis' was unexpected.*min_genes, min_umi, whiteness"):
+    with pytest.raises(
+        ConfigError, match="'min_umis' was unexpected.*min_genes, min_umi, whiteness"
+    ):
         check_config_schema(bad, CONFIG_SCHEMA)
     bad = json.loads(json.dumps(cfg))
     bad["experiments"]["demo_stnet"]["train"]["augmentation"] = "dihedal"
-    with pytest.raises(ConfigError, match="train.augmentation.*'dihedal' is not an accepted value.*dihedral.*deepspace"):
+    with pytest.raises(
+        ConfigError,
+        match="train.augmentation.*'dihedal' is not an accepted value.*dihedral.*deepspace",
+    ):
         check_config_schema(bad, CONFIG_SCHEMA)
 
 
@@ -120,7 +140,9 @@ def test_row_with_extra_cells_is_refused_not_shifted(tmp_path):
 
 def test_trailing_empty_cells_and_bom_are_harmless(tmp_path):
     p = tmp_path / "s.tsv"
-    p.write_bytes("\ufeffsample_id\tpatient_id\tplatform\traw\t\nA\tP\tvisium\ta\t\t\nB\tQ\tst\n".encode())
+    p.write_bytes(
+        "\ufeffsample_id\tpatient_id\tplatform\traw\t\nA\tP\tvisium\ta\t\t\nB\tQ\tst\n".encode()
+    )
     df = read_sheet(p)
     assert list(df["sample_id"]) == ["A", "B"] and list(df["raw"]) == ["a", ""]
     assert list(df["patient_id"]) == ["P", "Q"]
@@ -136,67 +158,136 @@ def test_binary_sheet_is_a_config_error(tmp_path):
 @pytest.mark.parametrize("mpp", ["0", "0.0", "0e3"])
 def test_non_positive_mpp_is_refused(tmp_path, mpp):
     p = tmp_path / "s.tsv"
-    sheet_of([{"sample_id": "A", "patient_id": "P", "platform": "visium", "raw": "a", "mpp": mpp}]) \
-        .to_csv(p, sep="\t", index=False)
+    sheet_of(
+        [{"sample_id": "A", "patient_id": "P", "platform": "visium", "raw": "a", "mpp": mpp}]
+    ).to_csv(p, sep="\t", index=False)
     with pytest.raises(ConfigError, match="sample 'A'.*column 'mpp'.*must be positive"):
         validate_sheet(read_sheet(p), SHEET_SCHEMA, p)
 
 
 # ------------------------------------------------------------------------------ experiments
 def two_patients() -> pd.DataFrame:
-    return sheet_of([
-        {"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": "nowhere/a"},
-        {"sample_id": "A2", "patient_id": "P1", "platform": "visium", "raw": "nowhere/b"},
-        {"sample_id": "B1", "patient_id": "P2", "platform": "st", "raw": "nowhere/c.tsv.gz"},
-    ])
+    return sheet_of(
+        [
+            {"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": "nowhere/a"},
+            {"sample_id": "A2", "patient_id": "P1", "platform": "visium", "raw": "nowhere/b"},
+            {"sample_id": "B1", "patient_id": "P2", "platform": "st", "raw": "nowhere/c.tsv.gz"},
+        ]
+    )
 
 
 def exp(**over) -> dict:
-    return resolve_experiment(over, {"targets": {"transform": "log1p", "genes": {
-        "mode": "top_mean", "n": 10, "panel": "", "min_frac": 0.1}}})
+    return resolve_experiment(
+        over,
+        {
+            "targets": {
+                "transform": "log1p",
+                "genes": {"mode": "top_mean", "n": 10, "panel": "", "min_frac": 0.1},
+            }
+        },
+    )
 
 
 def test_good_experiments_pass():
     s = two_patients()
     check_experiment(exp(split={"scheme": "leave_one_patient_out"}), s)
-    check_experiment(exp(sections={"samples": ["A1"]}, split={"scheme": "random_within_section"}), s)
-    check_experiment(exp(split={"scheme": "section_imputation", "train_sections": ["A1"],
-                                "test_section": "A2"}), s)
+    check_experiment(
+        exp(sections={"samples": ["A1"]}, split={"scheme": "random_within_section"}), s
+    )
+    check_experiment(
+        exp(split={"scheme": "section_imputation", "train_sections": ["A1"], "test_section": "A2"}),
+        s,
+    )
 
 
 def test_maps_of_genes_outside_the_panel_are_refused():
     genes = {"mode": "panel", "n": 3, "panel": "deepspace_3", "min_frac": 0.1}
-    ok = exp(targets={"transform": "log1p", "genes": genes}, evaluation={"maps": {"genes": ["ESR1"]}})
+    ok = exp(
+        targets={"transform": "log1p", "genes": genes}, evaluation={"maps": {"genes": ["ESR1"]}}
+    )
     check_experiment(ok, two_patients(), thorough=False)
-    bad = exp(targets={"transform": "log1p", "genes": genes}, evaluation={"maps": {"genes": ["ESR1", "GAPDH"]},
-                                                                          "attributions": {"gene": "ACTB"}})
-    with pytest.raises(ConfigError, match="name GAPDH, ACTB, which the panel 'deepspace_3' does not predict"):
+    bad = exp(
+        targets={"transform": "log1p", "genes": genes},
+        evaluation={"maps": {"genes": ["ESR1", "GAPDH"]}, "attributions": {"gene": "ACTB"}},
+    )
+    with pytest.raises(
+        ConfigError, match="name GAPDH, ACTB, which the panel 'deepspace_3' does not predict"
+    ):
         check_experiment(bad, two_patients(), thorough=False)
 
 
-@pytest.mark.parametrize("settings, pattern", [
-    ({"sections": {"patients": ["P1"]}, "split": {"scheme": "leave_one_patient_out"}},
-     "needs at least 2 patients.*all come from patient 'P1'"),
-    ({"split": {"scheme": "leave_one_patient_out", "inner_folds": 1}}, "inner_folds is 1"),
-    ({"split": {"scheme": "section_imputation", "train_sections": ["A1", "A2"], "test_section": "A2"}},
-     "test section 'A2' is also a training section"),
-    ({"split": {"scheme": "section_imputation", "train_sections": ["A1"], "test_section": "Z9"}},
-     r"names section\(s\) \['Z9'\] that are not in the sample sheet"),
-    ({"split": {"scheme": "section_imputation", "train_sections": [], "test_section": "A2"}},
-     "needs split.train_sections and split.test_section"),
-    ({"sections": {"samples": ["A1"], "platform": "st"}}, "selects no section"),
-    ({"sections": {"samples": ["NOPE"]}}, r"sections.samples names \['NOPE'\]"),
-    ({"sections": {"patients": ["P9"]}}, r"sections.patients names \['P9'\]"),
-    ({"task": "clusters", "sections": {"samples": ["B1"]}, "split": {"scheme": "random_within_section"}},
-     "ST section 'B1', which has no clusters"),
-    ({"model": {"weights": "missing/weights.pt"}}, "model.weights names a file that does not exist"),
-    ({"model": {"backbone": "densenet12"}}, "unknown model.backbone 'densenet12' .did you mean densenet121"),
-    ({"train": {"loss": "cross_entropy"}}, "cross_entropy is for task: clusters"),
-    ({"targets": {"transform": "log1p", "genes": {"mode": "panel", "n": 5, "panel": "", "min_frac": 0.1}}},
-     "panel is empty"),
-    ({"targets": {"transform": "log1p", "genes": {"mode": "panel", "n": 5, "panel": "no_such_panel",
-                                                  "min_frac": 0.1}}}, "neither a file nor a shipped panel"),
-])
+@pytest.mark.parametrize(
+    "settings, pattern",
+    [
+        (
+            {"sections": {"patients": ["P1"]}, "split": {"scheme": "leave_one_patient_out"}},
+            "needs at least 2 patients.*all come from patient 'P1'",
+        ),
+        ({"split": {"scheme": "leave_one_patient_out", "inner_folds": 1}}, "inner_folds is 1"),
+        (
+            {
+                "split": {
+                    "scheme": "section_imputation",
+                    "train_sections": ["A1", "A2"],
+                    "test_section": "A2",
+                }
+            },
+            "test section 'A2' is also a training section",
+        ),
+        (
+            {
+                "split": {
+                    "scheme": "section_imputation",
+                    "train_sections": ["A1"],
+                    "test_section": "Z9",
+                }
+            },
+            r"names section\(s\) \['Z9'\] that are not in the sample sheet",
+        ),
+        (
+            {"split": {"scheme": "section_imputation", "train_sections": [], "test_section": "A2"}},
+            "needs split.train_sections and split.test_section",
+        ),
+        ({"sections": {"samples": ["A1"], "platform": "st"}}, "selects no section"),
+        ({"sections": {"samples": ["NOPE"]}}, r"sections.samples names \['NOPE'\]"),
+        ({"sections": {"patients": ["P9"]}}, r"sections.patients names \['P9'\]"),
+        (
+            {
+                "task": "clusters",
+                "sections": {"samples": ["B1"]},
+                "split": {"scheme": "random_within_section"},
+            },
+            "ST section 'B1', which has no clusters",
+        ),
+        (
+            {"model": {"weights": "missing/weights.pt"}},
+            "model.weights names a file that does not exist",
+        ),
+        (
+            {"model": {"backbone": "densenet12"}},
+            "unknown model.backbone 'densenet12' .did you mean densenet121",
+        ),
+        ({"train": {"loss": "cross_entropy"}}, "cross_entropy is for task: clusters"),
+        (
+            {
+                "targets": {
+                    "transform": "log1p",
+                    "genes": {"mode": "panel", "n": 5, "panel": "", "min_frac": 0.1},
+                }
+            },
+            "panel is empty",
+        ),
+        (
+            {
+                "targets": {
+                    "transform": "log1p",
+                    "genes": {"mode": "panel", "n": 5, "panel": "no_such_panel", "min_frac": 0.1},
+                }
+            },
+            "neither a file nor a shipped panel",
+        ),
+    ],
+)
 def test_bad_experiments_are_refused(settings, pattern):
     with pytest.raises(ConfigError, match=pattern):
         check_experiment(exp(**settings), two_patients())
@@ -206,7 +297,10 @@ def test_clusters_on_visium_without_graphclust(tmp_path):
     stub = tmp_path / "stub" / "outs"  # an outs/ not written yet (or a stand-in): no verdict
     stub.mkdir(parents=True)
     e = exp(task="clusters", split={"scheme": "random_within_section"})
-    check_experiment(e, sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(stub)}]))
+    check_experiment(
+        e,
+        sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(stub)}]),
+    )
     outs = visium_outs(tmp_path / "A", ["G1"], clusters=False)
     s = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)}])
     e = exp(task="clusters", split={"scheme": "random_within_section"})
@@ -215,8 +309,12 @@ def test_clusters_on_visium_without_graphclust(tmp_path):
     s.loc["A1", "clusters"] = str(tmp_path / "my_clusters.csv")
     check_experiment(e, s)
     outs2 = visium_outs(tmp_path / "B", ["G1"], clusters=True)
-    check_experiment(e, sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium",
-                                   "raw": str(outs2)}]))
+    check_experiment(
+        e,
+        sheet_of(
+            [{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs2)}]
+        ),
+    )
 
 
 def test_section_gene_names_of_every_layout(tmp_path):
@@ -227,8 +325,14 @@ def test_section_gene_names_of_every_layout(tmp_path):
     gmap.write_text("gene_id\tgene\nENSG00000091831\tESR1\n")
     assert section_gene_names({"platform": "visium", "raw": str(h5)}) == {"ESR1", "ERBB2"}
     assert section_gene_names({"platform": "visium", "raw": str(mtx)}) == {"ESR1", "KRT5"}
-    assert section_gene_names({"platform": "st", "raw": str(st)}) == {"ENSG00000091831", "ENSG00000186081"}
-    assert section_gene_names({"platform": "st", "raw": str(st)}, gmap) == {"ESR1", "ENSG00000186081"}
+    assert section_gene_names({"platform": "st", "raw": str(st)}) == {
+        "ENSG00000091831",
+        "ENSG00000186081",
+    }
+    assert section_gene_names({"platform": "st", "raw": str(st)}, gmap) == {
+        "ESR1",
+        "ENSG00000186081",
+    }
     assert section_gene_names({"platform": "visium", "raw": str(tmp_path / "nope")}) is None
     # genes x spots: the header holds spot ids, the genes are not cheap to know
     transposed = tmp_path / "t.tsv"
@@ -243,12 +347,19 @@ def test_panel_genes_unknown_to_the_cohort(tmp_path):
     gmap.write_text("gene_id\tgene\nENSG00000091831\tESR1\nENSG00000141736\tERBB2\n")
     panel = tmp_path / "panel.txt"
     panel.write_text("ESR1\nERBB2\nNOTAGENE\n")
-    s = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
-                  {"sample_id": "B1", "patient_id": "P2", "platform": "st", "raw": str(st)}])
+    s = sheet_of(
+        [
+            {"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
+            {"sample_id": "B1", "patient_id": "P2", "platform": "st", "raw": str(st)},
+        ]
+    )
     genes = {"mode": "panel", "n": 3, "panel": str(panel), "min_frac": 0.1}
     e = exp(targets={"transform": "log1p", "genes": genes})
-    with pytest.raises(ConfigError, match="1 of the 3 genes of panel .* none of the experiment's sections "
-                                          r"\['A1', 'B1'\]: NOTAGENE.*allow_missing"):
+    with pytest.raises(
+        ConfigError,
+        match="1 of the 3 genes of panel .* none of the experiment's sections "
+        r"\['A1', 'B1'\]: NOTAGENE.*allow_missing",
+    ):
         check_experiment(e, s, gene_map=gmap)
     check_experiment(e, s, gene_map=gmap, thorough=False)  # jobs skip the file reads
     e_ok = exp(targets={"transform": "log1p", "genes": {**genes, "allow_missing": True}})
@@ -257,14 +368,21 @@ def test_panel_genes_unknown_to_the_cohort(tmp_path):
     with pytest.raises(ConfigError, match="2 of the 2 genes"):
         check_experiment(e_ok, s, gene_map=gmap)
     # a section whose genes are not known yet (file not written): no verdict
-    s2 = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
-                   {"sample_id": "X", "patient_id": "P2", "platform": "visium", "raw": "results/demo/x"}])
+    s2 = sheet_of(
+        [
+            {"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
+            {"sample_id": "X", "patient_id": "P2", "platform": "visium", "raw": "results/demo/x"},
+        ]
+    )
     check_experiment(e, s2)
     # ST ids that the gene map turns into symbols: without the map, the symbols are unknown
     panel.write_text("ESR1\nERBB2\n")
     st_only = sheet_of([{"sample_id": "B1", "patient_id": "P2", "platform": "st", "raw": str(st)}])
-    e_st = exp(sections={"samples": ["B1"]}, split={"scheme": "random_within_section"},
-               targets={"transform": "log1p", "genes": genes})
+    e_st = exp(
+        sections={"samples": ["B1"]},
+        split={"scheme": "random_within_section"},
+        targets={"transform": "log1p", "genes": genes},
+    )
     check_experiment(e_st, st_only, gene_map=gmap)
     with pytest.raises(ConfigError, match="reading.gene_map"):
         check_experiment(e_st, st_only)
@@ -273,8 +391,10 @@ def test_panel_genes_unknown_to_the_cohort(tmp_path):
 # ------------------------------------------------------------------------------ QC
 def section(n: int = 40, umi: int = 3) -> ad.AnnData:
     rng = np.random.default_rng(0)
-    a = ad.AnnData(X=sp.csr_matrix(rng.poisson(umi, (n, 50)).astype(np.float32)),
-                   obs=pd.DataFrame({"sample_id": "S1"}, index=[f"s{i}" for i in range(n)]))
+    a = ad.AnnData(
+        X=sp.csr_matrix(rng.poisson(umi, (n, 50)).astype(np.float32)),
+        obs=pd.DataFrame({"sample_id": "S1"}, index=[f"s{i}" for i in range(n)]),
+    )
     a.uns["stpredict"] = {"sample_id": "S1", "mpp": 1.0}
     return a
 
@@ -285,7 +405,12 @@ def test_qc_removing_every_spot_fails_clearly():
     out = apply_qc(a, None, QCConfig(min_umi=1, min_genes=1, whiteness=False))
     assert out.obs["keep"].all()
     with pytest.raises(InputError) as info:
-        apply_qc(a, None, QCConfig(min_umi=10_000, min_genes=1, whiteness=False), section_file="results/sections/S1.h5ad")
+        apply_qc(
+            a,
+            None,
+            QCConfig(min_umi=10_000, min_genes=1, whiteness=False),
+            section_file="results/sections/S1.h5ad",
+        )
     msg = str(info.value)
     assert "sample 'S1'" in msg and "results/sections/S1.h5ad" in msg
     assert "QC removes all 40 spots" in msg and "min_umi 10000 removes 40" in msg
@@ -297,7 +422,9 @@ def test_qc_removing_every_spot_fails_clearly():
 def test_qc_whiteness_removing_every_spot_points_at_the_image(tmp_path):
     a = section()
     tsv = tmp_path / "spots.tsv"
-    pd.DataFrame({"id": a.obs_names, "white": True, "white_frac": 1.0}).to_csv(tsv, sep="\t", index=False)
+    pd.DataFrame({"id": a.obs_names, "white": True, "white_frac": 1.0}).to_csv(
+        tsv, sep="\t", index=False
+    )
     with pytest.raises(InputError, match="whiteness filter removes 40.*check the section's image"):
         apply_qc(a, tsv, QCConfig(min_umi=0, min_genes=0, whiteness=True))
 
@@ -326,12 +453,18 @@ def test_whiteness_flags_a_blank_image():
 def test_evaluation_genes_unknown_to_the_cohort_are_refused_up_front(tmp_path):
     """top_mean picks genes per fold, but a map / attribution gene no section measures is a typo."""
     outs = visium_outs(tmp_path / "A", ["ESR1", "ERBB2", "KRT5"])
-    s = sheet_of([{"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
-                  {"sample_id": "A2", "patient_id": "P2", "platform": "visium", "raw": str(outs)}])
+    s = sheet_of(
+        [
+            {"sample_id": "A1", "patient_id": "P1", "platform": "visium", "raw": str(outs)},
+            {"sample_id": "A2", "patient_id": "P2", "platform": "visium", "raw": str(outs)},
+        ]
+    )
     ok = exp(evaluation={"maps": {"genes": ["ESR1"]}, "attributions": {"gene": "KRT5"}})
     check_experiment(ok, s)
     bad = exp(evaluation={"attributions": {"gene": "FASN"}})
-    with pytest.raises(ConfigError, match="name FASN, which none of the experiment's sections measures"):
+    with pytest.raises(
+        ConfigError, match="name FASN, which none of the experiment's sections measures"
+    ):
         check_experiment(bad, s)
     check_experiment(bad, s, thorough=False)  # jobs skip the file reads
 
@@ -339,8 +472,10 @@ def test_evaluation_genes_unknown_to_the_cohort_are_refused_up_front(tmp_path):
 def test_missing_imagenet_weights_are_refused_before_any_job(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     e = exp(model={"backbone": "vgg16", "weights": "imagenet"})
-    with pytest.raises(ConfigError, match="ImageNet weights for 'vgg16' are not in the torch cache.*"
-                                          "vgg16-397923af.pth"):
+    with pytest.raises(
+        ConfigError,
+        match="ImageNet weights for 'vgg16' are not in the torch cache.*vgg16-397923af.pth",
+    ):
         check_experiment(e, two_patients())
     cache = tmp_path / "torch" / "hub" / "checkpoints"
     cache.mkdir(parents=True)

@@ -17,8 +17,10 @@ def preset(name: str) -> dict:
 
 
 def visium_sheet() -> pd.DataFrame:
-    rows = [{"sample_id": s, "patient_id": "P1", "platform": "visium", "series": "B", "order": str(i)}
-            for i, s in enumerate(["P1_D1", "P1_D2", "P1_D3"], 1)]
+    rows = [
+        {"sample_id": s, "patient_id": "P1", "platform": "visium", "series": "B", "order": str(i)}
+        for i, s in enumerate(["P1_D1", "P1_D2", "P1_D3"], 1)
+    ]
     return pd.DataFrame(rows).set_index("sample_id", drop=False)
 
 
@@ -42,7 +44,9 @@ def test_stnet_preset_matches_the_protocol():
     assert (t["augmentation"], t["head_init"], t["val_tta"]) == ("dihedral", "zero", 8)
     assert exp["tta"] == 8
     # unset keys the protocol relies on take these defaults
-    (resolved,) = expand_experiments(cfg["experiments"], cfg, visium_sheet().assign(platform="st")).values()
+    (resolved,) = expand_experiments(
+        cfg["experiments"], cfg, visium_sheet().assign(platform="st")
+    ).values()
     assert resolved["split"]["inner_assignment"] == "stride"
     assert resolved["train"]["precision"] == "auto"
 
@@ -75,12 +79,26 @@ def test_deepspace_preset_matches_the_protocol():
     resolved = expand_experiments(exps, cfg, visium_sheet())
     assert sorted(resolved) == sorted(
         [f"deepspace_cv.{s}" for s in visium_sheet().index]
-        + [f"deepspace_clusters.{s}" for s in visium_sheet().index] + ["deepspace_imputation"])
+        + [f"deepspace_clusters.{s}" for s in visium_sheet().index]
+        + ["deepspace_imputation"]
+    )
 
 
 def test_protocols_document_names_every_preset_key_we_check():
     text = (REPO / "docs" / "PROTOCOLS.md").read_text()
-    for key in ("loss_reduction: stnet", "val_tta: 8", "rank_by: counts", "inner_assignment: stride",
-                "sections.each: true", "evaluation.alpha", "augmentation: deepspace", "fov_um: 137.5",
-                "fov_px: 224", "patience: 5", "head_init: zero", "tta: 8", "tta: 1"):
+    for key in (
+        "loss_reduction: stnet",
+        "val_tta: 8",
+        "rank_by: counts",
+        "inner_assignment: stride",
+        "sections.each: true",
+        "evaluation.alpha",
+        "augmentation: deepspace",
+        "fov_um: 137.5",
+        "fov_px: 224",
+        "patience: 5",
+        "head_init: zero",
+        "tta: 8",
+        "tta: 1",
+    ):
         assert key in text, key

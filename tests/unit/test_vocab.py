@@ -41,11 +41,16 @@ def test_figure_labels_of_the_transforms():
 def test_log_proportion_label_describes_what_the_transform_computes():
     # two sections whose gene union has G = 4 genes; the label says log((UMI + 1) / (total + G))
     counts_a = np.array([[3, 0, 5], [1, 2, 0]], dtype=np.float32)
-    a = ad.AnnData(sp.csr_matrix(counts_a), var=pd.DataFrame(index=["g1", "g2", "g3"]),
-                   obs=pd.DataFrame({"sample_id": "A"}, index=["s1", "s2"]))
-    b = ad.AnnData(sp.csr_matrix(np.array([[4, 1]], dtype=np.float32)),
-                   var=pd.DataFrame(index=["g1", "g4"]),
-                   obs=pd.DataFrame({"sample_id": "B"}, index=["s3"]))
+    a = ad.AnnData(
+        sp.csr_matrix(counts_a),
+        var=pd.DataFrame(index=["g1", "g2", "g3"]),
+        obs=pd.DataFrame({"sample_id": "A"}, index=["s1", "s2"]),
+    )
+    b = ad.AnnData(
+        sp.csr_matrix(np.array([[4, 1]], dtype=np.float32)),
+        var=pd.DataFrame(index=["g1", "g4"]),
+        obs=pd.DataFrame({"sample_id": "B"}, index=["s3"]),
+    )
     tr = make_transform(TRANSFORM_NAMES["log_proportion"], genes=["g1", "g3"]).fit([a, b])
     total, g = counts_a.sum(axis=1, keepdims=True), 4
     expect = np.log((counts_a[:, [0, 2]] + 1) / (total + g))
@@ -58,7 +63,11 @@ def test_annotation_vocabulary_is_shared_by_readers_strata_and_figures():
     assert ANNOTATION_LABELS == (TUMOR, NORMAL) == ("tumor", "non")
     assert STRATA == {"tumor": TUMOR, "normal": NORMAL}
     assert normalise_annotation_labels(["Tumour", " normal ", "stroma", ""]) == [
-        TUMOR, NORMAL, "stroma", ""]
+        TUMOR,
+        NORMAL,
+        "stroma",
+        "",
+    ]
     obs = pd.DataFrame({"annotation": ["tumor", None, "non"]}, index=["a", "b", "c"])
     assert annotations(ad.AnnData(obs=obs)).tolist() == ["tumor", "", "non"]
     assert annotations(ad.AnnData(obs=pd.DataFrame(index=["a"]))).tolist() == [""]

@@ -67,13 +67,25 @@ def base_config(cohort: Path) -> dict:
 def tiny_experiment(**over) -> dict:
     """A one-fold experiment (D1 -> D2 imputation, tiny CNN, one epoch): seconds on a CPU."""
     exp = {
-        "split": {"scheme": "section_imputation", "train_sections": ["P1_D1"], "test_section": "P1_D2",
-                  "val_frac": 0.2},
-        "targets": {"transform": "log1p", "genes": {"mode": "top_mean", "n": 20, "panel": "", "min_frac": 0.1}},
+        "split": {
+            "scheme": "section_imputation",
+            "train_sections": ["P1_D1"],
+            "test_section": "P1_D2",
+            "val_frac": 0.2,
+        },
+        "targets": {
+            "transform": "log1p",
+            "genes": {"mode": "top_mean", "n": 20, "panel": "", "min_frac": 0.1},
+        },
         "train": {"epochs": 1, "batch_size": 64},
         "tta": 1,
-        "evaluation": {"baselines": ["mean", "nuclear_rf"], "ols": False, "latent": False,
-                       "attributions": {"enabled": False}, "random_forest": {"n_estimators": 5}},
+        "evaluation": {
+            "baselines": ["mean", "nuclear_rf"],
+            "ols": False,
+            "latent": False,
+            "attributions": {"enabled": False},
+            "random_forest": {"n_estimators": 5},
+        },
     }
     for k, v in over.items():
         exp[k] = v
@@ -92,9 +104,14 @@ def built(tmp_path_factory, cohort) -> Path:
     cfg = base_config(cohort)
     cfg["experiments"] = {EXP: tiny_experiment()}
     write_case(wd, demo_rows(cohort).loc[BUILT_SAMPLES], cfg)
-    run_snakemake(wd, f"results/experiments/{EXP}/predictions/P1_D2.h5ad",
-                  f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv",
-                  "--configfile", "run.yaml", timeout=600)
+    run_snakemake(
+        wd,
+        f"results/experiments/{EXP}/predictions/P1_D2.h5ad",
+        f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv",
+        "--configfile",
+        "run.yaml",
+        timeout=600,
+    )
     return wd
 
 
@@ -107,7 +124,9 @@ class Ctx:
     cohort: Path
     rows: pd.DataFrame
     cfg: dict
-    post: Callable[[Path], None] | None = None  # edits the written sheet (what a DataFrame cannot hold)
+    post: Callable[[Path], None] | None = (
+        None  # edits the written sheet (what a DataFrame cannot hold)
+    )
     env: dict[str, str] = field(default_factory=dict)  # environment of the snakemake run
 
     def copy(self, src: str | Path, name: str | None = None) -> Path:
@@ -145,7 +164,9 @@ def _rows(c: Ctx, sample: str, **cells) -> None:
 
 
 def _exp(c: Ctx, **over) -> None:
-    c.cfg["experiments"] = {"e": {"split": {"scheme": "random_within_section", "n_folds": 2}, **over}}
+    c.cfg["experiments"] = {
+        "e": {"split": {"scheme": "random_within_section", "n_folds": 2}, **over}
+    }
 
 
 def _truncate(path: Path, frac: float = 0.5) -> None:
@@ -162,7 +183,9 @@ def _cut_table(path: Path) -> None:
 
 
 # ---- images
-def _tiff_rewrite(c: Ctx, sample: str, fn: Callable[[np.ndarray], np.ndarray], dtype=None, name=None) -> None:
+def _tiff_rewrite(
+    c: Ctx, sample: str, fn: Callable[[np.ndarray], np.ndarray], dtype=None, name=None
+) -> None:
     import tifffile
 
     src = Path(c.rows.loc[sample, "image"])
@@ -171,8 +194,15 @@ def _tiff_rewrite(c: Ctx, sample: str, fn: Callable[[np.ndarray], np.ndarray], d
         arr = arr.astype(dtype) * (257 if dtype == np.uint16 else 1)
     dst = c.wd / "data" / (name or src.name)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(dst, arr, tile=(256, 256), resolution=(2500, 2500), resolutionunit="CENTIMETER",
-                     compression="zlib", photometric="rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else None)
+    tifffile.imwrite(
+        dst,
+        arr,
+        tile=(256, 256),
+        resolution=(2500, 2500),
+        resolutionunit="CENTIMETER",
+        compression="zlib",
+        photometric="rgb" if arr.ndim == 3 and arr.shape[-1] == 3 else None,
+    )
     _rows(c, sample, image=dst)
 
 
@@ -226,7 +256,12 @@ def f_unknown_column(c):
 
 def f_extra_cell(c):
     c.post = lambda sheet: sheet.write_text(
-        "\n".join(ln + ("\tstray" if i == 1 else "") for i, ln in enumerate(sheet.read_text().splitlines())) + "\n")
+        "\n".join(
+            ln + ("\tstray" if i == 1 else "")
+            for i, ln in enumerate(sheet.read_text().splitlines())
+        )
+        + "\n"
+    )
 
 
 def f_missing_required_column(c):
@@ -292,12 +327,25 @@ def f_inner_folds_one(c):
 
 
 def f_imputation_test_in_train(c):
-    _exp(c, split={"scheme": "section_imputation", "train_sections": ["P1_D1", "P1_D2"],
-                   "test_section": "P1_D2"})
+    _exp(
+        c,
+        split={
+            "scheme": "section_imputation",
+            "train_sections": ["P1_D1", "P1_D2"],
+            "test_section": "P1_D2",
+        },
+    )
 
 
 def f_imputation_unknown_section(c):
-    _exp(c, split={"scheme": "section_imputation", "train_sections": ["P1_D1"], "test_section": "P1_D9"})
+    _exp(
+        c,
+        split={
+            "scheme": "section_imputation",
+            "train_sections": ["P1_D1"],
+            "test_section": "P1_D9",
+        },
+    )
 
 
 def f_experiment_selects_nothing(c):
@@ -312,8 +360,13 @@ def f_unknown_panel_gene(c):
     panel = c.wd / "data/panel.txt"
     panel.parent.mkdir(parents=True, exist_ok=True)
     panel.write_text("ESR1\nERBB2\nNOTAGENE1\n")
-    _exp(c, targets={"transform": "log1p", "genes": {"mode": "panel", "n": 3, "panel": str(panel),
-                                                     "min_frac": 0.1}})
+    _exp(
+        c,
+        targets={
+            "transform": "log1p",
+            "genes": {"mode": "panel", "n": 3, "panel": str(panel), "min_frac": 0.1},
+        },
+    )
 
 
 def f_clusters_on_st(c):
@@ -355,8 +408,11 @@ def f_attribution_gene_unmeasured(c):
 
 
 def f_patience_without_validation(c):
-    _exp(c, split={"scheme": "random_within_section", "n_folds": 2, "val_frac": 0.0},
-         train={"patience": 3})
+    _exp(
+        c,
+        split={"scheme": "random_within_section", "n_folds": 2, "val_frac": 0.0},
+        train={"patience": 3},
+    )
 
 
 def f_clusters_pooled_without_map(c):
@@ -364,14 +420,23 @@ def f_clusters_pooled_without_map(c):
 
 
 def f_exclude_absent_cluster(c):
-    _exp(c, task="clusters", sections={"samples": ["P1_D1"]}, exclude_clusters=[99],
-         train={"epochs": 1})
+    _exp(
+        c,
+        task="clusters",
+        sections={"samples": ["P1_D1"]},
+        exclude_clusters=[99],
+        train={"epochs": 1},
+    )
 
 
 def f_too_few_spots_for_folds(c):
     # more folds than the section has kept spots: some folds would test nothing
-    _exp(c, sections={"samples": ["P1_D1"]}, split={"scheme": "random_within_section", "n_folds": 2500},
-         train={"epochs": 1})
+    _exp(
+        c,
+        sections={"samples": ["P1_D1"]},
+        split={"scheme": "random_within_section", "n_folds": 2500},
+        train={"epochs": 1},
+    )
 
 
 def f_tta_typo(c):
@@ -462,8 +527,10 @@ def f_rotated_180(c):
 def f_positions_of_other_section(c):
     outs = _visium_outs(c, "P1_D1")
     (outs / "spatial/tissue_positions_list.csv").unlink()
-    shutil.copy(Path(c.rows.loc["P1_D2", "raw"]) / "spatial/tissue_positions.csv",
-                outs / "spatial/tissue_positions.csv")
+    shutil.copy(
+        Path(c.rows.loc["P1_D2", "raw"]) / "spatial/tissue_positions.csv",
+        outs / "spatial/tissue_positions.csv",
+    )
 
 
 def f_st_spots_of_other_section(c):
@@ -478,6 +545,7 @@ def f_negative_counts(c):
     def neg(df):
         df.iloc[::7, 3] = -2
         return df
+
     _st_counts(c, "BC50001_C1", neg)
 
 
@@ -581,86 +649,655 @@ CFG = "run.yaml"
 
 CASES = [
     # the sheet and the config, refused at parse time
-    Case("missing_file", V, f_missing_file, ["sections"], ["sample 'P1_D1'", "does_not_exist.tif", "column 'image'"], parse=True),
-    Case("duplicate_ids", V2, f_duplicate_ids, ["sections"], [SHEET, "duplicate sample_id P1_D1"], parse=True),
-    Case("bad_platform", V, f_bad_platform, ["sections"], [SHEET, "sample 'P1_D1'", "column 'platform'"], parse=True),
+    Case(
+        "missing_file",
+        V,
+        f_missing_file,
+        ["sections"],
+        ["sample 'P1_D1'", "does_not_exist.tif", "column 'image'"],
+        parse=True,
+    ),
+    Case(
+        "duplicate_ids",
+        V2,
+        f_duplicate_ids,
+        ["sections"],
+        [SHEET, "duplicate sample_id P1_D1"],
+        parse=True,
+    ),
+    Case(
+        "bad_platform",
+        V,
+        f_bad_platform,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "column 'platform'"],
+        parse=True,
+    ),
     Case("empty_sheet", V, f_empty_sheet, ["sections"], [SHEET, "no rows"], parse=True),
-    Case("unknown_column", V, f_unknown_column, ["sections"], [SHEET, "unknown column(s) notes"], parse=True),
-    Case("extra_cell", V2, f_extra_cell, ["sections"], [SHEET, "sample 'P1_D1'", "row 2 has 14 cells"], parse=True),
-    Case("missing_required_column", V, f_missing_required_column, ["sections"], [SHEET, "patient_id"], parse=True),
-    Case("bad_sample_id", V, f_bad_sample_id, ["sections"], [SHEET, "sample 'P1 D1'", "column 'sample_id'"], parse=True),
-    Case("st_without_spots", ST, f_st_without_spots, ["sections"], [SHEET, "sample 'BC50001_C1'", "column 'spots'"], parse=True),
-    Case("ihc_without_gene", V, f_ihc_without_gene, ["sections"], [SHEET, "sample 'P1_D1'", "ihc_gene"], parse=True),
-    Case("mpp_zero", V, f_mpp_zero, ["sections"], [SHEET, "sample 'P1_D1'", "must be positive"], parse=True),
-    Case("mpp_not_a_number", V, f_mpp_not_a_number, ["sections"], [SHEET, "sample 'P1_D1'", "column 'mpp'"], parse=True),
-    Case("series_patient_clash", ["P1_D1", "P2_A1"], f_series_patient_clash, ["sections"], [SHEET, "series 'S' spans several patients"], parse=True),
-    Case("series_order_clash", V2, f_series_order_clash, ["sections"], [SHEET, "P1_D1, P1_D2 share series 'S'"], parse=True),
-    Case("sheet_missing", V, f_sheet_missing, ["sections"], ["no_such_sheet.tsv", "does not exist"], parse=True),
-    Case("fov_both", V, f_fov_both, ["sections"], [CFG, "fov_um (110) and patches.fov_px (224) are both set"], parse=True),
-    Case("fov_neither", V, f_fov_neither, ["sections"], [CFG, "neither patches.fov_um nor patches.fov_px"], parse=True),
-    Case("unknown_config_key", V, f_unknown_config_key, ["sections"], [CFG, "'min_umis' was unexpected"], parse=True),
-    Case("gene_map_missing", V, f_gene_map_missing, ["sections"], ["no_gene_map.tsv", "reading.gene_map"], parse=True),
-    Case("lopo_one_patient", V2, f_lopo_one_patient, ["sections"], [CFG, "experiment 'e'", "patient 'P1'", "P1_D1"], parse=True),
-    Case("inner_folds_one", ["P1_D1", "P2_A1"], f_inner_folds_one, ["sections"], [CFG, "experiment 'e'", "inner_folds is 1"], parse=True),
-    Case("imputation_test_in_train", V2, f_imputation_test_in_train, ["sections"], [CFG, "experiment 'e'", "'P1_D2' is also a training section"], parse=True),
-    Case("imputation_unknown_section", V2, f_imputation_unknown_section, ["sections"], [CFG, "experiment 'e'", "P1_D9"], parse=True),
-    Case("experiment_selects_nothing", V2, f_experiment_selects_nothing, ["sections"], [CFG, "experiment 'e'", "selects no section"], parse=True),
-    Case("experiment_unknown_sample", V, f_experiment_unknown_sample, ["sections"], [CFG, "experiment 'e'", "P9_X1"], parse=True),
-    Case("unknown_panel_gene", ["P1_D1", "BC50001_C1"], f_unknown_panel_gene, ["sections"], [CFG, "experiment 'e'", "NOTAGENE1", "P1_D1"], parse=True),
-    Case("clusters_on_st", ST, f_clusters_on_st, ["sections"], [CFG, "sample 'BC50001_C1'", "no clusters"], parse=True),
-    Case("clusters_without_graphclust", V, f_clusters_without_graphclust, ["sections"], [CFG, "sample 'P1_D1'", "graphclust"], parse=True),
-    Case("backbone_typo", V, f_backbone_typo, ["sections"], [CFG, "experiment 'e'", "densenet12", "densenet121"], parse=True),
-    Case("weights_missing", V, f_weights_missing, ["sections"], [CFG, "experiment 'e'", "data/pretrained.pt"], parse=True),
-    Case("same_raw_twice", ["P1_D1", "P9_D1"], f_same_raw_twice, ["sections"], [SHEET, "sample 'P1_D1'", "name the same raw", "counted twice"], parse=True),
-    Case("patient_id_case", V2, f_patient_case, ["sections"], [SHEET, "'P1', 'p1'", "differ only in case"], parse=True),
-    Case("imagenet_weights_missing", V, f_imagenet_missing, ["sections"], [CFG, "experiment 'e'", "vgg16-397923af.pth", "TORCH_HOME"], parse=True),
-    Case("attribution_gene_unmeasured", V2, f_attribution_gene_unmeasured, ["sections"], [CFG, "experiment 'e'", "NOTAGENE7", "none of the experiment's sections"], parse=True),
-    Case("patience_without_validation", V, f_patience_without_validation, ["sections"], [CFG, "experiment 'e'", "no validation spots", "val_frac"], parse=True),
-    Case("clusters_pooled_without_map", V2, f_clusters_pooled_without_map, ["sections"], [CFG, "experiment 'e'", "numbers its clusters per section", "cluster_map"], parse=True),
-    Case("exclude_absent_cluster", V, f_exclude_absent_cluster, ["results/experiments/e/splits.tsv"], ["experiment 'e'", "exclude_clusters", "['99']"], absent=["results/experiments/e/splits.tsv"]),
-    Case("too_few_spots_for_folds", V, f_too_few_spots_for_folds, ["results/experiments/e/splits.tsv"], ["sample 'P1_D1'", "has no test spots", "n_folds"], absent=["results/experiments/e/splits.tsv"]),
-    Case("tta_typo", V, f_tta_typo, ["sections"], [CFG, "experiments.e.tta", "1, 4, 8"], parse=True),
-    Case("augmentation_typo", V, f_augmentation_typo, ["sections"], [CFG, "experiments.e.train.augmentation", "dihedal"], parse=True),
-    Case("cross_entropy_regression", V, f_cross_entropy_regression, ["sections"], [CFG, "experiment 'e'", "cross_entropy"], parse=True),
+    Case(
+        "unknown_column",
+        V,
+        f_unknown_column,
+        ["sections"],
+        [SHEET, "unknown column(s) notes"],
+        parse=True,
+    ),
+    Case(
+        "extra_cell",
+        V2,
+        f_extra_cell,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "row 2 has 14 cells"],
+        parse=True,
+    ),
+    Case(
+        "missing_required_column",
+        V,
+        f_missing_required_column,
+        ["sections"],
+        [SHEET, "patient_id"],
+        parse=True,
+    ),
+    Case(
+        "bad_sample_id",
+        V,
+        f_bad_sample_id,
+        ["sections"],
+        [SHEET, "sample 'P1 D1'", "column 'sample_id'"],
+        parse=True,
+    ),
+    Case(
+        "st_without_spots",
+        ST,
+        f_st_without_spots,
+        ["sections"],
+        [SHEET, "sample 'BC50001_C1'", "column 'spots'"],
+        parse=True,
+    ),
+    Case(
+        "ihc_without_gene",
+        V,
+        f_ihc_without_gene,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "ihc_gene"],
+        parse=True,
+    ),
+    Case(
+        "mpp_zero",
+        V,
+        f_mpp_zero,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "must be positive"],
+        parse=True,
+    ),
+    Case(
+        "mpp_not_a_number",
+        V,
+        f_mpp_not_a_number,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "column 'mpp'"],
+        parse=True,
+    ),
+    Case(
+        "series_patient_clash",
+        ["P1_D1", "P2_A1"],
+        f_series_patient_clash,
+        ["sections"],
+        [SHEET, "series 'S' spans several patients"],
+        parse=True,
+    ),
+    Case(
+        "series_order_clash",
+        V2,
+        f_series_order_clash,
+        ["sections"],
+        [SHEET, "P1_D1, P1_D2 share series 'S'"],
+        parse=True,
+    ),
+    Case(
+        "sheet_missing",
+        V,
+        f_sheet_missing,
+        ["sections"],
+        ["no_such_sheet.tsv", "does not exist"],
+        parse=True,
+    ),
+    Case(
+        "fov_both",
+        V,
+        f_fov_both,
+        ["sections"],
+        [CFG, "fov_um (110) and patches.fov_px (224) are both set"],
+        parse=True,
+    ),
+    Case(
+        "fov_neither",
+        V,
+        f_fov_neither,
+        ["sections"],
+        [CFG, "neither patches.fov_um nor patches.fov_px"],
+        parse=True,
+    ),
+    Case(
+        "unknown_config_key",
+        V,
+        f_unknown_config_key,
+        ["sections"],
+        [CFG, "'min_umis' was unexpected"],
+        parse=True,
+    ),
+    Case(
+        "gene_map_missing",
+        V,
+        f_gene_map_missing,
+        ["sections"],
+        ["no_gene_map.tsv", "reading.gene_map"],
+        parse=True,
+    ),
+    Case(
+        "lopo_one_patient",
+        V2,
+        f_lopo_one_patient,
+        ["sections"],
+        [CFG, "experiment 'e'", "patient 'P1'", "P1_D1"],
+        parse=True,
+    ),
+    Case(
+        "inner_folds_one",
+        ["P1_D1", "P2_A1"],
+        f_inner_folds_one,
+        ["sections"],
+        [CFG, "experiment 'e'", "inner_folds is 1"],
+        parse=True,
+    ),
+    Case(
+        "imputation_test_in_train",
+        V2,
+        f_imputation_test_in_train,
+        ["sections"],
+        [CFG, "experiment 'e'", "'P1_D2' is also a training section"],
+        parse=True,
+    ),
+    Case(
+        "imputation_unknown_section",
+        V2,
+        f_imputation_unknown_section,
+        ["sections"],
+        [CFG, "experiment 'e'", "P1_D9"],
+        parse=True,
+    ),
+    Case(
+        "experiment_selects_nothing",
+        V2,
+        f_experiment_selects_nothing,
+        ["sections"],
+        [CFG, "experiment 'e'", "selects no section"],
+        parse=True,
+    ),
+    Case(
+        "experiment_unknown_sample",
+        V,
+        f_experiment_unknown_sample,
+        ["sections"],
+        [CFG, "experiment 'e'", "P9_X1"],
+        parse=True,
+    ),
+    Case(
+        "unknown_panel_gene",
+        ["P1_D1", "BC50001_C1"],
+        f_unknown_panel_gene,
+        ["sections"],
+        [CFG, "experiment 'e'", "NOTAGENE1", "P1_D1"],
+        parse=True,
+    ),
+    Case(
+        "clusters_on_st",
+        ST,
+        f_clusters_on_st,
+        ["sections"],
+        [CFG, "sample 'BC50001_C1'", "no clusters"],
+        parse=True,
+    ),
+    Case(
+        "clusters_without_graphclust",
+        V,
+        f_clusters_without_graphclust,
+        ["sections"],
+        [CFG, "sample 'P1_D1'", "graphclust"],
+        parse=True,
+    ),
+    Case(
+        "backbone_typo",
+        V,
+        f_backbone_typo,
+        ["sections"],
+        [CFG, "experiment 'e'", "densenet12", "densenet121"],
+        parse=True,
+    ),
+    Case(
+        "weights_missing",
+        V,
+        f_weights_missing,
+        ["sections"],
+        [CFG, "experiment 'e'", "data/pretrained.pt"],
+        parse=True,
+    ),
+    Case(
+        "same_raw_twice",
+        ["P1_D1", "P9_D1"],
+        f_same_raw_twice,
+        ["sections"],
+        [SHEET, "sample 'P1_D1'", "name the same raw", "counted twice"],
+        parse=True,
+    ),
+    Case(
+        "patient_id_case",
+        V2,
+        f_patient_case,
+        ["sections"],
+        [SHEET, "'P1', 'p1'", "differ only in case"],
+        parse=True,
+    ),
+    Case(
+        "imagenet_weights_missing",
+        V,
+        f_imagenet_missing,
+        ["sections"],
+        [CFG, "experiment 'e'", "vgg16-397923af.pth", "TORCH_HOME"],
+        parse=True,
+    ),
+    Case(
+        "attribution_gene_unmeasured",
+        V2,
+        f_attribution_gene_unmeasured,
+        ["sections"],
+        [CFG, "experiment 'e'", "NOTAGENE7", "none of the experiment's sections"],
+        parse=True,
+    ),
+    Case(
+        "patience_without_validation",
+        V,
+        f_patience_without_validation,
+        ["sections"],
+        [CFG, "experiment 'e'", "no validation spots", "val_frac"],
+        parse=True,
+    ),
+    Case(
+        "clusters_pooled_without_map",
+        V2,
+        f_clusters_pooled_without_map,
+        ["sections"],
+        [CFG, "experiment 'e'", "numbers its clusters per section", "cluster_map"],
+        parse=True,
+    ),
+    Case(
+        "exclude_absent_cluster",
+        V,
+        f_exclude_absent_cluster,
+        ["results/experiments/e/splits.tsv"],
+        ["experiment 'e'", "exclude_clusters", "['99']"],
+        absent=["results/experiments/e/splits.tsv"],
+    ),
+    Case(
+        "too_few_spots_for_folds",
+        V,
+        f_too_few_spots_for_folds,
+        ["results/experiments/e/splits.tsv"],
+        ["sample 'P1_D1'", "has no test spots", "n_folds"],
+        absent=["results/experiments/e/splits.tsv"],
+    ),
+    Case(
+        "tta_typo", V, f_tta_typo, ["sections"], [CFG, "experiments.e.tta", "1, 4, 8"], parse=True
+    ),
+    Case(
+        "augmentation_typo",
+        V,
+        f_augmentation_typo,
+        ["sections"],
+        [CFG, "experiments.e.train.augmentation", "dihedal"],
+        parse=True,
+    ),
+    Case(
+        "cross_entropy_regression",
+        V,
+        f_cross_entropy_regression,
+        ["sections"],
+        [CFG, "experiment 'e'", "cross_entropy"],
+        parse=True,
+    ),
     # raw files, refused by read_section (or extract_patches)
-    Case("transposed_coordinates", ["BC50002_C2"], f_transposed_coordinates, [SECTION.format("BC50002_C2")], ["sample 'BC50002_C2'", "transposed.spots.txt", "transposed"], absent=[SECTION.format("BC50002_C2")]),
-    Case("transposed_coordinates_near_square_tissue", ST, f_transposed_coordinates_near_square, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "transposed.spots.txt"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("hires_as_fullres", V, f_hires_as_fullres, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "tissue_hires_image.png"], absent=[SECTION.format("P1_D1")]),
-    Case("greyscale_image", ST, f_greyscale, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.jpg", "greyscale"], absent=[SECTION.format("BC50001_C1")]),
-    Case("rgba_image", ST, f_rgba, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.png", "RGBA"], absent=[SECTION.format("BC50001_C1")]),
-    Case("tiff_16bit", V, f_16bit_tiff, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "P1_D1_fullres.tif", "16-bit"], absent=[SECTION.format("P1_D1")]),
-    Case("gzip_truncated_counts", ST, f_gzip_truncated_counts, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz"], absent=[SECTION.format("BC50001_C1")]),
-    Case("missing_scalefactors", V, f_missing_scalefactors, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "scalefactors_json.json"], absent=[SECTION.format("P1_D1")]),
-    Case("truncated_tiff", V, f_truncated_tiff, [SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"], ["sample 'P1_D1'", "P1_D1_fullres.tif"], absent=[SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"], reader=True),
-    Case("truncated_jpeg", ST, f_truncated_jpeg, [SECTION.format("BC50001_C1"), "results/patches/BC50001_C1/spots.npy"], ["sample 'BC50001_C1'", "BC50001_C1.jpg"], absent=[SECTION.format("BC50001_C1"), "results/patches/BC50001_C1/spots.npy"], reader=True),
-    Case("jpeg_300dpi_tag_with_sheet_mpp", ST, f_jpeg_300dpi, [SECTION.format("BC50001_C1")], [], passes=True, reader=True),
-    Case("mirrored_image", V, f_mirrored, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "P1_D1_fullres.tif"], absent=[SECTION.format("P1_D1")], reader=True),
-    Case("flipped_image", V, f_flipped, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "P1_D1_fullres.tif"], absent=[SECTION.format("P1_D1")], reader=True),
-    Case("rotated_180_image", V, f_rotated_180, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "P1_D1_fullres.tif"], absent=[SECTION.format("P1_D1")], reader=True),
-    Case("positions_of_other_section", V2, f_positions_of_other_section, [SECTION.format("P1_D1")], ["sample 'P1_D1'", "tissue_positions"], absent=[SECTION.format("P1_D1")], reader=True),
-    Case("st_spots_of_other_section", ["BC50001_C1", "BC50002_C2"], f_st_spots_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50002_C2_selection.tsv"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("annotation_of_other_section", ["BC50001_C1", "BC50002_C2"], f_annotation_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50002_C2_Coords.tsv"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("image_of_other_section", ["BC50001_C1"], f_image_of_other_section, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "HE_BC50005_C1.jpg", "probably the image of another section", "give the image the coordinates were aligned to"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("negative_counts", ST, f_negative_counts, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz", "negative"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("fractional_counts", ST, f_fractional_counts, [SECTION.format("BC50001_C1")], ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz"], absent=[SECTION.format("BC50001_C1")], reader=True),
-    Case("positions_only_header", ["P1_D2"], f_positions_only_header, [SECTION.format("P1_D2")], ["sample 'P1_D2'", "tissue_positions.csv"], absent=[SECTION.format("P1_D2")], reader=True),
-    Case("matrix_no_barcodes", ["P2_A1"], f_matrix_no_barcodes, [SECTION.format("P2_A1")], ["sample 'P2_A1'", "filtered_feature_bc_matrix"], absent=[SECTION.format("P2_A1")], reader=True),
+    Case(
+        "transposed_coordinates",
+        ["BC50002_C2"],
+        f_transposed_coordinates,
+        [SECTION.format("BC50002_C2")],
+        ["sample 'BC50002_C2'", "transposed.spots.txt", "transposed"],
+        absent=[SECTION.format("BC50002_C2")],
+    ),
+    Case(
+        "transposed_coordinates_near_square_tissue",
+        ST,
+        f_transposed_coordinates_near_square,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "transposed.spots.txt"],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "hires_as_fullres",
+        V,
+        f_hires_as_fullres,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "tissue_hires_image.png"],
+        absent=[SECTION.format("P1_D1")],
+    ),
+    Case(
+        "greyscale_image",
+        ST,
+        f_greyscale,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50001_C1.jpg", "greyscale"],
+        absent=[SECTION.format("BC50001_C1")],
+    ),
+    Case(
+        "rgba_image",
+        ST,
+        f_rgba,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50001_C1.png", "RGBA"],
+        absent=[SECTION.format("BC50001_C1")],
+    ),
+    Case(
+        "tiff_16bit",
+        V,
+        f_16bit_tiff,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif", "16-bit"],
+        absent=[SECTION.format("P1_D1")],
+    ),
+    Case(
+        "gzip_truncated_counts",
+        ST,
+        f_gzip_truncated_counts,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz"],
+        absent=[SECTION.format("BC50001_C1")],
+    ),
+    Case(
+        "missing_scalefactors",
+        V,
+        f_missing_scalefactors,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "scalefactors_json.json"],
+        absent=[SECTION.format("P1_D1")],
+    ),
+    Case(
+        "truncated_tiff",
+        V,
+        f_truncated_tiff,
+        [SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif"],
+        absent=[SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"],
+        reader=True,
+    ),
+    Case(
+        "truncated_jpeg",
+        ST,
+        f_truncated_jpeg,
+        [SECTION.format("BC50001_C1"), "results/patches/BC50001_C1/spots.npy"],
+        ["sample 'BC50001_C1'", "BC50001_C1.jpg"],
+        absent=[SECTION.format("BC50001_C1"), "results/patches/BC50001_C1/spots.npy"],
+        reader=True,
+    ),
+    Case(
+        "jpeg_300dpi_tag_with_sheet_mpp",
+        ST,
+        f_jpeg_300dpi,
+        [SECTION.format("BC50001_C1")],
+        [],
+        passes=True,
+        reader=True,
+    ),
+    Case(
+        "mirrored_image",
+        V,
+        f_mirrored,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif"],
+        absent=[SECTION.format("P1_D1")],
+        reader=True,
+    ),
+    Case(
+        "flipped_image",
+        V,
+        f_flipped,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif"],
+        absent=[SECTION.format("P1_D1")],
+        reader=True,
+    ),
+    Case(
+        "rotated_180_image",
+        V,
+        f_rotated_180,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif"],
+        absent=[SECTION.format("P1_D1")],
+        reader=True,
+    ),
+    Case(
+        "positions_of_other_section",
+        V2,
+        f_positions_of_other_section,
+        [SECTION.format("P1_D1")],
+        ["sample 'P1_D1'", "tissue_positions"],
+        absent=[SECTION.format("P1_D1")],
+        reader=True,
+    ),
+    Case(
+        "st_spots_of_other_section",
+        ["BC50001_C1", "BC50002_C2"],
+        f_st_spots_of_other_section,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50002_C2_selection.tsv"],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "annotation_of_other_section",
+        ["BC50001_C1", "BC50002_C2"],
+        f_annotation_of_other_section,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50002_C2_Coords.tsv"],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "image_of_other_section",
+        ["BC50001_C1"],
+        f_image_of_other_section,
+        [SECTION.format("BC50001_C1")],
+        [
+            "sample 'BC50001_C1'",
+            "HE_BC50005_C1.jpg",
+            "probably the image of another section",
+            "give the image the coordinates were aligned to",
+        ],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "negative_counts",
+        ST,
+        f_negative_counts,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz", "negative"],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "fractional_counts",
+        ST,
+        f_fractional_counts,
+        [SECTION.format("BC50001_C1")],
+        ["sample 'BC50001_C1'", "BC50001_C1.tsv.gz"],
+        absent=[SECTION.format("BC50001_C1")],
+        reader=True,
+    ),
+    Case(
+        "positions_only_header",
+        ["P1_D2"],
+        f_positions_only_header,
+        [SECTION.format("P1_D2")],
+        ["sample 'P1_D2'", "tissue_positions.csv"],
+        absent=[SECTION.format("P1_D2")],
+        reader=True,
+    ),
+    Case(
+        "matrix_no_barcodes",
+        ["P2_A1"],
+        f_matrix_no_barcodes,
+        [SECTION.format("P2_A1")],
+        ["sample 'P2_A1'", "filtered_feature_bc_matrix"],
+        absent=[SECTION.format("P2_A1")],
+        reader=True,
+    ),
     # QC
-    Case("qc_removes_every_spot", V, f_qc_removes_everything, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "results/sections/P1_D1.h5ad", "QC removes all", "min_umi 1e+07", "median UMI"], absent=["results/qc/P1_D1.h5ad", "results/qc/P1_D1.tsv", "results/qc/P1_D1.png"]),
-    Case("all_white_image", V, f_all_white_image, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "P1_D1_fullres.tif", "not darker"], absent=[SECTION.format("P1_D1"), "results/qc/P1_D1.h5ad"]),
-    Case("all_white_image_whiteness_filter", V, f_all_white_image_no_bounds_check, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "results/sections/P1_D1.h5ad", "the whiteness filter removes 1724 of 1724", "check the section's image"], absent=["results/qc/P1_D1.h5ad", "results/qc/P1_D1.png"]),
+    Case(
+        "qc_removes_every_spot",
+        V,
+        f_qc_removes_everything,
+        ["results/qc/P1_D1.h5ad"],
+        [
+            "sample 'P1_D1'",
+            "results/sections/P1_D1.h5ad",
+            "QC removes all",
+            "min_umi 1e+07",
+            "median UMI",
+        ],
+        absent=["results/qc/P1_D1.h5ad", "results/qc/P1_D1.tsv", "results/qc/P1_D1.png"],
+    ),
+    Case(
+        "all_white_image",
+        V,
+        f_all_white_image,
+        ["results/qc/P1_D1.h5ad"],
+        ["sample 'P1_D1'", "P1_D1_fullres.tif", "not darker"],
+        absent=[SECTION.format("P1_D1"), "results/qc/P1_D1.h5ad"],
+    ),
+    Case(
+        "all_white_image_whiteness_filter",
+        V,
+        f_all_white_image_no_bounds_check,
+        ["results/qc/P1_D1.h5ad"],
+        [
+            "sample 'P1_D1'",
+            "results/sections/P1_D1.h5ad",
+            "the whiteness filter removes 1724 of 1724",
+            "check the section's image",
+        ],
+        absent=["results/qc/P1_D1.h5ad", "results/qc/P1_D1.png"],
+    ),
     # the workflow's own intermediates: removed, and rebuilt by the rerun
-    Case("truncated_section_h5ad", BUILT_SAMPLES, f_truncated_section, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "results/sections/P1_D1.h5ad", "it was removed"], absent=[SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"], rerun=[SECTION.format("P1_D1"), "results/qc/P1_D1.h5ad"], built=True),
-    Case("truncated_qc_h5ad", BUILT_SAMPLES, f_truncated_qc, [f"results/experiments/{EXP}/splits.tsv"], ["sample 'P1_D1'", "results/qc/P1_D1.h5ad", "it was removed"], absent=["results/qc/P1_D1.h5ad", f"results/experiments/{EXP}/splits.tsv"], rerun=["results/qc/P1_D1.h5ad"], built=True),
-    Case("truncated_patch_store", BUILT_SAMPLES, f_truncated_store, [f"{FOLD}/predictions.h5ad"], ["sample 'P1_D2'", "results/patches/P1_D2/spots.npy", "it was removed"], absent=["results/patches/P1_D2/spots.npy", f"{FOLD}/predictions.h5ad"], rerun=["results/patches/P1_D2/spots.npy", f"{FOLD}/predictions.h5ad"], built=True),
-    Case("truncated_patch_table", BUILT_SAMPLES, f_truncated_patch_table, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "results/patches/P1_D1/spots.tsv", "it was removed"], absent=["results/patches/P1_D1/spots.tsv", "results/qc/P1_D1.h5ad"], built=True),
-    Case("corrupt_patch_json", BUILT_SAMPLES, f_corrupt_patch_json, ["results/qc/P1_D1.h5ad"], ["sample 'P1_D1'", "results/patches/P1_D1/spots.json", "it was removed"], absent=["results/patches/P1_D1/spots.json", "results/qc/P1_D1.h5ad"], built=True),
-    Case("truncated_splits", BUILT_SAMPLES, f_truncated_splits, [f"{FOLD}/predictions.h5ad"], [f"results/experiments/{EXP}/splits.tsv", "it was removed"], absent=[f"results/experiments/{EXP}/splits.tsv", f"{FOLD}/predictions.h5ad"], built=True),
-    Case("corrupt_model_pt", BUILT_SAMPLES, f_corrupt_model, [f"{FOLD}/predictions.h5ad"], [f"{FOLD}/model.pt", "it was removed"], absent=[f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"], rerun=[f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"], built=True),
-    Case("truncated_fitted_json", BUILT_SAMPLES, f_truncated_fitted, [f"{FOLD}/predictions.h5ad"], [f"{FOLD}/fitted.json", "it was removed", "model.pt"], absent=[f"{FOLD}/fitted.json", f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"], built=True),
-    Case("truncated_fold_predictions", BUILT_SAMPLES, f_truncated_fold_predictions, [f"results/experiments/{EXP}/predictions/P1_D2.h5ad"], [f"{FOLD}/predictions.h5ad", "it was removed"], absent=[f"{FOLD}/predictions.h5ad", f"results/experiments/{EXP}/predictions/P1_D2.h5ad"], built=True),
-    Case("truncated_nuclear_features", BUILT_SAMPLES, f_truncated_nuclear_features, [f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv"], ["sample 'P1_D1'", "results/features/P1_D1/nuclear.tsv", "it was removed"], absent=["results/features/P1_D1/nuclear.tsv", f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv"], built=True),
+    Case(
+        "truncated_section_h5ad",
+        BUILT_SAMPLES,
+        f_truncated_section,
+        ["results/qc/P1_D1.h5ad"],
+        ["sample 'P1_D1'", "results/sections/P1_D1.h5ad", "it was removed"],
+        absent=[SECTION.format("P1_D1"), "results/patches/P1_D1/spots.npy"],
+        rerun=[SECTION.format("P1_D1"), "results/qc/P1_D1.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_qc_h5ad",
+        BUILT_SAMPLES,
+        f_truncated_qc,
+        [f"results/experiments/{EXP}/splits.tsv"],
+        ["sample 'P1_D1'", "results/qc/P1_D1.h5ad", "it was removed"],
+        absent=["results/qc/P1_D1.h5ad", f"results/experiments/{EXP}/splits.tsv"],
+        rerun=["results/qc/P1_D1.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_patch_store",
+        BUILT_SAMPLES,
+        f_truncated_store,
+        [f"{FOLD}/predictions.h5ad"],
+        ["sample 'P1_D2'", "results/patches/P1_D2/spots.npy", "it was removed"],
+        absent=["results/patches/P1_D2/spots.npy", f"{FOLD}/predictions.h5ad"],
+        rerun=["results/patches/P1_D2/spots.npy", f"{FOLD}/predictions.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_patch_table",
+        BUILT_SAMPLES,
+        f_truncated_patch_table,
+        ["results/qc/P1_D1.h5ad"],
+        ["sample 'P1_D1'", "results/patches/P1_D1/spots.tsv", "it was removed"],
+        absent=["results/patches/P1_D1/spots.tsv", "results/qc/P1_D1.h5ad"],
+        built=True,
+    ),
+    Case(
+        "corrupt_patch_json",
+        BUILT_SAMPLES,
+        f_corrupt_patch_json,
+        ["results/qc/P1_D1.h5ad"],
+        ["sample 'P1_D1'", "results/patches/P1_D1/spots.json", "it was removed"],
+        absent=["results/patches/P1_D1/spots.json", "results/qc/P1_D1.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_splits",
+        BUILT_SAMPLES,
+        f_truncated_splits,
+        [f"{FOLD}/predictions.h5ad"],
+        [f"results/experiments/{EXP}/splits.tsv", "it was removed"],
+        absent=[f"results/experiments/{EXP}/splits.tsv", f"{FOLD}/predictions.h5ad"],
+        built=True,
+    ),
+    Case(
+        "corrupt_model_pt",
+        BUILT_SAMPLES,
+        f_corrupt_model,
+        [f"{FOLD}/predictions.h5ad"],
+        [f"{FOLD}/model.pt", "it was removed"],
+        absent=[f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"],
+        rerun=[f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_fitted_json",
+        BUILT_SAMPLES,
+        f_truncated_fitted,
+        [f"{FOLD}/predictions.h5ad"],
+        [f"{FOLD}/fitted.json", "it was removed", "model.pt"],
+        absent=[f"{FOLD}/fitted.json", f"{FOLD}/model.pt", f"{FOLD}/predictions.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_fold_predictions",
+        BUILT_SAMPLES,
+        f_truncated_fold_predictions,
+        [f"results/experiments/{EXP}/predictions/P1_D2.h5ad"],
+        [f"{FOLD}/predictions.h5ad", "it was removed"],
+        absent=[f"{FOLD}/predictions.h5ad", f"results/experiments/{EXP}/predictions/P1_D2.h5ad"],
+        built=True,
+    ),
+    Case(
+        "truncated_nuclear_features",
+        BUILT_SAMPLES,
+        f_truncated_nuclear_features,
+        [f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv"],
+        ["sample 'P1_D1'", "results/features/P1_D1/nuclear.tsv", "it was removed"],
+        absent=[
+            "results/features/P1_D1/nuclear.tsv",
+            f"results/experiments/{EXP}/baselines/nuclear_rf/summary.tsv",
+        ],
+        built=True,
+    ),
 ]
+
 
 def _param(case: Case):
     return pytest.param(case, id=case.id)
@@ -726,5 +1363,7 @@ def test_bad_input(case: Case, tmp_path, cohort, request):
             assert (wd / p).is_file(), f"{p} not rebuilt"
         if f"{FOLD}/model.pt" in case.rerun:
             assert not os.access(wd / f"{FOLD}/model.pt", os.W_OK) or os.geteuid() == 0
-            assert stat.S_IMODE((wd / f"{FOLD}/model.pt").stat().st_mode) & 0o222 == 0  # protected again
+            assert (
+                stat.S_IMODE((wd / f"{FOLD}/model.pt").stat().st_mode) & 0o222 == 0
+            )  # protected again
     print(f"{case.id}: {time.perf_counter() - t0:.1f} s")

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 
 
 def sheet(workdir: Path) -> pd.DataFrame:
-    return pd.read_csv(workdir / "config/samples_demo.tsv", sep="\t", dtype=str, keep_default_na=False)
+    return pd.read_csv(
+        workdir / "config/samples_demo.tsv", sep="\t", dtype=str, keep_default_na=False
+    )
 
 
 def test_lint_is_clean(repo, tmp_path):
@@ -31,7 +33,9 @@ def test_snakefmt_is_clean(repo):
 
     proc = subprocess.run(
         [sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow/rules"],
-        cwd=repo, capture_output=True, text=True,
+        cwd=repo,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -39,8 +43,9 @@ def test_snakefmt_is_clean(repo):
 @pytest.mark.parametrize("preset", ["config.yaml", "config/stnet.yaml", "config/deepspace.yaml"])
 def test_presets_dry_run(tmp_path, preset):
     workdir = copy_workflow(tmp_path)
-    proc = run_snakemake(workdir, "-n", "all", "--configfile", preset,
-                         env=placeholder_imagenet_cache(tmp_path))
+    proc = run_snakemake(
+        workdir, "-n", "all", "--configfile", preset, env=placeholder_imagenet_cache(tmp_path)
+    )
     assert "read_section" in proc.stdout and "extract_patches" in proc.stdout
 
 
@@ -59,14 +64,21 @@ def test_demo_run_outputs(demo_run):
         h, w = meta["image_shape"]
         xy = a.obsm["spatial"]
         assert a.n_obs > 100 and a.n_vars > 100
-        assert (xy[:, 0] >= 0).all() and (xy[:, 0] < w).all() and (xy[:, 1] >= 0).all() and (xy[:, 1] < h).all()
+        assert (
+            (xy[:, 0] >= 0).all()
+            and (xy[:, 0] < w).all()
+            and (xy[:, 1] >= 0).all()
+            and (xy[:, 1] < h).all()
+        )
         expected_mpp = 2.0 if row.platform == "visium" else 2.5
         assert meta["mpp"] == pytest.approx(expected_mpp, rel=0.03), row.sample_id
         assert row.sample_id in a.uns["spatial"]
         # patch store: one contiguous uint8 array, rows in obs order
         store = np.load(demo_run / f"results/patches/{row.sample_id}/spots.npy", mmap_mode="r")
         assert store.dtype == np.uint8 and store.shape == (a.n_obs, 32, 32, 3)
-        index = pd.read_csv(demo_run / f"results/patches/{row.sample_id}/spots.tsv", sep="\t", dtype={"id": str})
+        index = pd.read_csv(
+            demo_run / f"results/patches/{row.sample_id}/spots.tsv", sep="\t", dtype={"id": str}
+        )
         assert list(index["id"]) == list(a.obs_names)
         geo = json.loads((demo_run / f"results/patches/{row.sample_id}/spots.json").read_text())
         assert geo["size_px"] == 32 and geo["fov_um"] == pytest.approx(110)
@@ -99,7 +111,9 @@ def _bad_run(demo_run: Path, tmp_path: Path, rows: pd.DataFrame, target: str):
     cfg["experiments"] = {}
     cfg_path = demo_run / f"config/bad_{tmp_path.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
-    return run_snakemake(demo_run, target, "--configfile", str(cfg_path.relative_to(demo_run)), check=False)
+    return run_snakemake(
+        demo_run, target, "--configfile", str(cfg_path.relative_to(demo_run)), check=False
+    )
 
 
 def test_transposed_coordinates_fail_with_clear_message(demo_run, tmp_path):
@@ -157,8 +171,12 @@ def per_gene_r(demo_run: Path, experiment: str) -> pd.DataFrame:
         X = np.concatenate([np.asarray(a.X)[idx] for a, idx in parts])
         P = np.concatenate([a.layers["predicted"][idx] for a, idx in parts])
         genes = parts[0][0].var_names
-        r = [np.corrcoef(X[:, j], P[:, j])[0, 1] if X[:, j].std() > 0 and P[:, j].std() > 0 else np.nan
-             for j in range(X.shape[1])]
+        r = [
+            np.corrcoef(X[:, j], P[:, j])[0, 1]
+            if X[:, j].std() > 0 and P[:, j].std() > 0
+            else np.nan
+            for j in range(X.shape[1])
+        ]
         out[unit] = pd.Series(r, index=genes)
     return pd.DataFrame(out)
 
@@ -180,19 +198,26 @@ def test_prediction_contract(demo_run):
             # every predicted spot was a test spot of its fold
             test = man[man.role == "test"]
             keys = set(zip(test.sample_id, test.spot_id, test.fold, strict=False))
-            assert all((s, i, k) in keys for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold, strict=False))
+            assert all(
+                (s, i, k) in keys
+                for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold, strict=False)
+            )
 
 
 @pytest.mark.parametrize("experiment", REGRESSION)
 def test_planted_genes_are_learned_and_noise_is_not(demo_run, experiment):
-    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")["role"]
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")[
+        "role"
+    ]
     r = per_gene_r(demo_run, experiment).median(axis=1)  # median over held-out units
     morph = r[r.index.isin(roles.index[roles == "morphology"])].dropna()
     noise = r[r.index.isin(roles.index[roles == "noise"])].dropna()
     assert len(morph) >= 5, f"{experiment}: too few morphology genes predicted"
     assert morph.median() >= 0.5, f"{experiment}: median r of morphology genes {morph.median():.3f}"
     if len(noise) >= 5:
-        assert abs(noise.median()) < 0.1, f"{experiment}: median r of noise genes {noise.median():.3f}"
+        assert abs(noise.median()) < 0.1, (
+            f"{experiment}: median r of noise genes {noise.median():.3f}"
+        )
     if experiment == "demo_stnet":
         assert len(noise) >= 5, "the ST-Net demo gene set should contain pure-noise genes"
 
@@ -226,11 +251,15 @@ def test_reader_agrees_with_scanpy_on_the_demo(demo_run, sample):
 
 # ------------------------------------------------------------------------------ issue 4 (partial)
 def test_metric_tables(demo_run):
-    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")["role"]
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t").set_index("gene")[
+        "role"
+    ]
     for exp in REGRESSION:
         d = demo_run / f"results/experiments/{exp}/metrics"
         per = pd.read_csv(d / "per_gene.tsv", sep="\t")
-        assert {"gene", "unit", "target", "stratum", "pearson", "spearman", "rmse", "auroc"} <= set(per.columns)
+        assert {"gene", "unit", "target", "stratum", "pearson", "spearman", "rmse", "auroc"} <= set(
+            per.columns
+        )
         assert {"raw", "smoothed"} <= set(per["target"])
         summary = pd.read_csv(d / "summary.tsv", sep="\t")
         raw = summary[summary.target == "raw"].set_index("gene")
@@ -240,7 +269,10 @@ def test_metric_tables(demo_run):
     raw = s[s.target == "raw"]
     # the six held-out ST patients (genes are selected per fold: a gene is scored in the units
     # whose fold selected it; every such unit is a trial, an undefined r included)
-    assert raw["n_units"].max() == 6 and (raw["n_positive"] + raw["n_undefined"] <= raw["n_units"]).all()
+    assert (
+        raw["n_units"].max() == 6
+        and (raw["n_positive"] + raw["n_undefined"] <= raw["n_units"]).all()
+    )
     # ST-Net's headline is Holm over the genes: with 6 patients the smallest one-sided binomial p
     # is 1/64, so no gene can reach it (the paper had 23); BH ranks the planted genes first
     assert not raw["significant"].any()
@@ -271,7 +303,9 @@ def test_cnn_beats_every_baseline_on_morphology_genes(demo_run):
     assert {"cnn", "mean", "labels", "nuclear_rf", "nmf_rf", "neighbours"} <= set(by.columns)
     cnn = by["cnn"].median()
     for method in ("labels", "nuclear_rf", "nmf_rf", "neighbours"):
-        assert cnn > by[method].median(), f"CNN median r {cnn:.3f} <= {method} {by[method].median():.3f}"
+        assert cnn > by[method].median(), (
+            f"CNN median r {cnn:.3f} <= {method} {by[method].median():.3f}"
+        )
         assert (by["cnn"] > by[method]).mean() > 0.5, f"CNN better than {method} on too few genes"
     # the training mean is constant: no correlation, beaten on RMSE
     assert by["mean"].isna().all()
@@ -281,18 +315,32 @@ def test_cnn_beats_every_baseline_on_morphology_genes(demo_run):
 def test_label_baseline_captures_class_driven_genes(demo_run):
     genes = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t")
     comp = pd.read_csv(demo_run / "results/experiments/demo_stnet/metrics/comparison.tsv", sep="\t")
-    lab = comp[(comp.method == "labels") & (comp.target == "raw")].set_index("gene")["median_pearson"]
+    lab = comp[(comp.method == "labels") & (comp.target == "raw")].set_index("gene")[
+        "median_pearson"
+    ]
     tumour = genes.loc[(genes.role == "morphology") & (genes.driver == "tumour"), "gene"]
     noise = genes.loc[genes.role == "noise", "gene"]
-    assert lab.reindex(tumour).dropna().median() > 0.5  # tumour-driven genes follow the tumour labels
+    assert (
+        lab.reindex(tumour).dropna().median() > 0.5
+    )  # tumour-driven genes follow the tumour labels
     assert abs(lab.reindex(noise).dropna().median()) < 0.1
 
 
 def test_ols_table_and_baseline_tables(demo_run):
-    ols = pd.read_csv(demo_run / "results/experiments/demo_deepspace/metrics/ols.tsv", sep="\t",
-                      dtype={"unit": str})
+    ols = pd.read_csv(
+        demo_run / "results/experiments/demo_deepspace/metrics/ols.tsv",
+        sep="\t",
+        dtype={"unit": str},
+    )
     assert set(ols.predictor) == {"mean_rgb", "brightness", "log_total_umi"}
-    assert set(ols.unit) == {"0", "1", "2", "3", "4", "all"}  # each fold (DeepSpaCE: fold 0), pooled
+    assert set(ols.unit) == {
+        "0",
+        "1",
+        "2",
+        "3",
+        "4",
+        "all",
+    }  # each fold (DeepSpaCE: fold 0), pooled
     morph = ols[ols.gene.map(_roles(demo_run)).eq("morphology") & (ols.unit == "all")]
     # the prediction adds to the trivial predictors for the planted genes
     assert (morph.adj_r2_both > morph.adj_r2_baseline).mean() > 0.9
@@ -301,7 +349,9 @@ def test_ols_table_and_baseline_tables(demo_run):
         over = pd.read_csv(demo_run / f"results/experiments/{exp}/metrics/overview.tsv", sep="\t")
         assert over.method.nunique() == methods + 1
     summary = pd.read_csv(demo_run / "results/summary.tsv", sep="\t")
-    assert {"demo_stnet", "demo_deepspace", "demo_imputation", "demo_clusters"} <= set(summary.experiment)
+    assert {"demo_stnet", "demo_deepspace", "demo_imputation", "demo_clusters"} <= set(
+        summary.experiment
+    )
 
 
 def test_latent_space_separates_tumour_from_normal(demo_run):
@@ -314,7 +364,9 @@ def test_latent_space_separates_tumour_from_normal(demo_run):
     g = t.groupby("gene")[["r_similar", "r_distinct"]].median()
     morph = g[g.index.map(_roles(demo_run)) == "morphology"]
     assert (morph.r_similar > morph.r_distinct).mean() > 0.8
-    assert summary["neighbour_test"]["genes_similar_better"] > summary["neighbour_test"]["n_genes"] / 2
+    assert (
+        summary["neighbour_test"]["genes_similar_better"] > summary["neighbour_test"]["n_genes"] / 2
+    )
     ig = pd.read_csv(d / "integrated_gradients.tsv", sep="\t")
     assert len(ig) == 3 and np.isfinite(ig.attribution_sum).all()
 
@@ -344,7 +396,9 @@ def test_every_figure_is_written_as_png_and_pdf(demo_run):
     for exp, names in FIGURES.items():
         paths += [demo_run / f"results/experiments/{exp}/figures/{n}.png" for n in names]
     umaps = sorted((demo_run / "results/experiments/demo_stnet/figures/umap").glob("*.png"))
-    assert len(umaps) == 3  # one per shown patient (the three with the most tumour and normal spots)
+    assert (
+        len(umaps) == 3
+    )  # one per shown patient (the three with the most tumour and normal spots)
     paths += umaps
     for png in paths:
         assert png.stat().st_size > 10_000, png
@@ -359,6 +413,13 @@ def test_html_report_builds_with_every_figure_and_table(demo_run):
     proc = run_snakemake(demo_run, "--report", "results/report.html", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = report.read_text(errors="ignore")
-    for name in ("consistency.png", "comparison.tsv", "strata.tsv", "folds.tsv", "confusion.png",
-                 "dataset.png", "purity.tsv"):
+    for name in (
+        "consistency.png",
+        "comparison.tsv",
+        "strata.tsv",
+        "folds.tsv",
+        "confusion.png",
+        "dataset.png",
+        "purity.tsv",
+    ):
         assert name in html, f"{name} is not in the report"

@@ -9,8 +9,12 @@ def read(path):
 
 with script_logging(snakemake.log[0]) as log:
     results = {"cnn": (read(snakemake.input.per_gene), read(snakemake.input.summary))}
-    tables = zip(snakemake.params.baselines, snakemake.input.baseline_per_gene,
-                 snakemake.input.baseline_summary, strict=True)
+    tables = zip(
+        snakemake.params.baselines,
+        snakemake.input.baseline_per_gene,
+        snakemake.input.baseline_summary,
+        strict=True,
+    )
     for method, per_gene, summary in tables:  # inputs in the order of params.baselines
         results[method] = (read(per_gene), read(summary))
     comparison = compare_methods(results)
@@ -21,7 +25,13 @@ with script_logging(snakemake.log[0]) as log:
     overview = method_overview(comparison, groups)
     overview.insert(0, "experiment", snakemake.wildcards.experiment)
     for _, row in overview[overview["genes"].isin(["all", "morphology"])].iterrows():
-        log.info("%s %-10s %-10s median r %.3f (%d genes)", row["experiment"], row["method"],
-                 row["genes"], row["median_pearson"], row["n_genes"])
+        log.info(
+            "%s %-10s %-10s median r %.3f (%d genes)",
+            row["experiment"],
+            row["method"],
+            row["genes"],
+            row["median_pearson"],
+            row["n_genes"],
+        )
     write_table(comparison, snakemake.output.comparison)
     write_table(overview, snakemake.output.overview)

@@ -5,10 +5,22 @@ from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     q = snakemake.params.qc
-    cfg = QCConfig(min_umi=q["min_umi"], min_genes=q["min_genes"], whiteness=q["whiteness"]["enabled"])
-    adata = apply_qc(read_h5ad(snakemake.input.section), snakemake.input.patches, cfg,
-                     section_file=snakemake.input.section)
-    log.info("%s: kept %d of %d spots %s", snakemake.wildcards.sample, int(adata.obs["keep"].sum()), adata.n_obs, adata.uns["qc"])
+    cfg = QCConfig(
+        min_umi=q["min_umi"], min_genes=q["min_genes"], whiteness=q["whiteness"]["enabled"]
+    )
+    adata = apply_qc(
+        read_h5ad(snakemake.input.section),
+        snakemake.input.patches,
+        cfg,
+        section_file=snakemake.input.section,
+    )
+    log.info(
+        "%s: kept %d of %d spots %s",
+        snakemake.wildcards.sample,
+        int(adata.obs["keep"].sum()),
+        adata.n_obs,
+        adata.uns["qc"],
+    )
     write_table(qc_table(adata), snakemake.output.tsv, index=True)
     plot_section_qc(adata, snakemake.input.patches, snakemake.output.png)
     write_h5ad(adata, snakemake.output.h5ad)

@@ -19,8 +19,11 @@ with script_logging(snakemake.log[0]) as log:
     gene = cfg["gene"] or str(raw.sort_values("median_pearson", ascending=False)["gene"].iloc[0])
     adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     if not all(gene in a.var_names for a in adatas):
-        raise ConfigError(f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "
-                          "held-out section", fix="choose one of the experiment's genes (metrics/summary.tsv)")
+        raise ConfigError(
+            f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "
+            "held-out section",
+            fix="choose one of the experiment's genes (metrics/summary.tsv)",
+        )
     obs = pd.concat([a.obs[["sample_id", "spot_id", "fold"]] for a in adatas], ignore_index=True)
     pred = np.concatenate([np.asarray(a[:, gene].layers["predicted"]).ravel() for a in adatas])
     picks = pick_ig_patches(pred, n=int(cfg["n_patches"]))
@@ -34,14 +37,35 @@ with script_logging(snakemake.log[0]) as log:
             loaded[fold] = load_model(models[fold], device=None)
         model, meta = loaded[fold]
         target = [str(g) for g in meta["genes"]].index(gene)
-        a, delta = integrated_gradients(model, patch, target, n_steps=int(cfg["n_steps"]), return_delta=True)
+        a, delta = integrated_gradients(
+            model, patch, target, n_steps=int(cfg["n_steps"]), return_delta=True
+        )
         patches.append(patch[0])
         attrs.append(a[0])
-        rows.append({"sample_id": sample, "spot_id": spot, "fold": fold, "gene": gene,
-                     "predicted": float(pred[i]), "attribution_sum": float(a[0].sum()),
-                     "convergence_delta": float(np.ravel(delta)[0])})
+        rows.append(
+            {
+                "sample_id": sample,
+                "spot_id": spot,
+                "fold": fold,
+                "gene": gene,
+                "predicted": float(pred[i]),
+                "attribution_sum": float(a[0].sum()),
+                "convergence_delta": float(np.ravel(delta)[0]),
+            }
+        )
     units = units_label(adatas[0].uns["stpredict"]["target_transform"]["name"])
-    plot_ig_overlays(np.stack(patches), np.stack(attrs), gene, snakemake.output.png,
-                     values=[r["predicted"] for r in rows], units_label=units)
+    plot_ig_overlays(
+        np.stack(patches),
+        np.stack(attrs),
+        gene,
+        snakemake.output.png,
+        values=[r["predicted"] for r in rows],
+        units_label=units,
+    )
     write_table(pd.DataFrame(rows), snakemake.output.tsv)
-    log.info("%s: integrated gradients of %s on %d patches", snakemake.wildcards.experiment, gene, len(rows))
+    log.info(
+        "%s: integrated gradients of %s on %d patches",
+        snakemake.wildcards.experiment,
+        gene,
+        len(rows),
+    )

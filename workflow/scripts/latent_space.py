@@ -18,7 +18,11 @@ from stpredict.plot.latent import plot_umap
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    name, unit, platforms = snakemake.wildcards.experiment, snakemake.params.unit, snakemake.params.platforms
+    name, unit, platforms = (
+        snakemake.wildcards.experiment,
+        snakemake.params.unit,
+        snakemake.params.platforms,
+    )
     seed = int(snakemake.params.seed)
     adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
@@ -39,8 +43,11 @@ with script_logging(snakemake.log[0]) as log:
             t.insert(0, "sample_id", sample)
             tests.append(t)
         physical.append({"sample_id": sample, **latent_vs_physical(a, platforms[sample])})
-    neighbours = pd.concat(tests, ignore_index=True) if tests else pd.DataFrame(
-        columns=["sample_id", "gene", "r_similar", "r_distinct", "n_spots"])
+    neighbours = (
+        pd.concat(tests, ignore_index=True)
+        if tests
+        else pd.DataFrame(columns=["sample_id", "gene", "r_similar", "r_distinct", "n_spots"])
+    )
     write_table(neighbours, snakemake.output.neighbours)
     write_table(pd.DataFrame(physical), snakemake.output.physical)
     if tests:
@@ -76,11 +83,17 @@ with script_logging(snakemake.log[0]) as log:
         if len(examples):
             obs = pd.concat([x.obs[["sample_id", "spot_id"]] for x in ads], ignore_index=True)
             picked = obs.loc[examples["index"].astype(int)]
-            patches = np.concatenate([patches_for_spots(stores[s], [spot])
-                                      for s, spot in zip(picked["sample_id"], picked["spot_id"], strict=True)])
+            patches = np.concatenate(
+                [
+                    patches_for_spots(stores[s], [spot])
+                    for s, spot in zip(picked["sample_id"], picked["spot_id"], strict=True)
+                ]
+            )
         title = f"{name}: {unit.replace('_id', '')} {u} ({len(emb)} spots)"
         plot_umap(coords, labels, out_png, examples=examples, patches=patches, title=title)
-        obs = pd.concat([x.obs[["sample_id", "spot_id", "annotation"]] for x in ads], ignore_index=True)
+        obs = pd.concat(
+            [x.obs[["sample_id", "spot_id", "annotation"]] for x in ads], ignore_index=True
+        )
         coords_rows.append(obs.assign(unit=u, umap_1=coords[:, 0], umap_2=coords[:, 1]))
     umap = pd.concat(coords_rows, ignore_index=True) if coords_rows else pd.DataFrame()
     write_table(umap, snakemake.output.umap)

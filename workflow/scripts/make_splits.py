@@ -7,6 +7,13 @@ from stpredict.workflow import script_logging
 with script_logging(snakemake.log[0]) as log:
     name = snakemake.wildcards.experiment
     sections = load_sections({Path(p).stem: p for p in snakemake.input.qc})
-    manifest = build_manifest(snakemake.params.experiment, sections, snakemake.params.sheet, name=name)
-    log.info("%s: %d manifest rows, folds %s (audited: no leakage)", name, len(manifest), sorted(manifest["fold"].unique()))
+    manifest = build_manifest(
+        snakemake.params.experiment, sections, snakemake.params.sheet, name=name
+    )
+    log.info(
+        "%s: %d manifest rows, folds %s (audited: no leakage)",
+        name,
+        len(manifest),
+        sorted(manifest["fold"].unique()),
+    )
     write_manifest(manifest, snakemake.output.splits)

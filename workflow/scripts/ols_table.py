@@ -6,11 +6,20 @@ from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     adatas = [read_h5ad(p) for p in snakemake.input.predictions]
-    tables = {Path(p).parent.name: read_table(p, dtype={"id": str}) for p in snakemake.input.patches}
+    tables = {
+        Path(p).parent.name: read_table(p, dtype={"id": str}) for p in snakemake.input.patches
+    }
     measured, predicted, covariates = ols_inputs(adatas, tables)
     # per outer fold (DeepSpaCE reported the first fold's test spots), then all folds pooled ("all")
     unit = "fold" if covariates["fold"].nunique() > 1 else None
-    table = ols_table(measured, predicted, covariates, predictors=snakemake.params.predictors, unit=unit)
-    log.info("%s: OLS of %d genes x %d predictors over %d spots", snakemake.wildcards.experiment,
-             table["gene"].nunique(), table["predictor"].nunique(), len(measured))
+    table = ols_table(
+        measured, predicted, covariates, predictors=snakemake.params.predictors, unit=unit
+    )
+    log.info(
+        "%s: OLS of %d genes x %d predictors over %d spots",
+        snakemake.wildcards.experiment,
+        table["gene"].nunique(),
+        table["predictor"].nunique(),
+        len(measured),
+    )
     write_table(table, snakemake.output.tsv)

@@ -28,7 +28,9 @@ with script_logging(snakemake.log[0]) as log:
     # the constant training mean has no meaningful correlation: not in the consistency plot
     others = comparison[~comparison["method"].isin(["cnn", "mean"])]
     methods = {m: g for m, g in others.groupby("method")}
-    plot_consistency(summary, n_units, snakemake.output.consistency, methods=methods, unit_name=unit_name)
+    plot_consistency(
+        summary, n_units, snakemake.output.consistency, methods=methods, unit_name=unit_name
+    )
     plot_auroc_hist(per_gene, snakemake.output.auroc)
     adatas = {Path(p).stem: p for p in snakemake.input.predictions}
     first = read_h5ad(next(iter(adatas.values())))
@@ -39,13 +41,22 @@ with script_logging(snakemake.log[0]) as log:
 
     # maps: the chosen genes (else the 2 best by median r) in the best and the median section
     raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
-    genes = list(cfg["genes"]) or raw.sort_values("median_pearson", ascending=False)["gene"].head(2).tolist()
-    pg = per_gene[(per_gene["target"] == "raw") & (per_gene["stratum"] == "all") & per_gene["gene"].isin(genes)]
+    genes = (
+        list(cfg["genes"])
+        or raw.sort_values("median_pearson", ascending=False)["gene"].head(2).tolist()
+    )
+    pg = per_gene[
+        (per_gene["target"] == "raw")
+        & (per_gene["stratum"] == "all")
+        & per_gene["gene"].isin(genes)
+    ]
     sample_unit = {s: str(read_h5ad(p, backed="r").obs[unit].iloc[0]) for s, p in adatas.items()}
     score = {s: float(pg.loc[pg["unit"] == u, "pearson"].mean()) for s, u in sample_unit.items()}
     ranked = sorted(score, key=lambda s: (-np.nan_to_num(score[s], nan=-2), s))
     n = min(int(cfg["n_sections"]), len(ranked))
-    picks = [ranked[0]] + [ranked[int(round(q * (len(ranked) - 1)))] for q in np.linspace(0.5, 1, n)[:n - 1]]
+    picks = [ranked[0]] + [
+        ranked[int(round(q * (len(ranked) - 1)))] for q in np.linspace(0.5, 1, n)[: n - 1]
+    ]
     picks = list(dict.fromkeys(picks))
     sections = {Path(p).stem: p for p in snakemake.input.sections}
     shown, titles = [], []

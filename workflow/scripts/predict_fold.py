@@ -8,6 +8,15 @@ with script_logging(snakemake.log[0]) as log:
     sections, stores = fold_data(snakemake.input.qc, snakemake.input.stores)
     manifest = read_manifest(snakemake.input.splits)
     name, fold = snakemake.wildcards.experiment, snakemake.wildcards.fold
-    out = predict_fold(snakemake.params.experiment, name, fold, manifest, sections, stores,
-                       snakemake.input.model, snakemake.input.fitted, snakemake.output.h5ad)
+    out = predict_fold(
+        snakemake.params.experiment,
+        name,
+        fold,
+        manifest,
+        sections,
+        stores,
+        snakemake.input.model,
+        snakemake.input.fitted,
+        snakemake.output.h5ad,
+    )
     log.info("fold %s: %d test spots x %d outputs", fold, out.n_obs, out.n_vars)

@@ -13,6 +13,12 @@ with script_logging(snakemake.log[0]) as log:
         bounds_check=snakemake.params.bounds_check,
         gene_map=gene_map,
     )
-    log.info("%s: %d spots x %d genes, %.3f µm/px (%s)", snakemake.wildcards.sample,
-             adata.n_obs, adata.n_vars, adata.uns["stpredict"]["mpp"], adata.uns["stpredict"]["mpp_source"])
+    log.info(
+        "%s: %d spots x %d genes, %.3f µm/px (%s)",
+        snakemake.wildcards.sample,
+        adata.n_obs,
+        adata.n_vars,
+        adata.uns["stpredict"]["mpp"],
+        adata.uns["stpredict"]["mpp_source"],
+    )
     write_h5ad(adata, snakemake.output.h5ad)

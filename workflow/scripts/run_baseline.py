@@ -19,13 +19,32 @@ with script_logging(snakemake.log[0]) as log:
         features = read_features({p.split("/")[-2]: p for p in snakemake.input.features})
     fitted = {p.split("/")[-2]: p for p in snakemake.input.fitted}
     params = {**ev["random_forest"], **ev["nmf"]}
-    adatas = run_baseline(method, read_manifest(snakemake.input.splits), sections, fitted,
-                          features=features, platforms=snakemake.params.platforms, params=params,
-                          seed=int(exp["seed"]), n_jobs=snakemake.threads, experiment=name)
-    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit,
-                                         alpha=float(snakemake.params.alpha))
-    log.info("%s / %s: %d sections, %d genes; median r over genes %.3f", name, method, len(adatas),
-             summary["gene"].nunique(), summary.loc[summary["target"] == "raw", "median_pearson"].median())
+    adatas = run_baseline(
+        method,
+        read_manifest(snakemake.input.splits),
+        sections,
+        fitted,
+        features=features,
+        platforms=snakemake.params.platforms,
+        params=params,
+        seed=int(exp["seed"]),
+        n_jobs=snakemake.threads,
+        experiment=name,
+    )
+    per_gene, summary = score_experiment(
+        adatas,
+        snakemake.params.platforms,
+        unit=snakemake.params.unit,
+        alpha=float(snakemake.params.alpha),
+    )
+    log.info(
+        "%s / %s: %d sections, %d genes; median r over genes %.3f",
+        name,
+        method,
+        len(adatas),
+        summary["gene"].nunique(),
+        summary.loc[summary["target"] == "raw", "median_pearson"].median(),
+    )
     write_h5ad(ad.concat(adatas, merge="first", uns_merge="first"), snakemake.output.predictions)
     write_table(per_gene, snakemake.output.per_gene)
     write_table(summary, snakemake.output.summary)

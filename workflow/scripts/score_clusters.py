@@ -29,5 +29,11 @@ with script_logging(snakemake.log[0]) as log:
     histories = {Path(p).parent.name: read_table(p) for p in snakemake.input.histories}
     plot_loss_curves(histories, snakemake.output.loss_png, ylabel="cross-entropy loss")
     pooled = overview[overview["unit"] == "all"].iloc[0]
-    log.info("%s: accuracy %.3f (chance %.3f), macro F1 %.3f, kappa %.3f", name, pooled["accuracy"],
-             pooled["chance_accuracy"], pooled["macro_f1"], pooled["kappa"])
+    log.info(
+        "%s: accuracy %.3f (chance %.3f), macro F1 %.3f, kappa %.3f",
+        name,
+        pooled["accuracy"],
+        pooled["chance_accuracy"],
+        pooled["macro_f1"],
+        pooled["kappa"],
+    )

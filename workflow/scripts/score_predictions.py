@@ -6,12 +6,20 @@ from stpredict.workflow import script_logging
 with script_logging(snakemake.log[0]) as log:
     adatas = [read_h5ad(p) for p in snakemake.input.predictions]
     if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
-        raise ConfigError("score_predictions scores regression experiments; this one predicts clusters",
-                          fix="request metrics only for regression experiments")
+        raise ConfigError(
+            "score_predictions scores regression experiments; this one predicts clusters",
+            fix="request metrics only for regression experiments",
+        )
     alpha = float(snakemake.params.alpha)
-    per_gene, summary = score_experiment(adatas, snakemake.params.platforms, unit=snakemake.params.unit, alpha=alpha)
-    log.info("%s: %d genes x %d units scored", snakemake.wildcards.experiment,
-             per_gene["gene"].nunique(), per_gene["unit"].nunique())
+    per_gene, summary = score_experiment(
+        adatas, snakemake.params.platforms, unit=snakemake.params.unit, alpha=alpha
+    )
+    log.info(
+        "%s: %d genes x %d units scored",
+        snakemake.wildcards.experiment,
+        per_gene["gene"].nunique(),
+        per_gene["unit"].nunique(),
+    )
     write_table(per_gene, snakemake.output.per_gene)
     write_table(summary, snakemake.output.summary)
     write_table(table1(summary), snakemake.output.table1)

@@ -11,11 +11,21 @@ with script_logging(snakemake.log[0]) as log:
     for path in snakemake.input.clusters:
         t = read_table(path)
         t = t[t["unit"] == "all"]
-        frames.append(pd.DataFrame({
-            "experiment": t["experiment"], "task": "clusters", "method": "cnn", "genes": "clusters",
-            "accuracy": t["accuracy"], "chance_accuracy": t["chance_accuracy"],
-            "macro_f1": t["macro_f1"], "macro_auroc": t["macro_auroc"], "kappa": t["kappa"],
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "experiment": t["experiment"],
+                    "task": "clusters",
+                    "method": "cnn",
+                    "genes": "clusters",
+                    "accuracy": t["accuracy"],
+                    "chance_accuracy": t["chance_accuracy"],
+                    "macro_f1": t["macro_f1"],
+                    "macro_auroc": t["macro_auroc"],
+                    "kappa": t["kappa"],
+                }
+            )
+        )
     summary = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     first = ["experiment", "task", "method", "genes"]
     summary = summary[first + [c for c in summary.columns if c not in first]]

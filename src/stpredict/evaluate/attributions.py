@@ -129,13 +129,17 @@ def integrated_gradients(
             base = model.normalize(base_raw)
             f_base = float(forward(base)[0])
         for start in range(0, n, max(1, int(batch_size))):
-            chunk = np.ascontiguousarray(arr[start:start + batch_size])
+            chunk = np.ascontiguousarray(arr[start : start + batch_size])
             x = torch.from_numpy(chunk).to(dev).permute(0, 3, 1, 2).float().div_(255.0)
             x = model.normalize(x)
             b = base.expand_as(x).contiguous()
             attr, delta = ig.attribute(
-                x, baselines=b, n_steps=int(n_steps), method=method,
-                internal_batch_size=ibs, return_convergence_delta=True,
+                x,
+                baselines=b,
+                n_steps=int(n_steps),
+                method=method,
+                internal_batch_size=ibs,
+                return_convergence_delta=True,
             )
             stop = start + x.shape[0]
             attributions[start:stop] = attr.sum(dim=1).detach().cpu().numpy()
@@ -147,8 +151,12 @@ def integrated_gradients(
     finally:
         model.to(old_device)
         model.train(was_training)
-    log.info("integrated_gradients: target %d, %d patches, max |delta| / |F(x) - F(b)| = %.3g",
-             target, n, worst)
+    log.info(
+        "integrated_gradients: target %d, %d patches, max |delta| / |F(x) - F(b)| = %.3g",
+        target,
+        n,
+        worst,
+    )
     return (attributions, deltas) if return_delta else attributions
 
 

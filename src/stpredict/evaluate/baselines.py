@@ -59,8 +59,17 @@ log = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("mean", "labels", "nuclear_rf", "nmf_rf", "neighbours")
 NEEDS_FEATURES: frozenset[str] = frozenset({"nuclear_rf", "nmf_rf"})
-_OBS = ("sample_id", "patient_id", "spot_id", "in_tissue", "array_row", "array_col", "annotation",
-        "cluster", "total_counts")
+_OBS = (
+    "sample_id",
+    "patient_id",
+    "spot_id",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "annotation",
+    "cluster",
+    "total_counts",
+)
 
 
 def read_features(paths: Mapping[str, str | os.PathLike[str]]) -> dict[str, pd.DataFrame]:
@@ -78,13 +87,19 @@ def _feature_matrix(ads: Sequence[ad.AnnData], features: Mapping[str, pd.DataFra
     for a in ads:
         sample = str(a.obs["sample_id"].iloc[0])
         if sample not in features:
-            raise InputError("no nuclear feature table for this section", sample=sample,
-                             fix="run rule nuclear_features for it")
+            raise InputError(
+                "no nuclear feature table for this section",
+                sample=sample,
+                fix="run rule nuclear_features for it",
+            )
         t = features[sample]
         pos = t.index.get_indexer(a.obs_names.astype(str))
         if (pos < 0).any():
-            raise InputError(f"{int((pos < 0).sum())} spots have no nuclear features", sample=sample,
-                             fix="rerun rule nuclear_features (the section changed)")
+            raise InputError(
+                f"{int((pos < 0).sum())} spots have no nuclear features",
+                sample=sample,
+                fix="rerun rule nuclear_features (the section changed)",
+            )
         parts.append(t.to_numpy(dtype=np.float64)[pos])
     return np.concatenate(parts) if parts else np.empty((0, 0))
 
@@ -93,9 +108,12 @@ def _annotations(ads: Sequence[ad.AnnData]) -> np.ndarray:
     return np.concatenate([annotations(a) for a in ads]) if ads else np.array([], dtype=object)
 
 
-def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
-                    platforms: Mapping[str, str],
-                    pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None) -> np.ndarray:
+def _neighbour_mean(
+    test_ads: Sequence[ad.AnnData],
+    y: np.ndarray,
+    platforms: Mapping[str, str],
+    pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Mean measured value of each test spot's array neighbours.
 
     ``pools`` gives, per test section (same order), the spots whose measurements the
@@ -107,14 +125,21 @@ def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
     start = 0
     for k, a in enumerate(test_ads):
         n = a.n_obs
-        pool, y_pool = pools[k] if pools is not None else (a, y[start:start + n])
+        pool, y_pool = pools[k] if pools is not None else (a, y[start : start + n])
         sample = str(a.obs["sample_id"].iloc[0])
         pos = pool.obs_names.get_indexer(a.obs_names)  # the test spots among the pool's spots
         if (pos < 0).any():
-            raise InputError("the neighbour pool lacks test spots", sample=sample,
-                             fix="pass the section's spots of the fold as the pool")
-        nbrs = spot_neighbors(pool.obs["array_row"].to_numpy(), pool.obs["array_col"].to_numpy(),
-                              platforms[sample], connectivity=4)
+            raise InputError(
+                "the neighbour pool lacks test spots",
+                sample=sample,
+                fix="pass the section's spots of the fold as the pool",
+            )
+        nbrs = spot_neighbors(
+            pool.obs["array_row"].to_numpy(),
+            pool.obs["array_col"].to_numpy(),
+            platforms[sample],
+            connectivity=4,
+        )
         fallback = y_pool.mean(axis=0)
         for i, p in enumerate(pos):
             nb = nbrs[p]
@@ -123,12 +148,21 @@ def _neighbour_mean(test_ads: Sequence[ad.AnnData], y: np.ndarray,
     return out
 
 
-def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData], *,
-                train_ads: Sequence[ad.AnnData] = (), y_test: np.ndarray | None = None,
-                x_train: np.ndarray | None = None, x_test: np.ndarray | None = None,
-                platforms: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                seed: int = 0, n_jobs: int = 1,
-                pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None) -> np.ndarray:
+def fit_predict(
+    method: str,
+    y_train: np.ndarray,
+    test_ads: Sequence[ad.AnnData],
+    *,
+    train_ads: Sequence[ad.AnnData] = (),
+    y_test: np.ndarray | None = None,
+    x_train: np.ndarray | None = None,
+    x_test: np.ndarray | None = None,
+    platforms: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    n_jobs: int = 1,
+    pools: Sequence[tuple[ad.AnnData, np.ndarray]] | None = None,
+) -> np.ndarray:
     """Fit ``method`` on the training side and predict the test spots (targets x genes).
 
     ``y_test`` (measured test targets) and ``pools`` (per test section: its spots in the fold
@@ -151,11 +185,14 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
     if method in ("nuclear_rf", "nmf_rf"):
         from sklearn.ensemble import RandomForestRegressor
 
-        rf = RandomForestRegressor(n_estimators=int(params.get("n_estimators", 100)),
-                                   min_samples_leaf=int(params.get("min_samples_leaf", 5)),
-                                   max_features=params.get("max_features", 0.33),
-                                   max_samples=params.get("max_samples"),
-                                   random_state=seed, n_jobs=n_jobs)
+        rf = RandomForestRegressor(
+            n_estimators=int(params.get("n_estimators", 100)),
+            min_samples_leaf=int(params.get("min_samples_leaf", 5)),
+            max_features=params.get("max_features", 0.33),
+            max_samples=params.get("max_samples"),
+            random_state=seed,
+            n_jobs=n_jobs,
+        )
         if method == "nuclear_rf":
             rf.fit(x_train, y_train)
             return rf.predict(x_test).reshape(n_test, -1)
@@ -163,14 +200,23 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
         from sklearn.exceptions import ConvergenceWarning
 
         shift = y_train.min(axis=0)
-        nmf = NMF(n_components=int(params.get("n_factors", 10)), init="nndsvda", solver="cd",
-                  beta_loss="frobenius", max_iter=int(params.get("max_iter", 200)),
-                  random_state=seed)
+        nmf = NMF(
+            n_components=int(params.get("n_factors", 10)),
+            init="nndsvda",
+            solver="cd",
+            beta_loss="frobenius",
+            max_iter=int(params.get("max_iter", 200)),
+            random_state=seed,
+        )
         with warnings.catch_warnings():  # ST-Net ran a fixed 200 iterations: no convergence check
             warnings.simplefilter("ignore", ConvergenceWarning)
             w = nmf.fit_transform(np.clip(y_train - shift, 0, None))
-        log.info("NMF: %d factors, %d iterations, reconstruction error %.4g", nmf.n_components,
-                 nmf.n_iter_, nmf.reconstruction_err_)
+        log.info(
+            "NMF: %d factors, %d iterations, reconstruction error %.4g",
+            nmf.n_components,
+            nmf.n_iter_,
+            nmf.reconstruction_err_,
+        )
         rf.fit(x_train, w)
         w_test = np.clip(rf.predict(x_test).reshape(n_test, -1), 0, None)
         return w_test @ nmf.components_ + shift
@@ -178,8 +224,10 @@ def fit_predict(method: str, y_train: np.ndarray, test_ads: Sequence[ad.AnnData]
         if y_test is None or platforms is None:
             raise ValueError("the neighbours oracle needs the measured test targets and platforms")
         return _neighbour_mean(test_ads, y_test, platforms, pools)
-    raise ConfigError(f"unknown baseline '{method}' (one of {', '.join(BASELINES)})",
-                      fix="correct evaluation.baselines in the config")
+    raise ConfigError(
+        f"unknown baseline '{method}' (one of {', '.join(BASELINES)})",
+        fix="correct evaluation.baselines in the config",
+    )
 
 
 def _obs(ads: Sequence[ad.AnnData], fold: str) -> pd.DataFrame:
@@ -190,11 +238,19 @@ def _obs(ads: Sequence[ad.AnnData], fold: str) -> pd.DataFrame:
     return obs
 
 
-def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.AnnData],
-                 fitted_paths: Mapping[str, str | os.PathLike[str]], *,
-                 features: Mapping[str, pd.DataFrame] | None = None,
-                 platforms: Mapping[str, str] | None = None, params: Mapping[str, Any] | None = None,
-                 seed: int = 0, n_jobs: int = 1, experiment: str = "") -> list[ad.AnnData]:
+def run_baseline(
+    method: str,
+    manifest: pd.DataFrame,
+    sections: Mapping[str, ad.AnnData],
+    fitted_paths: Mapping[str, str | os.PathLike[str]],
+    *,
+    features: Mapping[str, pd.DataFrame] | None = None,
+    platforms: Mapping[str, str] | None = None,
+    params: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    n_jobs: int = 1,
+    experiment: str = "",
+) -> list[ad.AnnData]:
     """Run one baseline over the outer folds; one AnnData per held-out section.
 
     Parameters
@@ -227,13 +283,17 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
     from stpredict.learn.targets import from_dict
 
     if method in NEEDS_FEATURES and not features:
-        raise ConfigError(f"baseline '{method}' needs nuclear features", fix="give the feature tables")
+        raise ConfigError(
+            f"baseline '{method}' needs nuclear features", fix="give the feature tables"
+        )
     parts: dict[str, list[ad.AnnData]] = {}
     for fold in sorted(fitted_paths, key=str):
         fitted = read_json(fitted_paths[fold])
         if fitted.get("task", "regression") != "regression":
-            raise ConfigError("baselines are defined for regression experiments",
-                              fix=f"remove evaluation.baselines from experiment '{experiment}'")
+            raise ConfigError(
+                "baselines are defined for regression experiments",
+                fix=f"remove evaluation.baselines from experiment '{experiment}'",
+            )
         transform = from_dict(fitted["transform"])
         genes = [str(g) for g in from_dict(fitted["genes"]).genes_]
         train = pd.concat([_fold_part(manifest, str(fold), r) for r in ("train", "val")])
@@ -246,39 +306,69 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         if method == "labels":
             lab_tr = _annotations(tr_ads)
             if not np.isin(lab_tr, ANNOTATION_LABELS).any():
-                raise ConfigError("baseline 'labels' needs tumour/normal annotations, and no training "
-                                  f"spot of fold {fold} has one",
-                                  fix=f"add annotation files to the sheet or remove 'labels' from "
-                                  f"evaluation.baselines of experiment '{experiment}'")
+                raise ConfigError(
+                    "baseline 'labels' needs tumour/normal annotations, and no training "
+                    f"spot of fold {fold} has one",
+                    fix=f"add annotation files to the sheet or remove 'labels' from "
+                    f"evaluation.baselines of experiment '{experiment}'",
+                )
         x_tr = x_te = None
         if method in NEEDS_FEATURES:
             x_tr, x_te = _feature_matrix(tr_ads, features), _feature_matrix(te_ads, features)
         pools = None
         if method == "neighbours":  # every spot of the test sections in this fold, any role
-            everything = pd.concat([_fold_part(manifest, str(fold), r) for r in ("train", "val", "test")])
-            pool_ads, pool_samples, _ = _subsets(everything[everything["sample_id"].isin(te_samples)],
-                                                 sections)
+            everything = pd.concat(
+                [_fold_part(manifest, str(fold), r) for r in ("train", "val", "test")]
+            )
+            pool_ads, pool_samples, _ = _subsets(
+                everything[everything["sample_id"].isin(te_samples)], sections
+            )
             by_sample = dict(zip(pool_samples, pool_ads, strict=True))
-            pools = [(by_sample[s], transform.transform(by_sample[s]).astype(np.float64))
-                     for s in te_samples]
-        pred = fit_predict(method, y_tr, te_ads, train_ads=tr_ads, y_test=y_te, x_train=x_tr,
-                           x_test=x_te, platforms=platforms, params=params, seed=seed, n_jobs=n_jobs,
-                           pools=pools)
-        log.info("%s fold %s: %s fitted on %d spots, predicted %d", experiment, fold, method,
-                 len(y_tr), len(y_te))
+            pools = [
+                (by_sample[s], transform.transform(by_sample[s]).astype(np.float64))
+                for s in te_samples
+            ]
+        pred = fit_predict(
+            method,
+            y_tr,
+            te_ads,
+            train_ads=tr_ads,
+            y_test=y_te,
+            x_train=x_tr,
+            x_test=x_te,
+            platforms=platforms,
+            params=params,
+            seed=seed,
+            n_jobs=n_jobs,
+            pools=pools,
+        )
+        log.info(
+            "%s fold %s: %s fitted on %d spots, predicted %d",
+            experiment,
+            fold,
+            method,
+            len(y_tr),
+            len(y_te),
+        )
         start = 0
         for a, sample in zip(te_ads, te_samples, strict=True):
             sl = slice(start, start + a.n_obs)
             start += a.n_obs
-            out = ad.AnnData(X=y_te[sl].astype(np.float32), obs=_obs([a], str(fold)),
-                             var=pd.DataFrame(index=genes))
+            out = ad.AnnData(
+                X=y_te[sl].astype(np.float32),
+                obs=_obs([a], str(fold)),
+                var=pd.DataFrame(index=genes),
+            )
             out.layers["predicted"] = pred[sl].astype(np.float32)
             if platforms:
                 out.layers["measured_smoothed"] = smoothed_targets(
-                    transform, sections[sample], a.obs_names, platforms[sample]).astype(np.float32)
+                    transform, sections[sample], a.obs_names, platforms[sample]
+                ).astype(np.float32)
             out.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
             out.uns["stpredict"] = {
-                "experiment": experiment, "method": method, "task": "regression",
+                "experiment": experiment,
+                "method": method,
+                "task": "regression",
                 "target_transform": {"name": fitted["transform_name"]},
                 "fitted_on": {"fold": str(fold), "n_spots": int(len(y_tr))},
             }
@@ -288,8 +378,11 @@ def run_baseline(method: str, manifest: pd.DataFrame, sections: Mapping[str, ad.
         genes = [g for g in ps[0].var_names if all(g in p.var_names for p in ps[1:])]
         out = ad.concat([p[:, genes] for p in ps], join="inner", merge="first")
         out.obs_names = out.obs["spot_id"].astype(str).to_numpy()
-        out.uns["stpredict"] = {**ps[0].uns["stpredict"], "sample_id": sample,
-                                "folds": sorted({str(p.obs["fold"].iloc[0]) for p in ps})}
+        out.uns["stpredict"] = {
+            **ps[0].uns["stpredict"],
+            "sample_id": sample,
+            "folds": sorted({str(p.obs["fold"].iloc[0]) for p in ps}),
+        }
         out.uns["stpredict"].pop("fitted_on", None)
         result.append(out)
     return result

@@ -100,7 +100,9 @@ def hematoxylin_threshold(crops: Sequence[np.ndarray], mpp: float) -> float:
     return float(threshold_otsu(values))
 
 
-def segment_nuclei(rgb: np.ndarray, threshold: float, mpp: float, min_area_um2: float = 10.0) -> np.ndarray:
+def segment_nuclei(
+    rgb: np.ndarray, threshold: float, mpp: float, min_area_um2: float = 10.0
+) -> np.ndarray:
     """Label image of the nuclei of one crop (0 = background)."""
     mask = hematoxylin(rgb, mpp) > threshold
     mask = ndi.binary_fill_holes(mask)
@@ -128,7 +130,9 @@ def _delaunay_distances(cent: np.ndarray) -> np.ndarray:
     except QhullError:  # collinear points
         return out
     s = tri.simplices
-    edges = np.unique(np.sort(np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]]), axis=1), axis=0)
+    edges = np.unique(
+        np.sort(np.concatenate([s[:, [0, 1]], s[:, [1, 2]], s[:, [0, 2]]]), axis=1), axis=0
+    )
     length = np.hypot(*(cent[edges[:, 0]] - cent[edges[:, 1]]).T)
     ends = np.concatenate([edges[:, 0], edges[:, 1]])
     lens = np.concatenate([length, length])
@@ -165,8 +169,16 @@ def _region_stats(labels: np.ndarray, rgb: np.ndarray) -> dict[str, np.ndarray]:
     half = np.sqrt(np.maximum(((vrr - vcc) / 2) ** 2 + vrc**2, 0.0))
     centre = (vrr + vcc) / 2
     l1, l2 = np.maximum(centre + half, 0.0), np.maximum(centre - half, 0.0)
-    return {"area": area, "row": r, "col": c, "major": 4 * np.sqrt(l1), "minor": 4 * np.sqrt(l2),
-            "mean_r": mean(rgb[..., 0]), "mean_g": mean(rgb[..., 1]), "mean_b": mean(rgb[..., 2])}
+    return {
+        "area": area,
+        "row": r,
+        "col": c,
+        "major": 4 * np.sqrt(l1),
+        "minor": 4 * np.sqrt(l2),
+        "mean_r": mean(rgb[..., 0]),
+        "mean_g": mean(rgb[..., 1]),
+        "mean_b": mean(rgb[..., 2]),
+    }
 
 
 def nucleus_table(rgb: np.ndarray, labels: np.ndarray, mpp: float) -> pd.DataFrame:
@@ -176,18 +188,20 @@ def nucleus_table(rgb: np.ndarray, labels: np.ndarray, mpp: float) -> pd.DataFra
     t = _region_stats(labels, rgb)
     major, minor = t["major"] * mpp, t["minor"] * mpp
     dist = _delaunay_distances(np.column_stack([t["row"], t["col"]]) * mpp)
-    return pd.DataFrame({
-        "area_um2": t["area"] * mpp**2,
-        "major_axis_um": major,
-        "minor_axis_um": minor,
-        "axis_ratio": major / np.maximum(minor, mpp),
-        "mean_r": t["mean_r"],
-        "mean_g": t["mean_g"],
-        "mean_b": t["mean_b"],
-        "delaunay_max_um": dist[:, 0],
-        "delaunay_mean_um": dist[:, 1],
-        "delaunay_min_um": dist[:, 2],
-    })
+    return pd.DataFrame(
+        {
+            "area_um2": t["area"] * mpp**2,
+            "major_axis_um": major,
+            "minor_axis_um": minor,
+            "axis_ratio": major / np.maximum(minor, mpp),
+            "mean_r": t["mean_r"],
+            "mean_g": t["mean_g"],
+            "mean_b": t["mean_b"],
+            "delaunay_max_um": dist[:, 0],
+            "delaunay_mean_um": dist[:, 1],
+            "delaunay_min_um": dist[:, 2],
+        }
+    )
 
 
 def _moments(v: np.ndarray) -> tuple[float, float, float, float]:
@@ -268,8 +282,11 @@ def nuclear_features(
     xy = np.asarray(xy, dtype=np.float64)
     n = len(xy)
     if xy.ndim != 2 or xy.shape[1:] != (2,) or len(ids) != n:
-        raise GeometryError(f"need (n, 2) centres and n ids, got {xy.shape} and {len(ids)}",
-                            file=image.path, sample=image.sample)
+        raise GeometryError(
+            f"need (n, 2) centres and n ids, got {xy.shape} and {len(ids)}",
+            file=image.path,
+            sample=image.sample,
+        )
     crop = int(crop_px)
     x0, y0 = crop_windows(xy, crop)
 
@@ -278,13 +295,16 @@ def nuclear_features(
 
     sample = np.unique(np.linspace(0, n - 1, min(n, n_threshold_crops)).astype(int)) if n else []
     thr = hematoxylin_threshold([read(int(i)) for i in sample], mpp)
-    log.info("%s: haematoxylin Otsu threshold %.4f OD from %d crops", image.sample, thr, len(sample))
+    log.info(
+        "%s: haematoxylin Otsu threshold %.4f OD from %d crops", image.sample, thr, len(sample)
+    )
     names = feature_names()
     feats = np.zeros((n, len(names)))
     order = np.argsort(y0, kind="stable")
     start = 0
-    with tqdm(total=n, desc=f"nuclei {image.sample or ''}", unit="spot", disable=not progress,
-              leave=False) as bar:
+    with tqdm(
+        total=n, desc=f"nuclei {image.sample or ''}", unit="spot", disable=not progress, leave=False
+    ) as bar:
         while start < n:
             top = int(y0[order[start]])
             stop = start
@@ -296,12 +316,17 @@ def nuclear_features(
             region = image.read_region(bx0, top, bx1 - bx0, by1 - top, fill=255)
             for i in grp:
                 ox, oy = int(x0[i]) - bx0, int(y0[i]) - top
-                rgb = region[oy:oy + crop, ox:ox + crop]
+                rgb = region[oy : oy + crop, ox : ox + crop]
                 lab = segment_nuclei(rgb, thr, mpp, min_area_um2)
                 feats[i] = patch_features(nucleus_table(rgb, lab, mpp))
             bar.update(len(grp))
             start = stop
     table = pd.DataFrame(feats, index=pd.Index([str(i) for i in ids], name="id"), columns=names)
-    table.attrs = {"hematoxylin_threshold": thr, "crop_px": crop, "mpp": mpp,
-                   "fov_um": crop * mpp, "min_area_um2": min_area_um2}
+    table.attrs = {
+        "hematoxylin_threshold": thr,
+        "crop_px": crop,
+        "mpp": mpp,
+        "fov_um": crop * mpp,
+        "min_area_um2": min_area_um2,
+    }
     return table

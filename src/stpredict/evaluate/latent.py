@@ -75,7 +75,8 @@ def _as_matrix(emb: Any, name: str = "emb", sample: str | None = None) -> np.nda
         )
     if not np.all(np.isfinite(arr)):
         raise InputError(
-            f"{name} holds NaN or infinite values", sample=sample,
+            f"{name} holds NaN or infinite values",
+            sample=sample,
             fix="recompute the embeddings; they must be finite",
         )
     return arr
@@ -92,7 +93,8 @@ def _embedding(adata: Any) -> np.ndarray:
     sample = _sample_name(adata)
     if "embedding" not in adata.obsm:
         raise InputError(
-            "the prediction AnnData has no obsm['embedding']", sample=sample,
+            "the prediction AnnData has no obsm['embedding']",
+            sample=sample,
             fix="re-run prediction with embeddings saved",
         )
     emb = _as_matrix(adata.obsm["embedding"], "obsm['embedding']", sample)
@@ -110,7 +112,9 @@ def _neighbours(adata: Any, platform: str) -> list[np.ndarray]:
             raise InputError(f"obs has no '{col}' column", sample=sample)
     try:
         return spot_neighbors(
-            adata.obs["array_row"].to_numpy(), adata.obs["array_col"].to_numpy(), platform,
+            adata.obs["array_row"].to_numpy(),
+            adata.obs["array_col"].to_numpy(),
+            platform,
             connectivity=4,
         )
     except ValueError as exc:
@@ -163,9 +167,7 @@ def umap_embedding(
     x = _as_matrix(emb)
     n = x.shape[0]
     if n < 3:
-        raise InputError(
-            f"UMAP needs at least 3 points, got {n}", fix="embed more spots at once"
-        )
+        raise InputError(f"UMAP needs at least 3 points, got {n}", fix="embed more spots at once")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         import umap
@@ -289,8 +291,16 @@ def purity_table(adatas_by_unit: Mapping[str, Sequence[Any]], seed: int = 0) -> 
             note = "only one class annotated (tumor or non)"
         else:
             value = kmeans_purity(np.concatenate(embs), lab, k=2, seed=seed)
-        rows.append({"unit": str(unit), "n_spots": int(lab.size), "n_tumor": n_t,
-                     "n_normal": n_n, "purity": value, "note": note})
+        rows.append(
+            {
+                "unit": str(unit),
+                "n_spots": int(lab.size),
+                "n_tumor": n_t,
+                "n_normal": n_n,
+                "purity": value,
+                "note": note,
+            }
+        )
     cols = ["unit", "n_spots", "n_tumor", "n_normal", "purity", "note"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -355,12 +365,14 @@ def neighbour_test(adata: Any, platform: str) -> pd.DataFrame:
     truth = x[idx]
     r_sim = pearson_columns(x[np.asarray(similar, dtype=np.int64)], truth)
     r_dis = pearson_columns(x[np.asarray(distinct, dtype=np.int64)], truth)
-    return pd.DataFrame({
-        "gene": np.asarray(adata.var_names, dtype=object),
-        "r_similar": r_sim,
-        "r_distinct": r_dis,
-        "n_spots": int(idx.size),
-    })
+    return pd.DataFrame(
+        {
+            "gene": np.asarray(adata.var_names, dtype=object),
+            "r_similar": r_sim,
+            "r_distinct": r_dis,
+            "n_spots": int(idx.size),
+        }
+    )
 
 
 def latent_vs_physical(adata: Any, platform: str, k: int = 4) -> dict[str, float | int]:
@@ -487,10 +499,8 @@ def typical_atypical(emb: Any, labels: Any, k: int = 10) -> pd.DataFrame:
         # lexsort: last key is primary
         best = idx[np.lexsort((idx, dist, -s))[0]]
         worst = idx[np.lexsort((idx, -dist, s))[0]]
-        rows.append({"kind": f"representative_{name}", "index": int(best),
-                     "share": float(share[best])})
-        rows.append({"kind": f"atypical_{name}", "index": int(worst),
-                     "share": float(share[worst])})
+        rows.append(
+            {"kind": f"representative_{name}", "index": int(best), "share": float(share[best])}
+        )
+        rows.append({"kind": f"atypical_{name}", "index": int(worst), "share": float(share[worst])})
     return pd.DataFrame(rows, columns=["kind", "index", "share"])
-
-

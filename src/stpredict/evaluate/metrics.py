@@ -273,9 +273,11 @@ def _genes(adatas: Sequence[Any]) -> pd.Index:
     genes = pd.Index(adatas[0].var_names)
     for ad in adatas[1:]:
         if not pd.Index(ad.var_names).equals(genes):
-            raise InputError("prediction files differ in their genes (var_names): they come from "
-                             "different runs", sample=sample_id_of(ad) or None,
-                             fix=_RERUN_FIX)
+            raise InputError(
+                "prediction files differ in their genes (var_names): they come from different runs",
+                sample=sample_id_of(ad) or None,
+                fix=_RERUN_FIX,
+            )
     return genes
 
 
@@ -309,7 +311,9 @@ def _section_targets(ad: Any, platform: str | None) -> dict[str, np.ndarray]:
             out["smoothed"] = dense_2d(ad.layers["measured_smoothed"])
         else:
             out["smoothed"] = smooth_measurements(
-                out["raw"], ad.obs["array_row"].to_numpy(), ad.obs["array_col"].to_numpy(),
+                out["raw"],
+                ad.obs["array_row"].to_numpy(),
+                ad.obs["array_col"].to_numpy(),
                 platform,
             )
     return out
@@ -363,7 +367,9 @@ def score_units(
     if not adatas:
         raise ValueError("no prediction AnnData objects given")
     # genes are fitted per fold, so units may differ in their genes; within a unit they agree
-    pieces: dict[str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray, pd.Index]]] = {}
+    pieces: dict[
+        str, list[tuple[str, dict[str, np.ndarray], np.ndarray, np.ndarray, pd.Index]]
+    ] = {}
     for ad in adatas:
         targets = _section_targets(ad, platform)
         pred = dense_2d(ad.layers["predicted"])
@@ -373,15 +379,23 @@ def score_units(
         for u in pd.unique(units):
             sel = units == u
             pieces.setdefault(u, []).append(
-                (transform, {k: v[sel] for k, v in targets.items()}, pred[sel], ann[sel],
-                 pd.Index(ad.var_names))
+                (
+                    transform,
+                    {k: v[sel] for k, v in targets.items()},
+                    pred[sel],
+                    ann[sel],
+                    pd.Index(ad.var_names),
+                )
             )
     frames = []
     for u, parts in pieces.items():
         genes = parts[0][4]
         if any(not pt[4].equals(genes) for pt in parts[1:]):
-            raise InputError(f"prediction files of unit {u!r} differ in their genes (var_names): "
-                             "they come from different runs", fix=_RERUN_FIX)
+            raise InputError(
+                f"prediction files of unit {u!r} differ in their genes (var_names): "
+                "they come from different runs",
+                fix=_RERUN_FIX,
+            )
         pred = np.vstack([pt[2] for pt in parts])
         ann = np.concatenate([pt[3] for pt in parts])
         transforms = sorted({pt[0] for pt in parts if pt[0]})
@@ -469,8 +483,15 @@ def _sign_tests(df: pd.DataFrame, alpha: float) -> pd.DataFrame:
         )
     out = pd.DataFrame(
         rows,
-        columns=["target", "gene", "median_pearson", "n_units", "n_positive", "n_undefined",
-                 "p_binom"],
+        columns=[
+            "target",
+            "gene",
+            "median_pearson",
+            "n_units",
+            "n_positive",
+            "n_undefined",
+            "p_binom",
+        ],
     )
     out["p_holm"] = np.nan
     out["q_bh"] = np.nan
@@ -535,8 +556,19 @@ def summarise_strata(per_gene: pd.DataFrame, alpha: float = 0.05) -> pd.DataFram
         t.insert(0, "stratum", stratum)
         frames.append(t)
     if not frames:
-        cols = ["stratum", "target", "gene", "median_pearson", "n_units", "n_positive",
-                "n_undefined", "p_binom", "p_holm", "q_bh", "significant"]
+        cols = [
+            "stratum",
+            "target",
+            "gene",
+            "median_pearson",
+            "n_units",
+            "n_positive",
+            "n_undefined",
+            "p_binom",
+            "p_holm",
+            "q_bh",
+            "significant",
+        ]
         return pd.DataFrame(columns=cols)
     return pd.concat(frames, ignore_index=True)
 
@@ -576,7 +608,9 @@ def table1(summary: pd.DataFrame, n: int = 10) -> pd.DataFrame:
 
 # ------------------------------------------------------------------------ experiments
 def score_experiment(
-    adatas: Iterable[Any], platforms: dict[str, str], unit: str = "patient_id",
+    adatas: Iterable[Any],
+    platforms: dict[str, str],
+    unit: str = "patient_id",
     alpha: float = 0.05,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-gene x unit metrics and the per-gene summary of one method's predictions.
@@ -601,8 +635,9 @@ def score_experiment(
     by_platform: dict[str, list[Any]] = {}
     for a in adatas:
         by_platform.setdefault(platforms[str(a.obs["sample_id"].iloc[0])], []).append(a)
-    per_gene = pd.concat([score_units(ads, p, unit=unit) for p, ads in by_platform.items()],
-                         ignore_index=True)
+    per_gene = pd.concat(
+        [score_units(ads, p, unit=unit) for p, ads in by_platform.items()], ignore_index=True
+    )
     if len(by_platform) == 1:
         ((platform, ads),) = by_platform.items()
         pooled = pooled_metrics(ads, platform=platform)
@@ -637,15 +672,21 @@ def score_folds(
     by_platform: dict[str, list[Any]] = {}
     for a in adatas:
         by_platform.setdefault(platforms[str(a.obs["sample_id"].iloc[0])], []).append(a)
-    per = pd.concat([score_units(ads, p, unit="sample_fold", strata=False)
-                     for p, ads in by_platform.items()], ignore_index=True)
+    per = pd.concat(
+        [score_units(ads, p, unit="sample_fold", strata=False) for p, ads in by_platform.items()],
+        ignore_index=True,
+    )
     parts = per["unit"].str.rsplit("/", n=1, expand=True)
     per.insert(2, "sample_id", parts[0])
     per.insert(3, "fold", parts[1])
     rows = []
     for (target, sample, gene), g in per.groupby(["target", "sample_id", "gene"], sort=False):
-        row: dict[str, Any] = {"target": target, "sample_id": sample, "gene": gene,
-                               "n_folds": int(g["pearson"].notna().sum())}
+        row: dict[str, Any] = {
+            "target": target,
+            "sample_id": sample,
+            "gene": gene,
+            "n_folds": int(g["pearson"].notna().sum()),
+        }
         for m in ("pearson", "spearman", "rmse", "auroc"):
             v = g[m].to_numpy(dtype=float)
             v = v[np.isfinite(v)]
@@ -687,8 +728,9 @@ def compare_methods(results: dict[str, tuple[pd.DataFrame, pd.DataFrame]]) -> pd
     return pd.concat(frames, ignore_index=True)
 
 
-def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]] | None = None,
-                    target: str = "raw") -> pd.DataFrame:
+def method_overview(
+    comparison: pd.DataFrame, genes_by_role: dict[str, list[str]] | None = None, target: str = "raw"
+) -> pd.DataFrame:
     """One row per method (x gene role): medians over genes of the per-gene scores.
 
     Columns ``method``, ``genes`` (role or ``"all"``), ``n_genes``, ``median_pearson`` (median
@@ -704,30 +746,48 @@ def method_overview(comparison: pd.DataFrame, genes_by_role: dict[str, list[str]
             sub = g if genes is None else g[g["gene"].isin(genes)]
             if sub.empty:
                 continue
-            rows.append({
-                "method": method, "genes": role, "n_genes": int(len(sub)),
-                "median_pearson": float(sub["median_pearson"].median()),
-                "mean_pearson": float(sub["median_pearson"].mean()),
-                "median_pooled_pearson": float(sub["pooled_pearson"].median()),
-                "n_significant": int(sub["significant"].astype(bool).sum()),
-                "n_significant_bh": int((sub["q_bh"] < 0.05).sum()),
-                "median_rmse": float(sub["median_rmse"].median()),
-                "median_auroc": float(sub["median_auroc"].median()),
-            })
+            rows.append(
+                {
+                    "method": method,
+                    "genes": role,
+                    "n_genes": int(len(sub)),
+                    "median_pearson": float(sub["median_pearson"].median()),
+                    "mean_pearson": float(sub["median_pearson"].mean()),
+                    "median_pooled_pearson": float(sub["pooled_pearson"].median()),
+                    "n_significant": int(sub["significant"].astype(bool).sum()),
+                    "n_significant_bh": int((sub["q_bh"] < 0.05).sum()),
+                    "median_rmse": float(sub["median_rmse"].median()),
+                    "median_auroc": float(sub["median_auroc"].median()),
+                }
+            )
     return pd.DataFrame(rows)
 
 
 #: Columns of :func:`cluster_metrics`.
 CLUSTER_COLUMNS: tuple[str, ...] = (
-    "class", "precision", "recall", "f1", "auroc", "support", "n_pred",
+    "class",
+    "precision",
+    "recall",
+    "f1",
+    "auroc",
+    "support",
+    "n_pred",
 )
 
 
 #: Keys of :func:`cluster_overview` (and columns of the overview of :func:`score_cluster_units`
 #: after ``unit``).
 OVERVIEW_COLUMNS: tuple[str, ...] = (
-    "n_spots", "n_outside", "n_classes_true", "accuracy", "majority_class", "chance_accuracy",
-    "kappa", "macro_f1", "macro_auroc", "micro_auroc",
+    "n_spots",
+    "n_outside",
+    "n_classes_true",
+    "accuracy",
+    "majority_class",
+    "chance_accuracy",
+    "kappa",
+    "macro_f1",
+    "macro_auroc",
+    "micro_auroc",
 )
 
 
@@ -835,13 +895,16 @@ def cluster_metrics(y_true: Any, proba: Any, classes: Sequence[Any]) -> pd.DataF
         float(roc_auc_score(flat, p.ravel())) if flat.any() and not flat.all() else float("nan")
     )
     macro_auc = float(auroc[ok].mean()) if ok.any() else float("nan")
-    weighted_auc = (
-        float(np.average(auroc[ok], weights=support[ok])) if ok.any() else float("nan")
-    )
+    weighted_auc = float(np.average(auroc[ok], weights=support[ok])) if ok.any() else float("nan")
     rows: list[dict[str, Any]] = [
         {
-            "class": c, "precision": prec[j], "recall": rec[j], "f1": f1[j],
-            "auroc": auroc[j], "support": support[j], "n_pred": n_pred[j],
+            "class": c,
+            "precision": prec[j],
+            "recall": rec[j],
+            "f1": f1[j],
+            "auroc": auroc[j],
+            "support": support[j],
+            "n_pred": n_pred[j],
         }
         for j, c in enumerate(cls)
     ]
@@ -849,8 +912,13 @@ def cluster_metrics(y_true: Any, proba: Any, classes: Sequence[Any]) -> pd.DataF
         pr, rc, ff = avg[a]
         rows.append(
             {
-                "class": a, "precision": float(pr), "recall": float(rc), "f1": float(ff),
-                "auroc": auc, "support": int(support.sum()), "n_pred": int(n),
+                "class": a,
+                "precision": float(pr),
+                "recall": float(rc),
+                "f1": float(ff),
+                "auroc": auc,
+                "support": int(support.sum()),
+                "n_pred": int(n),
             }
         )
     df = pd.DataFrame(rows, columns=list(CLUSTER_COLUMNS))
@@ -958,7 +1026,7 @@ def _adata_classes(ad: Any) -> list[str]:
         return [str(c) for c in ad.uns["stpredict"]["classes"]]
     except (KeyError, TypeError):
         names = [str(v) for v in ad.var_names]
-        return [v[len("cluster_"):] if v.startswith("cluster_") else v for v in names]
+        return [v[len("cluster_") :] if v.startswith("cluster_") else v for v in names]
 
 
 def score_cluster_units(
@@ -1001,13 +1069,17 @@ def score_cluster_units(
         if p.shape[1] != len(cls):
             raise InputError(
                 f"predicted has {p.shape[1]} columns but the file lists {len(cls)} classes",
-                sample=sample_id_of(ad) or None, fix=_RERUN_FIX,
+                sample=sample_id_of(ad) or None,
+                fix=_RERUN_FIX,
             )
         full = np.zeros((p.shape[0], len(classes)))
         full[:, [col[c] for c in cls]] = p
         if unit not in ad.obs:
-            raise InputError(f"the prediction file has no obs column {unit!r}",
-                             sample=sample_id_of(ad) or None, fix=_RERUN_FIX)
+            raise InputError(
+                f"the prediction file has no obs column {unit!r}",
+                sample=sample_id_of(ad) or None,
+                fix=_RERUN_FIX,
+            )
         ys.append(_labels(ad.obs["cluster_true"].astype(object).to_numpy()))
         ps.append(full)
         us.append(ad.obs[unit].astype(str).to_numpy())
@@ -1025,13 +1097,18 @@ def score_cluster_units(
         df.insert(0, "unit", name)
         frames.append(df)
         rows.append(
-            {"unit": name, **cluster_overview(y[use], p[use], classes),
-             "n_excluded": int((sel & ~keep).sum())}
+            {
+                "unit": name,
+                **cluster_overview(y[use], p[use], classes),
+                "n_excluded": int((sel & ~keep).sum()),
+            }
         )
     if not frames:
-        raise InputError("no held-out spot has a true cluster label among the classes the "
-                         "models were trained on",
-                         fix="check exclude_clusters and cluster_map: the test sections' clusters "
-                         "must be among the training sections' ones")
+        raise InputError(
+            "no held-out spot has a true cluster label among the classes the "
+            "models were trained on",
+            fix="check exclude_clusters and cluster_map: the test sections' clusters "
+            "must be among the training sections' ones",
+        )
     overview = pd.DataFrame(rows, columns=["unit", *OVERVIEW_COLUMNS, "n_excluded"])
     return pd.concat(frames, ignore_index=True), overview

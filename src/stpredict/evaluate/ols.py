@@ -34,14 +34,29 @@ __all__ = [
 
 #: Columns of :func:`ols_table`.
 OLS_COLUMNS: tuple[str, ...] = (
-    "unit", "gene", "predictor", "n_spots",
-    "adj_r2_baseline", "adj_r2_predicted", "adj_r2_both", "delta_adj_r2",
-    "beta_predicted", "se_predicted", "p_predicted",
-    "beta_baseline", "se_baseline", "p_baseline",
+    "unit",
+    "gene",
+    "predictor",
+    "n_spots",
+    "adj_r2_baseline",
+    "adj_r2_predicted",
+    "adj_r2_both",
+    "delta_adj_r2",
+    "beta_predicted",
+    "se_predicted",
+    "p_predicted",
+    "beta_baseline",
+    "se_baseline",
+    "p_baseline",
 )
 #: Baseline predictors of :func:`ols_table` (columns made by :func:`ols_inputs`).
 DEFAULT_PREDICTORS: tuple[str, ...] = (
-    "mean_rgb", "brightness", "log_total_umi", "mean_r", "mean_g", "mean_b",
+    "mean_rgb",
+    "brightness",
+    "log_total_umi",
+    "mean_r",
+    "mean_g",
+    "mean_b",
 )
 #: Fewest usable spots for an OLS row (model 2 has 3 parameters and needs a residual degree of
 #: freedom).
@@ -62,9 +77,11 @@ def _shared_genes(adatas: Sequence[Any]) -> list[str]:
         have = {str(g) for g in ad.var_names}
         genes = [g for g in genes if g in have]
     if not genes:
-        raise InputError("the prediction files share no gene (each fold selected other genes)",
-                         fix="select the genes by a panel (targets.genes.mode: panel) or raise "
-                         "targets.genes.n, so that the folds share genes")
+        raise InputError(
+            "the prediction files share no gene (each fold selected other genes)",
+            fix="select the genes by a panel (targets.genes.mode: panel) or raise "
+            "targets.genes.n, so that the folds share genes",
+        )
     return genes
 
 
@@ -111,31 +128,36 @@ def ols_inputs(
     meas, pred, covs = [], [], []
     for ad in adatas:
         if "sample_id" not in ad.obs:
-            raise InputError("the prediction file has no obs column 'sample_id'",
-                             fix="rerun snakemake, which rebuilds the prediction files")
+            raise InputError(
+                "the prediction file has no obs column 'sample_id'",
+                fix="rerun snakemake, which rebuilds the prediction files",
+            )
         gi = pd.Index([str(g) for g in ad.var_names]).get_indexer(genes)
         m = _dense(ad.X)[:, gi]
         p = _dense(ad.layers["predicted"])[:, gi]
         obs = ad.obs
-        spot = (obs["spot_id"] if "spot_id" in obs else pd.Series(ad.obs_names, index=obs.index))
+        spot = obs["spot_id"] if "spot_id" in obs else pd.Series(ad.obs_names, index=obs.index)
         spot = spot.astype(str).to_numpy()
         samples = obs["sample_id"].astype(str).to_numpy()
         tc = (
             obs["total_counts"].to_numpy(dtype=float)
-            if "total_counts" in obs else np.full(ad.n_obs, np.nan)
+            if "total_counts" in obs
+            else np.full(ad.n_obs, np.nan)
         )
         for s in pd.unique(samples):
             sel = samples == s
             if s not in tables:
                 raise InputError(
-                    "no patch table for this sample", sample=s,
+                    "no patch table for this sample",
+                    sample=s,
                     fix="pass the sample's patch table (TSV written with the patches)",
                 )
             tab = tables[s]
             lack = [c for c in _PATCH_NEEDED if c not in tab.columns]
             if lack:
                 raise InputError(
-                    f"patch table lacks column(s) {', '.join(lack)}", sample=s,
+                    f"patch table lacks column(s) {', '.join(lack)}",
+                    sample=s,
                     fix="re-extract the patches to write the colour statistics",
                 )
             ids = tab["id"].astype(str)
@@ -150,7 +172,8 @@ def ols_inputs(
                 more = f" and {miss.size - 5} more" if miss.size > 5 else ""
                 raise InputError(
                     f"{miss.size} spot(s) have no row in the patch table: {shown}{more}",
-                    sample=s, fix="use the patch table extracted for this section",
+                    sample=s,
+                    fix="use the patch table extracted for this section",
                 )
             rows = tab.iloc[pos]
             cov = pd.DataFrame({"sample_id": s, "spot_id": spot[sel]})
@@ -176,9 +199,11 @@ def ols_inputs(
     )
     if index.has_duplicates:
         dup = index[index.duplicated()][0]
-        raise InputError(f"spot {dup} (sample_id:spot_id) occurs in more than one prediction file",
-                         sample=dup.split(":")[0],
-                         fix="give each held-out section's prediction file once")
+        raise InputError(
+            f"spot {dup} (sample_id:spot_id) occurs in more than one prediction file",
+            sample=dup.split(":")[0],
+            fix="give each held-out section's prediction file once",
+        )
     cov.index = index
     cols = pd.Index(genes, name="gene")
     return (
@@ -303,9 +328,7 @@ def ols_table(
     if p.shape != m.shape:
         raise ValueError(f"measured {m.shape} and predicted {p.shape} differ in shape")
     if len(covariates) != m.shape[0]:
-        raise ValueError(
-            f"covariates has {len(covariates)} rows, measured has {m.shape[0]} spots"
-        )
+        raise ValueError(f"covariates has {len(covariates)} rows, measured has {m.shape[0]} spots")
     for other, what in ((measured, "measured"), (predicted, "predicted")):
         if isinstance(other, pd.DataFrame) and not other.index.equals(covariates.index):
             raise ValueError(f"{what} and covariates differ in their index (spots)")
@@ -330,8 +353,12 @@ def ols_table(
                 cache: dict[bytes, float] = {}
                 for c in predictors:
                     rows.append(
-                        {"unit": uname, "gene": g, "predictor": c,
-                         **_ols_row(y, base[c][sel], pj, cache)}
+                        {
+                            "unit": uname,
+                            "gene": g,
+                            "predictor": c,
+                            **_ols_row(y, base[c][sel], pj, cache),
+                        }
                     )
     df = pd.DataFrame(rows, columns=list(OLS_COLUMNS))
     df["n_spots"] = df["n_spots"].astype(int)

@@ -86,7 +86,9 @@ def _damaged(path: Path, sample: str | None, exc: BaseException, what: str) -> I
     return InputError(problem, file=path, sample=sample, fix=fix)
 
 
-def _first_lines(path: Path, n: int = 3, sample: str | None = None, what: str = "file") -> list[str]:
+def _first_lines(
+    path: Path, n: int = 3, sample: str | None = None, what: str = "file"
+) -> list[str]:
     try:
         with _open_text(path) as fh:
             out = []
@@ -100,8 +102,15 @@ def _first_lines(path: Path, n: int = 3, sample: str | None = None, what: str = 
         raise _damaged(path, sample, exc, what) from exc
 
 
-def _head_lines(path: Path, sample: str | None, what: str, fix: str, *,
-                need_rows: bool = True, empty_fix: str | None = None) -> list[str]:
+def _head_lines(
+    path: Path,
+    sample: str | None,
+    what: str,
+    fix: str,
+    *,
+    need_rows: bool = True,
+    empty_fix: str | None = None,
+) -> list[str]:
     """Return the first two non-blank lines of a raw text file, refusing a missing or empty one.
 
     With ``need_rows`` a file of one line (a header without spot rows) is refused too.
@@ -309,7 +318,9 @@ def _check_distinct_pixels(
     x: np.ndarray, y: np.ndarray, ids: Sequence[Any], path: Path, sample: str | None
 ) -> None:
     """Refuse coordinate files where many spots share one pixel position (a broken export)."""
-    px = pd.DataFrame({"x": np.round(np.asarray(x, float), 2), "y": np.round(np.asarray(y, float), 2)})
+    px = pd.DataFrame(
+        {"x": np.round(np.asarray(x, float), 2), "y": np.round(np.asarray(y, float), 2)}
+    )
     dup = px.duplicated(keep=False).to_numpy()
     if dup.mean() > 0.01:
         first = int(np.flatnonzero(dup)[0])
@@ -445,8 +456,7 @@ def _map_labels(
         )
     if n_cov < n_obs or len(foreign):
         log.warning(
-            "sample %s: %s table '%s' labels %d of %d spots (%.1f%%); %d of its %d ids are not "
-            "%s",
+            "sample %s: %s table '%s' labels %d of %d spots (%.1f%%); %d of its %d ids are not %s",
             sample,
             kind,
             path,
@@ -521,9 +531,7 @@ def _unique_gene_names(
         return idx, shared
     ids = np.asarray([str(g) for g in gene_ids], dtype=object)
     groups = pd.Series(ids[shared], index=idx[shared]).groupby(level=0, sort=False)
-    listing = "; ".join(
-        f"{sym}: {', '.join(map(str, grp))}" for sym, grp in list(groups)[:5]
-    )
+    listing = "; ".join(f"{sym}: {', '.join(map(str, grp))}" for sym, grp in list(groups)[:5])
     if groups.ngroups > 5:
         listing += f"; ... ({groups.ngroups} symbols)"
     level = logging.WARNING if source == "gene map" else logging.INFO

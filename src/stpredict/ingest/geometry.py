@@ -457,8 +457,7 @@ def reconcile_mpp(
             return value, reliable[0]
         why = {
             "image_tags": "the image's resolution tag is stale or a software default",
-            "spot_diameter_fullres": "the scalefactors file may belong to another section or "
-            "run",
+            "spot_diameter_fullres": "the scalefactors file may belong to another section or run",
         }
         causes = "; ".join(why.get(k, f"{k} is wrong") for k in outliers)
         raise GeometryError(
@@ -499,8 +498,7 @@ def reconcile_mpp(
         f"{', '.join(agree)} = {value:.4g}, more than the {100 * tolerance:.0f}% tolerance)",
         file=file,
         sample=sample,
-        fix=f"set the sample sheet's mpp to {value:.4g} ({_agreed(agree)}) or leave it "
-        f"empty{hint}",
+        fix=f"set the sample sheet's mpp to {value:.4g} ({_agreed(agree)}) or leave it empty{hint}",
     )
 
 
@@ -701,8 +699,14 @@ def _near_reference(xy_in: np.ndarray, xy_off: np.ndarray, pitch: float) -> np.n
     return near if len(near) >= 5 else finite
 
 
-def _check_contrast(stats: dict[str, float], wide: Mapping[str, float], img_name: str,
-                    min_contrast: float, file: Any, sample: str | None) -> None:
+def _check_contrast(
+    stats: dict[str, float],
+    wide: Mapping[str, float],
+    img_name: str,
+    min_contrast: float,
+    file: Any,
+    sample: str | None,
+) -> None:
     """Refuse in-tissue spots that are not darker than the glass, near or (else) anywhere.
 
     Tissue may surround the spots (larger than the capture area): then glass is found only
@@ -725,9 +729,18 @@ def _check_contrast(stats: dict[str, float], wide: Mapping[str, float], img_name
         )
 
 
-def _outside_error(xy_in: np.ndarray, inside: Any, fits: Mapping[str, bool], measure: Any,
-                   size: tuple[int, int], img_name: str, margin: float, min_contrast: float,
-                   file: Any, sample: str | None) -> GeometryError:
+def _outside_error(
+    xy_in: np.ndarray,
+    inside: Any,
+    fits: Mapping[str, bool],
+    measure: Any,
+    size: tuple[int, int],
+    img_name: str,
+    margin: float,
+    min_contrast: float,
+    file: Any,
+    sample: str | None,
+) -> GeometryError:
     """Build the error for in-tissue spots outside the image, naming the likely cause."""
     w, h = size
     n_out = int((~inside(xy_in)).sum())
@@ -768,9 +781,15 @@ def _outside_error(xy_in: np.ndarray, inside: Any, fits: Mapping[str, bool], mea
     )
 
 
-def _check_orientation(stats: Mapping[str, float], others: Mapping[str, Mapping[str, float]],
-                       img_name: str, margin: float, min_contrast: float, file: Any,
-                       sample: str | None) -> None:
+def _check_orientation(
+    stats: Mapping[str, float],
+    others: Mapping[str, Mapping[str, float]],
+    img_name: str,
+    margin: float,
+    min_contrast: float,
+    file: Any,
+    sample: str | None,
+) -> None:
     """Refuse the given orientation when another one puts clearly more spots on tissue."""
     best = max(others, key=lambda n: others[n]["separation"])
     alt = others[best]
@@ -792,8 +811,9 @@ def _check_orientation(stats: Mapping[str, float], others: Mapping[str, Mapping[
             fix="give the image the coordinates were aligned to; if it is this "
             f"section's image, {ORIENTATIONS[best][2].split(' (or ')[0]}",
         )
-    raise GeometryError(f"{ORIENTATIONS[best][1]}: " + numbers, file=file, sample=sample,
-                        fix=ORIENTATIONS[best][2])
+    raise GeometryError(
+        f"{ORIENTATIONS[best][1]}: " + numbers, file=file, sample=sample, fix=ORIENTATIONS[best][2]
+    )
 
 
 def check_bounds(
@@ -917,8 +937,9 @@ def check_bounds(
         )
 
     if not fits["identity"]:
-        raise _outside_error(xy_in, inside, fits, measure, (w, h), img_name, margin, min_contrast,
-                             file, sample)
+        raise _outside_error(
+            xy_in, inside, fits, measure, (w, h), img_name, margin, min_contrast, file, sample
+        )
 
     stats = measure("identity")
     stats["tissue_threshold"] = state["threshold"]
@@ -933,6 +954,5 @@ def check_bounds(
     if others and len(xy_in) >= ORIENTATION_MIN_SPOTS:
         _check_orientation(stats, others, img_name, margin, min_contrast, file, sample)
     if stats["contrast"] < min_contrast:
-        _check_contrast(stats, measure("identity", wide=True), img_name, min_contrast, file,
-                        sample)
+        _check_contrast(stats, measure("identity", wide=True), img_name, min_contrast, file, sample)
     return stats

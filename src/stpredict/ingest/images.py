@@ -85,8 +85,11 @@ def plausible_tag_mpp(
     why = None
     if not np.isfinite(value) or value <= 0:
         why = "it is not a positive number"
-    elif mpp_y is not None and np.isfinite(mpp_y) and mpp_y > 0 and (
-        abs(value - mpp_y) / min(value, mpp_y) > 0.01
+    elif (
+        mpp_y is not None
+        and np.isfinite(mpp_y)
+        and mpp_y > 0
+        and (abs(value - mpp_y) / min(value, mpp_y) > 0.01)
     ):
         why = f"its horizontal and vertical resolutions differ ({value:.4g} vs {mpp_y:.4g} µm/px)"
     elif value > hi:
@@ -109,9 +112,10 @@ def plausible_tag_mpp(
     )
     return None
 
+
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ome.tif", ".ome.tiff")
 _CONVERT_FIX = (
-    "convert it to 8-bit RGB, e.g. `python -c \"from PIL import Image; "
+    'convert it to 8-bit RGB, e.g. `python -c "from PIL import Image; '
     "Image.open('in').convert('RGB').save('out.tif')\"` or `vips colourspace in.tif out.tif srgb`, "
     "and point the sample sheet's image column at the result"
 )
@@ -175,7 +179,9 @@ class SlideImage:
         if shape[-1] != 3:
             self._fail(f"image has {shape[-1]} channels; an RGB image (3 channels) is required")
         if np.dtype(dtype) != np.uint8:
-            self._fail(f"image is {np.dtype(dtype)} ({np.dtype(dtype).itemsize * 8}-bit); 8-bit RGB is required")
+            self._fail(
+                f"image is {np.dtype(dtype)} ({np.dtype(dtype).itemsize * 8}-bit); 8-bit RGB is required"
+            )
 
     def _open_tiff(self) -> None:
         import tifffile
@@ -225,13 +231,14 @@ class SlideImage:
                 f"cannot read the image ({type(exc).__name__}: {exc})",
                 file=self.path,
                 sample=self.sample,
-                fix="give a TIFF, JPEG or PNG file that opens in an image viewer; "
-                + _DECODE_FIX,
+                fix="give a TIFF, JPEG or PNG file that opens in an image viewer; " + _DECODE_FIX,
             ) from exc
         if mode in ("L", "1", "LA"):
             self._fail("image is greyscale; an RGB H&E image is required")
         if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in info):
-            self._fail("image is RGBA (has an alpha channel); an RGB image without alpha is required")
+            self._fail(
+                "image is RGBA (has an alpha channel); an RGB image without alpha is required"
+            )
         if mode.startswith("I;16") or mode in ("I", "F"):
             self._fail(f"image is {mode} (16/32-bit); 8-bit RGB is required")
         if mode not in ("RGB", "P", "YCbCr"):
@@ -434,7 +441,9 @@ def _tiff_mpp(
             if factor is None:
                 log.warning(
                     "sample %s: image '%s': OME PhysicalSizeX unit %r not understood; tag ignored",
-                    sample, path, unit.group(1) if unit else None,
+                    sample,
+                    path,
+                    unit.group(1) if unit else None,
                 )
                 return None
             return plausible_tag_mpp(

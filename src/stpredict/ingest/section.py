@@ -214,8 +214,12 @@ def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
     from anndata.io import read_elem
 
     with checked_read(path) as p, h5py.File(p, "r") as f:
-        a = ad.AnnData(X=read_elem(f["X"]), obs=read_elem(f["obs"]), var=read_elem(f["var"]),
-                       obsm=read_elem(f["obsm"]) if "obsm" in f else None)
+        a = ad.AnnData(
+            X=read_elem(f["X"]),
+            obs=read_elem(f["obs"]),
+            var=read_elem(f["var"]),
+            obsm=read_elem(f["obsm"]) if "obsm" in f else None,
+        )
         uns = f.get("uns")
         if uns is not None:
             for key in ("stpredict", "qc"):

@@ -124,7 +124,10 @@ def read_st_counts(path: PathLike, sample: str | None = None) -> pd.DataFrame:
     path = Path(path)
     fix = "give the ST count matrix: tab-separated, one row per spot, first column the 'XxY' id"
     lines = _head_lines(
-        path, sample, "count matrix", fix,
+        path,
+        sample,
+        "count matrix",
+        fix,
         empty_fix="copy the count matrix again (the ST pipeline writes one row per spot); " + fix,
     )
     sep = _sniff_sep(lines[0])
@@ -266,7 +269,9 @@ def read_st_spots(path: PathLike, sample: str | None = None) -> pd.DataFrame:
             xy = [tuple(int(t) for t in s.split("x")) for s in ids_n]
             px = pd.to_numeric(df["X"], errors="coerce")
             py = pd.to_numeric(df["Y"], errors="coerce")
-            if not (np.isfinite(px.to_numpy(float)).all() and np.isfinite(py.to_numpy(float)).all()):
+            if not (
+                np.isfinite(px.to_numpy(float)).all() and np.isfinite(py.to_numpy(float)).all()
+            ):
                 raise InputError(
                     "columns X / Y of the spot file have missing, non-numeric or infinite values",
                     file=path,
@@ -332,8 +337,9 @@ def read_st_annotation(
         raise _damaged(path, sample, exc, "annotation file") from exc
     if len(rows) < 2:
         raise InputError(
-            "annotation file is empty" if not rows else "annotation file holds only a header "
-            "line, no spot rows",
+            "annotation file is empty"
+            if not rows
+            else "annotation file holds only a header line, no spot rows",
             file=path,
             sample=sample,
             fix=fix,
@@ -351,14 +357,18 @@ def read_st_annotation(
             )
         ids.append(fields[0])
         labels.append(fields[-1])
-        nums = [float(f) if _is_number(f) else np.nan for f in fields[1:3]] if len(fields) >= 4 else []
+        nums = (
+            [float(f) if _is_number(f) else np.nan for f in fields[1:3]] if len(fields) >= 4 else []
+        )
         xy.append(nums if len(nums) == 2 else [np.nan, np.nan])
     index = pd.Index(_spot_ids(ids, path, sample))
     s = pd.Series(normalise_annotation_labels(labels), index=index, dtype=str)
     labels_out = _deduplicate_labels(s, path, sample, "annotation")
     if not with_coords:
         return labels_out
-    coords = pd.DataFrame(np.asarray(xy, dtype=float).reshape(-1, 2), index=index, columns=["x", "y"])
+    coords = pd.DataFrame(
+        np.asarray(xy, dtype=float).reshape(-1, 2), index=index, columns=["x", "y"]
+    )
     return labels_out, coords[~coords.index.duplicated()]
 
 
@@ -370,8 +380,9 @@ MIN_ANNOTATION_COORD_AGREEMENT = 0.5
 WARN_ANNOTATION_COORD_AGREEMENT = 0.95
 
 
-def _check_annotation_coords(coords: pd.DataFrame, spt: pd.DataFrame, annotation: Path,
-                             spots_p: Path, sample_id: str) -> None:
+def _check_annotation_coords(
+    coords: pd.DataFrame, spt: pd.DataFrame, annotation: Path, spots_p: Path, sample_id: str
+) -> None:
     """Refuse an ST annotation whose fractional array coordinates are another section's.
 
     ST-Net's ``*_Coords.tsv`` repeats the spot detector's fractional array coordinates of its
@@ -392,14 +403,18 @@ def _check_annotation_coords(coords: pd.DataFrame, spt: pd.DataFrame, annotation
     if np.allclose(a, np.rint(a)) or np.allclose(b, np.rint(b)):
         return
     agree = float((np.abs(a - b).max(axis=1) <= ANNOTATION_COORD_TOLERANCE).mean())
-    msg = (f"the annotation's array coordinates agree with the spot file's for only "
-           f"{100 * agree:.0f}% of the {len(a)} spots both list (the same section's files agree "
-           f"on all of them)")
+    msg = (
+        f"the annotation's array coordinates agree with the spot file's for only "
+        f"{100 * agree:.0f}% of the {len(a)} spots both list (the same section's files agree "
+        f"on all of them)"
+    )
     if agree < MIN_ANNOTATION_COORD_AGREEMENT:
         raise InputError(
             msg + f": it looks like the annotation of another section (spot file '{spots_p}')",
-            file=annotation, sample=sample_id,
-            fix="give this section's *_Coords.tsv in the sheet's annotation column")
+            file=annotation,
+            sample=sample_id,
+            fix="give this section's *_Coords.tsv in the sheet's annotation column",
+        )
     if agree < WARN_ANNOTATION_COORD_AGREEMENT:
         log.warning("sample '%s': file '%s': %s", sample_id, annotation, msg)
 
@@ -471,8 +486,7 @@ def _match_st_counts_spots(
         )
     if len(only_counts):
         log.warning(
-            "sample %s: %d of %d count rows have no coordinates in '%s' and are dropped "
-            "(e.g. %s)",
+            "sample %s: %d of %d count rows have no coordinates in '%s' and are dropped (e.g. %s)",
             sample_id,
             len(only_counts),
             n_cnt,
@@ -605,9 +619,7 @@ def _apply_gene_map(
     other = considered & ~mapped & ~is_symbol
     n_other = int(other.sum())
     if n_other:
-        already = (
-            f", {int(is_symbol.sum())} are already symbols" if is_symbol.any() else ""
-        )
+        already = f", {int(is_symbol.sum())} are already symbols" if is_symbol.any() else ""
         log.warning(
             "sample %s: the gene map%s maps %d of %d ids of '%s'%s; the other %d keep their ids "
             "(e.g. %s), so the section mixes symbols and ids",
@@ -818,5 +830,3 @@ def read_st(
         list(spt.index), spt["selected"], spt["y"], spt["x"], spt["pixel_x"], spt["pixel_y"]
     )
     return adata
-
-

@@ -515,8 +515,9 @@ def _check_matrix_in_tissue(
         )
 
 
-def _matrix_barcodes(adata: ad.AnnData, pos: pd.DataFrame, matrix_path: Path, pos_path: Path,
-                     sample_id: str) -> pd.Index:
+def _matrix_barcodes(
+    adata: ad.AnnData, pos: pd.DataFrame, matrix_path: Path, pos_path: Path, sample_id: str
+) -> pd.Index:
     """Repaired matrix barcodes; refuse duplicates and barcodes absent from the positions."""
     barcodes = pd.Index(repair_barcodes(adata.obs_names))
     if barcodes.duplicated().any():
@@ -541,8 +542,9 @@ def _matrix_barcodes(adata: ad.AnnData, pos: pd.DataFrame, matrix_path: Path, po
     return barcodes
 
 
-def _section_matrix(adata: ad.AnnData, barcodes: pd.Index, matrix_path: Path,
-                    sample_id: str) -> ad.AnnData:
+def _section_matrix(
+    adata: ad.AnnData, barcodes: pd.Index, matrix_path: Path, sample_id: str
+) -> ad.AnnData:
     """Build the float32 CSR matrix with unique gene names and the section's var columns."""
     var = adata.var
     gene_ids = (
@@ -658,8 +660,9 @@ def read_visium(
     barcodes = _matrix_barcodes(adata, pos, matrix_path, pos_path, sample_id)
     adata.obs_names = barcodes
     p = pos.set_index("barcode").loc[barcodes]
-    _check_matrix_in_tissue(barcodes, p["in_tissue"].to_numpy(bool), pos, matrix_path, pos_path,
-                            sample_id)
+    _check_matrix_in_tissue(
+        barcodes, p["in_tissue"].to_numpy(bool), pos, matrix_path, pos_path, sample_id
+    )
 
     # --- var
     adata = _section_matrix(adata, barcodes, matrix_path, sample_id)
@@ -700,9 +703,7 @@ def read_visium(
             obs["annotation"].to_numpy(), Path(annotation), sample_id, "Visium"
         )
     cl_path = (
-        Path(clusters)
-        if clusters
-        else _first_existing([outs / c for c in GRAPHCLUST_CLUSTERS])
+        Path(clusters) if clusters else _first_existing([outs / c for c in GRAPHCLUST_CLUSTERS])
     )
     if cl_path is not None:
         labels = _label_csv(cl_path, sample_id, "clusters")

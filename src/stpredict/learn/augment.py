@@ -93,8 +93,16 @@ def random_dihedral(batch: torch.Tensor, generator: torch.Generator | None = Non
 # others always (OneOf members are force-applied by Albumentations).
 
 #: Group names of DeepSpaCE's ``--augmentation`` comma list.
-AUGMENT_GROUPS: tuple[str, ...] = ("flip", "crop", "color", "contrast", "noise", "blur", "dist",
-                                   "random")
+AUGMENT_GROUPS: tuple[str, ...] = (
+    "flip",
+    "crop",
+    "color",
+    "contrast",
+    "noise",
+    "blur",
+    "dist",
+    "random",
+)
 #: ``deepspace``: every group the paper lists (noise, blur and distortion through ``random``).
 DEEPSPACE_GROUPS: tuple[str, ...] = ("flip", "crop", "color", "contrast", "random")
 
@@ -111,8 +119,9 @@ _GROUP_SLOTS: dict[str, tuple[Any, ...]] = {
     "dist": (_DIST,),
     "random": (("oneof", (_NOISE, _BLUR, _DIST)),),
 }
-_HALF = frozenset({"crop", "hsv", "channel_shuffle", "rgb_shift", "contrast", "gamma",
-                   "brightness"})
+_HALF = frozenset(
+    {"crop", "hsv", "channel_shuffle", "rgb_shift", "contrast", "gamma", "brightness"}
+)
 _MEDIAN_ELEMENTS = 1 << 25  # bound of the unfolded windows of one median chunk (128 MiB float32)
 
 Params = dict[str, torch.Tensor]
@@ -159,11 +168,16 @@ def parse_augmentation(name: str | None) -> tuple[str, tuple[str, ...]]:
         Unknown name or group.
     """
     if name is not None and not isinstance(name, str):
-        raise ConfigError(f"augmentation must be a string, got {name!r}",
-                          fix="use none, dihedral, deepspace or deepspace:<groups>")
+        raise ConfigError(
+            f"augmentation must be a string, got {name!r}",
+            fix="use none, dihedral, deepspace or deepspace:<groups>",
+        )
     text = (name or "none").strip().lower()
-    fix = ("use none, dihedral, deepspace or deepspace:<comma list of "
-           + ", ".join(AUGMENT_GROUPS) + "> (or deepspace:none)")
+    fix = (
+        "use none, dihedral, deepspace or deepspace:<comma list of "
+        + ", ".join(AUGMENT_GROUPS)
+        + "> (or deepspace:none)"
+    )
     if text in ("none", "dihedral"):
         return text, ()
     if text == "deepspace":
@@ -178,8 +192,10 @@ def parse_augmentation(name: str | None) -> tuple[str, tuple[str, ...]]:
         raise ConfigError(f"augmentation '{name}' combines 'none' with other groups", fix=fix)
     unknown = [g for g in groups if g not in AUGMENT_GROUPS]
     if unknown:
-        raise ConfigError(f"augmentation '{name}' has unknown group(s) "
-                          + ", ".join(f"'{g}'" for g in unknown), fix=fix)
+        raise ConfigError(
+            f"augmentation '{name}' has unknown group(s) " + ", ".join(f"'{g}'" for g in unknown),
+            fix=fix,
+        )
     return kind, groups
 
 
@@ -202,7 +218,9 @@ def _d4_table() -> torch.Tensor:
     ``f``: 0 none, 1 both axes (cv2 code -1), 2 vertical (0), 3 horizontal (1).
     """
     tile = torch.arange(4).reshape(2, 2)
-    code_of = {tuple(dihedral(tile, k, f).flatten().tolist()): c for c, (k, f) in enumerate(DIHEDRAL)}
+    code_of = {
+        tuple(dihedral(tile, k, f).flatten().tolist()): c for c, (k, f) in enumerate(DIHEDRAL)
+    }
     flips = (lambda t: t, lambda t: t.flip(-2, -1), lambda t: t.flip(-2), lambda t: t.flip(-1))
     table = torch.empty(4, 4, 2, dtype=torch.long)
     for k in range(4):
@@ -224,8 +242,14 @@ def _draw_flip(n: int, side: int, g: torch.Generator | None, p: float) -> Params
     flip = torch.rand(n, generator=g) < p
     d = torch.where(flip, _randint(g, 3, n) + 1, 0)
     transpose = torch.rand(n, generator=g) < p
-    return {"rot90": rot90, "k": k, "flip": flip, "d": d, "transpose": transpose,
-            "code": _D4[k, d, transpose.long()]}
+    return {
+        "rot90": rot90,
+        "k": k,
+        "flip": flip,
+        "d": d,
+        "transpose": transpose,
+        "code": _D4[k, d, transpose.long()],
+    }
 
 
 def _draw_crop(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
@@ -243,14 +267,23 @@ def _draw_crop(n: int, side: int, g: torch.Generator | None, p: float) -> Params
         return torch.where(found, t.gather(1, first)[:, 0], torch.as_tensor(default, dtype=t.dtype))
 
     w, h = pick(w, side), pick(h, side)
-    return {"top": _randint(g, side - h + 1, n), "left": _randint(g, side - w + 1, n),
-            "h": h, "w": w, "scale": pick(scale, 1.0), "ratio": pick(ratio, 1.0)}
+    return {
+        "top": _randint(g, side - h + 1, n),
+        "left": _randint(g, side - w + 1, n),
+        "h": h,
+        "w": w,
+        "scale": pick(scale, 1.0),
+        "ratio": pick(ratio, 1.0),
+    }
 
 
 def _draw_hsv(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
     """HueSaturationValue: hue ±20 of OpenCV's 180 (±40°), saturation ±30/255, value ±20/255."""
-    return {"hue": _uniform(g, -20, 20, n), "sat": _uniform(g, -30, 30, n),
-            "val": _uniform(g, -20, 20, n)}
+    return {
+        "hue": _uniform(g, -20, 20, n),
+        "sat": _uniform(g, -30, 30, n),
+        "val": _uniform(g, -20, 20, n),
+    }
 
 
 def _draw_channel_shuffle(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
@@ -280,14 +313,18 @@ def _draw_brightness(n: int, side: int, g: torch.Generator | None, p: float) -> 
 
 def _draw_iaa_noise(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
     """IAAAdditiveGaussianNoise(scale=(0.01, 0.05) × 255): one field shared by the channels."""
-    return {"sigma": _uniform(g, 0.01, 0.05, n),
-            "noise": torch.randn(n, 1, side, side, generator=g)}
+    return {
+        "sigma": _uniform(g, 0.01, 0.05, n),
+        "noise": torch.randn(n, 1, side, side, generator=g),
+    }
 
 
 def _draw_gauss_noise(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
     """GaussNoise(var_limit=(10, 50)) on 0..255: sigma = sqrt(var)/255, per channel."""
-    return {"sigma": torch.sqrt(_uniform(g, 10, 50, n)) / 255,
-            "noise": torch.randn(n, 3, side, side, generator=g)}
+    return {
+        "sigma": torch.sqrt(_uniform(g, 10, 50, n)) / 255,
+        "noise": torch.randn(n, 3, side, side, generator=g),
+    }
 
 
 def _draw_ksize(n: int, g: torch.Generator | None) -> torch.Tensor:
@@ -333,13 +370,19 @@ def _draw_optical(n: int, side: int, g: torch.Generator | None, p: float) -> Par
     Albumentations 0.4.5 rounds the shift to whole pixels (``round(uniform(-0.05, 0.05))``), so
     it is always 0; kept for the record.
     """
-    return {"k": _uniform(g, -0.05, 0.05, n), "dx": torch.round(_uniform(g, -0.05, 0.05, n)),
-            "dy": torch.round(_uniform(g, -0.05, 0.05, n))}
+    return {
+        "k": _uniform(g, -0.05, 0.05, n),
+        "dx": torch.round(_uniform(g, -0.05, 0.05, n)),
+        "dy": torch.round(_uniform(g, -0.05, 0.05, n)),
+    }
 
 
 def _draw_grid(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
     """GridDistortion(num_steps=5, distort_limit=0.3): 6 step factors per axis in 1 ± 0.3."""
-    return {"xsteps": 1.0 + _uniform(g, -0.3, 0.3, n, 6), "ysteps": 1.0 + _uniform(g, -0.3, 0.3, n, 6)}
+    return {
+        "xsteps": 1.0 + _uniform(g, -0.3, 0.3, n, 6),
+        "ysteps": 1.0 + _uniform(g, -0.3, 0.3, n, 6),
+    }
 
 
 def _draw_piecewise(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
@@ -353,8 +396,12 @@ def _draw_piecewise(n: int, side: int, g: torch.Generator | None, p: float) -> P
 
 def _draw_shift_scale_rotate(n: int, side: int, g: torch.Generator | None, p: float) -> Params:
     """ShiftScaleRotate(shift_limit=0.0625, scale_limit=0.1, rotate_limit=45)."""
-    return {"angle": _uniform(g, -45, 45, n), "scale": _uniform(g, 0.9, 1.1, n),
-            "dx": _uniform(g, -0.0625, 0.0625, n), "dy": _uniform(g, -0.0625, 0.0625, n)}
+    return {
+        "angle": _uniform(g, -45, 45, n),
+        "scale": _uniform(g, 0.9, 1.1, n),
+        "dx": _uniform(g, -0.0625, 0.0625, n),
+        "dy": _uniform(g, -0.0625, 0.0625, n),
+    }
 
 
 def _piecewise_points(side: int) -> torch.Tensor:
@@ -382,8 +429,9 @@ def _remap(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, padding: str) ->
     h, w = x.shape[-2:]
     xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
     grid = torch.stack((sx * (2.0 / (w - 1)) - 1.0, sy * (2.0 / (h - 1)) - 1.0), -1)
-    out = F.grid_sample(xf, grid.to(xf.dtype), mode="bilinear", padding_mode=padding,
-                        align_corners=True)
+    out = F.grid_sample(
+        xf, grid.to(xf.dtype), mode="bilinear", padding_mode=padding, align_corners=True
+    )
     return out.to(x.dtype)
 
 
@@ -433,8 +481,9 @@ def _rgb_to_hsv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     delta = maxc - x.amin(1)
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), 0.0)
     dc = delta.clamp_min(1e-12)
-    h = torch.where(maxc == r, (g - b) / dc,
-                    torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc))
+    h = torch.where(
+        maxc == r, (g - b) / dc, torch.where(maxc == g, 2.0 + (b - r) / dc, 4.0 + (r - g) / dc)
+    )
     h = torch.where(delta > 0, torch.remainder(h / 6.0, 1.0), 0.0)
     return h, s, maxc
 
@@ -497,7 +546,7 @@ def _apply_motion_blur(x: torch.Tensor, prm: Params) -> torch.Tensor:
     def conv(sub: torch.Tensor, k: int, sel: torch.Tensor) -> torch.Tensor:
         m, c, h, w = sub.shape
         off, r = (7 - k) // 2, k // 2
-        kern = prm["kernel"][sel][:, off:off + k, off:off + k]
+        kern = prm["kernel"][sel][:, off : off + k, off : off + k]
         weight = kern.to(sub.device, sub.dtype).repeat_interleave(c, 0).unsqueeze(1)  # (m*c,1,k,k)
         xp = F.pad(sub, (r, r, r, r), mode="reflect").reshape(1, m * c, h + 2 * r, w + 2 * r)
         return F.conv2d(xp, weight, groups=m * c).reshape(m, c, h, w)
@@ -522,9 +571,9 @@ def _median(x: torch.Tensor, k: int) -> torch.Tensor:
     out = torch.empty_like(x)
     chunk = max(1, _MEDIAN_ELEMENTS // (c * h * w * k * k))
     for s in range(0, n, chunk):
-        xp = F.pad(x[s:s + chunk], (r, r, r, r), mode="replicate")
+        xp = F.pad(x[s : s + chunk], (r, r, r, r), mode="replicate")
         win = xp.unfold(2, k, 1).unfold(3, k, 1).reshape(xp.shape[0], c, h, w, k * k)
-        out[s:s + chunk] = win.median(-1).values
+        out[s : s + chunk] = win.median(-1).values
     return out
 
 
@@ -683,15 +732,17 @@ class DeepSpaceAugment(nn.Module):
         Probability of each optional transform (0.5 in DeepSpaCE).
     """
 
-    def __init__(self, groups: Sequence[str] = DEEPSPACE_GROUPS, size: int | None = None,
-                 p: float = 0.5) -> None:
+    def __init__(
+        self, groups: Sequence[str] = DEEPSPACE_GROUPS, size: int | None = None, p: float = 0.5
+    ) -> None:
         super().__init__()
         if isinstance(groups, str):
             raise TypeError("groups must be a sequence of group names, not a string")
         unknown = [g for g in groups if g not in AUGMENT_GROUPS]
         if unknown:
-            raise ConfigError(f"unknown augmentation group(s) {unknown}",
-                              fix="use " + ", ".join(AUGMENT_GROUPS))
+            raise ConfigError(
+                f"unknown augmentation group(s) {unknown}", fix="use " + ", ".join(AUGMENT_GROUPS)
+            )
         self.groups = tuple(groups)
         self.size = size
         self.p = float(p)
@@ -700,7 +751,9 @@ class DeepSpaceAugment(nn.Module):
         """Describe the groups, size and p."""
         return f"groups={','.join(self.groups) or 'none'}, size={self.size}, p={self.p}"
 
-    def plan(self, batch: int, side: int, generator: torch.Generator | None = None) -> list[AugmentStep]:
+    def plan(
+        self, batch: int, side: int, generator: torch.Generator | None = None
+    ) -> list[AugmentStep]:
         """Draw every transform and parameter for ``batch`` images of side ``side`` (on the CPU).
 
         Returns the steps in the order they are applied; :meth:`apply` runs them.
@@ -712,8 +765,14 @@ class DeepSpaceAugment(nn.Module):
                 self._plan_slot(slot, everyone, side, generator, steps)
         return steps
 
-    def _plan_slot(self, slot: Any, idx: torch.Tensor, side: int, g: torch.Generator | None,
-                   steps: list[AugmentStep]) -> None:
+    def _plan_slot(
+        self,
+        slot: Any,
+        idx: torch.Tensor,
+        side: int,
+        g: torch.Generator | None,
+        steps: list[AugmentStep],
+    ) -> None:
         if isinstance(slot, tuple):  # ("oneof", members): one member per image, uniformly
             members = slot[1]
             choice = _randint(g, len(members), len(idx))
@@ -756,13 +815,16 @@ class DeepSpaceAugment(nn.Module):
             CPU generator of every random draw (the default generator when ``None``).
         """
         if x.dim() != 4 or x.shape[1] != 3 or x.shape[-1] != x.shape[-2] or x.shape[-1] < 8:
-            raise ValueError(f"DeepSpaceAugment needs square RGB images (B, 3, S, S) with S >= 8, "
-                             f"got {tuple(x.shape)}")
+            raise ValueError(
+                f"DeepSpaceAugment needs square RGB images (B, 3, S, S) with S >= 8, "
+                f"got {tuple(x.shape)}"
+            )
         if not x.is_floating_point():
             raise ValueError(f"DeepSpaceAugment needs float images in [0, 1], got {x.dtype}")
         if self.size and self.size != x.shape[-1]:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear",
-                              align_corners=False, antialias=True).clamp_(0.0, 1.0)
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+            ).clamp_(0.0, 1.0)
         return self.apply(x, self.plan(x.shape[0], x.shape[-1], generator))
 
 

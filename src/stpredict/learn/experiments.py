@@ -40,40 +40,55 @@ def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]
     split = exp["split"]
     ids = sheet["sample_id"].tolist()
     if split["scheme"] == "section_imputation":
-        train, test = list(split.get("train_sections", []) or []), str(split.get("test_section", "") or "")
+        train, test = (
+            list(split.get("train_sections", []) or []),
+            str(split.get("test_section", "") or ""),
+        )
         if not test or not train:
-            raise ConfigError("section_imputation needs split.train_sections and split.test_section",
-                              fix="name the training sections and the imputed section (sample_id values "
-                              "of the sheet), e.g. train_sections: [D1, D3], test_section: D2")
+            raise ConfigError(
+                "section_imputation needs split.train_sections and split.test_section",
+                fix="name the training sections and the imputed section (sample_id values "
+                "of the sheet), e.g. train_sections: [D1, D3], test_section: D2",
+            )
         if test in train:
-            raise ConfigError(f"section_imputation: the test section '{test}' is also a training section",
-                              fix="remove it from split.train_sections (a section cannot be imputed from itself)")
+            raise ConfigError(
+                f"section_imputation: the test section '{test}' is also a training section",
+                fix="remove it from split.train_sections (a section cannot be imputed from itself)",
+            )
         wanted = train + [test]
         ids = [s for s in ids if s in wanted]
         missing = sorted(set(wanted) - set(ids))
         if missing:
-            raise ConfigError(f"section_imputation names section(s) {missing} that are not in the sample sheet",
-                              fix="use sample_id values from the sheet in split.train_sections / split.test_section")
+            raise ConfigError(
+                f"section_imputation names section(s) {missing} that are not in the sample sheet",
+                fix="use sample_id values from the sheet in split.train_sections / split.test_section",
+            )
         return ids
     if sel.get("samples"):
         missing = sorted(set(sel["samples"]) - set(ids))
         if missing:
-            raise ConfigError(f"sections.samples names {missing}, absent from the sample sheet",
-                              fix="use sample_id values from the sheet")
+            raise ConfigError(
+                f"sections.samples names {missing}, absent from the sample sheet",
+                fix="use sample_id values from the sheet",
+            )
         ids = [s for s in ids if s in set(sel["samples"])]
     if sel.get("patients"):
         pats = {str(p) for p in sel["patients"]}
         unknown = sorted(pats - set(sheet["patient_id"].astype(str)))
         if unknown:
-            raise ConfigError(f"sections.patients names {unknown}, absent from the sample sheet",
-                              fix="use patient_id values from the sheet")
+            raise ConfigError(
+                f"sections.patients names {unknown}, absent from the sample sheet",
+                fix="use patient_id values from the sheet",
+            )
         ids = [s for s in ids if sheet.loc[s, "patient_id"] in pats]
     if sel.get("platform"):
         ids = [s for s in ids if sheet.loc[s, "platform"] == sel["platform"]]
     if not ids:
-        raise ConfigError(f"the experiment selects no section (sections: {dict(sel)})",
-                          fix="check its 'sections' settings against the sample sheet (samples, patients, "
-                          "platform)")
+        raise ConfigError(
+            f"the experiment selects no section (sections: {dict(sel)})",
+            fix="check its 'sections' settings against the sample sheet (samples, patients, "
+            "platform)",
+        )
     return ids
 
 
@@ -81,9 +96,9 @@ def _patients(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
     return sorted({str(sheet.loc[s, "patient_id"]) for s in experiment_samples(exp, sheet)})
 
 
-
-
-def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] | None = None) -> set[str] | None:
+def section_gene_names(
+    row: Mapping[str, Any], gene_map: str | os.PathLike[str] | None = None
+) -> set[str] | None:
     """Return the gene names of a section's raw counts when they are cheap to know, else ``None``.
 
     Visium: the feature names of ``filtered_feature_bc_matrix.h5`` or of the matrix folder's
@@ -130,8 +145,13 @@ def section_gene_names(row: Mapping[str, Any], gene_map: str | os.PathLike[str] 
         return None
 
 
-def check_experiment(exp: Mapping[str, Any], sheet: pd.DataFrame, *, gene_map: str | os.PathLike[str] | None = None,
-                     thorough: bool = True) -> None:
+def check_experiment(
+    exp: Mapping[str, Any],
+    sheet: pd.DataFrame,
+    *,
+    gene_map: str | os.PathLike[str] | None = None,
+    thorough: bool = True,
+) -> None:
     """Refuse, at parse time, an experiment that the config and the sheet already show cannot run.
 
     Parameters
@@ -173,17 +193,22 @@ def _check_split(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]
             f"leave_one_patient_out needs at least 2 patients, but the experiment's sections "
             f"{samples} all come from patient '{patients[0]}' (nothing would be left to train on)",
             fix="add sections of other patients, or use split.scheme random_within_section or "
-            "spatial_blocks within this patient's sections")
+            "spatial_blocks within this patient's sections",
+        )
     if int(split["inner_folds"]) == 1:
-        raise ConfigError("split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
-                          fix="set split.inner_folds to 0 (no inner folds) or to 2 or more")
+        raise ConfigError(
+            "split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
+            fix="set split.inner_folds to 0 (no inner folds) or to 2 or more",
+        )
 
 
 def _check_task(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]) -> None:
     task = exp["task"]
     if task == "regression" and exp["train"]["loss"] == "cross_entropy":
-        raise ConfigError("train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
-                          fix="use train.loss mse or smoothl1, or set task: clusters")
+        raise ConfigError(
+            "train.loss cross_entropy is for task: clusters, but this experiment regresses genes",
+            fix="use train.loss mse or smoothl1, or set task: clusters",
+        )
     if task != "clusters":
         return
     for s in samples:
@@ -195,7 +220,8 @@ def _check_task(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str])
                 f"a clusters experiment uses the ST section '{s}', which has no clusters",
                 sample=s,
                 fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section "
-                "out of the experiment (sections: {platform: visium})")
+                "out of the experiment (sections: {platform: visium})",
+            )
         raw = Path(str(row["raw"]))
         filled = (raw / "spatial").is_dir() or (raw / "filtered_feature_bc_matrix.h5").is_file()
         if filled and not any((raw / c).is_file() for c in GRAPHCLUST_CLUSTERS):
@@ -203,14 +229,17 @@ def _check_task(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str])
                 f"a clusters experiment uses '{s}', whose Space Ranger outs/ has no graphclust "
                 f"clusters ({raw / GRAPHCLUST_CLUSTERS[-1]})",
                 sample=s,
-                fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out")
+                fix="fill the sheet's 'clusters' column (CSV Barcode,Cluster) or leave the section out",
+            )
 
 
 def _check_model(model: Mapping[str, Any], thorough: bool) -> None:
     weights = str(model["weights"])
     if weights not in ("none", "imagenet") and not Path(weights).is_file():
-        raise ConfigError(f"model.weights names a file that does not exist: {weights}",
-                          fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'")
+        raise ConfigError(
+            f"model.weights names a file that does not exist: {weights}",
+            fix="give a state_dict file, 'imagenet' (torchvision's cache) or 'none'",
+        )
     if not thorough:
         return
     if model["backbone"] != "tiny":
@@ -225,7 +254,8 @@ def _check_model(model: Mapping[str, Any], thorough: bool) -> None:
                 f"unknown model.backbone '{model['backbone']}'"
                 + (f" (did you mean {', '.join(close)}?)" if close else ""),
                 fix="use 'tiny' or a torchvision classification model name such as densenet121, "
-                "vgg16, resnet50")
+                "vgg16, resnet50",
+            )
     if weights.lower() == "imagenet":
         from stpredict.errors import StpredictError
         from stpredict.learn.models import require_imagenet_weights
@@ -244,8 +274,9 @@ def _evaluation_genes(exp: Mapping[str, Any]) -> list[str]:
     return named + ([explained] if explained else [])
 
 
-def _measured_genes(sheet: pd.DataFrame, samples: list[str],
-                    gene_map: str | os.PathLike[str] | None) -> set[str] | None:
+def _measured_genes(
+    sheet: pd.DataFrame, samples: list[str], gene_map: str | os.PathLike[str] | None
+) -> set[str] | None:
     """Return every gene some section measures (``None`` while a section's files do not exist)."""
     names = [section_gene_names(sheet.loc[s], gene_map) for s in samples]
     if not names or any(n is None for n in names):
@@ -253,8 +284,13 @@ def _measured_genes(sheet: pd.DataFrame, samples: list[str],
     return set().union(*names)
 
 
-def _check_genes(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str],
-                 gene_map: str | os.PathLike[str] | None, thorough: bool) -> None:
+def _check_genes(
+    exp: Mapping[str, Any],
+    sheet: pd.DataFrame,
+    samples: list[str],
+    gene_map: str | os.PathLike[str] | None,
+    thorough: bool,
+) -> None:
     genes = exp["targets"]["genes"]
     named = _evaluation_genes(exp)
     if genes["mode"] != "panel":  # genes chosen per fold: the evaluation's must be measured
@@ -265,20 +301,24 @@ def _check_genes(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]
                 f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(absent)}, "
                 f"which none of the experiment's sections measures",
                 fix="use the sections' gene names (ST files may use Ensembl ids: set "
-                "reading.gene_map to map them to symbols), or leave the setting empty")
+                "reading.gene_map to map them to symbols), or leave the setting empty",
+            )
         return
     from stpredict.learn.targets import load_panel
 
     if not genes.get("panel"):
-        raise ConfigError("targets.genes.mode is panel but targets.genes.panel is empty",
-                          fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols")
+        raise ConfigError(
+            "targets.genes.mode is panel but targets.genes.panel is empty",
+            fix="name a shipped panel (deepspace_21, deepspace_3) or a file of gene symbols",
+        )
     panel = load_panel(genes["panel"])
     outside = [g for g in named if g not in panel]
     if outside:
         raise ConfigError(
             f"evaluation.maps.genes / evaluation.attributions.gene name {', '.join(outside)}, which "
             f"the panel '{genes['panel']}' does not predict",
-            fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})")
+            fix=f"choose among the panel's genes ({', '.join(panel[:8])}{' ...' if len(panel) > 8 else ''})",
+        )
     known = _measured_genes(sheet, samples, gene_map) if thorough else None
     if known is None:
         return
@@ -290,7 +330,8 @@ def _check_genes(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]
             f"in none of the experiment's sections {samples}: {', '.join(missing[:10])}"
             + (" ..." if len(missing) > 10 else ""),
             fix="check the symbols (ST files may use Ensembl ids: set reading.gene_map), edit "
-            "the panel, or set targets.genes.allow_missing: true to drop them")
+            "the panel, or set targets.genes.allow_missing: true to drop them",
+        )
 
 
 _SCHEMA = load_schema(CONFIG_SCHEMA)
@@ -306,8 +347,10 @@ _GLOBAL_DEFAULTS: dict[str, Any] = schema_defaults(_SCHEMA)
 def _check_keys(over: Mapping[str, Any], base: Mapping[str, Any], where: str) -> None:
     for k, v in over.items():
         if k not in base:
-            raise ConfigError(f"unknown key '{where}.{k}' in an experiment",
-                              fix=f"use one of {', '.join(sorted(base))} (config/README.md)")
+            raise ConfigError(
+                f"unknown key '{where}.{k}' in an experiment",
+                fix=f"use one of {', '.join(sorted(base))} (config/README.md)",
+            )
         if isinstance(v, Mapping) and isinstance(base[k], Mapping):
             _check_keys(v, base[k], f"{where}.{k}")
 
@@ -315,7 +358,9 @@ def _check_keys(over: Mapping[str, Any], base: Mapping[str, Any], where: str) ->
 def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in (over or {}).items():
-        out[k] = _merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
+        out[k] = (
+            _merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
+        )
     return out
 
 
@@ -327,10 +372,12 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
     defaults where the config lacks them (Snakemake's ``validate`` has filled them in a run), so
     the result holds every key the jobs read.
     """
-    base = {**EXPERIMENT_DEFAULTS,
-            "targets": _merge(_GLOBAL_DEFAULTS["targets"], config.get("targets", {})),
-            "seed": config.get("seed", _GLOBAL_DEFAULTS["seed"]),
-            "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {}))}
+    base = {
+        **EXPERIMENT_DEFAULTS,
+        "targets": _merge(_GLOBAL_DEFAULTS["targets"], config.get("targets", {})),
+        "seed": config.get("seed", _GLOBAL_DEFAULTS["seed"]),
+        "evaluation": _merge(EVALUATION_DEFAULTS, config.get("evaluation", {})),
+    }
     _check_keys(exp.get("evaluation") or {}, EVALUATION_DEFAULTS, "evaluation")
     # a deep copy: the nested defaults (and the global sections) must never be changed below
     out = copy.deepcopy(_merge(base, exp))
@@ -344,8 +391,9 @@ def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dic
 WITHIN_SECTION_SCHEMES = ("random_within_section", "spatial_blocks")
 
 
-def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any],
-                       sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def expand_experiments(
+    experiments: Mapping[str, Any], config: Mapping[str, Any], sheet: pd.DataFrame
+) -> dict[str, dict[str, Any]]:
     """Resolve every experiment; one with ``sections.each`` becomes one experiment per section.
 
     DeepSpaCE trained and tested within one section at a time; ``sections: {each: true}`` keeps
@@ -359,19 +407,28 @@ def expand_experiments(experiments: Mapping[str, Any], config: Mapping[str, Any]
         try:
             out.update(_expand_one(name, raw, experiments, config, sheet))
         except ConfigError as exc:
-            problem = exc.problem if f"'{name}'" in exc.problem else f"experiment '{name}': {exc.problem}"
+            problem = (
+                exc.problem if f"'{name}'" in exc.problem else f"experiment '{name}': {exc.problem}"
+            )
             raise ConfigError(problem, file=exc.file, sample=exc.sample, fix=exc.fix) from None
     return out
 
 
-def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any],
-                config: Mapping[str, Any], sheet: pd.DataFrame) -> dict[str, dict[str, Any]]:
+def _expand_one(
+    name: str,
+    raw: Mapping[str, Any],
+    experiments: Mapping[str, Any],
+    config: Mapping[str, Any],
+    sheet: pd.DataFrame,
+) -> dict[str, dict[str, Any]]:
     """Resolve one experiment of :func:`expand_experiments` (its expansion when ``sections.each``)."""
     if ((raw or {}).get("evaluation") or {}).get("nuclear"):
-        raise ConfigError(f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
-                          "computed once per section (results/features/{sample}/nuclear.tsv) "
-                          "and shared by every experiment",
-                          fix="set evaluation.nuclear in the global evaluation section")
+        raise ConfigError(
+            f"experiment '{name}' sets evaluation.nuclear, but nuclear features are "
+            "computed once per section (results/features/{sample}/nuclear.tsv) "
+            "and shared by every experiment",
+            fix="set evaluation.nuclear in the global evaluation section",
+        )
     exp = resolve_experiment(raw, config)
     _check_validation(name, exp)
     if not exp["sections"].get("each"):
@@ -379,10 +436,10 @@ def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any
         return {name: exp}
     scheme = exp["split"]["scheme"]
     if scheme not in WITHIN_SECTION_SCHEMES:
-        raise ConfigError(f"experiment '{name}': sections.each needs a within-section split, "
-                          f"not '{scheme}'",
-                          fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop "
-                          "sections.each")
+        raise ConfigError(
+            f"experiment '{name}': sections.each needs a within-section split, not '{scheme}'",
+            fix=f"use split.scheme {' or '.join(WITHIN_SECTION_SCHEMES)}, or drop sections.each",
+        )
     out: dict[str, dict[str, Any]] = {}
     for sample in experiment_samples(exp, sheet):
         sub = json.loads(json.dumps(exp))
@@ -390,8 +447,11 @@ def _expand_one(name: str, raw: Mapping[str, Any], experiments: Mapping[str, Any
         sub["parent"] = name
         key = f"{name}.{sample}"
         if key in experiments:
-            raise ConfigError(f"experiment '{name}' (sections.each) would create '{key}', which "
-                              "is already an experiment name", fix="rename one of them")
+            raise ConfigError(
+                f"experiment '{name}' (sections.each) would create '{key}', which "
+                "is already an experiment name",
+                fix="rename one of them",
+            )
         check_cluster_labels(key, sub, sheet)
         out[key] = sub
     return out
@@ -404,15 +464,17 @@ def _check_validation(name: str, exp: Mapping[str, Any]) -> None:
         return
     scheme = split["scheme"]
     no_val = (scheme == "leave_one_patient_out" and int(split["inner_folds"]) < 2) or (
-        scheme != "leave_one_patient_out" and not float(split["val_frac"]) > 0)
+        scheme != "leave_one_patient_out" and not float(split["val_frac"]) > 0
+    )
     if no_val:
         raise ConfigError(
             f"experiment '{name}' sets train.patience {exp['train']['patience']} (early stopping on "
             f"the validation loss), but its {scheme} folds have no validation spots"
             + (" (val_frac 0)" if scheme != "leave_one_patient_out" else " (no inner folds)"),
             fix="set split.val_frac above 0 (DeepSpaCE 0.2), or train.patience: null"
-            if scheme != "leave_one_patient_out" else
-            "set split.inner_folds (ST-Net 4: the epoch count is chosen on them) or train.patience: null")
+            if scheme != "leave_one_patient_out"
+            else "set split.inner_folds (ST-Net 4: the epoch count is chosen on them) or train.patience: null",
+        )
 
 
 def check_cluster_labels(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame) -> None:
@@ -429,9 +491,10 @@ def check_cluster_labels(name: str, exp: Mapping[str, Any], sheet: pd.DataFrame)
             "but Space Ranger numbers its clusters per section (cluster 3 of one section is not "
             "cluster 3 of another)",
             fix="set sections.each: true (one model per section, as DeepSpaCE), or give "
-            "cluster_map: a TSV with columns sample_id, cluster, label that harmonises the labels")
+            "cluster_map: a TSV with columns sample_id, cluster, label that harmonises the labels",
+        )
     if exp.get("cluster_map") and exp.get("task") != "clusters":
-        raise ConfigError(f"experiment '{name}' sets cluster_map but its task is not clusters",
-                          fix="remove cluster_map or set task: clusters")
-
-
+        raise ConfigError(
+            f"experiment '{name}' sets cluster_map but its task is not clusters",
+            fix="remove cluster_map or set task: clusters",
+        )

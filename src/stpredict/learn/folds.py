@@ -60,11 +60,19 @@ def _seed(exp: Mapping[str, Any], *parts: str) -> int:
 
 
 def _kept(adata: ad.AnnData) -> np.ndarray:
-    return adata.obs["keep"].to_numpy(dtype=bool) if "keep" in adata.obs else np.ones(adata.n_obs, bool)
+    return (
+        adata.obs["keep"].to_numpy(dtype=bool)
+        if "keep" in adata.obs
+        else np.ones(adata.n_obs, bool)
+    )
 
 
-def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], sheet: pd.DataFrame,
-                   name: str = "experiment") -> pd.DataFrame:
+def build_manifest(
+    exp: Mapping[str, Any],
+    sections: Mapping[str, ad.AnnData],
+    sheet: pd.DataFrame,
+    name: str = "experiment",
+) -> pd.DataFrame:
     """Split the kept spots of the experiment's sections and audit the result for leakage."""
     from stpredict.learn import splits
 
@@ -72,23 +80,36 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
     rows, xy, mpp = [], [], {}
     excluded = {str(c) for c in exp["exclude_clusters"]}
     if exp["task"] == "clusters" and excluded:
-        present = set().union(*(set(a.obs["cluster"].astype(str)) for a in sections.values())) - {""}
+        present = set().union(*(set(a.obs["cluster"].astype(str)) for a in sections.values())) - {
+            ""
+        }
         unknown = sorted(excluded - present)
         if unknown and exp.get("parent"):  # sections.each: the list serves every section
-            log.warning("experiment '%s': exclude_clusters %s: no such cluster in this section",
-                        name, unknown)
+            log.warning(
+                "experiment '%s': exclude_clusters %s: no such cluster in this section",
+                name,
+                unknown,
+            )
         elif unknown:
             raise ConfigError(
                 f"exclude_clusters names cluster(s) {unknown} that no section of experiment "
                 f"'{name}' has (its clusters: {', '.join(sorted(present))})",
-                fix="use the clusters' own labels (Space Ranger numbers graphclust clusters from 1)")
+                fix="use the clusters' own labels (Space Ranger numbers graphclust clusters from 1)",
+            )
     for sample, a in sections.items():
         keep = _kept(a)
         if exp["task"] == "clusters":
             lab = a.obs["cluster"].astype(str).to_numpy()
             keep &= (lab != "") & ~np.isin(lab, list(excluded))
-        rows.append(pd.DataFrame({"sample_id": sample, "spot_id": a.obs_names[keep].astype(str),
-                                  "patient_id": str(sheet.loc[sample, "patient_id"])}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "sample_id": sample,
+                    "spot_id": a.obs_names[keep].astype(str),
+                    "patient_id": str(sheet.loc[sample, "patient_id"]),
+                }
+            )
+        )
         xy.append(np.asarray(a.obsm["spatial"])[keep])
         mpp[sample] = float(a.uns["stpredict"]["mpp"])
     spots = pd.concat(rows, ignore_index=True)
@@ -96,19 +117,36 @@ def build_manifest(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData], s
     seed = _seed(exp, name, "split")
     scheme = split["scheme"]
     if scheme == "leave_one_patient_out":
-        man = splits.leave_one_patient_out(spots, inner_folds=int(split["inner_folds"]), seed=seed,
-                                           inner_assignment=split["inner_assignment"])
+        man = splits.leave_one_patient_out(
+            spots,
+            inner_folds=int(split["inner_folds"]),
+            seed=seed,
+            inner_assignment=split["inner_assignment"],
+        )
     elif scheme == "random_within_section":
-        man = splits.random_within_section(spots, n_folds=int(split["n_folds"]),
-                                           val_frac=float(split["val_frac"]), seed=seed)
+        man = splits.random_within_section(
+            spots, n_folds=int(split["n_folds"]), val_frac=float(split["val_frac"]), seed=seed
+        )
     elif scheme == "spatial_blocks":
         spots_xy = np.concatenate(xy)
         man = splits.spatial_blocks_within_section(
-            spots, spots_xy, block_um=float(split["block_um"]), mpp=mpp, n_folds=int(split["n_folds"]),
-            seed=seed, buffer_um=float(split["buffer_um"]), val_frac=float(split["val_frac"]))
+            spots,
+            spots_xy,
+            block_um=float(split["block_um"]),
+            mpp=mpp,
+            n_folds=int(split["n_folds"]),
+            seed=seed,
+            buffer_um=float(split["buffer_um"]),
+            val_frac=float(split["val_frac"]),
+        )
     elif scheme == "section_imputation":
-        man = splits.section_imputation(spots, split["train_sections"], split["test_section"],
-                                        val_frac=float(split["val_frac"]), seed=seed)
+        man = splits.section_imputation(
+            spots,
+            split["train_sections"],
+            split["test_section"],
+            val_frac=float(split["val_frac"]),
+            seed=seed,
+        )
     else:  # pragma: no cover (schema)
         raise ConfigError(f"unknown split scheme '{scheme}'")
     meta = sheet.loc[list(sections), ["sample_id", "patient_id", "series"]].reset_index(drop=True)
@@ -122,7 +160,9 @@ def _check_folds(man: pd.DataFrame, spots: pd.DataFrame, name: str) -> None:
     for fold, g in man.groupby("fold", sort=False):
         roles = g["role"].value_counts()
         inner = "." in str(fold)
-        short = [r for r in (("train", "val") if inner else ("train", "test")) if not roles.get(r, 0)]
+        short = [
+            r for r in (("train", "val") if inner else ("train", "test")) if not roles.get(r, 0)
+        ]
         if short:
             sizes = spots.groupby("sample_id").size()
             small = sizes.idxmin()
@@ -130,7 +170,8 @@ def _check_folds(man: pd.DataFrame, spots: pd.DataFrame, name: str) -> None:
                 f"experiment '{name}': fold {fold} has no {' and no '.join(short)} spots "
                 f"(kept spots per section: {', '.join(f'{k} {v}' for k, v in sizes.items())})",
                 sample=str(small),
-                fix="lower split.n_folds, relax the QC thresholds, or leave the small section out")
+                fix="lower split.n_folds, relax the QC thresholds, or leave the small section out",
+            )
 
 
 def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
@@ -148,25 +189,43 @@ def choose_epochs(histories: Sequence[str | os.PathLike[str]]) -> int:
     tables = [read_table(h) for h in histories]
     for h, t in zip(histories, tables, strict=True):
         if t.empty or "epoch" not in t or "val_loss" not in t:
-            raise InputError("an inner fold has an empty training history (no epoch, val_loss)",
-                             file=h, fix="rerun the inner fold's train_fold job")
+            raise InputError(
+                "an inner fold has an empty training history (no epoch, val_loss)",
+                file=h,
+                fix="rerun the inner fold's train_fold job",
+            )
     common = sorted(set.intersection(*(set(t["epoch"].astype(int)) for t in tables)))
     if not common:
         raise InputError("the inner folds share no epoch", file=histories[0])
-    tabs = [t.assign(epoch=t["epoch"].astype(int)).drop_duplicates("epoch", keep="last")
-            .set_index("epoch").loc[common] for t in tables]
+    tabs = [
+        t.assign(epoch=t["epoch"].astype(int))
+        .drop_duplicates("epoch", keep="last")
+        .set_index("epoch")
+        .loc[common]
+        for t in tables
+    ]
     sse = [t["val_sse"].to_numpy(dtype=float) if "val_sse" in t else None for t in tabs]
     if all(v is not None and np.isfinite(v).all() for v in sse):
         score, what = np.sum(sse, axis=0), "pooled validation SSE"
     else:
-        score, what = np.mean([t["val_loss"].to_numpy(dtype=float) for t in tabs], axis=0), \
-            "mean validation loss"
+        score, what = (
+            np.mean([t["val_loss"].to_numpy(dtype=float) for t in tabs], axis=0),
+            "mean validation loss",
+        )
     if not np.isfinite(score).any():
-        raise InputError(f"no finite {what} in the inner histories", file=histories[0],
-                         fix="check that the inner folds have validation spots")
+        raise InputError(
+            f"no finite {what} in the inner histories",
+            file=histories[0],
+            fix="check that the inner folds have validation spots",
+        )
     best = common[int(np.nanargmin(score))]
-    log.info("choose_epochs: epoch %d of %d by the %s over %d inner folds", best, len(common),
-             what, len(tables))
+    log.info(
+        "choose_epochs: epoch %d of %d by the %s over %d inner folds",
+        best,
+        len(common),
+        what,
+        len(tables),
+    )
     return int(best)
 
 
@@ -177,15 +236,20 @@ def _fold_part(manifest: pd.DataFrame, fold: str, role: str) -> pd.DataFrame:
     return fold_rows(manifest, fold, role)
 
 
-def _subsets(part: pd.DataFrame, sections: Mapping[str, ad.AnnData]) -> tuple[list[ad.AnnData], list[str], list[np.ndarray]]:
+def _subsets(
+    part: pd.DataFrame, sections: Mapping[str, ad.AnnData]
+) -> tuple[list[ad.AnnData], list[str], list[np.ndarray]]:
     """Per section: the AnnData restricted to ``part``'s spots, its sample id and store rows."""
     ads, samples, rows = [], [], []
     for sample, g in part.groupby("sample_id", sort=True):
         a = sections[sample]
         pos = a.obs_names.get_indexer(g["spot_id"].astype(str))
         if (pos < 0).any():
-            raise InputError(f"{int((pos < 0).sum())} manifest spots are not in the section",
-                             sample=str(sample), fix="rerun make_splits")
+            raise InputError(
+                f"{int((pos < 0).sum())} manifest spots are not in the section",
+                sample=str(sample),
+                fix="rerun make_splits",
+            )
         ads.append(a[pos].copy())
         samples.append(str(sample))
         rows.append(pos.astype(np.int64))
@@ -201,16 +265,24 @@ def _fit_targets(exp: Mapping[str, Any], train_ads: list[ad.AnnData]) -> tuple[A
 
     tcfg = _targets_cfg(exp)
     g = tcfg["genes"]
-    selector = GeneSelector(mode=g["mode"], n=int(g["n"]), panel=g["panel"] or None,
-                            min_frac=float(g["min_frac"]), allow_missing=bool(g.get("allow_missing", False)),
-                            normalization=g["rank_by"])
+    selector = GeneSelector(
+        mode=g["mode"],
+        n=int(g["n"]),
+        panel=g["panel"] or None,
+        min_frac=float(g["min_frac"]),
+        allow_missing=bool(g.get("allow_missing", False)),
+        normalization=g["rank_by"],
+    )
     selector.fit(train_ads)
-    transform = make_transform(TRANSFORM_NAMES[tcfg["transform"]], genes=list(selector.genes_)).fit(train_ads)
+    transform = make_transform(TRANSFORM_NAMES[tcfg["transform"]], genes=list(selector.genes_)).fit(
+        train_ads
+    )
     return selector, transform
 
 
-def check_gene_coverage(ads: Sequence[ad.AnnData], genes: Sequence[str],
-                        genes_cfg: Mapping[str, Any]) -> None:
+def check_gene_coverage(
+    ads: Sequence[ad.AnnData], genes: Sequence[str], genes_cfg: Mapping[str, Any]
+) -> None:
     """Refuse a section that lacks most of the selected genes (its targets would be zeros).
 
     A gene absent from a section's matrix counts as zero there (legacy ST files omit genes
@@ -230,24 +302,34 @@ def check_gene_coverage(ads: Sequence[ad.AnnData], genes: Sequence[str],
         share = 1.0 - len(missing) / len(genes)
         if not missing:
             continue
-        ids = np.char.startswith(np.asarray(have[:200], dtype=str), "ENS").mean() if len(have) else 0
+        ids = (
+            np.char.startswith(np.asarray(have[:200], dtype=str), "ENS").mean() if len(have) else 0
+        )
         sel_ids = np.mean([g.startswith("ENS") for g in genes])
         hint = ""
         if abs(ids - sel_ids) > 0.5:
-            hint = (" (its genes are " + ("Ensembl ids" if ids > 0.5 else "symbols") + ", the "
-                    "selected genes " + ("Ensembl ids" if sel_ids > 0.5 else "symbols") + ")")
-        msg = (f"the section lacks {len(missing)} of the {len(genes)} selected genes{hint}, e.g. "
-               f"{', '.join(missing[:4])}; they would be predicted against zeros")
+            hint = (
+                " (its genes are " + ("Ensembl ids" if ids > 0.5 else "symbols") + ", the "
+                "selected genes " + ("Ensembl ids" if sel_ids > 0.5 else "symbols") + ")"
+            )
+        msg = (
+            f"the section lacks {len(missing)} of the {len(genes)} selected genes{hint}, e.g. "
+            f"{', '.join(missing[:4])}; they would be predicted against zeros"
+        )
         if share < need:
-            raise InputError(msg, sample=sample,
-                             fix="give every section the same gene naming (reading.gene_map maps "
-                             "Ensembl ids to symbols), leave the section out of the experiment, "
-                             "or lower targets.genes.min_coverage")
+            raise InputError(
+                msg,
+                sample=sample,
+                fix="give every section the same gene naming (reading.gene_map maps "
+                "Ensembl ids to symbols), leave the section out of the experiment, "
+                "or lower targets.genes.min_coverage",
+            )
         log.warning("sample '%s': %s (%.0f%% of the genes present)", sample, msg, 100 * share)
 
 
-def smoothed_targets(transform: Any, section: ad.AnnData, spot_ids: Sequence[str],
-                     platform: str) -> np.ndarray:
+def smoothed_targets(
+    transform: Any, section: ad.AnnData, spot_ids: Sequence[str], platform: str
+) -> np.ndarray:
     """ST-Net's smoothed measurements of some spots, from every kept spot of their section.
 
     The section's kept spots are transformed with the fold's fitted ``transform`` and averaged
@@ -261,20 +343,29 @@ def smoothed_targets(transform: Any, section: ad.AnnData, spot_ids: Sequence[str
     pos = kept.obs_names.get_indexer([str(i) for i in spot_ids])
     if (pos < 0).any():
         sample = str(section.obs["sample_id"].iloc[0]) if "sample_id" in section.obs else None
-        raise InputError(f"{int((pos < 0).sum())} spots are not kept spots of the section",
-                         sample=sample, fix="rerun make_splits")
+        raise InputError(
+            f"{int((pos < 0).sum())} spots are not kept spots of the section",
+            sample=sample,
+            fix="rerun make_splits",
+        )
     values = transform.transform(kept)
-    smooth = smooth_measurements(values, kept.obs["array_row"].to_numpy(),
-                                 kept.obs["array_col"].to_numpy(), platform)
+    smooth = smooth_measurements(
+        values, kept.obs["array_row"].to_numpy(), kept.obs["array_col"].to_numpy(), platform
+    )
     return smooth[pos]
 
 
 def _labels(exp: Mapping[str, Any], ads: list[ad.AnnData]) -> np.ndarray:
-    return np.concatenate([a.obs["cluster"].astype(str).to_numpy() for a in ads]) if ads else np.array([], str)
+    return (
+        np.concatenate([a.obs["cluster"].astype(str).to_numpy() for a in ads])
+        if ads
+        else np.array([], str)
+    )
 
 
-def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | None,
-                  num_workers: int = 0) -> Any:
+def _train_config(
+    exp: Mapping[str, Any], fold: str, name: str, epochs: int | None, num_workers: int = 0
+) -> Any:
     from stpredict.learn.train import TrainConfig
 
     cfg = TrainConfig.from_experiment(exp, _seed(exp, name, "train", fold), num_workers=num_workers)
@@ -283,10 +374,18 @@ def _train_config(exp: Mapping[str, Any], fold: str, name: str, epochs: int | No
     return cfg
 
 
-def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
-               sections: Mapping[str, ad.AnnData], stores: Mapping[str, str],
-               outputs: Mapping[str, str | os.PathLike[str]], inner_histories: Sequence[str] = (),
-               device: str | None = None, num_workers: int = 0) -> dict[str, Any]:
+def train_fold(
+    exp: Mapping[str, Any],
+    name: str,
+    fold: str,
+    manifest: pd.DataFrame,
+    sections: Mapping[str, ad.AnnData],
+    stores: Mapping[str, str],
+    outputs: Mapping[str, str | os.PathLike[str]],
+    inner_histories: Sequence[str] = (),
+    device: str | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
     """Fit targets on the fold's training spots, audit the fit, and train the fold's model.
 
     Writes ``outputs["model"]`` and ``outputs["history"]`` (by :func:`stpredict.learn.train.train`,
@@ -309,14 +408,24 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
     if epochs is not None:
         log.info("fold %s: %d epochs chosen on inner folds %s", fold, epochs, list(inner_histories))
         va_ads, va_samples, va_rows = [], [], []  # final retrain on all training patients
-    fitted: dict[str, Any] = {"experiment": name, "fold": fold, "task": exp["task"],
-                              "epochs_from_inner_folds": epochs}
+    fitted: dict[str, Any] = {
+        "experiment": name,
+        "fold": fold,
+        "task": exp["task"],
+        "epochs_from_inner_folds": epochs,
+    }
     cfg = _train_config(exp, fold, name, epochs, num_workers)
     # what the weights depend on beyond the datasets (train() hashes the stores, rows, targets)
     data_sig: dict[str, Any] = {
-        "experiment": name, "fold": str(fold), "task": fitted["task"],
-        "train_spots": [f"{s}:{i}" for a, s in zip(tr_ads, tr_samples, strict=True) for i in a.obs_names],
-        "val_spots": [f"{s}:{i}" for a, s in zip(va_ads, va_samples, strict=True) for i in a.obs_names],
+        "experiment": name,
+        "fold": str(fold),
+        "task": fitted["task"],
+        "train_spots": [
+            f"{s}:{i}" for a, s in zip(tr_ads, tr_samples, strict=True) for i in a.obs_names
+        ],
+        "val_spots": [
+            f"{s}:{i}" for a, s in zip(va_ads, va_samples, strict=True) for i in a.obs_names
+        ],
         "targets": dict(_targets_cfg(exp)) if fitted["task"] != "clusters" else None,
     }
     tr_stores = [stores[s] for s in tr_samples]
@@ -336,11 +445,20 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
             ok = codes_va >= 0
             va_rows_ok, start = [], 0
             for r in va_rows:
-                va_rows_ok.append(r[ok[start:start + len(r)]])
+                va_rows_ok.append(r[ok[start : start + len(r)]])
                 start += len(r)
             val_ds = PatchDataset(va_stores, va_rows_ok, labels=codes_va[ok])
-        result = train(cfg, train_ds, val_ds, out, classes=fitted["classes"], target_transform="clusters",
-                       data_signature=data_sig, device=device, **written)
+        result = train(
+            cfg,
+            train_ds,
+            val_ds,
+            out,
+            classes=fitted["classes"],
+            target_transform="clusters",
+            data_signature=data_sig,
+            device=device,
+            **written,
+        )
     else:
         selector, transform = _fit_targets(exp, tr_ads)
         check_gene_coverage(tr_ads + va_ads, selector.genes_, _targets_cfg(exp)["genes"])
@@ -356,19 +474,36 @@ def train_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFr
             y_va = np.concatenate([transform.transform(a) for a in va_ads]).astype(np.float32)
             val_ds = PatchDataset(va_stores, va_rows, targets=y_va)
         data_sig["transform"] = fitted["transform"]
-        result = train(cfg, train_ds, val_ds, out, genes=list(selector.genes_),
-                       target_transform=fitted["transform_name"], data_signature=data_sig, device=device,
-                       **written)
+        result = train(
+            cfg,
+            train_ds,
+            val_ds,
+            out,
+            genes=list(selector.genes_),
+            target_transform=fitted["transform_name"],
+            data_signature=data_sig,
+            device=device,
+            **written,
+        )
     fitted["train_config"] = {k: v for k, v in cfg.to_dict().items() if k != "num_workers"}
     fitted["result"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in result.items()}
     write_json(fitted, outputs["fitted"])
     return result
 
 
-def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.DataFrame,
-                 sections: Mapping[str, ad.AnnData], stores: Mapping[str, str],
-                 model_path: str | os.PathLike[str], fitted_path: str | os.PathLike[str],
-                 out_h5ad: str | os.PathLike[str], device: str | None = None, batch_size: int = 128) -> ad.AnnData:
+def predict_fold(
+    exp: Mapping[str, Any],
+    name: str,
+    fold: str,
+    manifest: pd.DataFrame,
+    sections: Mapping[str, ad.AnnData],
+    stores: Mapping[str, str],
+    model_path: str | os.PathLike[str],
+    fitted_path: str | os.PathLike[str],
+    out_h5ad: str | os.PathLike[str],
+    device: str | None = None,
+    batch_size: int = 128,
+) -> ad.AnnData:
     """Predict the fold's test spots (with TTA) and write measured + predicted values as AnnData."""
     from stpredict.learn.predict import load_model, predict
     from stpredict.learn.targets import from_dict
@@ -377,19 +512,42 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     apply_cluster_map(exp, sections)
     te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
     model, meta = load_model(model_path, device=device or "cpu")
-    preds, embs = predict(model, [stores[s] for s in te_samples], te_rows, batch_size=batch_size,
-                          tta=int(exp["tta"]), device=device,
-                          precision=str(exp["train"]["precision"]))
+    preds, embs = predict(
+        model,
+        [stores[s] for s in te_samples],
+        te_rows,
+        batch_size=batch_size,
+        tta=int(exp["tta"]),
+        device=device,
+        precision=str(exp["train"]["precision"]),
+    )
     obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
     obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
-    keep_cols = [c for c in ("sample_id", "patient_id", "spot_id", "in_tissue", "array_row", "array_col",
-                             "annotation", "cluster", "total_counts") if c in obs]
+    keep_cols = [
+        c
+        for c in (
+            "sample_id",
+            "patient_id",
+            "spot_id",
+            "in_tissue",
+            "array_row",
+            "array_col",
+            "annotation",
+            "cluster",
+            "total_counts",
+        )
+        if c in obs
+    ]
     obs = obs[keep_cols].copy()
     obs["fold"] = str(fold)
     spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads])
-    uns: dict[str, Any] = {"experiment": name, "fold": str(fold), "task": fitted["task"],
-                           "tta": int(exp["tta"]), "model": {k: v for k, v in meta.items()
-                                                                     if isinstance(v, (str, int, float))}}
+    uns: dict[str, Any] = {
+        "experiment": name,
+        "fold": str(fold),
+        "task": fitted["task"],
+        "tta": int(exp["tta"]),
+        "model": {k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+    }
     if fitted["task"] == "clusters":
         classes = fitted["classes"]
         lut = {c: i for i, c in enumerate(classes)}
@@ -414,11 +572,18 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
         out.layers["predicted"] = preds.astype(np.float32)
         out.layers["measured_smoothed"] = np.concatenate(
-            [smoothed_targets(transform, sections[s], a.obs_names, sections[s].uns["stpredict"]["platform"])
-             for s, a in zip(te_samples, te_ads, strict=True)]
+            [
+                smoothed_targets(
+                    transform, sections[s], a.obs_names, sections[s].uns["stpredict"]["platform"]
+                )
+                for s, a in zip(te_samples, te_ads, strict=True)
+            ]
         ).astype(np.float32)
-        uns["target_transform"] = {"name": fitted["transform_name"], "fitted": fitted["transform"],
-                                   "units": target_units(fitted["transform_name"])}
+        uns["target_transform"] = {
+            "name": fitted["transform_name"],
+            "fitted": fitted["transform"],
+            "units": target_units(fitted["transform_name"]),
+        }
         uns["genes"] = {"selection": fitted["genes"], "names": genes}
     out.obsm["spatial"] = spatial
     out.obsm["embedding"] = embs.astype(np.float32)
@@ -427,8 +592,9 @@ def predict_fold(exp: Mapping[str, Any], name: str, fold: str, manifest: pd.Data
     return out
 
 
-def collect_predictions(fold_files: Sequence[str | os.PathLike[str]], sample: str,
-                        out_h5ad: str | os.PathLike[str]) -> ad.AnnData:
+def collect_predictions(
+    fold_files: Sequence[str | os.PathLike[str]], sample: str, out_h5ad: str | os.PathLike[str]
+) -> ad.AnnData:
     """One AnnData per held-out section from the folds that tested its spots.
 
     Folds that selected different genes (``top_mean`` fitted per fold) are joined on the genes
@@ -442,8 +608,11 @@ def collect_predictions(fold_files: Sequence[str | os.PathLike[str]], sample: st
             folds[str(a.uns["stpredict"]["fold"])] = a.uns["stpredict"]
             parts.append(a)
     if not parts:
-        raise InputError("no fold holds test spots of this section", sample=sample,
-                         fix="check the experiment's split; this section may never be held out")
+        raise InputError(
+            "no fold holds test spots of this section",
+            sample=sample,
+            fix="check the experiment's split; this section may never be held out",
+        )
     genes = [g for g in parts[0].var_names if all(g in p.var_names for p in parts[1:])]
     out = ad.concat([p[:, genes] for p in parts], join="inner", merge="first")
     out.obs_names = out.obs["spot_id"].astype(str).to_numpy()
@@ -462,7 +631,9 @@ def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike[str]) -> None
 
 def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     """Read a split manifest written by :func:`write_manifest` (ids as strings)."""
-    return read_table(path, dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str})
+    return read_table(
+        path, dtype={"sample_id": str, "spot_id": str, "patient_id": str, "fold": str}
+    )
 
 
 def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]) -> None:
@@ -478,36 +649,55 @@ def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read the cluster map ({exc})", file=path,
-                         fix="give a TSV with columns sample_id, cluster, label") from None
+        raise InputError(
+            f"cannot read the cluster map ({exc})",
+            file=path,
+            fix="give a TSV with columns sample_id, cluster, label",
+        ) from None
     missing = {"sample_id", "cluster", "label"} - set(table.columns)
     if missing:
-        raise InputError(f"the cluster map lacks column(s) {sorted(missing)}", file=path,
-                         fix="give a TSV with columns sample_id, cluster, label")
+        raise InputError(
+            f"the cluster map lacks column(s) {sorted(missing)}",
+            file=path,
+            fix="give a TSV with columns sample_id, cluster, label",
+        )
     if table.duplicated(["sample_id", "cluster"]).any():
         row = table[table.duplicated(["sample_id", "cluster"])].iloc[0]
-        raise InputError(f"the cluster map lists cluster '{row.cluster}' twice", file=path,
-                         sample=row.sample_id, fix="map each cluster of a section once")
+        raise InputError(
+            f"the cluster map lists cluster '{row.cluster}' twice",
+            file=path,
+            sample=row.sample_id,
+            fix="map each cluster of a section once",
+        )
     for sample, a in sections.items():
         lut = dict(table.loc[table["sample_id"] == str(sample), ["cluster", "label"]].to_numpy())
         labels = a.obs["cluster"].astype(str)
         present = sorted(set(labels) - {""})
         unmapped = [c for c in present if c not in lut]
         if unmapped:
-            raise InputError(f"cluster(s) {unmapped} of this section are not in the cluster map",
-                             file=path, sample=str(sample),
-                             fix="add a row (sample_id, cluster, label) for each; an empty label "
-                             "leaves the cluster out")
+            raise InputError(
+                f"cluster(s) {unmapped} of this section are not in the cluster map",
+                file=path,
+                sample=str(sample),
+                fix="add a row (sample_id, cluster, label) for each; an empty label "
+                "leaves the cluster out",
+            )
         a.obs["cluster"] = labels.map(lambda c, lut=lut: lut.get(c, "")).to_numpy()
 
 
-def fold_data(qc_paths: Sequence[str], store_paths: Sequence[str]) -> tuple[dict[str, ad.AnnData], dict[str, str]]:
+def fold_data(
+    qc_paths: Sequence[str], store_paths: Sequence[str]
+) -> tuple[dict[str, ad.AnnData], dict[str, str]]:
     """QC'd sections (without images) and patch-store paths keyed by sample id (the file stem)."""
     samples = [Path(p).stem for p in qc_paths]
     stores = [str(p) for p in store_paths]
     if [Path(p).parent.name for p in stores] != samples:
-        raise InputError("the patch stores do not match the sections in order",
-                         fix="list results/patches/{sample}/spots.npy in the order of the QC files")
+        raise InputError(
+            "the patch stores do not match the sections in order",
+            fix="list results/patches/{sample}/spots.npy in the order of the QC files",
+        )
     for sample, store in zip(samples, stores, strict=True):
         load_npy(store, sample=sample)  # a truncated store fails (and is removed) here
-    return load_sections(dict(zip(samples, qc_paths, strict=True))), dict(zip(samples, stores, strict=True))
+    return load_sections(dict(zip(samples, qc_paths, strict=True))), dict(
+        zip(samples, stores, strict=True)
+    )

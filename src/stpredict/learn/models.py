@@ -103,9 +103,7 @@ class PatchModel(nn.Module):
         self.backbone_name = name
         self.n_features = int(n_features)
         self.n_outputs = int(n_outputs)
-        self.register_buffer(
-            "mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,9 +128,7 @@ class PatchModel(nn.Module):
         return self.apply_head(self.features(x))
 
 
-def to_input(
-    x: torch.Tensor, model: PatchModel, channels_last: bool = False
-) -> torch.Tensor:
+def to_input(x: torch.Tensor, model: PatchModel, channels_last: bool = False) -> torch.Tensor:
     """Turn a uint8 ``(B, 3, H, W)`` batch already on the device into normalised floats."""
     out = model.normalize(x.float().div_(255.0))
     if channels_last:
@@ -267,13 +263,17 @@ def load_weights(model: PatchModel, path: str | os.PathLike[str]) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError("weights file not found", file=path,
-                             fix="give an existing path, 'imagenet' or 'none'")
+        raise InputError(
+            "weights file not found", file=path, fix="give an existing path, 'imagenet' or 'none'"
+        )
     try:
         obj = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise InputError(f"cannot read weights ({type(exc).__name__}: {exc})", file=path,
-                             fix="save weights with torch.save(state_dict, path)") from None
+        raise InputError(
+            f"cannot read weights ({type(exc).__name__}: {exc})",
+            file=path,
+            fix="save weights with torch.save(state_dict, path)",
+        ) from None
     sd = _clean_state_dict(obj, path)
     if not any(k.startswith(("backbone.", "head.")) for k in sd):
         # saved from the plain torchvision model: its classifier keys do not fit our head
@@ -295,11 +295,17 @@ def load_weights(model: PatchModel, path: str | os.PathLike[str]) -> list[str]:
     if missing:
         (log.warning if backbone_missing else log.info)(
             "weights %s: %d missing key(s) keep their initial values: %s",
-            path, len(missing), ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
+            path,
+            len(missing),
+            ", ".join(missing[:20]) + (" ..." if len(missing) > 20 else ""),
         )
     if skipped:
-        log.info("weights %s: %d key(s) unused (absent here or another shape): %s",
-                 path, len(skipped), ", ".join(skipped[:20]))
+        log.info(
+            "weights %s: %d key(s) unused (absent here or another shape): %s",
+            path,
+            len(skipped),
+            ", ".join(skipped[:20]),
+        )
     return missing
 
 
@@ -372,10 +378,9 @@ def build_model(
         if head_bias is not None:
             bias = torch.as_tensor(np.asarray(head_bias, dtype=np.float32)).flatten()
             if bias.numel() != n_outputs:
-                raise InputError(
-                    f"head_bias has {bias.numel()} values for {n_outputs} outputs"
-                )
+                raise InputError(f"head_bias has {bias.numel()} values for {n_outputs} outputs")
             model.head.bias.copy_(bias)
-    log.info("built %s: %d features -> %d outputs (weights: %s)", backbone, n_features,
-             n_outputs, w)
+    log.info(
+        "built %s: %d features -> %d outputs (weights: %s)", backbone, n_features, n_outputs, w
+    )
     return model

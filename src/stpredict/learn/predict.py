@@ -53,8 +53,12 @@ def load_model(
     obj = load_torch(path)  # missing: "does not exist"; corrupt: removed, so Snakemake retrains
     if not isinstance(obj, dict) or "state_dict" not in obj or "backbone" not in obj:
         raise InputError("not a stpredict model file (no state_dict/backbone)", file=path)
-    model = build_model(obj["backbone"], int(obj["n_outputs"]), weights="none",
-                        tiny_width=int(obj.get("tiny_width", 8)))
+    model = build_model(
+        obj["backbone"],
+        int(obj["n_outputs"]),
+        weights="none",
+        tiny_width=int(obj.get("tiny_width", 8)),
+    )
     model.load_state_dict(obj["state_dict"])
     model.eval().to(select_device(device))
     meta = {k: v for k, v in obj.items() if k != "state_dict"}
@@ -111,8 +115,9 @@ def predict(
     if rows is None:
         rows = [np.arange(np.load(s, mmap_mode="r").shape[0]) for s in stores]
     ds = PatchDataset(stores, rows)
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=cuda)
+    loader = DataLoader(
+        ds, batch_size=batch_size, shuffle=False, num_workers=num_workers, pin_memory=cuda
+    )
     model = model.to(dev).eval()
     cl = cuda and channels_last
     if cl:
@@ -127,9 +132,15 @@ def predict(
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_context(dev, prec):
                 out, feat = tta_predict(model, x, n=tta, return_features=True)  # fp32
-            preds[i:i + len(xb)] = out.float().cpu().numpy()
-            embs[i:i + len(xb)] = feat.float().cpu().numpy()
+            preds[i : i + len(xb)] = out.float().cpu().numpy()
+            embs[i : i + len(xb)] = feat.float().cpu().numpy()
             i += len(xb)
-    log.info("predicted %d patches from %d store(s) (tta=%d, %s, %s)", len(ds), len(stores), tta,
-             dev, prec)
+    log.info(
+        "predicted %d patches from %d store(s) (tta=%d, %s, %s)",
+        len(ds),
+        len(stores),
+        tta,
+        dev,
+        prec,
+    )
     return preds, embs

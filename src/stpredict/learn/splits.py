@@ -161,8 +161,10 @@ def leave_one_patient_out(
         The manifest (see the module docstring), ``scheme == "patient"``.
     """
     if inner_assignment not in ("stride", "random"):
-        raise ConfigError(f"unknown inner_assignment '{inner_assignment}'",
-                             fix="use 'stride' (ST-Net) or 'random'")
+        raise ConfigError(
+            f"unknown inner_assignment '{inner_assignment}'",
+            fix="use 'stride' (ST-Net) or 'random'",
+        )
     df = _spots(spots_df)
     patients = sorted(df["patient_id"].unique())
     if len(patients) < 2:
@@ -190,7 +192,9 @@ def leave_one_patient_out(
     man = _concat(frames)
     log.info(
         "leave-one-patient-out: %d patients, %d outer folds, %d manifests",
-        len(patients), len(patients), man["fold"].nunique(),
+        len(patients),
+        len(patients),
+        man["fold"].nunique(),
     )
     return man
 
@@ -254,8 +258,8 @@ def random_within_section(
 def _um_per_px(spots_df: pd.DataFrame, mpp: float | Mapping[str, float] | np.ndarray) -> np.ndarray:
     """Per-spot µm/px from one number, a ``{sample_id: mpp}`` mapping or a per-spot array."""
     if isinstance(mpp, Mapping):
-        um_per_px = spots_df["sample_id"].astype(str).map(
-            {str(k): float(v) for k, v in mpp.items()}
+        um_per_px = (
+            spots_df["sample_id"].astype(str).map({str(k): float(v) for k, v in mpp.items()})
         )
         if um_per_px.isna().any():
             missing = sorted(set(spots_df["sample_id"].astype(str)) - {str(k) for k in mpp})
@@ -352,7 +356,10 @@ def spatial_blocks_within_section(
         if len(blocks) < n_folds:
             log.warning(
                 "section %s has %d blocks of %g µm for %d folds: some folds test nothing there",
-                df["sample_id"].iloc[idx[0]], len(blocks), block_um, n_folds,
+                df["sample_id"].iloc[idx[0]],
+                len(blocks),
+                block_um,
+                n_folds,
             )
         for k in range(n_folds):
             rest = np.flatnonzero(block_fold != k)
@@ -371,8 +378,11 @@ def spatial_blocks_within_section(
             n_dropped += int((role == "buffer").sum())
         frames.append(_frame(df, role, str(k), "spatial_blocks", k))
     if buffer_um > 0:
-        log.info("spatial blocks: dropped %d spot-fold rows inside the %g µm buffer",
-                 n_dropped, buffer_um)
+        log.info(
+            "spatial blocks: dropped %d spot-fold rows inside the %g µm buffer",
+            n_dropped,
+            buffer_um,
+        )
     return _concat(frames)
 
 
@@ -408,8 +418,9 @@ def section_imputation(
         The manifest, ``scheme == "section_imputation"``.
     """
     train_s = sorted({str(s) for s in train_sections})
-    test_s = sorted({str(test_section)} if isinstance(test_section, str)
-                    else {str(s) for s in test_section})
+    test_s = sorted(
+        {str(test_section)} if isinstance(test_section, str) else {str(s) for s in test_section}
+    )
     both = set(train_s) & set(test_s)
     if both:
         raise LeakageError(f"section(s) {sorted(both)} are both training and test sections")
@@ -487,8 +498,17 @@ def audit(
     dup = m.duplicated(["fold", "sample_id", "spot_id"], keep=False)
     if dup.any():
         r = m.loc[dup].iloc[0]
-        roles = sorted(set(m.loc[dup & (m["fold"] == r.fold) & (m["sample_id"] == r.sample_id)
-                                 & (m["spot_id"] == r.spot_id), "role"]))
+        roles = sorted(
+            set(
+                m.loc[
+                    dup
+                    & (m["fold"] == r.fold)
+                    & (m["sample_id"] == r.sample_id)
+                    & (m["spot_id"] == r.spot_id),
+                    "role",
+                ]
+            )
+        )
         raise LeakageError(
             f"fold {r.fold}: spot '{r.spot_id}' of sample '{r.sample_id}' appears more than once "
             f"(roles {roles}); {int(dup.sum())} duplicated rows in all",
@@ -516,19 +536,46 @@ def audit(
         patient_level = scheme in _PATIENT_SCHEMES
         section_level = patient_level or scheme in _IMPUTATION_SCHEMES
         if patient_level and "patient_id" in g.columns:
-            _no_shared(g, "patient_id", "side", fold, "patient",
-                       "keep all of a patient's sections on one side")
-            _no_shared(g[g["side"] == "fit"], "patient_id", "role", fold, "patient",
-                       "keep all of a patient's sections in train or in val")
+            _no_shared(
+                g,
+                "patient_id",
+                "side",
+                fold,
+                "patient",
+                "keep all of a patient's sections on one side",
+            )
+            _no_shared(
+                g[g["side"] == "fit"],
+                "patient_id",
+                "role",
+                fold,
+                "patient",
+                "keep all of a patient's sections in train or in val",
+            )
         if section_level:
-            _no_shared(g, "sample_id", "side", fold, "section",
-                       "hold out whole sections in a section-level split")
-            allow = (scheme in _IMPUTATION_SCHEMES) if allow_series_split is None \
+            _no_shared(
+                g,
+                "sample_id",
+                "side",
+                fold,
+                "section",
+                "hold out whole sections in a section-level split",
+            )
+            allow = (
+                (scheme in _IMPUTATION_SCHEMES)
+                if allow_series_split is None
                 else allow_series_split
+            )
             if not allow and "series" in g.columns:
-                _no_shared(g[g["series"].notna()], "series", "side", fold, "series",
-                           "keep consecutive sections of one block on one side, "
-                           "or check the series column of the sample sheet")
+                _no_shared(
+                    g[g["series"].notna()],
+                    "series",
+                    "side",
+                    fold,
+                    "series",
+                    "keep consecutive sections of one block on one side, "
+                    "or check the series column of the sample sheet",
+                )
 
 
 def _no_shared(g: pd.DataFrame, key: str, side: str, fold: str, what: str, fix: str) -> None:

@@ -136,8 +136,10 @@ def _as_list(adatas: Any) -> list[Any]:
         return [adatas]
     out = list(adatas)
     if not out:
-        raise ConfigError("nothing to fit on: the list of training sections is empty",
-                          fix="check the fold definition (every fold needs training sections)")
+        raise ConfigError(
+            "nothing to fit on: the list of training sections is empty",
+            fix="check the fold definition (every fold needs training sections)",
+        )
     return out
 
 
@@ -154,11 +156,14 @@ class _Fitted:
 
     def _check_fitted(self) -> None:
         if self.fitted_on is None:
-            raise ConfigError(f"{type(self).__name__} is not fitted",
-                              fix="call .fit(training_sections) first (or load a fitted one)")
+            raise ConfigError(
+                f"{type(self).__name__} is not fitted",
+                fix="call .fit(training_sections) first (or load a fitted one)",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Return parameters, fitted state and ``fitted_on`` as JSON-serialisable data."""
+
         def conv(v: Any) -> Any:
             if isinstance(v, np.ndarray):
                 return v.tolist()
@@ -325,8 +330,13 @@ class PearsonResidualsMinMax(_Fitted):
     _state = ("genes_", "p_", "clip_", "min_", "max_")
     _arrays = ("p_", "min_", "max_")
 
-    def __init__(self, genes: Sequence[str] | None = None, theta: float = 100.0,
-                 clip: float | None = None, minmax: bool = True) -> None:
+    def __init__(
+        self,
+        genes: Sequence[str] | None = None,
+        theta: float = 100.0,
+        clip: float | None = None,
+        minmax: bool = True,
+    ) -> None:
         if not theta > 0:
             raise ConfigError(f"Pearson residuals need theta > 0, got {theta}")
         if clip is not None and clip < 0:
@@ -362,8 +372,10 @@ class PearsonResidualsMinMax(_Fitted):
             gene_sums[present] += col[idx[present]]
             total += float(col.sum())
         if total <= 0:
-            raise InputError("training sections hold no counts at all",
-                             fix="check the count matrices of the training sections")
+            raise InputError(
+                "training sections hold no counts at all",
+                fix="check the count matrices of the training sections",
+            )
         self.p_ = gene_sums / total
         n = int(sum(a.n_obs for a in adatas))
         self.clip_ = float(self.clip) if self.clip is not None else math.sqrt(n)
@@ -412,8 +424,9 @@ def make_transform(name: str, genes: Sequence[str] | None = None, **params: Any)
     try:
         cls = TRANSFORMS[name]
     except KeyError:
-        raise ConfigError(f"unknown target transform '{name}'",
-                          fix=f"use one of {sorted(TRANSFORMS)}") from None
+        raise ConfigError(
+            f"unknown target transform '{name}'", fix=f"use one of {sorted(TRANSFORMS)}"
+        ) from None
     return cls(genes=genes, **params)
 
 
@@ -454,34 +467,56 @@ class GeneSelector(_Fitted):
     """
 
     kind = "gene_selector"
-    _params = ("mode", "n", "panel", "min_frac", "exclude_ambiguous", "allow_missing",
-               "normalization", "target_sum")
+    _params = (
+        "mode",
+        "n",
+        "panel",
+        "min_frac",
+        "exclude_ambiguous",
+        "allow_missing",
+        "normalization",
+        "target_sum",
+    )
     _state = ("genes_", "scores_", "dropped_")
     _arrays = ("scores_",)
     MODES = ("top_mean", "panel", "expressed")
     NORMALIZATIONS = ("log1p", "log_proportion", "counts")
 
-    def __init__(self, mode: str = "top_mean", n: int = 250,
-                 panel: Sequence[str] | str | None = None, min_frac: float = 0.1,
-                 exclude_ambiguous: bool = True, allow_missing: bool = False,
-                 normalization: str = "log1p", target_sum: float = 1e4) -> None:
+    def __init__(
+        self,
+        mode: str = "top_mean",
+        n: int = 250,
+        panel: Sequence[str] | str | None = None,
+        min_frac: float = 0.1,
+        exclude_ambiguous: bool = True,
+        allow_missing: bool = False,
+        normalization: str = "log1p",
+        target_sum: float = 1e4,
+    ) -> None:
         if mode not in self.MODES:
-            raise ConfigError(f"unknown gene selection mode '{mode}'", fix=f"use one of {self.MODES}")
+            raise ConfigError(
+                f"unknown gene selection mode '{mode}'", fix=f"use one of {self.MODES}"
+            )
         if normalization not in self.NORMALIZATIONS:
-            raise ConfigError(f"unknown normalization '{normalization}'",
-                              fix=f"use one of {self.NORMALIZATIONS}")
+            raise ConfigError(
+                f"unknown normalization '{normalization}'", fix=f"use one of {self.NORMALIZATIONS}"
+            )
         if mode == "panel" and panel is None:
-            raise ConfigError("gene selection mode 'panel' needs a panel",
-                              fix="set genes.panel to a list of symbols or a panel name such as "
-                              "'deepspace_21'")
+            raise ConfigError(
+                "gene selection mode 'panel' needs a panel",
+                fix="set genes.panel to a list of symbols or a panel name such as 'deepspace_21'",
+            )
         if mode == "top_mean" and int(n) < 1:
             raise ConfigError(f"n must be >= 1, got {n}")
         if not 0 <= min_frac <= 1:
             raise ConfigError(f"min_frac must be in [0, 1], got {min_frac}")
         self.mode = mode
         self.n = int(n)
-        self.panel = load_panel(panel) if isinstance(panel, str) else (
-            None if panel is None else [str(g) for g in panel])
+        self.panel = (
+            load_panel(panel)
+            if isinstance(panel, str)
+            else (None if panel is None else [str(g) for g in panel])
+        )
         self.min_frac = float(min_frac)
         self.exclude_ambiguous = bool(exclude_ambiguous)
         self.allow_missing = bool(allow_missing)
@@ -496,8 +531,9 @@ class GeneSelector(_Fitted):
     def _pooled(self, adatas: list[Any], universe: list[str], what: str) -> np.ndarray:
         acc = np.zeros(len(universe))
         G = len(gene_union(adatas))
-        for a in tqdm(adatas, desc=f"genes ({what})", unit="section", leave=False,
-                      disable=len(adatas) < 4):
+        for a in tqdm(
+            adatas, desc=f"genes ({what})", unit="section", leave=False, disable=len(adatas) < 4
+        ):
             X = _csr(a).astype(np.float64)
             lib = np.asarray(X.sum(axis=1)).ravel()
             if what == "detected":
@@ -533,19 +569,25 @@ class GeneSelector(_Fitted):
             missing = [g for g in self.panel if g not in known]
             if missing:
                 samples = fitted_on_record(adatas)["samples"]
-                msg = (f"{len(missing)} panel gene(s) are in none of the training sections "
-                       f"{samples}: {', '.join(missing)}")
+                msg = (
+                    f"{len(missing)} panel gene(s) are in none of the training sections "
+                    f"{samples}: {', '.join(missing)}"
+                )
                 if not self.allow_missing:
                     raise InputError(
-                        msg, fix="check the symbols (the sections may use Ensembl ids or other "
-                        "aliases), edit the panel, or set genes.allow_missing: true to drop them")
+                        msg,
+                        fix="check the symbols (the sections may use Ensembl ids or other "
+                        "aliases), edit the panel, or set genes.allow_missing: true to drop them",
+                    )
                 warnings.warn(msg + "; dropped (allow_missing)", UserWarning, stacklevel=2)
                 log.warning("%s; dropped", msg)
             self.dropped_ = missing
             genes = list(dict.fromkeys(g for g in self.panel if g in known))
             if not genes:
-                raise InputError("no panel gene is present in the training sections",
-                                 fix="check the panel against the sections' gene names")
+                raise InputError(
+                    "no panel gene is present in the training sections",
+                    fix="check the panel against the sections' gene names",
+                )
             sums = self._pooled(adatas, genes, "log1p")
             self.genes_, self.scores_ = genes, sums / n_spots
         elif self.mode == "expressed":
@@ -554,8 +596,10 @@ class GeneSelector(_Fitted):
             self.genes_ = [g for g, k in zip(universe, keep, strict=True) if k]
             self.scores_ = frac[keep]
             if not self.genes_:
-                raise InputError(f"no gene is detected in >= {self.min_frac:.0%} of the training spots",
-                                 fix="lower genes.min_frac")
+                raise InputError(
+                    f"no gene is detected in >= {self.min_frac:.0%} of the training spots",
+                    fix="lower genes.min_frac",
+                )
         else:
             mean = self._pooled(adatas, universe, self.normalization) / n_spots
             order = np.lexsort((np.asarray(universe, dtype=object).astype(str), -mean))
@@ -565,8 +609,12 @@ class GeneSelector(_Fitted):
             self.genes_ = [universe[i] for i in top]
             self.scores_ = mean[top]
         self.fitted_on = fitted_on_record(adatas)
-        log.info("gene selection %s: %d genes from %s", self.mode, len(self.genes_),
-                 self.fitted_on["samples"])
+        log.info(
+            "gene selection %s: %d genes from %s",
+            self.mode,
+            len(self.genes_),
+            self.fitted_on["samples"],
+        )
         return self
 
     def transform(self, adata: Any) -> np.ndarray:
@@ -589,8 +637,10 @@ def from_dict(d: dict[str, Any]) -> Any:
     try:
         return classes[d["kind"]].from_dict(d)
     except KeyError:
-        raise ConfigError(f"unknown fitted object kind {d.get('kind')!r}",
-                          fix=f"expected one of {sorted(classes)}") from None
+        raise ConfigError(
+            f"unknown fitted object kind {d.get('kind')!r}",
+            fix=f"expected one of {sorted(classes)}",
+        ) from None
 
 
 # ---------------------------------------------------------------------------- gene panels
@@ -611,8 +661,10 @@ def load_panel(name_or_path: str | os.PathLike[str]) -> list[str]:
     if not path.is_file():
         cand = PANEL_DIR / f"{name_or_path}.txt"
         if not cand.is_file():
-            raise ConfigError(f"gene panel '{name_or_path}' is neither a file nor a shipped panel",
-                              fix=f"give a path or one of {available_panels()}")
+            raise ConfigError(
+                f"gene panel '{name_or_path}' is neither a file nor a shipped panel",
+                fix=f"give a path or one of {available_panels()}",
+            )
         path = cand
     genes: list[str] = []
     for line in path.read_text().splitlines():

@@ -168,8 +168,10 @@ def seed_everything(seed: int) -> None:
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
-               % (2**63 - 1))
+    return int(
+        np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1, np.uint64)[0]
+        % (2**63 - 1)
+    )
 
 
 def select_device(device: str | torch.device | None = None) -> torch.device:
@@ -228,7 +230,9 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     return "fp32"
 
 
-def autocast_context(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+def autocast_context(
+    device: str | torch.device, precision: str
+) -> contextlib.AbstractContextManager:
     """Autocast for a resolved precision (``bf16``, ``fp16``; ``fp32`` disables autocast).
 
     Only the backbone is affected: :class:`~stpredict.learn.models.PatchModel` runs its head with
@@ -318,19 +322,25 @@ def _store_signature(npy: str) -> dict[str, Any]:
 def _dataset_signature(ds: PatchDataset | None) -> dict[str, Any] | None:
     if ds is None:
         return None
-    return {"n": len(ds), "stores": list(ds.stores),
-            "rows": _array_digest(np.stack([ds._store_idx, ds._row_idx])),
-            "targets": _array_digest(ds.targets), "labels": _array_digest(ds.labels)}
+    return {
+        "n": len(ds),
+        "stores": list(ds.stores),
+        "rows": _array_digest(np.stack([ds._store_idx, ds._row_idx])),
+        "targets": _array_digest(ds.targets),
+        "labels": _array_digest(ds.labels),
+    }
 
 
 def _plain(obj: Any) -> Any:
     """JSON round trip: only dicts, lists, strings, numbers, booleans and None remain."""
+
     def default(o: Any) -> Any:
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
             return o.tolist()
         return str(o)
+
     return json.loads(json.dumps(obj, default=default))
 
 
@@ -412,16 +422,25 @@ class PatchDataset(Dataset):
         size = None
         for i, (path, r) in enumerate(zip(self.stores, rows, strict=True)):
             if not Path(path).is_file():
-                raise InputError("patch store not found", file=path,
-                                 fix="run the patch extraction rule first")
+                raise InputError(
+                    "patch store not found", file=path, fix="run the patch extraction rule first"
+                )
             arr = np.load(path, mmap_mode="r")
-            if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3 \
-                    or arr.shape[1] != arr.shape[2]:
-                raise InputError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}",
-                                 file=path, fix="re-run the patch extraction rule")
+            if (
+                arr.dtype != np.uint8
+                or arr.ndim != 4
+                or arr.shape[-1] != 3
+                or arr.shape[1] != arr.shape[2]
+            ):
+                raise InputError(
+                    f"not a patch store: dtype {arr.dtype}, shape {arr.shape}",
+                    file=path,
+                    fix="re-run the patch extraction rule",
+                )
             if size is not None and arr.shape[1] != size:
-                raise InputError(f"patch size {arr.shape[1]} differs from {size} of "
-                                 f"{self.stores[0]}", file=path)
+                raise InputError(
+                    f"patch size {arr.shape[1]} differs from {size} of {self.stores[0]}", file=path
+                )
             size = arr.shape[1]
             r = np.asarray(r, dtype=np.int64).ravel()
             if len(r) and (r.min() < 0 or r.max() >= arr.shape[0]):
@@ -450,8 +469,10 @@ class PatchDataset(Dataset):
             if lab.shape != (n,) or not np.issubdtype(lab.dtype, np.integer):
                 raise InputError(f"labels must be {n} integer codes, got {lab.dtype} {lab.shape}")
             if n and lab.min() < 0:
-                raise InputError("labels contain negative codes (excluded spots)",
-                                 fix="drop the rows whose encode_labels code is -1")
+                raise InputError(
+                    "labels contain negative codes (excluded spots)",
+                    fix="drop the rows whose encode_labels code is -1",
+                )
             self.labels = lab.astype(np.int64)
             self._y = torch.from_numpy(self.labels)
         self._arrays: list[np.ndarray] | None = None
@@ -599,8 +620,10 @@ class TrainConfig:
         except ConfigError as exc:
             aug_problem = f"{exc.problem} ({exc.fix})"
         checks = [
-            (self.loss in ("mse", "smoothl1", "cross_entropy"),
-             f"loss '{self.loss}' (use mse, smoothl1 or cross_entropy)"),
+            (
+                self.loss in ("mse", "smoothl1", "cross_entropy"),
+                f"loss '{self.loss}' (use mse, smoothl1 or cross_entropy)",
+            ),
             (self.optimiser in ("sgd", "adam"), f"optimiser '{self.optimiser}' (use sgd or adam)"),
             (not aug_problem, aug_problem),
             (self.lr > 0, f"lr {self.lr} (must be positive)"),
@@ -609,12 +632,18 @@ class TrainConfig:
             (self.num_workers >= 0, f"num_workers {self.num_workers}"),
             (self.patience is None or self.patience >= 0, f"patience {self.patience}"),
             (self.head_init in (None, "zero"), f"head_init '{self.head_init}' (use zero)"),
-            (self.precision in PRECISIONS,
-             f"precision '{self.precision}' (use auto, bf16, fp16 or fp32)"),
-            (self.loss_reduction in LOSS_REDUCTIONS,
-             f"loss_reduction '{self.loss_reduction}' (use mean or stnet)"),
-            (isinstance(self.val_tta, int) and 1 <= self.val_tta <= 8,
-             f"val_tta {self.val_tta} (use 1, 4 or 8)"),
+            (
+                self.precision in PRECISIONS,
+                f"precision '{self.precision}' (use auto, bf16, fp16 or fp32)",
+            ),
+            (
+                self.loss_reduction in LOSS_REDUCTIONS,
+                f"loss_reduction '{self.loss_reduction}' (use mean or stnet)",
+            ),
+            (
+                isinstance(self.val_tta, int) and 1 <= self.val_tta <= 8,
+                f"val_tta {self.val_tta} (use 1, 4 or 8)",
+            ),
         ]
         bad = [msg for ok, msg in checks if not ok]
         if bad:
@@ -625,7 +654,9 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_experiment(cls, exp: Mapping[str, Any], seed: int, num_workers: int = 0) -> TrainConfig:
+    def from_experiment(
+        cls, exp: Mapping[str, Any], seed: int, num_workers: int = 0
+    ) -> TrainConfig:
         """Build from a resolved experiment (:func:`stpredict.learn.experiments.resolve_experiment`).
 
         Its ``model`` (``backbone``, ``weights``, ``tiny_width``) and ``train`` sections hold
@@ -634,8 +665,14 @@ class TrainConfig:
         (:func:`loader_workers`); the weights do not depend on it.
         """
         m = exp["model"]
-        return cls(backbone=m["backbone"], weights=m["weights"], tiny_width=int(m["tiny_width"]),
-                   seed=int(seed), num_workers=int(num_workers), **exp["train"])
+        return cls(
+            backbone=m["backbone"],
+            weights=m["weights"],
+            tiny_width=int(m["tiny_width"]),
+            seed=int(seed),
+            num_workers=int(num_workers),
+            **exp["train"],
+        )
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -647,8 +684,9 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ConfigError(f"unknown training setting(s) {unknown}",
-                              fix=f"use only {sorted(known)}")
+            raise ConfigError(
+                f"unknown training setting(s) {unknown}", fix=f"use only {sorted(known)}"
+            )
         return cls(**d)
 
 
@@ -671,8 +709,13 @@ def _rng_state(gens: dict[str, torch.Generator]) -> dict[str, Any]:
     py_state = random.getstate()
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
-                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": [py_state[0], list(py_state[1]), py_state[2]],
         "generators": {k: g.get_state() for k, g in gens.items()},
     }
@@ -708,7 +751,10 @@ def _batches(
 
 
 def _prepare(
-    xb: torch.Tensor, model: PatchModel, aug: nn.Module | None, gen: torch.Generator | None,
+    xb: torch.Tensor,
+    model: PatchModel,
+    aug: nn.Module | None,
+    gen: torch.Generator | None,
     channels_last: bool,
 ) -> torch.Tensor:
     x = xb.float().div_(255.0)
@@ -721,8 +767,13 @@ def _prepare(
 
 
 def _evaluate(
-    model: PatchModel, loader: DataLoader, cfg: TrainConfig, device: torch.device,
-    precision: str, channels_last: bool, classify: bool,
+    model: PatchModel,
+    loader: DataLoader,
+    cfg: TrainConfig,
+    device: torch.device,
+    precision: str,
+    channels_last: bool,
+    classify: bool,
 ) -> dict[str, float]:
     """Compute validation metrics (eval mode, ``cfg.val_tta`` transforms, head in fp32).
 
@@ -745,8 +796,13 @@ def _evaluate(
             n += len(xb)
             preds.append(out.cpu().numpy())
             trues.append(yb.cpu().numpy())
-    res = {"val_loss": math.nan, "val_sse": math.nan, "val_n": n,
-           "val_pearson_mean": math.nan, "val_accuracy": math.nan}
+    res = {
+        "val_loss": math.nan,
+        "val_sse": math.nan,
+        "val_n": n,
+        "val_pearson_mean": math.nan,
+        "val_accuracy": math.nan,
+    }
     if n == 0:
         return res
     pred, true = np.concatenate(preds), np.concatenate(trues)
@@ -760,22 +816,40 @@ def _evaluate(
     return res
 
 
-def _loader(ds: Dataset, cfg: TrainConfig, cuda: bool, sampler: Sampler | None,
-            generator: torch.Generator, drop_last: bool = False) -> DataLoader:
+def _loader(
+    ds: Dataset,
+    cfg: TrainConfig,
+    cuda: bool,
+    sampler: Sampler | None,
+    generator: torch.Generator,
+    drop_last: bool = False,
+) -> DataLoader:
     kwargs: dict[str, Any] = {}
     if cfg.num_workers > 0:
         kwargs.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
     return DataLoader(
-        ds, batch_size=cfg.batch_size, sampler=sampler, shuffle=False,
-        num_workers=cfg.num_workers, pin_memory=cuda, drop_last=drop_last,
-        generator=generator, **kwargs,
+        ds,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=cfg.num_workers,
+        pin_memory=cuda,
+        drop_last=drop_last,
+        generator=generator,
+        **kwargs,
     )
 
 
 def _signature(
-    cfg: TrainConfig, precision: str, n_outputs: int, train_ds: PatchDataset,
-    val_ds: PatchDataset | None, genes: Sequence[str] | None, classes: Sequence[Any] | None,
-    target_transform: str | None, data_signature: dict[str, Any] | None,
+    cfg: TrainConfig,
+    precision: str,
+    n_outputs: int,
+    train_ds: PatchDataset,
+    val_ds: PatchDataset | None,
+    genes: Sequence[str] | None,
+    classes: Sequence[Any] | None,
+    target_transform: str | None,
+    data_signature: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Everything the trained weights depend on (see the module docstring)."""
     config = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_SIGNATURE}
@@ -785,24 +859,33 @@ def _signature(
         weights_file = _DIGEST + file_digest(cfg.weights)  # initial weights from a local file
     stores = sorted(set(train_ds.stores) | set(val_ds.stores if val_ds is not None else []))
     extra = {str(k): _short(v) for k, v in _plain(dict(data_signature or {})).items()}
-    return _plain({
-        "config": config,
-        "weights_file": weights_file,
-        "n_outputs": int(n_outputs),
-        "genes": None if genes is None else _json_digest([str(g) for g in genes]),
-        "classes": None if classes is None else _json_digest([str(c) for c in classes]),
-        "target_transform": target_transform,
-        "train": _dataset_signature(train_ds),
-        "val": _dataset_signature(val_ds),
-        "stores": {f"[{p}]": _store_signature(p) for p in stores},
-        "extra": extra,
-    })
+    return _plain(
+        {
+            "config": config,
+            "weights_file": weights_file,
+            "n_outputs": int(n_outputs),
+            "genes": None if genes is None else _json_digest([str(g) for g in genes]),
+            "classes": None if classes is None else _json_digest([str(c) for c in classes]),
+            "target_transform": target_transform,
+            "train": _dataset_signature(train_ds),
+            "val": _dataset_signature(val_ds),
+            "stores": {f"[{p}]": _store_signature(p) for p in stores},
+            "extra": extra,
+        }
+    )
 
 
 def _save_best(model: nn.Module, epoch: int, sig_digest: str, path: Path) -> None:
-    _atomic_torch_save({"state_dict": {k: v.detach().to("cpu", copy=True)
-                                       for k, v in model.state_dict().items()},
-                        "epoch": int(epoch), "signature": sig_digest}, path)
+    _atomic_torch_save(
+        {
+            "state_dict": {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            },
+            "epoch": int(epoch),
+            "signature": sig_digest,
+        },
+        path,
+    )
 
 
 def _remove(*paths: Path) -> None:
@@ -820,29 +903,43 @@ def _load_checkpoint(
     try:
         ck = torch.load(ckpt_path, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means an unusable checkpoint
-        log.warning("%s: cannot read the checkpoint (%s: %s): starting afresh", ckpt_path,
-                    type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        log.warning(
+            "%s: cannot read the checkpoint (%s: %s): starting afresh",
+            ckpt_path,
+            type(exc).__name__,
+            str(exc).splitlines()[0] if str(exc) else "",
+        )
         return None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        log.warning("%s: checkpoint of an older layout (no full data signature): starting afresh",
-                    ckpt_path)
+        log.warning(
+            "%s: checkpoint of an older layout (no full data signature): starting afresh", ckpt_path
+        )
         return None
     changes = _signature_changes(ck.get("signature"), signature)
     if changes:
-        shown = "; ".join(changes[:12]) + (f"; and {len(changes) - 12} more" if len(changes) > 12
-                                            else "")
-        log.warning("%s: the checkpoint was made with other settings or data (%s): starting "
-                    "afresh", ckpt_path, shown)
+        shown = "; ".join(changes[:12]) + (
+            f"; and {len(changes) - 12} more" if len(changes) > 12 else ""
+        )
+        log.warning(
+            "%s: the checkpoint was made with other settings or data (%s): starting afresh",
+            ckpt_path,
+            shown,
+        )
         return None
     if int(ck["epoch"]) > cfg.epochs:
-        log.warning("%s: the checkpoint is at epoch %d, past the %d epochs now asked: starting "
-                    "afresh", ckpt_path, int(ck["epoch"]), cfg.epochs)
+        log.warning(
+            "%s: the checkpoint is at epoch %d, past the %d epochs now asked: starting afresh",
+            ckpt_path,
+            int(ck["epoch"]),
+            cfg.epochs,
+        )
         return None
     if 0 < int(ck["best_epoch"]) < int(ck["epoch"]):  # else the checkpoint's weights are the best
         try:
             best = torch.load(best_path, weights_only=True, map_location="cpu", mmap=True)
-            ok = (int(best["epoch"]) == int(ck["best_epoch"])
-                  and best["signature"] == _json_digest(signature))
+            ok = int(best["epoch"]) == int(ck["best_epoch"]) and best["signature"] == _json_digest(
+                signature
+            )
             why = f"holds epoch {best['epoch']}, not {ck['best_epoch']}"
         except Exception as exc:  # noqa: BLE001 - absent or unreadable: cannot resume
             ok, why = False, f"cannot be read ({type(exc).__name__})"
@@ -938,12 +1035,28 @@ def train(
     loader_gen = torch.Generator().manual_seed(cfg.seed)
 
     # ---- state, possibly resumed
-    signature = _signature(cfg, precision, n_outputs, train_ds, val_ds, genes, classes,
-                           target_transform, data_signature)
+    signature = _signature(
+        cfg,
+        precision,
+        n_outputs,
+        train_ds,
+        val_ds,
+        genes,
+        classes,
+        target_transform,
+        data_signature,
+    )
     sig_digest = _json_digest(signature)
     model, opt, scaler, state = _resume_or_start(
-        fresh, cfg, resume, out, (ckpt_path, best_path, model_path), signature, sig_digest,
-        {"loader": loader_gen, "augment": aug_gen})
+        fresh,
+        cfg,
+        resume,
+        out,
+        (ckpt_path, best_path, model_path),
+        signature,
+        sig_digest,
+        {"loader": loader_gen, "augment": aug_gen},
+    )
     resumed_from = int(state["epoch"])
 
     n = len(train_ds)
@@ -970,13 +1083,31 @@ def train(
         sampler.set_epoch(epoch)
         t0 = time.perf_counter()
         train_loss, seen, train_secs = _train_epoch(
-            model, train_loader, opt, scaler, cfg, dev, precision, channels_last, aug, aug_gen,
-            acc_dtype, f"epoch {epoch}/{cfg.epochs}")
+            model,
+            train_loader,
+            opt,
+            scaler,
+            cfg,
+            dev,
+            precision,
+            channels_last,
+            aug,
+            aug_gen,
+            acc_dtype,
+            f"epoch {epoch}/{cfg.epochs}",
+        )
         if not math.isfinite(train_loss):
-            raise ConfigError(f"the training loss became {train_loss} in epoch {epoch}",
-                              fix="lower lr, check the targets, or set train.precision: fp32")
-        val = {"val_loss": math.nan, "val_sse": math.nan, "val_n": 0,
-               "val_pearson_mean": math.nan, "val_accuracy": math.nan}
+            raise ConfigError(
+                f"the training loss became {train_loss} in epoch {epoch}",
+                fix="lower lr, check the targets, or set train.precision: fp32",
+            )
+        val = {
+            "val_loss": math.nan,
+            "val_sse": math.nan,
+            "val_n": 0,
+            "val_pearson_mean": math.nan,
+            "val_accuracy": math.nan,
+        }
         improved = False
         if val_loader is not None:
             val = _evaluate(model, val_loader, cfg, dev, precision, channels_last, classify)
@@ -986,23 +1117,42 @@ def train(
             else:
                 state["bad_epochs"] += 1
         last_ips = seen / train_secs if train_secs > 0 else math.nan
-        row = {"epoch": epoch, "train_loss": train_loss, **val, "images_per_s": last_ips,
-               "seconds": time.perf_counter() - t0, "lr": opt.param_groups[0]["lr"],
-               "precision": precision}
+        row = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **val,
+            "images_per_s": last_ips,
+            "seconds": time.perf_counter() - t0,
+            "lr": opt.param_groups[0]["lr"],
+            "precision": precision,
+        }
         state["history"].append(row)
         state["epoch"] = epoch
         if val_loader is not None and patience and state["bad_epochs"] >= patience:
             state["stopped"] = True
-        log.info("epoch %d/%d: train %.4g, val %.4g, pearson %.3f, %.1f img/s%s", epoch,
-                 cfg.epochs, train_loss, val["val_loss"], val["val_pearson_mean"], last_ips,
-                 " (early stop)" if state["stopped"] else "")
-        _atomic_torch_save({
-            **state, "format": CHECKPOINT_FORMAT,
-            "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "scaler": None if scaler is None else scaler.state_dict(),
-            "rng": _rng_state({"loader": loader_gen, "augment": aug_gen}),
-            "config": cfg.to_dict(), "signature": signature,
-        }, ckpt_path)
+        log.info(
+            "epoch %d/%d: train %.4g, val %.4g, pearson %.3f, %.1f img/s%s",
+            epoch,
+            cfg.epochs,
+            train_loss,
+            val["val_loss"],
+            val["val_pearson_mean"],
+            last_ips,
+            " (early stop)" if state["stopped"] else "",
+        )
+        _atomic_torch_save(
+            {
+                **state,
+                "format": CHECKPOINT_FORMAT,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": None if scaler is None else scaler.state_dict(),
+                "rng": _rng_state({"loader": loader_gen, "augment": aug_gen}),
+                "config": cfg.to_dict(),
+                "signature": signature,
+            },
+            ckpt_path,
+        )
         if improved:
             # after checkpoint.pt: a kill in between leaves a checkpoint whose best epoch is its
             # own epoch, and a resume rewrites best.pt from the checkpoint's weights
@@ -1016,8 +1166,9 @@ def train(
     # ---- final weights
     if not state["history"]:
         raise InputError("no epoch was trained", file=ckpt_path)
-    weights, chosen, selection = _final_weights(model, state, val_loader is not None, best_path,
-                                                sig_digest)
+    weights, chosen, selection = _final_weights(
+        model, state, val_loader is not None, best_path, sig_digest
+    )
     meta = {
         "state_dict": weights,
         "backbone": cfg.backbone,
@@ -1026,8 +1177,9 @@ def train(
         "n_features": model.n_features,
         "patch_size": train_ds.patch_size,
         "genes": None if genes is None else [str(g) for g in genes],
-        "classes": None if not classify else [
-            str(c) for c in (classes if classes is not None else range(n_outputs))],
+        "classes": None
+        if not classify
+        else [str(c) for c in (classes if classes is not None else range(n_outputs))],
         "task": "classification" if classify else "regression",
         "target_transform": target_transform,
         "epoch": int(chosen),
@@ -1056,9 +1208,13 @@ def train(
     }
 
 
-def _check_datasets(cfg: TrainConfig, train_ds: PatchDataset, val_ds: PatchDataset | None,
-                    genes: Sequence[str] | None, classes: Sequence[Any] | None
-                    ) -> tuple[int, PatchDataset | None]:
+def _check_datasets(
+    cfg: TrainConfig,
+    train_ds: PatchDataset,
+    val_ds: PatchDataset | None,
+    genes: Sequence[str] | None,
+    classes: Sequence[Any] | None,
+) -> tuple[int, PatchDataset | None]:
     """Return the number of outputs and the validation set (``None`` when empty); refuse unfit data."""
     classify = cfg.loss == "cross_entropy"
     if len(train_ds) == 0:
@@ -1069,8 +1225,10 @@ def _check_datasets(cfg: TrainConfig, train_ds: PatchDataset, val_ds: PatchDatas
         n_outputs = len(classes) if classes is not None else int(train_ds.labels.max()) + 1
         for name, ds in (("training", train_ds), ("validation", val_ds)):
             if ds is not None and (ds.labels is None or (len(ds) and ds.labels.max() >= n_outputs)):
-                raise InputError(f"{name} labels must be codes 0..{n_outputs - 1}",
-                                 fix="encode the labels with encode_labels")
+                raise InputError(
+                    f"{name} labels must be codes 0..{n_outputs - 1}",
+                    fix="encode the labels with encode_labels",
+                )
     else:
         if train_ds.targets is None:
             raise InputError(f"loss '{cfg.loss}' needs a training set with targets")
@@ -1085,18 +1243,30 @@ def _check_datasets(cfg: TrainConfig, train_ds: PatchDataset, val_ds: PatchDatas
     return n_outputs, val_ds
 
 
-def _fresh_model(cfg: TrainConfig, n_outputs: int, head_bias: np.ndarray | None,
-                 dev: torch.device, precision: str, channels_last: bool
-                 ) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
+def _fresh_model(
+    cfg: TrainConfig,
+    n_outputs: int,
+    head_bias: np.ndarray | None,
+    dev: torch.device,
+    precision: str,
+    channels_last: bool,
+) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
     """Build a freshly initialised model (seeded), its optimiser and, for fp16, a GradScaler."""
     seed_everything(cfg.seed)
-    m = build_model(cfg.backbone, n_outputs, weights=cfg.weights, head_init=cfg.head_init,
-                    head_bias=head_bias, tiny_width=cfg.tiny_width).to(dev)
+    m = build_model(
+        cfg.backbone,
+        n_outputs,
+        weights=cfg.weights,
+        head_init=cfg.head_init,
+        head_bias=head_bias,
+        tiny_width=cfg.tiny_width,
+    ).to(dev)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     if cfg.optimiser == "sgd":
         o: torch.optim.Optimizer = torch.optim.SGD(
-            m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
     else:
         o = torch.optim.Adam(m.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sc = torch.amp.GradScaler(dev.type) if precision == "fp16" else None
@@ -1104,14 +1274,25 @@ def _fresh_model(cfg: TrainConfig, n_outputs: int, head_bias: np.ndarray | None,
 
 
 def _fresh_state() -> dict[str, Any]:
-    return {"epoch": 0, "best_val_loss": math.inf, "best_epoch": 0, "bad_epochs": 0,
-            "stopped": False, "history": []}
+    return {
+        "epoch": 0,
+        "best_val_loss": math.inf,
+        "best_epoch": 0,
+        "bad_epochs": 0,
+        "stopped": False,
+        "history": [],
+    }
 
 
 def _resume_or_start(
     fresh: Callable[[], tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]],
-    cfg: TrainConfig, resume: bool, out: Path, paths: tuple[Path, Path, Path],
-    signature: dict[str, Any], sig_digest: str, gens: dict[str, torch.Generator],
+    cfg: TrainConfig,
+    resume: bool,
+    out: Path,
+    paths: tuple[Path, Path, Path],
+    signature: dict[str, Any],
+    sig_digest: str,
+    gens: dict[str, torch.Generator],
 ) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None, dict[str, Any]]:
     """Return model, optimiser, scaler and loop state: resumed from a matching checkpoint, else fresh.
 
@@ -1138,8 +1319,12 @@ def _resume_or_start(
                 _save_best(model, state["epoch"], sig_digest, best_path)  # may not be written
             log.info("resuming %s from epoch %d", out, state["epoch"])
         except Exception as exc:  # noqa: BLE001 - an inconsistent checkpoint: start afresh
-            log.warning("%s: cannot restore the checkpoint (%s: %s): starting afresh", ckpt_path,
-                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            log.warning(
+                "%s: cannot restore the checkpoint (%s: %s): starting afresh",
+                ckpt_path,
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
             ck = None
             model, opt, scaler = fresh()
             gens["loader"].manual_seed(cfg.seed)
@@ -1152,11 +1337,20 @@ def _resume_or_start(
     return model, opt, scaler, state
 
 
-def _train_epoch(model: PatchModel, loader: DataLoader, opt: torch.optim.Optimizer,
-                 scaler: torch.amp.GradScaler | None, cfg: TrainConfig, dev: torch.device,
-                 precision: str, channels_last: bool, aug: nn.Module | None,
-                 aug_gen: torch.Generator, acc_dtype: torch.dtype, desc: str
-                 ) -> tuple[float, int, float]:
+def _train_epoch(
+    model: PatchModel,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    cfg: TrainConfig,
+    dev: torch.device,
+    precision: str,
+    channels_last: bool,
+    aug: nn.Module | None,
+    aug_gen: torch.Generator,
+    acc_dtype: torch.dtype,
+    desc: str,
+) -> tuple[float, int, float]:
     """Run one pass over the training loader; return the mean per-spot loss, spots seen, seconds."""
     model.train()
     t0 = time.perf_counter()
@@ -1183,15 +1377,18 @@ def _train_epoch(model: PatchModel, loader: DataLoader, opt: torch.optim.Optimiz
     return float(loss_sum) / max(seen, 1), seen, time.perf_counter() - t0
 
 
-def _final_weights(model: PatchModel, state: dict[str, Any], validated: bool, best_path: Path,
-                   sig_digest: str) -> tuple[dict[str, torch.Tensor], int, str]:
+def _final_weights(
+    model: PatchModel, state: dict[str, Any], validated: bool, best_path: Path, sig_digest: str
+) -> tuple[dict[str, torch.Tensor], int, str]:
     """Return the weights model.pt keeps: the best validation epoch's, else the last epoch's."""
     if validated and state["best_epoch"] > 0:
         best = torch.load(best_path, weights_only=True, map_location="cpu")
         if int(best["epoch"]) != int(state["best_epoch"]) or best["signature"] != sig_digest:
-            raise InputError(f"best.pt holds epoch {best['epoch']}, not the best epoch "
-                             f"{state['best_epoch']}", file=best_path,
-                             fix="delete checkpoint.pt and best.pt to retrain")
+            raise InputError(
+                f"best.pt holds epoch {best['epoch']}, not the best epoch {state['best_epoch']}",
+                file=best_path,
+                fix="delete checkpoint.pt and best.pt to retrain",
+            )
         return best["state_dict"], int(state["best_epoch"]), "best_val_loss"
     weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     return weights, int(state["epoch"]), "last_epoch"

@@ -51,7 +51,9 @@ def deepspace_crop_px(mpp: float, spot_radius_um: float = 27.5, factor: float = 
         i.e. a square of about ``2 * 2.5 * 27.5 = 137.5`` µm.
     """
     if not mpp or mpp <= 0:
-        raise ConfigError(f"pixel size must be positive, got {mpp!r}", fix="check the section's mpp")
+        raise ConfigError(
+            f"pixel size must be positive, got {mpp!r}", fix="check the section's mpp"
+        )
     r_px = spot_radius_um / mpp
     return 2 * math.ceil(r_px * factor)
 
@@ -172,7 +174,9 @@ def resize_batch(crops: np.ndarray, size: int, backend: str = "torch") -> np.nda
 
         out = np.empty((len(crops), size, size, 3), dtype=np.uint8)
         for i, c in enumerate(crops):
-            out[i] = np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.BILINEAR))
+            out[i] = np.asarray(
+                Image.fromarray(np.ascontiguousarray(c)).resize((size, size), Image.BILINEAR)
+            )
         return out
     import torch
     import torch.nn.functional as F

@@ -23,8 +23,15 @@ from stpredict.errors import ConfigError, InputError
 from stpredict.ingest.section import sample_id_of
 from stpredict.io import read_json, read_table
 
-__all__ = ["QCConfig", "QC_PRESETS", "qc_flags", "apply_qc", "qc_summary", "qc_table",
-           "spot_totals"]
+__all__ = [
+    "QCConfig",
+    "QC_PRESETS",
+    "qc_flags",
+    "apply_qc",
+    "qc_summary",
+    "qc_table",
+    "spot_totals",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +72,16 @@ class QCConfig:
         base = QC_PRESETS["none"]
         if preset is not None:
             if preset not in QC_PRESETS:
-                raise ConfigError(f"unknown QC preset '{preset}'", fix=f"use one of {sorted(QC_PRESETS)}")
+                raise ConfigError(
+                    f"unknown QC preset '{preset}'", fix=f"use one of {sorted(QC_PRESETS)}"
+                )
             base = QC_PRESETS[preset]
         unknown = set(cfg) - set(asdict(base))
         if unknown:
-            raise ConfigError(f"unknown QC setting(s) {sorted(unknown)}",
-                              fix=f"use {sorted(asdict(base))} or 'preset'")
+            raise ConfigError(
+                f"unknown QC setting(s) {sorted(unknown)}",
+                fix=f"use {sorted(asdict(base))} or 'preset'",
+            )
         out = replace(base, **cfg)
         if out.min_umi < 0 or out.min_genes < 0:
             raise ConfigError(f"QC thresholds must be >= 0, got {asdict(out)}")
@@ -95,7 +106,9 @@ def spot_totals(adata: Any) -> tuple[np.ndarray, np.ndarray]:
     return umi, genes
 
 
-def qc_flags(adata: Any, min_umi: float, min_genes: int, white: np.ndarray | None = None) -> pd.DataFrame:
+def qc_flags(
+    adata: Any, min_umi: float, min_genes: int, white: np.ndarray | None = None
+) -> pd.DataFrame:
     """Per-spot QC flags.
 
     Parameters
@@ -121,8 +134,10 @@ def qc_flags(adata: Any, min_umi: float, min_genes: int, white: np.ndarray | Non
         if white.shape != (adata.n_obs,):
             raise InputError(f"whiteness flags have shape {white.shape}, expected ({adata.n_obs},)")
         pass_white = ~white
-    df = pd.DataFrame({"pass_umi": umi >= min_umi, "pass_genes": genes >= min_genes,
-                       "pass_white": pass_white}, index=adata.obs_names.copy())
+    df = pd.DataFrame(
+        {"pass_umi": umi >= min_umi, "pass_genes": genes >= min_genes, "pass_white": pass_white},
+        index=adata.obs_names.copy(),
+    )
     df["keep"] = df["pass_umi"] & df["pass_genes"] & df["pass_white"]
     return df
 
@@ -130,15 +145,21 @@ def qc_flags(adata: Any, min_umi: float, min_genes: int, white: np.ndarray | Non
 def _read_white(adata: Any, patch_tsv: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
     table = read_table(patch_tsv, sample=sample_id_of(adata) or None, dtype={"id": str})
     if "id" not in table or "white" not in table:
-        raise InputError("patch table lacks the 'id' or 'white' column", file=patch_tsv,
-                         sample=sample_id_of(adata), fix="re-run the patch extraction rule")
+        raise InputError(
+            "patch table lacks the 'id' or 'white' column",
+            file=patch_tsv,
+            sample=sample_id_of(adata),
+            fix="re-run the patch extraction rule",
+        )
     flags = table.set_index("id")["white"].astype(bool)
     missing = adata.obs_names.difference(flags.index)
     if len(missing):
         raise InputError(
             f"{len(missing)} spot(s) of the section have no patch (e.g. {list(missing[:3])})",
-            file=patch_tsv, sample=sample_id_of(adata),
-            fix="re-run the patch extraction for this section (its spots changed)")
+            file=patch_tsv,
+            sample=sample_id_of(adata),
+            fix="re-run the patch extraction for this section (its spots changed)",
+        )
     meta: dict[str, Any] = {}
     side = Path(patch_tsv).with_suffix(".json")
     if side.is_file():
@@ -146,9 +167,12 @@ def _read_white(adata: Any, patch_tsv: str | os.PathLike[str]) -> tuple[np.ndarr
     return flags.reindex(adata.obs_names).to_numpy(dtype=bool), meta
 
 
-def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
-             cfg: QCConfig | Mapping[str, Any] | str | None,
-             section_file: str | os.PathLike[str] | None = None) -> Any:
+def apply_qc(
+    adata: Any,
+    patch_tsv: str | os.PathLike[str] | None,
+    cfg: QCConfig | Mapping[str, Any] | str | None,
+    section_file: str | os.PathLike[str] | None = None,
+) -> Any:
     """Return a copy of ``adata`` with the QC flags in ``obs`` and the record in ``uns["qc"]``.
 
     Parameters
@@ -176,9 +200,11 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
     white_meta: dict[str, Any] = {}
     if cfg.whiteness:
         if patch_tsv is None:
-            raise ConfigError("the whiteness filter needs the section's patch table",
-                              sample=sample_id_of(adata),
-                              fix="give the patch .tsv or set qc.whiteness: false")
+            raise ConfigError(
+                "the whiteness filter needs the section's patch table",
+                sample=sample_id_of(adata),
+                fix="give the patch .tsv or set qc.whiteness: false",
+            )
         white, white_meta = _read_white(adata, patch_tsv)
     flags = qc_flags(adata, cfg.min_umi, cfg.min_genes, white)
     out = adata.copy()
@@ -203,23 +229,43 @@ def apply_qc(adata: Any, patch_tsv: str | os.PathLike[str] | None,
         "n_removed": int(adata.n_obs - n_kept),
         "removed": removed,
     }
-    log.info("%s: QC keeps %d of %d spots (failing: %s)", sample_id_of(adata), n_kept, adata.n_obs,
-             removed)
+    log.info(
+        "%s: QC keeps %d of %d spots (failing: %s)",
+        sample_id_of(adata),
+        n_kept,
+        adata.n_obs,
+        removed,
+    )
     if adata.n_obs and n_kept < LOW_KEPT_SHARE * adata.n_obs:
-        log.warning("%s: QC keeps only %d of %d spots (%.0f%%; failing: %s): check the thresholds "
-                    "(qc.min_umi %g, qc.min_genes %d) against the section's depth", sample_id_of(adata),
-                    n_kept, adata.n_obs, 100 * n_kept / adata.n_obs, removed, cfg.min_umi, cfg.min_genes)
+        log.warning(
+            "%s: QC keeps only %d of %d spots (%.0f%%; failing: %s): check the thresholds "
+            "(qc.min_umi %g, qc.min_genes %d) against the section's depth",
+            sample_id_of(adata),
+            n_kept,
+            adata.n_obs,
+            100 * n_kept / adata.n_obs,
+            removed,
+            cfg.min_umi,
+            cfg.min_genes,
+        )
     return out
 
 
-def _all_removed(adata: Any, cfg: QCConfig, removed: Mapping[str, int], white_meta: Mapping[str, Any],
-                 section_file: str | os.PathLike[str] | None,
-                 patch_tsv: str | os.PathLike[str] | None) -> InputError:
+def _all_removed(
+    adata: Any,
+    cfg: QCConfig,
+    removed: Mapping[str, int],
+    white_meta: Mapping[str, Any],
+    section_file: str | os.PathLike[str] | None,
+    patch_tsv: str | os.PathLike[str] | None,
+) -> InputError:
     """Build the error for a section whose every spot fails QC (see :func:`apply_qc`)."""
     umi, genes = spot_totals(adata)
     n = int(adata.n_obs)
-    parts = [f"min_umi {cfg.min_umi:g} removes {removed['umi']}",
-             f"min_genes {cfg.min_genes} removes {removed['genes']}"]
+    parts = [
+        f"min_umi {cfg.min_umi:g} removes {removed['umi']}",
+        f"min_genes {cfg.min_genes} removes {removed['genes']}",
+    ]
     if cfg.whiteness:
         parts.append(f"the whiteness filter removes {removed['white']}")
     fixes = []
@@ -228,8 +274,10 @@ def _all_removed(adata: Any, cfg: QCConfig, removed: Mapping[str, int], white_me
     if removed["genes"] == n:
         fixes.append(f"lower qc.min_genes below the median ({np.median(genes):g})")
     if cfg.whiteness and removed["white"] == n:
-        fixes.append("check the section's image (blank or not the H&E of these spots?) or set "
-                     "qc.whiteness.enabled: false")
+        fixes.append(
+            "check the section's image (blank or not the H&E of these spots?) or set "
+            "qc.whiteness.enabled: false"
+        )
     if not fixes:
         fixes.append("lower qc.min_umi / qc.min_genes or turn the whiteness filter off")
     fixes.append("or leave the section out of the sample sheet")
@@ -254,8 +302,11 @@ def qc_summary(adata: Any) -> dict[str, Any]:
         ``removed_*`` count the spots failing each criterion (a spot can fail several).
     """
     if "qc" not in adata.uns:
-        raise InputError("section has no QC record", sample=sample_id_of(adata),
-                         fix="run stpredict.patches.qc.apply_qc first")
+        raise InputError(
+            "section has no QC record",
+            sample=sample_id_of(adata),
+            fix="run stpredict.patches.qc.apply_qc first",
+        )
     qc = adata.uns["qc"]
     umi, genes = spot_totals(adata)
     keep = adata.obs["keep"].to_numpy(dtype=bool)
@@ -286,8 +337,9 @@ def qc_summary(adata: Any) -> dict[str, Any]:
 def qc_table(adata: Any) -> pd.DataFrame:
     """Per-spot table ``barcode, total_counts, n_genes_by_counts, pass_umi, pass_genes, pass_white, keep``."""
     umi, genes = spot_totals(adata)
-    df = pd.DataFrame({"barcode": adata.obs_names.to_numpy(), "total_counts": umi,
-                       "n_genes_by_counts": genes})
+    df = pd.DataFrame(
+        {"barcode": adata.obs_names.to_numpy(), "total_counts": umi, "n_genes_by_counts": genes}
+    )
     for col in FLAG_COLUMNS:
         df[col] = adata.obs[col].to_numpy(dtype=bool)
     return df

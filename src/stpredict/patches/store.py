@@ -59,11 +59,23 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PATCH_COLUMNS = ["id", "x", "y", "pad_frac", "white_frac", "mean_r", "mean_g", "mean_b", "mean_rgb",
-                 "white"]
+PATCH_COLUMNS = [
+    "id",
+    "x",
+    "y",
+    "pad_frac",
+    "white_frac",
+    "mean_r",
+    "mean_g",
+    "mean_b",
+    "mean_rgb",
+    "white",
+]
 
 
-def _bands(y0: np.ndarray, order: np.ndarray, crop: int, band_px: int, batch: int) -> list[np.ndarray]:
+def _bands(
+    y0: np.ndarray, order: np.ndarray, crop: int, band_px: int, batch: int
+) -> list[np.ndarray]:
     """Split centres (``order`` = indices sorted by ``y0``) into groups spanning few rows."""
     groups: list[np.ndarray] = []
     span = max(band_px, crop)
@@ -97,7 +109,10 @@ def patch_means(patches: np.ndarray, chunk: int = 256) -> np.ndarray:
 
 
 def whiteness(
-    crops: np.ndarray, percentile: float = 80.0, max_white_frac: float = 0.5, chunk: int = 256,
+    crops: np.ndarray,
+    percentile: float = 80.0,
+    max_white_frac: float = 0.5,
+    chunk: int = 256,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """DeepSpaCE's whiteness filter on an array of one section's full-resolution crops.
 
@@ -109,7 +124,9 @@ def whiteness(
     mean_rgb = np.empty(n, dtype=np.float64)
     min_hist = np.zeros((n, 256), dtype=np.int64)
     for a in range(0, n, chunk):
-        mean_rgb[a : a + chunk], min_hist[a : a + chunk] = crop_statistics(np.asarray(crops[a : a + chunk]))
+        mean_rgb[a : a + chunk], min_hist[a : a + chunk] = crop_statistics(
+            np.asarray(crops[a : a + chunk])
+        )
     return whiteness_from_histograms(mean_rgb, min_hist, percentile, max_white_frac)
 
 
@@ -133,7 +150,9 @@ def crop_statistics(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     k = len(crops)
     flat = crops.reshape(k, -1, 3)
-    mean_rgb = flat.sum(axis=(1, 2), dtype=np.uint64) / float(flat.shape[1] * 3) if k else np.zeros(0)
+    mean_rgb = (
+        flat.sum(axis=(1, 2), dtype=np.uint64) / float(flat.shape[1] * 3) if k else np.zeros(0)
+    )
     mins = flat.min(axis=2).astype(np.int64)
     offsets = (np.arange(k, dtype=np.int64) * 256)[:, None]
     hist = np.bincount((mins + offsets).ravel(), minlength=k * 256).reshape(k, 256)
@@ -141,7 +160,9 @@ def crop_statistics(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def whiteness_from_histograms(
-    mean_rgb: np.ndarray, min_hist: np.ndarray, percentile: float = 80.0,
+    mean_rgb: np.ndarray,
+    min_hist: np.ndarray,
+    percentile: float = 80.0,
     max_white_frac: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """DeepSpaCE's whiteness filter from :func:`crop_statistics` of a section's crops.
@@ -224,11 +245,18 @@ def extract_patches(
     """
     xy = np.asarray(xy, dtype=np.float64)
     if xy.ndim != 2 or xy.shape[1] != 2:
-        raise GeometryError(f"centres must be an (n, 2) array of [x, y], got shape {xy.shape}",
-                            file=image.path, sample=image.sample)
+        raise GeometryError(
+            f"centres must be an (n, 2) array of [x, y], got shape {xy.shape}",
+            file=image.path,
+            sample=image.sample,
+        )
     if not np.isfinite(xy).all():
-        raise GeometryError("centres contain NaN or infinite coordinates", file=image.path,
-                            sample=image.sample, fix="check the spot coordinates of the section")
+        raise GeometryError(
+            "centres contain NaN or infinite coordinates",
+            file=image.path,
+            sample=image.sample,
+            fix="check the spot coordinates of the section",
+        )
     n = len(xy)
     ids = [str(i) for i in range(n)] if ids is None else [str(i) for i in ids]
     if len(ids) != n:
@@ -239,20 +267,34 @@ def extract_patches(
     pad_frac = _pad_fraction(x0, y0, crop, image.shape)
     n_out = int((pad_frac >= 1.0).sum())
     if n_out:
-        log.warning("%s: %d of %d crops lie entirely outside the image %s", image.sample, n_out, n,
-                    image.path)
+        log.warning(
+            "%s: %d of %d crops lie entirely outside the image %s",
+            image.sample,
+            n_out,
+            n,
+            image.path,
+        )
     order = np.argsort(y0, kind="stable")
     groups = _bands(y0, order, crop, band_px, batch)
     backend = "torch" if n * crop * crop >= TORCH_RESIZE_MIN_PIXELS else "pil"
-    log.info("%s: %d patches, crop %d px -> %d px, %d bands", image.sample, n, crop, size, len(groups))
+    log.info(
+        "%s: %d patches, crop %d px -> %d px, %d bands", image.sample, n, crop, size, len(groups)
+    )
 
     means = np.empty((n, 3), dtype=np.float64)
     mean_rgb = np.empty(n, dtype=np.float64)
     min_hist = np.zeros((n, 256), dtype=np.int64)
     with atomic_path(out_npy) as tmp_npy:
-        store = np.lib.format.open_memmap(tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-        with tqdm(total=n, desc=f"patches {image.sample or image.path.name}", unit="patch",
-                  disable=not progress, leave=False) as bar:
+        store = np.lib.format.open_memmap(
+            tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
+        )
+        with tqdm(
+            total=n,
+            desc=f"patches {image.sample or image.path.name}",
+            unit="patch",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for grp in groups:
                 bx0 = int(x0[grp].min())
                 by0 = int(y0[grp].min())
@@ -270,20 +312,23 @@ def extract_patches(
                 bar.update(len(grp))
         store.flush()
         del store
-    white_frac, white_flag, threshold = whiteness_from_histograms(mean_rgb, min_hist, percentile,
-                                                                  max_white_frac)
-    table = pd.DataFrame({
-        "id": ids,
-        "x": xy[:, 0],
-        "y": xy[:, 1],
-        "pad_frac": pad_frac,
-        "white_frac": white_frac,
-        "mean_r": means[:, 0],
-        "mean_g": means[:, 1],
-        "mean_b": means[:, 2],
-        "mean_rgb": mean_rgb,
-        "white": white_flag,
-    })
+    white_frac, white_flag, threshold = whiteness_from_histograms(
+        mean_rgb, min_hist, percentile, max_white_frac
+    )
+    table = pd.DataFrame(
+        {
+            "id": ids,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "pad_frac": pad_frac,
+            "white_frac": white_frac,
+            "mean_r": means[:, 0],
+            "mean_g": means[:, 1],
+            "mean_b": means[:, 2],
+            "mean_rgb": mean_rgb,
+            "white": white_flag,
+        }
+    )
     write_table(table, out_tsv)
     meta = {
         "fov_um": spec.fov_um if spec.fov_um is not None else (crop * mpp if mpp else None),
@@ -298,7 +343,7 @@ def extract_patches(
         "n_white": int(white_flag.sum()),
         "whiteness": {
             "rule": "DeepSpaCE: full-resolution crops; threshold = percentile of the per-crop "
-                    "mean RGB; white pixel = all channels > threshold",
+            "mean RGB; white pixel = all channels > threshold",
             "percentile": float(percentile),
             "max_white_frac": float(max_white_frac),
             # null when there are no crops (strict JSON has no NaN)
@@ -315,8 +360,11 @@ def load_patches(npy: str | os.PathLike[str]) -> np.memmap:
     """Open a patch store read-only as a memory map ``(N, S, S, 3)`` uint8."""
     arr = load_npy(npy)
     if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise GeometryError(f"not a patch store: dtype {arr.dtype}, shape {arr.shape}", file=npy,
-                            fix="re-run the patch extraction rule")
+        raise GeometryError(
+            f"not a patch store: dtype {arr.dtype}, shape {arr.shape}",
+            file=npy,
+            fix="re-run the patch extraction rule",
+        )
     return arr
 
 
@@ -327,6 +375,9 @@ def patches_for_spots(npy: str | os.PathLike[str], spot_ids: list[str] | np.ndar
     rows = pd.Index(ids).get_indexer([str(i) for i in spot_ids])
     if (rows < 0).any():
         missing = [str(i) for i, r in zip(spot_ids, rows, strict=True) if r < 0][:5]
-        raise GeometryError(f"spots {missing} are not in the patch store", file=tsv,
-                            fix="rerun extract_patches for this section")
+        raise GeometryError(
+            f"spots {missing} are not in the patch store",
+            file=tsv,
+            fix="rerun extract_patches for this section",
+        )
     return np.asarray(load_npy(npy)[rows])

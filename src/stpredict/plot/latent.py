@@ -23,8 +23,16 @@ from stpredict.vocab import ANNOTATION_LABELS, NORMAL, TUMOR, UNANNOTATED
 __all__ = ["plot_umap", "plot_ig_overlays"]
 
 
-def _draw_insets(fig: Any, gs: Any, ax: Any, patches: np.ndarray, pts: np.ndarray,
-                 valid: np.ndarray, lab_ex: np.ndarray, kinds: list[str]) -> None:
+def _draw_insets(
+    fig: Any,
+    gs: Any,
+    ax: Any,
+    patches: np.ndarray,
+    pts: np.ndarray,
+    valid: np.ndarray,
+    lab_ex: np.ndarray,
+    kinds: list[str],
+) -> None:
     """Draw example patches beside the UMAP, framed in their annotation's colour, with arrows.
 
     ``pts``: the examples' UMAP positions (``valid``: those that index a point); ``lab_ex``:
@@ -57,10 +65,18 @@ def _draw_insets(fig: Any, gs: Any, ax: Any, patches: np.ndarray, pts: np.ndarra
         axi.set_aspect("equal")
         if valid[j]:
             xa = 1.0 if col == 0 else 0.0
-            con = ConnectionPatch(xyA=(xa, 0.5), coordsA=axi.transAxes,
-                                  xyB=tuple(pts[j]), coordsB=ax.transData,
-                                  color="black", lw=0.8, alpha=0.7,
-                                  arrowstyle="-|>", mutation_scale=8, shrinkB=4)
+            con = ConnectionPatch(
+                xyA=(xa, 0.5),
+                coordsA=axi.transAxes,
+                xyB=tuple(pts[j]),
+                coordsB=ax.transData,
+                color="black",
+                lw=0.8,
+                alpha=0.7,
+                arrowstyle="-|>",
+                mutation_scale=8,
+                shrinkB=4,
+            )
             fig.add_artist(con)
 
 
@@ -93,8 +109,13 @@ def plot_umap(
         Figure title.
     """
     xy = np.asarray(coords, dtype=float).reshape(-1, 2)
-    lab = np.asarray(["" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
-                      for v in np.asarray(labels, dtype=object).ravel()], dtype=object)
+    lab = np.asarray(
+        [
+            "" if (v is None or (isinstance(v, float) and np.isnan(v))) else str(v)
+            for v in np.asarray(labels, dtype=object).ravel()
+        ],
+        dtype=object,
+    )
     if len(lab) != len(xy):
         raise ValueError(f"{len(lab)} labels for {len(xy)} points")
     ex = examples.head(4).reset_index(drop=True) if examples is not None else None
@@ -114,10 +135,20 @@ def plot_umap(
         if key == "":
             mask = ~np.isin(lab, ANNOTATION_LABELS)
         if mask.any():
-            ax.scatter(xy[mask, 0], xy[mask, 1], s=size, c=colour, linewidths=0, alpha=0.7,
-                       rasterized=True)
-            handles.append(Line2D([], [], ls="", marker="o", color=colour, ms=6,
-                                  label=f"{name} ({int(mask.sum()):,})"))
+            ax.scatter(
+                xy[mask, 0], xy[mask, 1], s=size, c=colour, linewidths=0, alpha=0.7, rasterized=True
+            )
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="o",
+                    color=colour,
+                    ms=6,
+                    label=f"{name} ({int(mask.sum()):,})",
+                )
+            )
     if not n:
         _empty_note(ax, "no points")
     ax.set_xlabel("UMAP 1 (a.u.)")
@@ -125,24 +156,44 @@ def plot_umap(
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title)
     if handles:
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1),
-                  ncol=len(handles), frameon=False, title="annotation")
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1),
+            ncol=len(handles),
+            frameon=False,
+            title="annotation",
+        )
     if ex is not None and len(ex):
         idx = pd.to_numeric(ex["index"], errors="coerce").fillna(-1).astype(int).to_numpy()
         valid = (idx >= 0) & (idx < n)
         pts = np.full((len(ex), 2), np.nan)
         pts[valid] = xy[idx[valid]]
-        ax.scatter(pts[valid, 0], pts[valid, 1], s=60, facecolors="none", edgecolors="black",
-                   linewidths=1.4, zorder=5)
+        ax.scatter(
+            pts[valid, 0],
+            pts[valid, 1],
+            s=60,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.4,
+            zorder=5,
+        )
         kinds = ex["kind"].astype(str).tolist() if "kind" in ex else [""] * len(ex)
         if has_insets:
-            lab_ex = np.asarray([lab[i] if ok else "" for i, ok in zip(idx, valid, strict=True)], dtype=object)
+            lab_ex = np.asarray(
+                [lab[i] if ok else "" for i, ok in zip(idx, valid, strict=True)], dtype=object
+            )
             _draw_insets(fig, gs, ax, patches, pts, valid, lab_ex, kinds)
         else:
             for j in np.flatnonzero(valid):
-                ax.annotate(kinds[j], pts[j], xytext=(6, 6), textcoords="offset points",
-                            fontsize=8, bbox={"facecolor": "white", "alpha": 0.8,
-                                              "edgecolor": "none", "pad": 1})
+                ax.annotate(
+                    kinds[j],
+                    pts[j],
+                    xytext=(6, 6),
+                    textcoords="offset points",
+                    fontsize=8,
+                    bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1},
+                )
     _save_both(fig, out_png)
 
 
@@ -226,8 +277,9 @@ def plot_ig_overlays(
         _empty_note(fig.add_subplot(gs[:, :]), "no patches")
     else:
         sm = plt.cm.ScalarMappable(norm=Normalize(0, 1), cmap=red)
-        cb = fig.colorbar(sm, ax=all_axes, location="right", shrink=min(0.6, 0.9 / blocks),
-                          pad=0.02, aspect=15)
+        cb = fig.colorbar(
+            sm, ax=all_axes, location="right", shrink=min(0.6, 0.9 / blocks), pad=0.02, aspect=15
+        )
         cb.set_label("positive attribution\n(÷ patch 99th pct |IG|)", fontsize=8)
     unit = f"\npredicted values: {units_label}" if units_label and vals is not None else ""
     fig.suptitle(f"Integrated gradients: {gene}{unit}")

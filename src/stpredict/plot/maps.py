@@ -61,8 +61,9 @@ def _spot_xy(adata: Any) -> np.ndarray:
     if "spatial" in adata.obsm:
         return np.asarray(adata.obsm["spatial"], dtype=float)[:, :2]
     if {"array_row", "array_col"} <= set(adata.obs.columns):
-        return np.column_stack([adata.obs["array_col"].to_numpy(float),
-                                adata.obs["array_row"].to_numpy(float)])
+        return np.column_stack(
+            [adata.obs["array_col"].to_numpy(float), adata.obs["array_row"].to_numpy(float)]
+        )
     return np.zeros((adata.n_obs, 2))
 
 
@@ -96,8 +97,7 @@ class _Section:
             self.um_per_px = float(mpp) / (scale if img is not None else 1.0) if mpp else None
         except (TypeError, ValueError):
             self.um_per_px = None
-        if self.um_per_px is not None and not (np.isfinite(self.um_per_px) and
-                                               self.um_per_px > 0):
+        if self.um_per_px is not None and not (np.isfinite(self.um_per_px) and self.um_per_px > 0):
             self.um_per_px = None
 
     @property
@@ -168,8 +168,9 @@ class _Section:
         """Circles of the spot diameter (data units) at the spots selected by ``mask``."""
         xy = self.pxy if mask is None else self.pxy[mask]
         d = np.full(len(xy), self.diameter)
-        coll = EllipseCollection(d, d, np.zeros(len(xy)), units="xy", offsets=xy,
-                                 offset_transform=ax.transData, **kw)
+        coll = EllipseCollection(
+            d, d, np.zeros(len(xy)), units="xy", offsets=xy, offset_transform=ax.transData, **kw
+        )
         ax.add_collection(coll, autolim=False)
         return coll
 
@@ -182,9 +183,18 @@ def _scalebar(ax: Any, um_per_px: float, width_px: float) -> None:
     label = f"{length / 1000:g} mm" if length >= 1000 else f"{length:g} µm"
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-    bar = AnchoredSizeBar(ax.transData, length / um_per_px, label, "lower right", pad=0.3,
-                          sep=2, frameon=False, size_vertical=0, color="black",
-                          fontproperties={"size": 8})
+    bar = AnchoredSizeBar(
+        ax.transData,
+        length / um_per_px,
+        label,
+        "lower right",
+        pad=0.3,
+        sep=2,
+        frameon=False,
+        size_vertical=0,
+        color="black",
+        fontproperties={"size": 8},
+    )
     ax.add_artist(bar)
 
 
@@ -215,23 +225,30 @@ def plot_dataset_stats(spots: pd.DataFrame, out_png: PathLike) -> None:
     df["keep"] = df["keep"].fillna(False).astype(bool) if "keep" in df else True
     for col in ("sample_id", "patient_id", "platform"):
         df[col] = df[col].astype(str)
-    order = (df[["patient_id", "sample_id"]].drop_duplicates()
-             .sort_values(["patient_id", "sample_id"],
-                          key=lambda s: s.map(_natural_key)))
+    order = (
+        df[["patient_id", "sample_id"]]
+        .drop_duplicates()
+        .sort_values(["patient_id", "sample_id"], key=lambda s: s.map(_natural_key))
+    )
     sections = order["sample_id"].tolist()
     n = len(sections)
     pos = np.arange(n)
     platforms = sorted(df["platform"].unique())
     palette = ["#8dd3c7", "#bebada", "#b3de69", "#fccde5", "#d9d9d9", "#ffffb3"]
-    pcol = {p: (palette[i % len(palette)] if len(platforms) > 1 else "#b8c9dc")
-            for i, p in enumerate(platforms)}
+    pcol = {
+        p: (palette[i % len(palette)] if len(platforms) > 1 else "#b8c9dc")
+        for i, p in enumerate(platforms)
+    }
 
     width = float(np.clip(0.24 * n + 2.5, 6.5, 24))
-    fig, axes = plt.subplots(3, 1, figsize=(width, 8.2), sharex=True, layout="constrained",
-                             height_ratios=[1, 1, 1.1])
+    fig, axes = plt.subplots(
+        3, 1, figsize=(width, 8.2), sharex=True, layout="constrained", height_ratios=[1, 1, 1.1]
+    )
     n_kept_total = int(df["keep"].sum())
-    fig.suptitle(f"Dataset: {n} sections, {df['patient_id'].nunique()} patients, "
-                 f"{n_kept_total:,} of {len(df):,} spots kept")
+    fig.suptitle(
+        f"Dataset: {n} sections, {df['patient_id'].nunique()} patients, "
+        f"{n_kept_total:,} of {len(df):,} spots kept"
+    )
     grouped = {sid: g for sid, g in df.groupby("sample_id", sort=False)}
 
     ax = axes[0]
@@ -249,8 +266,11 @@ def plot_dataset_stats(spots: pd.DataFrame, out_png: PathLike) -> None:
         for i, s in enumerate(sections):
             g = grouped[s]
             g = g[g["keep"]] if g["keep"].any() else g.iloc[:0]
-            v = _finite(pd.to_numeric(g[column], errors="coerce")) if column in g else (
-                np.array([]))
+            v = (
+                _finite(pd.to_numeric(g[column], errors="coerce"))
+                if column in g
+                else (np.array([]))
+            )
             if positive:
                 v = v[v > 0]
             if v.size:
@@ -260,9 +280,15 @@ def plot_dataset_stats(spots: pd.DataFrame, out_png: PathLike) -> None:
         if not data:
             _empty_note(axb, f"no '{column}' values")
             return
-        bp = axb.boxplot(data, positions=where, widths=bw * 0.8, whis=(5, 95),
-                         showfliers=False, patch_artist=True,
-                         medianprops={"color": "black", "linewidth": 1.2})
+        bp = axb.boxplot(
+            data,
+            positions=where,
+            widths=bw * 0.8,
+            whis=(5, 95),
+            showfliers=False,
+            patch_artist=True,
+            medianprops={"color": "black", "linewidth": 1.2},
+        )
         for patch, c in zip(bp["boxes"], colours, strict=True):
             patch.set_facecolor(c)
             patch.set_alpha(0.85)
@@ -276,9 +302,13 @@ def plot_dataset_stats(spots: pd.DataFrame, out_png: PathLike) -> None:
     axes[2].set_ylabel("UMI per spot\n(count, log scale)")
     axes[2].set_title("UMI per kept spot")
     if len(platforms) > 1:
-        axes[1].legend(handles=[Patch(color=pcol[p], label=p) for p in platforms],
-                       title="platform", loc="upper left", bbox_to_anchor=(1.0, 1.0),
-                       frameon=False)
+        axes[1].legend(
+            handles=[Patch(color=pcol[p], label=p) for p in platforms],
+            title="platform",
+            loc="upper left",
+            bbox_to_anchor=(1.0, 1.0),
+            frameon=False,
+        )
     patients = order["patient_id"].to_numpy()
     for ax in axes:
         for i in range(1, n):  # separate patients
@@ -336,8 +366,9 @@ def plot_expression_maps(
         raise ValueError("plot_expression_maps needs at least one section and one gene")
     panel_w = 3.0
     heights = [panel_w * s.aspect for s, _, _ in rows]
-    fig = plt.figure(figsize=(3 * panel_w + 1.6, sum(heights) + 0.45 * len(rows) + 0.3),
-                     layout="constrained")
+    fig = plt.figure(
+        figsize=(3 * panel_w + 1.6, sum(heights) + 0.45 * len(rows) + 0.3), layout="constrained"
+    )
     gs = fig.add_gridspec(len(rows), 3, height_ratios=heights)
     cm = _cmap(cmap)
     for r, (sec, title, gene) in enumerate(rows):
@@ -352,11 +383,22 @@ def plot_expression_maps(
         tumour = ann == TUMOR
         if sec.outline(ax_he, tumour, colors="black", linewidths=1.3):
             n_normal = int((ann == NORMAL).sum())
-            ax_he.legend(handles=[Line2D([], [], color="black", lw=1.3,
-                                         label=f"tumour annotation ({int(tumour.sum())} "
-                                               f"spots; {n_normal} normal)")],
-                         loc="upper center", bbox_to_anchor=(0.5, 0.0), frameon=False,
-                         borderaxespad=0.1, handlelength=1.5)
+            ax_he.legend(
+                handles=[
+                    Line2D(
+                        [],
+                        [],
+                        color="black",
+                        lw=1.3,
+                        label=f"tumour annotation ({int(tumour.sum())} spots; {n_normal} normal)",
+                    )
+                ],
+                loc="upper center",
+                bbox_to_anchor=(0.5, 0.0),
+                frameon=False,
+                borderaxespad=0.1,
+                handlelength=1.5,
+            )
         measured = _column(sec.adata, gene)
         predicted = _column(sec.adata, gene, "predicted")
         if measured is None:
@@ -367,7 +409,7 @@ def plot_expression_maps(
             ax_p.set_title(f"{gene}: predicted")
             continue
         fin = _finite(measured)
-        lo, hi = (np.percentile(fin, [1, 99]) if fin.size else (0.0, 1.0))
+        lo, hi = np.percentile(fin, [1, 99]) if fin.size else (0.0, 1.0)
         if not hi > lo:
             lo, hi = lo - 0.5, hi + 0.5
         norm = Normalize(vmin=float(lo), vmax=float(hi))
@@ -379,13 +421,18 @@ def plot_expression_maps(
                 continue
             coll = sec.spots(ax, cmap=cm, norm=norm, linewidths=0)
             coll.set_array(np.ma.masked_invalid(values))
-        r_val = float(pearson_columns(measured, predicted)[0]) if predicted is not None else float("nan")
+        r_val = (
+            float(pearson_columns(measured, predicted)[0])
+            if predicted is not None
+            else float("nan")
+        )
         r_txt = f"r = {r_val:.2f}" if np.isfinite(r_val) else "r = n/a"
         ax_m.set_title(f"{gene}: measured")
         ax_p.set_title(f"{gene}: predicted, {r_txt}")
         sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)
-        cb = fig.colorbar(sm, ax=[ax_m, ax_p], location="right", shrink=0.85, pad=0.02,
-                          extend="both")
+        cb = fig.colorbar(
+            sm, ax=[ax_m, ax_p], location="right", shrink=0.85, pad=0.02, extend="both"
+        )
         cb.set_label(f"{gene}\n{units_label}", fontsize=8)
         cb.ax.tick_params(labelsize=8)
     _save_both(fig, out_png)
@@ -409,8 +456,11 @@ def plot_cluster_maps(adata: Any, out_png: PathLike, title: str | None = None) -
     from stpredict.ingest.section import sample_id_of
 
     def labels(col: str) -> np.ndarray:
-        s = adata.obs[col].astype(object) if col in adata.obs else pd.Series(
-            [""] * adata.n_obs, dtype=object)
+        s = (
+            adata.obs[col].astype(object)
+            if col in adata.obs
+            else pd.Series([""] * adata.n_obs, dtype=object)
+        )
         out = s.fillna("").astype(str).to_numpy()
         out[np.isin(out, ["nan", "None"])] = ""
         return out
@@ -423,21 +473,29 @@ def plot_cluster_maps(adata: Any, out_png: PathLike, title: str | None = None) -
     acc = float(np.mean(true[both] == pred[both])) if both.any() else float("nan")
     sec = _Section(adata)
     w = 4.2
-    fig, axes = plt.subplots(1, 2, figsize=(2 * w + 1.6, w * sec.aspect + 0.9),
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        1, 2, figsize=(2 * w + 1.6, w * sec.aspect + 0.9), layout="constrained"
+    )
     for ax, lab, name in ((axes[0], true, "measured"), (axes[1], pred, "predicted")):
         sec.axes(ax, faded=True, scalebar=(ax is axes[0]))
         if adata.n_obs:
             sec.spots(ax, facecolors=[colours[v] for v in lab], linewidths=0)
         ax.set_title(f"{name} clusters")
-    handles = [Line2D([], [], ls="", marker="o", ms=7, color=colours[c], label=str(c))
-               for c in cats]
+    handles = [
+        Line2D([], [], ls="", marker="o", ms=7, color=colours[c], label=str(c)) for c in cats
+    ]
     if ((true == "") | (pred == "")).any():
-        handles.append(Line2D([], [], ls="", marker="o", ms=7, color=colours[""],
-                              label="unassigned"))
+        handles.append(
+            Line2D([], [], ls="", marker="o", ms=7, color=colours[""], label="unassigned")
+        )
     if handles:
-        fig.legend(handles=handles, loc="outside right upper", title="cluster", frameon=False,
-                   ncol=1 if len(handles) <= 16 else 2)
+        fig.legend(
+            handles=handles,
+            loc="outside right upper",
+            title="cluster",
+            frameon=False,
+            ncol=1 if len(handles) <= 16 else 2,
+        )
     name = title or sample_id_of(adata) or "section"
     acc_txt = f"accuracy {acc:.1%}" if np.isfinite(acc) else "accuracy n/a"
     fig.suptitle(f"{name}: clusters ({acc_txt}, {int(both.sum()):,} spots)")

@@ -77,13 +77,18 @@ def plot_section_qc(
     sid = sample_id_of(adata)
     umi, genes = spot_totals(adata)
     log_umi = np.log10(umi + 1)
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64) if "spatial" in adata.obsm else (
-        np.zeros((adata.n_obs, 2)))
+    xy = (
+        np.asarray(adata.obsm["spatial"], dtype=np.float64)
+        if "spatial" in adata.obsm
+        else (np.zeros((adata.n_obs, 2)))
+    )
     img, scale = section_background(adata, max_size)
     pxy = xy * scale
     qc = adata.uns.get("qc", {})
-    flags = {c: (adata.obs[c].to_numpy(dtype=bool) if c in adata.obs else np.ones(adata.n_obs, bool))
-             for c in (*_REASONS, "keep")}
+    flags = {
+        c: (adata.obs[c].to_numpy(dtype=bool) if c in adata.obs else np.ones(adata.n_obs, bool))
+        for c in (*_REASONS, "keep")
+    }
     spot_s = float(np.clip(30000.0 / max(adata.n_obs, 1), 4, 60))
 
     fig = plt.figure(figsize=(16, 8.5), layout="constrained")
@@ -93,8 +98,9 @@ def plot_section_qc(
 
     ax = fig.add_subplot(gs[:, 0])
     _spatial_axes(ax, img, pxy)
-    sc = ax.scatter(pxy[:, 0], pxy[:, 1], c=log_umi, s=spot_s, cmap="viridis", alpha=0.85,
-                    linewidths=0)
+    sc = ax.scatter(
+        pxy[:, 0], pxy[:, 1], c=log_umi, s=spot_s, cmap="viridis", alpha=0.85, linewidths=0
+    )
     cb = fig.colorbar(sc, ax=ax, shrink=0.6, location="bottom", pad=0.02)
     cb.set_label("UMI per spot (log10)")
     ax.set_title(f"{sid}: total UMI per spot")
@@ -102,14 +108,29 @@ def plot_section_qc(
     ax = fig.add_subplot(gs[:, 1])
     _spatial_axes(ax, img, pxy)
     keep = flags["keep"]
-    ax.scatter(pxy[keep, 0], pxy[keep, 1], s=spot_s, facecolors="none", edgecolors="#2ca02c",
-               linewidths=0.5, alpha=0.6, label=f"kept ({int(keep.sum()):,})")
+    ax.scatter(
+        pxy[keep, 0],
+        pxy[keep, 1],
+        s=spot_s,
+        facecolors="none",
+        edgecolors="#2ca02c",
+        linewidths=0.5,
+        alpha=0.6,
+        label=f"kept ({int(keep.sum()):,})",
+    )
     for col, (label, marker, colour) in _REASONS.items():
         bad = ~flags[col]
         if bad.any():
             kw = {"facecolors": "none", "edgecolors": colour} if marker == "s" else {"c": colour}
-            ax.scatter(pxy[bad, 0], pxy[bad, 1], s=spot_s * 1.5, marker=marker, linewidths=1.0,
-                       label=f"{label} ({int(bad.sum()):,})", **kw)
+            ax.scatter(
+                pxy[bad, 0],
+                pxy[bad, 1],
+                s=spot_s * 1.5,
+                marker=marker,
+                linewidths=1.0,
+                label=f"{label} ({int(bad.sum()):,})",
+                **kw,
+            )
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=2, fontsize=9, frameon=False)
     ax.set_title(f"{sid}: spots failing QC, by reason")
 
@@ -124,10 +145,20 @@ def plot_section_qc(
 
     min_umi = float(qc.get("min_umi", 0) or 0)
     min_genes = float(qc.get("min_genes", 0) or 0)
-    hist(fig.add_subplot(gs[0, 2]), log_umi, "UMI per spot (log10)",
-         np.log10(min_umi) if min_umi > 0 else None, f"min {min_umi:,.0f} UMI")
-    hist(fig.add_subplot(gs[1, 2]), genes.astype(float), "genes detected per spot (count > 0)",
-         min_genes if min_genes > 0 else None, f"min {min_genes:,.0f} genes")
+    hist(
+        fig.add_subplot(gs[0, 2]),
+        log_umi,
+        "UMI per spot (log10)",
+        np.log10(min_umi) if min_umi > 0 else None,
+        f"min {min_umi:,.0f} UMI",
+    )
+    hist(
+        fig.add_subplot(gs[1, 2]),
+        genes.astype(float),
+        "genes detected per spot (count > 0)",
+        min_genes if min_genes > 0 else None,
+        f"min {min_genes:,.0f} genes",
+    )
     axw = fig.add_subplot(gs[2, 2])
     if patches_tsv is not None and Path(patches_tsv).is_file():
         table = read_table(patches_tsv)
@@ -137,9 +168,13 @@ def plot_section_qc(
         if side.is_file():
             w = read_json(side).get("whiteness", {})
             cut, pct = float(w.get("max_white_frac", cut)), float(w.get("percentile", pct))
-        hist(axw, table["white_frac"].to_numpy(dtype=float),
-             f"white pixels per patch (fraction; > {pct:g}th-percentile RGB)", cut,
-             f"cut-off {cut:g} ({int(table['white'].astype(bool).sum()):,} white)")
+        hist(
+            axw,
+            table["white_frac"].to_numpy(dtype=float),
+            f"white pixels per patch (fraction; > {pct:g}th-percentile RGB)",
+            cut,
+            f"cut-off {cut:g} ({int(table['white'].astype(bool).sum()):,} white)",
+        )
     else:
         axw.text(0.5, 0.5, "no patch table", ha="center", va="center", transform=axw.transAxes)
         axw.set_axis_off()

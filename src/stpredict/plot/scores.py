@@ -107,32 +107,58 @@ def plot_consistency(
         _empty_note(ax, "no gene with a defined correlation")
     else:
         n_genes = int(cnn.sum())
-        ax.bar(k, cnn, width=0.85, color=_METHODS["cnn"][1], alpha=0.85,
-               label=f"CNN ({n_genes} genes)")
+        ax.bar(
+            k, cnn, width=0.85, color=_METHODS["cnn"][1], alpha=0.85, label=f"CNN ({n_genes} genes)"
+        )
         from scipy.stats import binom
 
         null = binom.pmf(k, n_units, 0.5) * n_genes
-        ax.plot(k, null, "o-", color="black", ms=4, lw=1.2,
-                label=f"null: Binomial({n_units}, 0.5) × {n_genes} genes")
+        ax.plot(
+            k,
+            null,
+            "o-",
+            color="black",
+            ms=4,
+            lw=1.2,
+            label=f"null: Binomial({n_units}, 0.5) × {n_genes} genes",
+        )
         for i, (name, df) in enumerate((methods or {}).items()):
             if name == "cnn":
                 continue
             c = counts(df)
             if c is None:
                 continue
-            ax.stairs(c, np.arange(n_units + 2) - 0.5, color=_method_colour(name, i), lw=1.6,
-                      label=f"{_method_label(name)} ({int(c.sum())} genes)")
+            ax.stairs(
+                c,
+                np.arange(n_units + 2) - 0.5,
+                color=_method_colour(name, i),
+                lw=1.6,
+                label=f"{_method_label(name)} ({int(c.sum())} genes)",
+            )
         sig = _pick_target(summary, target)
         if "significant" in sig and n_genes:
             n_sig = int(sig["significant"].fillna(False).astype(bool).sum())
-            ax.text(0.02, 0.97, f"Holm-adjusted p < 0.05: {n_sig} of {n_genes} genes",
-                    transform=ax.transAxes, va="top", ha="left", fontsize=8)
+            ax.text(
+                0.02,
+                0.97,
+                f"Holm-adjusted p < 0.05: {n_sig} of {n_genes} genes",
+                transform=ax.transAxes,
+                va="top",
+                ha="left",
+                fontsize=8,
+            )
         handles, labels = ax.get_legend_handles_labels()
-        rank = [0 if lab.startswith("CNN") else 2 if lab.startswith("null") else 1
-                for lab in labels]
+        rank = [
+            0 if lab.startswith("CNN") else 2 if lab.startswith("null") else 1 for lab in labels
+        ]
         order = sorted(range(len(labels)), key=lambda i: rank[i])  # CNN, baselines, null
-        ax.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left",
-                  bbox_to_anchor=(0.0, 0.9), frameon=False)
+        ax.legend(
+            [handles[i] for i in order],
+            [labels[i] for i in order],
+            loc="upper left",
+            bbox_to_anchor=(0.0, 0.9),
+            frameon=False,
+        )
         ax.set_ylim(0, max(float(cnn.max()), float(null.max())) * 1.35 + 0.5)
     ax.set_xlim(-0.7, n_units + 0.7)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(n_units + 1, 12)))
@@ -163,16 +189,31 @@ def plot_auroc_hist(per_gene: pd.DataFrame, out_png: PathLike, target: str = "ra
         df = df[df["stratum"] == "all"]
     if "target" in df:
         df = df[df["target"] == target]
-    med = (pd.to_numeric(df["auroc"], errors="coerce").groupby(df["gene"]).median()
-           if len(df) else pd.Series(dtype=float))
+    med = (
+        pd.to_numeric(df["auroc"], errors="coerce").groupby(df["gene"]).median()
+        if len(df)
+        else pd.Series(dtype=float)
+    )
     v = _finite(med)
     fig, ax = plt.subplots(figsize=(5.6, 4.0), layout="constrained")
     if v.size:
-        ax.hist(v, bins=np.linspace(0, 1, 41), color=_METHODS["cnn"][1], alpha=0.85,
-                edgecolor="white", linewidth=0.5)
-        ax.text(0.02, 0.97, f"{v.size} genes\nmedian AUROC {np.median(v):.2f}\n"
-                f"> 0.5: {int((v > 0.5).sum())} genes", transform=ax.transAxes, va="top",
-                ha="left", fontsize=8)
+        ax.hist(
+            v,
+            bins=np.linspace(0, 1, 41),
+            color=_METHODS["cnn"][1],
+            alpha=0.85,
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        ax.text(
+            0.02,
+            0.97,
+            f"{v.size} genes\nmedian AUROC {np.median(v):.2f}\n> 0.5: {int((v > 0.5).sum())} genes",
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+        )
     else:
         _empty_note(ax, "no gene with a defined AUROC")
     ax.axvline(0.5, color="black", ls="--", lw=1.2, label="chance (0.5)")
@@ -232,8 +273,13 @@ def plot_method_scatter(
     n = max(len(order), 1)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.5 * ncols + 0.3, 3.6 * nrows + 0.3),
-                             layout="constrained", squeeze=False)
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(3.5 * ncols + 0.3, 3.6 * nrows + 0.3),
+        layout="constrained",
+        squeeze=False,
+    )
     counts: dict[str, tuple[int, int]] = {}
     for ax in axes.ravel()[n:]:
         ax.set_visible(False)
@@ -283,8 +329,17 @@ def plot_method_scatter(
             ax.set_xlabel(f"{label}: median RMSE{unit}")
             ax.set_ylabel(f"CNN: median RMSE{unit}")
             txt = f"CNN lower RMSE (better)\nfor {better} of {int(ok.sum())} genes"
-        ax.text(0.03, 0.97, txt, transform=ax.transAxes, va="top", ha="left", fontsize=8,
-                color=_METHODS["cnn"][1], bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5})
+        ax.text(
+            0.03,
+            0.97,
+            txt,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+            color=_METHODS["cnn"][1],
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1.5},
+        )
         ax.set_title(f"CNN vs {label}")
     fig.suptitle(f"Per-gene comparison ({target} targets)")
     _save_both(fig, out_png)
@@ -340,13 +395,23 @@ def plot_confusion(confusion: pd.DataFrame, out_png: PathLike, normalise: bool =
                     txt = f"{int(counts[i, j]):,}"
                     if normalise and max(nr, nc) <= 8 and np.isfinite(v):
                         txt += f"\n{v:.0%}"
-                    ax.text(j, i, txt, ha="center", va="center", fontsize=fs,
-                            color="white" if dark else "black")
+                    ax.text(
+                        j,
+                        i,
+                        txt,
+                        ha="center",
+                        va="center",
+                        fontsize=fs,
+                        color="white" if dark else "black",
+                    )
     else:
         _empty_note(ax, "empty confusion matrix")
     ax.set_xticks(np.arange(nc))
-    ax.set_xticklabels([str(c) for c in cm.columns], rotation=45 if nc > 6 else 0,
-                       ha="right" if nc > 6 else "center")
+    ax.set_xticklabels(
+        [str(c) for c in cm.columns],
+        rotation=45 if nc > 6 else 0,
+        ha="right" if nc > 6 else "center",
+    )
     ax.set_yticks(np.arange(nr))
     ax.set_yticklabels([str(r) for r in cm.index])
     ax.set_xlabel("predicted cluster")
@@ -405,8 +470,15 @@ def plot_loss_curves(
             ok = np.isfinite(ep) & np.isfinite(y)
             if not ok.any():
                 continue
-            ax.plot(ep[ok], y[ok], ls=ls, color=colour, lw=1.4,
-                    marker="o" if ok.sum() <= 30 else None, ms=3)
+            ax.plot(
+                ep[ok],
+                y[ok],
+                ls=ls,
+                color=colour,
+                lw=1.4,
+                marker="o" if ok.sum() <= 30 else None,
+                ms=3,
+            )
             all_loss.append(y[ok])
             drawn = True
         if drawn:
@@ -418,18 +490,30 @@ def plot_loss_curves(
         _log_axis(ax.yaxis)
     if not vals.size:
         _empty_note(ax, "no finite losses")
-    style = [Line2D([], [], color="black", lw=1.4, ls="-", label="training"),
-             Line2D([], [], color="black", lw=1.4, ls="--", label="validation")]
+    style = [
+        Line2D([], [], color="black", lw=1.4, ls="-", label="training"),
+        Line2D([], [], color="black", lw=1.4, ls="--", label="validation"),
+    ]
     title = "Training curves"
     if nf > 8:
         ax.legend(handles=style, loc="upper right", frameon=False)
         title += f" ({nf} folds, one colour each)"
     elif nf > 4:
-        ax.legend(handles=style + fold_handles, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-                  frameon=False, title="fold / split")
+        ax.legend(
+            handles=style + fold_handles,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            frameon=False,
+            title="fold / split",
+        )
     elif fold_handles:
-        ax.legend(handles=style + fold_handles, loc="upper right", frameon=False,
-                  ncol=1, title="fold / split")
+        ax.legend(
+            handles=style + fold_handles,
+            loc="upper right",
+            frameon=False,
+            ncol=1,
+            title="fold / split",
+        )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)

@@ -111,8 +111,16 @@ def _method_colour(method: str, i: int) -> str:
 
 
 def _empty_note(ax: Any, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=9,
-            color="#555555")
+    ax.text(
+        0.5,
+        0.5,
+        text,
+        ha="center",
+        va="center",
+        transform=ax.transAxes,
+        fontsize=9,
+        color="#555555",
+    )
     ax.set_xticks([])
     ax.set_yticks([])
 
@@ -122,7 +130,8 @@ def _log_axis(axis: Any) -> None:
     lo, hi = sorted(axis.get_view_interval())
     decades = math.log10(hi / lo) if lo > 0 and hi > lo else 1.0
     subs: tuple[float, ...] = (
-        tuple(range(1, 10)) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,))
+        tuple(range(1, 10)) if decades < 1.2 else (1.0, 2.0, 5.0) if decades < 4 else (1.0,)
+    )
     axis.set_major_locator(LogLocator(base=10, subs=subs))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.6g}"))
     axis.set_minor_formatter(NullFormatter())

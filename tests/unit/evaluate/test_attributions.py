@@ -35,8 +35,9 @@ def test_integrated_gradients_completeness():
     np.testing.assert_allclose(delta, attr.sum(axis=(1, 2)) - gap, atol=1e-4)
     assert np.all(np.abs(delta) < 0.05 * np.abs(gap))
 
-    black = integrated_gradients(model, patches[:1], target=0, n_steps=8, baseline="black",
-                                 device="cpu")
+    black = integrated_gradients(
+        model, patches[:1], target=0, n_steps=8, baseline="black", device="cpu"
+    )
     assert black.shape == (1, 32, 32)
     with pytest.raises(StpredictError):
         integrated_gradients(model, patches, target=3)

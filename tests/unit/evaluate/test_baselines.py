@@ -16,7 +16,9 @@ from stpredict.learn.targets import GeneSelector, make_transform
 GENES = [f"G{i}" for i in range(6)]
 
 
-def section(sample: str, patient: str, n_side: int = 6, seed: int = 0, annotate: bool = True) -> ad.AnnData:
+def section(
+    sample: str, patient: str, n_side: int = 6, seed: int = 0, annotate: bool = True
+) -> ad.AnnData:
     rng = np.random.default_rng(seed)
     rows, cols = np.divmod(np.arange(n_side * n_side), n_side)
     tumour = cols >= n_side // 2
@@ -42,7 +44,9 @@ def manifest(sections: dict[str, ad.AnnData]) -> pd.DataFrame:
         for s in samples:
             for i, spot in enumerate(sections[s].obs_names):
                 role = "test" if s == test else ("val" if i % 5 == 0 else "train")
-                rows.append({"sample_id": s, "spot_id": spot, "patient_id": s, "fold": str(k), "role": role})
+                rows.append(
+                    {"sample_id": s, "spot_id": spot, "patient_id": s, "fold": str(k), "role": role}
+                )
     return pd.DataFrame(rows)
 
 
@@ -54,8 +58,16 @@ def fitted_files(tmp_path, sections, man) -> dict[str, str]:
         sel = GeneSelector(mode="top_mean", n=6).fit(ads)
         tr = make_transform("log1p_normalized", genes=list(sel.genes_)).fit(ads)
         path = tmp_path / f"fitted_{fold}.json"
-        path.write_text(json.dumps({"task": "regression", "genes": sel.to_dict(), "transform": tr.to_dict(),
-                                    "transform_name": "log1p"}))
+        path.write_text(
+            json.dumps(
+                {
+                    "task": "regression",
+                    "genes": sel.to_dict(),
+                    "transform": tr.to_dict(),
+                    "transform_name": "log1p",
+                }
+            )
+        )
         out[fold] = str(path)
     return out
 
@@ -76,17 +88,31 @@ def test_mean_uses_the_training_side_only(cohort):
 
     tr = from_dict(json.loads(Path(fitted["0"]).read_text())["transform"])
     side = man[(man["fold"] == "0") & (man["role"] != "test")]
-    expected = np.concatenate([tr.transform(sections[s][g["spot_id"].to_numpy()]) for s, g in side.groupby("sample_id")]).mean(0)
+    expected = np.concatenate(
+        [tr.transform(sections[s][g["spot_id"].to_numpy()]) for s, g in side.groupby("sample_id")]
+    ).mean(0)
     genes = list(out["S0"].var_names)
-    np.testing.assert_allclose(out["S0"].layers["predicted"][0], expected[[list(tr.genes).index(g) for g in genes]], rtol=1e-5)
+    np.testing.assert_allclose(
+        out["S0"].layers["predicted"][0],
+        expected[[list(tr.genes).index(g) for g in genes]],
+        rtol=1e-5,
+    )
     # measured values are the fold's transform of the test spots
-    np.testing.assert_allclose(out["S0"].X, tr.transform(sections["S0"])[:, [list(tr.genes).index(g) for g in genes]], rtol=1e-5)
+    np.testing.assert_allclose(
+        out["S0"].X,
+        tr.transform(sections["S0"])[:, [list(tr.genes).index(g) for g in genes]],
+        rtol=1e-5,
+    )
     assert set(out) == {"S0", "S1", "S2"} and all(a.n_obs == 36 for a in out.values())
 
 
 def test_labels_baseline_predicts_the_class_means(cohort):
     sections, man, fitted = cohort
-    (a,) = [x for x in run_baseline("labels", man, sections, fitted) if x.obs["sample_id"].iloc[0] == "S1"]
+    (a,) = [
+        x
+        for x in run_baseline("labels", man, sections, fitted)
+        if x.obs["sample_id"].iloc[0] == "S1"
+    ]
     tum = a.obs["annotation"].to_numpy() == "tumor"
     g0 = list(a.var_names).index("G0")
     # G0 is a tumour gene: predicted higher in tumour spots, constant within a class
@@ -104,14 +130,24 @@ def test_labels_without_annotations_is_a_clear_error(tmp_path):
 
 def test_neighbours_oracle_is_the_mean_of_adjacent_spots(cohort):
     sections, man, fitted = cohort
-    (a,) = [x for x in run_baseline("neighbours", man, sections, fitted, platforms={"S0": "st", "S1": "st", "S2": "st"})
-            if x.obs["sample_id"].iloc[0] == "S2"]
-    pos = {(r, c): i for i, (r, c) in enumerate(zip(a.obs["array_row"], a.obs["array_col"], strict=True))}
+    (a,) = [
+        x
+        for x in run_baseline(
+            "neighbours", man, sections, fitted, platforms={"S0": "st", "S1": "st", "S2": "st"}
+        )
+        if x.obs["sample_id"].iloc[0] == "S2"
+    ]
+    pos = {
+        (r, c): i
+        for i, (r, c) in enumerate(zip(a.obs["array_row"], a.obs["array_col"], strict=True))
+    }
     i = pos[(2, 2)]
     nb = [pos[(1, 2)], pos[(3, 2)], pos[(2, 1)], pos[(2, 3)]]
     np.testing.assert_allclose(a.layers["predicted"][i], a.X[nb].mean(0), rtol=1e-6)
     corner = pos[(0, 0)]
-    np.testing.assert_allclose(a.layers["predicted"][corner], a.X[[pos[(1, 0)], pos[(0, 1)]]].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        a.layers["predicted"][corner], a.X[[pos[(1, 0)], pos[(0, 1)]]].mean(0), rtol=1e-6
+    )
 
 
 def test_random_forest_baselines_learn_from_features(cohort):
@@ -120,13 +156,29 @@ def test_random_forest_baselines_learn_from_features(cohort):
     for s, a in sections.items():
         tum = (a.obs["annotation"] == "tumor").to_numpy(float)
         rng = np.random.default_rng(len(features))
-        features[s] = pd.DataFrame({"f0": tum + rng.normal(0, 0.1, a.n_obs), "f1": rng.normal(size=a.n_obs)},
-                                   index=a.obs_names)
+        features[s] = pd.DataFrame(
+            {"f0": tum + rng.normal(0, 0.1, a.n_obs), "f1": rng.normal(size=a.n_obs)},
+            index=a.obs_names,
+        )
     for method in ("nuclear_rf", "nmf_rf"):
-        outs = run_baseline(method, man, sections, fitted, features=features,
-                            params={"n_estimators": 20, "n_factors": 3}, seed=1)
-        again = run_baseline(method, man, sections, fitted, features=features,
-                             params={"n_estimators": 20, "n_factors": 3}, seed=1)
+        outs = run_baseline(
+            method,
+            man,
+            sections,
+            fitted,
+            features=features,
+            params={"n_estimators": 20, "n_factors": 3},
+            seed=1,
+        )
+        again = run_baseline(
+            method,
+            man,
+            sections,
+            fitted,
+            features=features,
+            params={"n_estimators": 20, "n_factors": 3},
+            seed=1,
+        )
         for a, b in zip(outs, again, strict=True):
             np.testing.assert_array_equal(a.layers["predicted"], b.layers["predicted"])
         a = outs[0]
@@ -149,14 +201,21 @@ def within_section_manifest(sections: dict[str, ad.AnnData], n_folds: int = 5) -
     """DeepSpaCE-style random folds inside one section: test = every n_folds-th spot."""
     from stpredict.learn.splits import random_within_section
 
-    spots = pd.concat([pd.DataFrame({"sample_id": s, "spot_id": a.obs_names, "patient_id": s})
-                       for s, a in sections.items()])
+    spots = pd.concat(
+        [
+            pd.DataFrame({"sample_id": s, "spot_id": a.obs_names, "patient_id": s})
+            for s, a in sections.items()
+        ]
+    )
     return random_within_section(spots, n_folds=n_folds, val_frac=0.2, seed=3)
 
 
 def test_neighbours_oracle_under_within_section_split_uses_all_neighbours(tmp_path):
     """Under a random within-section split most neighbours of a test spot are training spots."""
-    sections = {"S0": section("S0", "S0", n_side=8, seed=5), "S1": section("S1", "S1", n_side=8, seed=6)}
+    sections = {
+        "S0": section("S0", "S0", n_side=8, seed=5),
+        "S1": section("S1", "S1", n_side=8, seed=6),
+    }
     man = within_section_manifest(sections)
     fitted = fitted_files(tmp_path, sections, man)
     outs = run_baseline("neighbours", man, sections, fitted, platforms={"S0": "st", "S1": "st"})
@@ -164,7 +223,10 @@ def test_neighbours_oracle_under_within_section_split_uses_all_neighbours(tmp_pa
     from stpredict.learn.targets import from_dict
 
     full = sections["S0"]
-    pos = {(r, c): i for i, (r, c) in enumerate(zip(full.obs["array_row"], full.obs["array_col"], strict=True))}
+    pos = {
+        (r, c): i
+        for i, (r, c) in enumerate(zip(full.obs["array_row"], full.obs["array_col"], strict=True))
+    }
     n_checked = 0
     for fold in sorted(man["fold"].unique()):
         tr = from_dict(json.loads(Path(fitted[fold]).read_text())["transform"])
@@ -194,7 +256,9 @@ def test_smoothed_measurements_come_from_the_whole_section(tmp_path):
     full = sections["S0"]
     for fold in sorted(man["fold"].unique()):
         tr = from_dict(json.loads(Path(fitted[fold]).read_text())["transform"])
-        sm = smooth_measurements(tr.transform(full), full.obs["array_row"], full.obs["array_col"], "st")
+        sm = smooth_measurements(
+            tr.transform(full), full.obs["array_row"], full.obs["array_col"], "st"
+        )
         sel = a.obs["fold"].to_numpy() == fold
         rows = full.obs_names.get_indexer(a.obs_names[sel])
         cols = [list(tr.genes).index(g) for g in a.var_names]

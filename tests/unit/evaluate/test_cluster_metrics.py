@@ -127,8 +127,9 @@ def test_class_absent_from_truth_gives_nan_auroc_and_is_not_averaged():
     assert df.loc["7", "support"] == 0 and df.loc["7", "n_pred"] >= 5
     assert df.loc["7", "precision"] == 0.0  # all its predictions are wrong
     assert df.loc["7", "recall"] == 0.0  # zero_division=0
-    exp = np.mean([roc_auc_score(np.asarray(y) == c, proba[:, j]) for j, c in enumerate(classes)
-                   if c != "7"])
+    exp = np.mean(
+        [roc_auc_score(np.asarray(y) == c, proba[:, j]) for j, c in enumerate(classes) if c != "7"]
+    )
     assert df.loc["macro", "auroc"] == pytest.approx(exp)
     # macro F1 over active classes = sklearn's default labels (union of true and predicted)
     f1 = precision_recall_fscore_support(y, y_pred, average="macro", zero_division=0)[2]
@@ -165,8 +166,9 @@ def test_confusion_table_hand_example_and_normalize():
     assert tab.index.name == "true" and tab.columns.name == "predicted"
     assert list(tab.index) == HAND_CLASSES and list(tab.columns) == HAND_CLASSES
     norm = confusion_table(HAND_TRUE, HAND_PRED, HAND_CLASSES + ["d"], normalize=True)
-    np.testing.assert_allclose(norm.loc[HAND_CLASSES, HAND_CLASSES].to_numpy(),
-                               exp / exp.sum(1, keepdims=True))
+    np.testing.assert_allclose(
+        norm.loc[HAND_CLASSES, HAND_CLASSES].to_numpy(), exp / exp.sum(1, keepdims=True)
+    )
     assert norm.loc["d"].isna().all()
 
 
@@ -174,8 +176,14 @@ def test_gapped_string_labels_and_integer_labels():
     classes = ["1", "3", "7"]
     y_int = [1, 1, 3, 7, 7, 3]
     proba = np.array(
-        [[0.8, 0.1, 0.1], [0.4, 0.5, 0.1], [0.1, 0.8, 0.1],
-         [0.1, 0.1, 0.8], [0.2, 0.2, 0.6], [0.7, 0.2, 0.1]]
+        [
+            [0.8, 0.1, 0.1],
+            [0.4, 0.5, 0.1],
+            [0.1, 0.8, 0.1],
+            [0.1, 0.1, 0.8],
+            [0.2, 0.2, 0.6],
+            [0.7, 0.2, 0.1],
+        ]
     )
     df = cluster_metrics(y_int, proba, classes).set_index("class")
     assert list(df.index[:3]) == classes
@@ -187,8 +195,7 @@ def test_gapped_string_labels_and_integer_labels():
 def _cluster_adata(sample, patient, y_true, proba, classes):
     n = len(y_true)
     obs = pd.DataFrame(
-        {"sample_id": sample, "patient_id": patient, "fold": "0",
-         "cluster_true": list(y_true)},
+        {"sample_id": sample, "patient_id": patient, "fold": "0", "cluster_true": list(y_true)},
         index=[f"s{i}" for i in range(n)],
     )
     lut = {c: j for j, c in enumerate(classes)}

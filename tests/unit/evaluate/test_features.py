@@ -32,8 +32,11 @@ def test_region_stats_match_regionprops():
     lab = label(rng.random((60, 60)) > 0.7)
     rgb = rng.integers(0, 256, (60, 60, 3), dtype=np.uint8)
     mine = _region_stats(lab, rgb)
-    ref = regionprops_table(lab, intensity_image=rgb, properties=(
-        "area", "centroid", "axis_major_length", "axis_minor_length", "intensity_mean"))
+    ref = regionprops_table(
+        lab,
+        intensity_image=rgb,
+        properties=("area", "centroid", "axis_major_length", "axis_minor_length", "intensity_mean"),
+    )
     np.testing.assert_allclose(mine["area"], ref["area"])
     np.testing.assert_allclose(mine["row"], ref["centroid-0"])
     np.testing.assert_allclose(mine["major"], ref["axis_major_length"], atol=1e-6)
@@ -59,7 +62,9 @@ def test_delaunay_distances_of_a_square_with_centre():
     np.testing.assert_allclose(d[4], [np.sqrt(2)] * 3)
     # a corner: its two sides (2) and the centre (sqrt 2); a diagonal is never an edge here
     assert d[0, 0] == pytest.approx(2.0) and d[0, 2] == pytest.approx(np.sqrt(2))
-    assert np.isnan(_delaunay_distances(np.array([[0, 0], [1, 1], [2, 2]], float))).all()  # collinear
+    assert np.isnan(
+        _delaunay_distances(np.array([[0, 0], [1, 1], [2, 2]], float))
+    ).all()  # collinear
     assert _delaunay_distances(np.array([[0, 0], [3, 4]], float))[0, 1] == pytest.approx(5.0)
 
 
@@ -107,7 +112,9 @@ def test_nuclear_features_per_spot_from_a_tiff(tmp_path):
     path = tmp_path / "he.tif"
     tifffile.imwrite(path, img, tile=(128, 128))
     with open_image(path, sample="S1") as im:
-        table = nuclear_features(im, spots, crop_px=80, mpp=mpp, ids=["a", "b", "c"], progress=False)
+        table = nuclear_features(
+            im, spots, crop_px=80, mpp=mpp, ids=["a", "b", "c"], progress=False
+        )
     assert list(table.index) == ["a", "b", "c"]
     assert list(table.columns) == feature_names()
     assert table["n_nuclei"].tolist() == n_per_spot

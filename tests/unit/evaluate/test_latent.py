@@ -41,15 +41,25 @@ def _grid_adata(n_rows: int = 12, n_cols: int = 12, seed: int = 0) -> ad.AnnData
     field = np.sin(rr / 2.0) + np.cos(cc / 2.5)
     emb = np.column_stack([field, 0.5 * field**2]).astype(np.float32)
     n = rr.size
-    x = np.column_stack([
-        2.0 * field + rng.normal(0, 0.05, n),
-        -field + rng.normal(0, 0.05, n),
-        np.full(n, 3.0),  # constant gene
-    ]).astype(np.float32)
-    obs = pd.DataFrame({
-        "sample_id": "S1", "patient_id": "P1", "spot_id": [f"s{i}" for i in range(n)],
-        "array_row": rr, "array_col": cc, "annotation": "", "fold": 0,
-    }, index=[f"s{i}" for i in range(n)])
+    x = np.column_stack(
+        [
+            2.0 * field + rng.normal(0, 0.05, n),
+            -field + rng.normal(0, 0.05, n),
+            np.full(n, 3.0),  # constant gene
+        ]
+    ).astype(np.float32)
+    obs = pd.DataFrame(
+        {
+            "sample_id": "S1",
+            "patient_id": "P1",
+            "spot_id": [f"s{i}" for i in range(n)],
+            "array_row": rr,
+            "array_col": cc,
+            "annotation": "",
+            "fold": 0,
+        },
+        index=[f"s{i}" for i in range(n)],
+    )
     adata = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=["g1", "g2", "const"]))
     adata.layers["predicted"] = x.copy()
     adata.obsm["embedding"] = emb
@@ -78,8 +88,9 @@ def test_kmeans_purity_blobs_and_random():
 
 def _unit_adata(emb: np.ndarray, labels: np.ndarray) -> ad.AnnData:
     n = emb.shape[0]
-    obs = pd.DataFrame({"sample_id": "S", "annotation": labels,
-                        "array_row": np.arange(n), "array_col": 0})
+    obs = pd.DataFrame(
+        {"sample_id": "S", "annotation": labels, "array_row": np.arange(n), "array_col": 0}
+    )
     obs.index = obs.index.astype(str)
     adata = ad.AnnData(X=np.zeros((n, 1), dtype=np.float32), obs=obs)
     adata.obsm["embedding"] = emb
@@ -174,7 +185,10 @@ def test_typical_atypical_finds_mislabelled_point():
     assert np.isnan(share[12]) and share[5] == 0.0
     res = typical_atypical(emb, labels, k=10).set_index("kind")
     assert list(res.index) == [
-        "representative_tumor", "atypical_tumor", "representative_normal", "atypical_normal"
+        "representative_tumor",
+        "atypical_tumor",
+        "representative_normal",
+        "atypical_normal",
     ]
     assert res.loc["atypical_normal", "index"] == 5
     assert res.loc["atypical_normal", "share"] == 0.0
@@ -196,5 +210,3 @@ def test_umap_shape_and_determinism():
     assert small.shape == (3, 2) and np.isfinite(small).all()
     with pytest.raises(StpredictError, match="at least 3"):
         umap_embedding(emb[:2])
-
-

@@ -248,14 +248,25 @@ def test_summarise_undefined_units_are_trials_that_are_not_positive():
     assert not summ.loc["b", "significant"]
     ps = [stats.binomtest(k, 2, alternative="greater").pvalue for k in (2, 0, 1)]
     np.testing.assert_allclose(summ.loc[["a", "b", "c"], "p_binom"], ps)
-    np.testing.assert_allclose(summ.loc[["a", "b", "c"], "p_holm"], multipletests(ps, method="holm")[1])
-    np.testing.assert_allclose(summ.loc[["a", "b", "c"], "q_bh"], multipletests(ps, method="fdr_bh")[1])
+    np.testing.assert_allclose(
+        summ.loc[["a", "b", "c"], "p_holm"], multipletests(ps, method="holm")[1]
+    )
+    np.testing.assert_allclose(
+        summ.loc[["a", "b", "c"], "q_bh"], multipletests(ps, method="fdr_bh")[1]
+    )
     assert summ.loc["a", "n_positive"] == 2 and summ.loc["c", "n_positive"] == 1
 
 
 def test_summarise_gene_absent_from_every_unit_gets_nan_p():
-    per = pd.DataFrame({"gene": ["a", "a"], "unit": ["u1", "u2"], "target": "raw",
-                        "stratum": "tumor", "pearson": [0.5, 0.4]})
+    per = pd.DataFrame(
+        {
+            "gene": ["a", "a"],
+            "unit": ["u1", "u2"],
+            "target": "raw",
+            "stratum": "tumor",
+            "pearson": [0.5, 0.4],
+        }
+    )
     summ = summarise(per)
     assert summ.empty  # no stratum-"all" rows: nothing scored
 
@@ -269,8 +280,15 @@ def test_headline_significance_is_holm_not_bh():
         # 12 genes positive in all 16 units, 6 in 14 of 16, the rest at chance
         n_pos = 16 if i < 12 else 14 if i < 18 else int(rng.integers(5, 11))
         for u in range(16):
-            rows.append({"gene": g, "unit": f"u{u}", "target": "raw", "stratum": "all",
-                         "pearson": 0.3 if u < n_pos else -0.1})
+            rows.append(
+                {
+                    "gene": g,
+                    "unit": f"u{u}",
+                    "target": "raw",
+                    "stratum": "all",
+                    "pearson": 0.3 if u < n_pos else -0.1,
+                }
+            )
     summ = summarise(pd.DataFrame(rows))
     holm = multipletests(summ["p_binom"], method="holm")[1] < 0.05
     bh = multipletests(summ["p_binom"], method="fdr_bh")[1] < 0.05
@@ -306,8 +324,14 @@ def test_table1_order_and_columns():
         }
     )
     tab = table1(summ, n=2)
-    assert list(tab.columns) == ["gene", "median_r", "n_consistent", "n_units", "p_holm",
-                                 "median_r_smoothed"]
+    assert list(tab.columns) == [
+        "gene",
+        "median_r",
+        "n_consistent",
+        "n_units",
+        "p_holm",
+        "median_r_smoothed",
+    ]
     # ST-Net's Table 1 ranks by median r: c (0.9, only 3 consistent units) comes first
     assert tab["gene"].tolist() == ["c", "b"]
     assert tab["median_r_smoothed"].tolist() == [0.95, 0.6]
@@ -338,8 +362,10 @@ def test_score_folds_mean_and_sd_over_folds_of_a_section():
     per, folds = score_folds(adatas, {"S0": "st"})
     assert set(per["fold"]) == {"0", "1", "2"} and set(per["sample_id"]) == {"S0"}
     row = folds[(folds.target == "raw") & (folds.gene == "noisy")].iloc[0]
-    rs = [stats.pearsonr(a.X[a.obs["fold"] == f, 1], a.layers["predicted"][a.obs["fold"] == f, 1])[0]
-          for f in "012"]
+    rs = [
+        stats.pearsonr(a.X[a.obs["fold"] == f, 1], a.layers["predicted"][a.obs["fold"] == f, 1])[0]
+        for f in "012"
+    ]
     assert row["n_folds"] == 3
     assert row["mean_pearson"] == pytest.approx(np.mean(rs))
     assert row["sd_pearson"] == pytest.approx(np.std(rs, ddof=1))
@@ -347,7 +373,9 @@ def test_score_folds_mean_and_sd_over_folds_of_a_section():
 
 def test_smoothed_layer_is_used_when_present():
     a = _dataset()[0]
-    a.layers["measured_smoothed"] = a.layers["predicted"].copy()  # a smoothing that is the prediction
+    a.layers["measured_smoothed"] = a.layers[
+        "predicted"
+    ].copy()  # a smoothing that is the prediction
     per = score_units([a], "st", unit="sample_id", strata=False)
     sm = per[per.target == "smoothed"]
     assert np.allclose(sm["pearson"], 1.0)
@@ -379,4 +407,3 @@ def test_pearson_columns_is_the_per_gene_pearson_of_the_metrics():
     np.testing.assert_array_equal(r[~np.isnan(r)], per_gene[~np.isnan(per_gene)])
     ok = np.isfinite(p[:, 5])
     assert r[5] == pytest.approx(stats.pearsonr(m[ok, 5], p[ok, 5])[0], abs=1e-15)
-

@@ -71,8 +71,9 @@ def test_ols_constant_inputs_give_nan_rows_without_warnings():
     cov = pd.DataFrame({"brightness": bright, "flat": np.full(50, 7.0)})
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        tab = ols_table(m, p, cov, genes=["G1", "G2", "G3", "G4"],
-                        predictors=["brightness", "flat"])
+        tab = ols_table(
+            m, p, cov, genes=["G1", "G2", "G3", "G4"], predictors=["brightness", "flat"]
+        )
     t = tab.set_index(["gene", "predictor"])
     stats_cols = list(OLS_COLUMNS[4:])
     assert t.loc[("G1", "brightness"), stats_cols].notna().all()
@@ -99,8 +100,7 @@ def test_ols_drops_nonfinite_spots_and_fits_units():
 # --------------------------------------------------------------------------- ols_inputs
 def _reg_adata(sample, ids, meas, pred, genes, total):
     obs = pd.DataFrame(
-        {"sample_id": sample, "patient_id": f"P{sample}", "fold": "0",
-         "total_counts": total},
+        {"sample_id": sample, "patient_id": f"P{sample}", "fold": "0", "total_counts": total},
         index=ids,
     )
     a = ad.AnnData(X=meas.astype(np.float32), obs=obs, var=pd.DataFrame(index=genes))
@@ -110,10 +110,17 @@ def _reg_adata(sample, ids, meas, pred, genes, total):
 
 def _patch_table(ids, rng):
     return pd.DataFrame(
-        {"id": ids, "x": rng.uniform(0, 100, len(ids)), "y": rng.uniform(0, 100, len(ids)),
-         "pad_frac": 0.0, "white_frac": rng.uniform(0, 1, len(ids)),
-         "mean_r": rng.uniform(0, 255, len(ids)), "mean_g": rng.uniform(0, 255, len(ids)),
-         "mean_b": rng.uniform(0, 255, len(ids)), "white": False}
+        {
+            "id": ids,
+            "x": rng.uniform(0, 100, len(ids)),
+            "y": rng.uniform(0, 100, len(ids)),
+            "pad_frac": 0.0,
+            "white_frac": rng.uniform(0, 1, len(ids)),
+            "mean_r": rng.uniform(0, 255, len(ids)),
+            "mean_g": rng.uniform(0, 255, len(ids)),
+            "mean_b": rng.uniform(0, 255, len(ids)),
+            "white": False,
+        }
     )
 
 
@@ -151,16 +158,28 @@ def test_ols_inputs_joins_shuffled_patch_tables():
     assert cov.loc["B:107", "mean_b"] == pytest.approx(pt_b.iloc[7]["mean_b"])
     assert set(cov["sample_id"]) == {"A", "B"} and cov.loc["B:100", "patient_id"] == "PB"
     tab = ols_table(meas, pred, cov, unit="sample_id")
-    assert set(tab["predictor"]) == {"mean_rgb", "brightness", "log_total_umi",
-                                     "mean_r", "mean_g", "mean_b"}
+    assert set(tab["predictor"]) == {
+        "mean_rgb",
+        "brightness",
+        "log_total_umi",
+        "mean_r",
+        "mean_g",
+        "mean_b",
+    }
     assert len(tab) == 3 * 2 * 6
 
 
 def test_ols_inputs_errors_name_the_sample():
     rng = np.random.default_rng(5)
     ids = [f"s{i}" for i in range(6)]
-    a = _reg_adata("SEC_7", ids, rng.normal(size=(6, 2)), rng.normal(size=(6, 2)),
-                   ["g1", "g2"], np.arange(1, 7))
+    a = _reg_adata(
+        "SEC_7",
+        ids,
+        rng.normal(size=(6, 2)),
+        rng.normal(size=(6, 2)),
+        ["g1", "g2"],
+        np.arange(1, 7),
+    )
     pt = _patch_table(ids, rng).drop(index=3)
     with pytest.raises(StpredictError, match="SEC_7") as err:
         ols_inputs([a], {"SEC_7": pt})

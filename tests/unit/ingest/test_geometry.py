@@ -262,14 +262,22 @@ def test_bounds_names_the_orientation_and_its_fix_undoes_it(tmp_path, op, with_o
     xy_in, xy_off = grid_on(tissue)
     path = tmp_path / "he.png"
     formats.write_png(path, img)
-    st = check_bounds(SlideImage(path), xy_in, xy_off if with_off else None, 4, "S1", "pos.csv",
-                      pitch_px=16)
+    st = check_bounds(
+        SlideImage(path), xy_in, xy_off if with_off else None, 4, "S1", "pos.csv", pitch_px=16
+    )
     assert st["separation"] > max(st[f"separation_{o}"] for o in IMAGE_OPS) + 0.1
     bad = np.ascontiguousarray(IMAGE_OPS[op](img))
     formats.write_png(path, bad)
     with pytest.raises(GeometryError) as ei:
-        check_bounds(SlideImage(path, sample="S1"), xy_in, xy_off if with_off else None, 4, "S1",
-                     "pos.csv", pitch_px=16)
+        check_bounds(
+            SlideImage(path, sample="S1"),
+            xy_in,
+            xy_off if with_off else None,
+            4,
+            "S1",
+            "pos.csv",
+            pitch_px=16,
+        )
     msg = str(ei.value)
     assert ORIENTATIONS[op][1] in msg and "sample 'S1'" in msg and "pos.csv" in msg
     assert "\n" not in msg

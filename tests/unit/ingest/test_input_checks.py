@@ -244,7 +244,9 @@ def test_visium_annotation_foreign_refused_partial_warned(tmp_path, caplog):
     other = _other_section_positions(v, 60)
     foreign = [b for b in other.barcode[other.in_tissue == 1] if b not in set(v["barcodes"])]
     ann = _write_labels(
-        tmp_path / "ann.csv", v["barcodes"][:20] + foreign, ["tumor"] * (20 + len(foreign)),
+        tmp_path / "ann.csv",
+        v["barcodes"][:20] + foreign,
+        ["tumor"] * (20 + len(foreign)),
         ("barcode", "label"),
     )
     with pytest.raises(InputError) as ei:
@@ -260,8 +262,9 @@ def test_visium_annotation_foreign_refused_partial_warned(tmp_path, caplog):
 def test_label_tables_with_conflicting_duplicates_refused(tmp_path):
     v = make_visium(tmp_path)
     bcs = v["barcodes"]
-    ann = _write_labels(tmp_path / "ann.csv", bcs + bcs[:1], ["non"] * len(bcs) + ["tumor"],
-                        ("barcode", "label"))
+    ann = _write_labels(
+        tmp_path / "ann.csv", bcs + bcs[:1], ["non"] * len(bcs) + ["tumor"], ("barcode", "label")
+    )
     with pytest.raises(InputError, match="two different labels") as ei:
         read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
     one_line(ei.value, bcs[0], "sample 'S1'")
@@ -342,8 +345,9 @@ def test_visium_normalised_matrix_refused(tmp_path):
     lines = gzip.decompress(mtx.read_bytes()).decode().splitlines()
     lines[0] = lines[0].replace("integer", "real")
     size_line = next(i for i, ln in enumerate(lines) if not ln.startswith("%"))
-    body = [ln if i <= size_line else " ".join(ln.split()[:2] + ["-1.5"])
-            for i, ln in enumerate(lines)]
+    body = [
+        ln if i <= size_line else " ".join(ln.split()[:2] + ["-1.5"]) for i, ln in enumerate(lines)
+    ]
     mtx.write_bytes(gzip.compress(("\n".join(body) + "\n").encode()))
     with pytest.raises(InputError, match="negative values"):
         read_visium(v2["outs"], "S1", "P1", image=v2["image"])
@@ -402,12 +406,16 @@ def test_truncated_tables_raise_input_error(tmp_path, what):
             gz = s["ann"].with_suffix(".tsv.gz")
             gz.write_bytes(gzip.compress(s["ann"].read_bytes()))
             s["ann"] = gz
-        target = {"st-counts-gz": s["counts"], "st-spots-gz": s["spots"],
-                  "st-annotation-gz": s["ann"]}[what]
+        target = {
+            "st-counts-gz": s["counts"],
+            "st-spots-gz": s["spots"],
+            "st-annotation-gz": s["ann"],
+        }[what]
         truncate(target, 0.5)
 
         def run():
             return read_st(s["counts"], s["spots"], "S", "P", s["image"], annotation=s["ann"])
+
     with pytest.raises(InputError) as ei:
         run()
     msg = one_line(ei.value, "sample 'S'", "truncated")
@@ -531,8 +539,12 @@ def test_st_spot_file_pixel_flaws(tmp_path, flaw):
     formats.write_st_spots(s["spots"], df, "stnet")
     with pytest.raises(InputError) as ei:
         read_st(s["counts"], s["spots"], "S", "P", s["image"])
-    one_line(ei.value, "infinite" if flaw == "inf" else "share their pixel position",
-             str(s["spots"]), "sample 'S'")
+    one_line(
+        ei.value,
+        "infinite" if flaw == "inf" else "share their pixel position",
+        str(s["spots"]),
+        "sample 'S'",
+    )
 
 
 @realdata
@@ -553,7 +565,6 @@ def test_real_fixtures_still_read_and_report_their_partial_coverage(tmp_path, ca
     assert "holds 100 of the 4235 spots marked in_tissue" in caplog.text
 
 
-
 # ============================================================================ 7. silent-wrong inputs
 def _labels(a) -> dict:
     return a.obs["annotation"].value_counts().to_dict()
@@ -564,14 +575,17 @@ def test_visium_annotation_synonyms_normalised_like_st(tmp_path, caplog):
     v = make_visium(tmp_path)
     bcs = v["barcodes"]
     words = ["Tumor", "tumour", "CANCER", " Normal ", "non-tumor", "Non_Tumour", "stroma"]
-    ann = _write_labels(tmp_path / "ann.csv", bcs, [words[i % 7] for i in range(len(bcs))],
-                        ("barcode", "label"))
+    ann = _write_labels(
+        tmp_path / "ann.csv", bcs, [words[i % 7] for i in range(len(bcs))], ("barcode", "label")
+    )
     with caplog.at_level(logging.INFO, logger="stpredict.ingest"):
         a = read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
     n = {w: sum(1 for i in range(len(bcs)) if words[i % 7] == w) for w in words}
-    assert _labels(a) == {"tumor": n["Tumor"] + n["tumour"] + n["CANCER"],
-                          "non": n[" Normal "] + n["non-tumor"] + n["Non_Tumour"],
-                          "stroma": n["stroma"]}
+    assert _labels(a) == {
+        "tumor": n["Tumor"] + n["tumour"] + n["CANCER"],
+        "non": n[" Normal "] + n["non-tumor"] + n["Non_Tumour"],
+        "stroma": n["stroma"],
+    }
     assert "'stroma'" in caplog.text and "leave them out" in caplog.text  # an INFO line
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "stroma" in r.message]
 
@@ -579,8 +593,12 @@ def test_visium_annotation_synonyms_normalised_like_st(tmp_path, caplog):
 def test_annotation_without_tumor_or_non_is_a_warning(tmp_path, caplog):
     v = make_visium(tmp_path)
     bcs = v["barcodes"]
-    ann = _write_labels(tmp_path / "ann.csv", bcs, ["invasive" if i % 2 else "stroma"
-                                                    for i in range(len(bcs))], ("barcode", "label"))
+    ann = _write_labels(
+        tmp_path / "ann.csv",
+        bcs,
+        ["invasive" if i % 2 else "stroma" for i in range(len(bcs))],
+        ("barcode", "label"),
+    )
     with caplog.at_level(logging.WARNING):
         a = read_visium(v["outs"], "S1", "P1", image=v["image"], annotation=ann)
     assert set(a.obs["annotation"]) == {"invasive", "stroma"}  # kept as written
@@ -589,8 +607,9 @@ def test_annotation_without_tumor_or_non_is_a_warning(tmp_path, caplog):
     assert "S1" in msg and str(ann) in msg
     # the same for a legacy ST annotation
     s = make_st(tmp_path / "st", "stnet")
-    formats.write_st_annotation(s["ann"], s["ids"], s["df"]["x"], s["df"]["y"],
-                                ["DCIS"] * len(s["ids"]))
+    formats.write_st_annotation(
+        s["ann"], s["ids"], s["df"]["x"], s["df"]["y"], ["DCIS"] * len(s["ids"])
+    )
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         read_st(s["counts"], s["spots"], "S2", "P", s["image"], annotation=s["ann"])
@@ -621,13 +640,17 @@ def test_st_integer_normalised_counts_refused(tmp_path, kind):
     formats.write_st_counts(s["counts"], bad, s["ids"], genes)
     with pytest.raises(InputError) as ei:
         read_st(s["counts"], s["spots"], "S", "P", s["image"])
-    words = ("every spot totals ≈ 10,000", "counts per 10,000") if kind == "cp10k" else (
-        "log-transformed?", "largest value of the count matrix is")
+    words = (
+        ("every spot totals ≈ 10,000", "counts per 10,000")
+        if kind == "cp10k"
+        else ("log-transformed?", "largest value of the count matrix is")
+    )
     one_line(ei.value, *words, "raw UMI counts", str(s["counts"]), "sample 'S'")
 
 
-@pytest.mark.parametrize(("store", "kind"), [("h5", "cp10k"), ("h5", "log1p"), ("mtx", "cp10k"),
-                                             ("mtx", "log1p")])
+@pytest.mark.parametrize(
+    ("store", "kind"), [("h5", "cp10k"), ("h5", "log1p"), ("mtx", "cp10k"), ("mtx", "log1p")]
+)
 def test_visium_integer_normalised_counts_refused(tmp_path, store, kind):
     v = make_visium(tmp_path, mtx=store == "mtx")
     raw = _deep_counts(len(v["barcodes"]), seed=3)
@@ -635,15 +658,21 @@ def test_visium_integer_normalised_counts_refused(tmp_path, store, kind):
     syms = [f"G{i}" for i in range(raw.shape[1])]
     bad = _cp10k(raw) if kind == "cp10k" else np.rint(np.log1p(raw)).astype(np.int64)
     write = formats.write_10x_mtx if store == "mtx" else formats.write_10x_h5
-    target = v["outs"] / ("filtered_feature_bc_matrix" if store == "mtx"
-                          else "filtered_feature_bc_matrix.h5")
+    target = v["outs"] / (
+        "filtered_feature_bc_matrix" if store == "mtx" else "filtered_feature_bc_matrix.h5"
+    )
     write(target, raw, v["barcodes"], ids, syms)
     assert read_visium(v["outs"], "S1", "P1", image=v["image"]).n_vars == len(ids)
     write(target, bad, v["barcodes"], ids, syms)
     with pytest.raises(InputError) as ei:
         read_visium(v["outs"], "S1", "P1", image=v["image"])
-    one_line(ei.value, "every spot totals" if kind == "cp10k" else "log-transformed",
-             str(target), "sample 'S1'", "raw UMI counts")
+    one_line(
+        ei.value,
+        "every spot totals" if kind == "cp10k" else "log-transformed",
+        str(target),
+        "sample 'S1'",
+        "raw UMI counts",
+    )
 
 
 def _st_with_genes(tmp_path, genes):
@@ -680,9 +709,14 @@ def test_gene_map_mapping_none_of_the_ids_refused(tmp_path, flaw):
     gmap.attrs["path"] = "/maps/genes.tsv"
     with pytest.raises(InputError) as ei:
         read_st(s["counts"], s["spots"], "S", "P", s["image"], gene_map=gmap)
-    msg = one_line(ei.value, "maps none of the 120 gene ids of this section",
-                   "are its columns gene_id, gene?", "/maps/genes.tsv", str(s["counts"]),
-                   "sample 'S'")
+    msg = one_line(
+        ei.value,
+        "maps none of the 120 gene ids of this section",
+        "are its columns gene_id, gene?",
+        "/maps/genes.tsv",
+        str(s["counts"]),
+        "sample 'S'",
+    )
     assert ("columns are swapped" in msg) == (flaw == "swapped")
 
 
@@ -702,7 +736,9 @@ def test_gene_map_partial_warns_with_numbers_and_symbol_files_pass(tmp_path, cap
         a = read_st(s2["counts"], s2["spots"], "S2", "P", s2["image"], gene_map=gmap)
     assert list(a.var_names[:2]) == ["GENE0", "GENE1"]
     assert "already symbols" in caplog.text
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "gene map" in r.message]
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "gene map" in r.message
+    ]
 
 
 @pytest.mark.parametrize("mtx", [False, True], ids=["h5", "mtx"])
@@ -715,7 +751,9 @@ def test_visium_repeated_feature_symbols_reported_and_marked(tmp_path, caplog, m
     assert a.var["gene_ids"].iloc[11] == GENES[11]
     msg = next(r for r in caplog.records if "repeats symbols" in r.message)
     assert msg.levelno == logging.INFO
-    assert "1 symbol(s), 2 features" in msg.message and f"G0: {GENES[0]}, {GENES[11]}" in msg.message
+    assert (
+        "1 symbol(s), 2 features" in msg.message and f"G0: {GENES[0]}, {GENES[11]}" in msg.message
+    )
     assert "SYMBOL-1" in msg.message
 
 
@@ -742,7 +780,8 @@ def test_overruled_spot_diameter_is_corrected_in_the_scalefactors(tmp_path, capl
     sf.write_text(json.dumps(obj))
     a = read_visium(v["outs"], "S1", "P1", image=v["image"], mpp=MPP)
     assert a.uns["spatial"]["S1"]["scalefactors"]["spot_diameter_fullres"] == pytest.approx(
-        65 / MPP * 1.02)
+        65 / MPP * 1.02
+    )
     assert "spot_diameter_fullres_file" not in a.uns["stpredict"]
 
 
@@ -799,7 +838,8 @@ def test_real_fixtures_and_raw_counts_pass_the_normalisation_checks(tmp_path):
         "MOB1": read_st_counts(REAL / "st_stutility_mob1/MOB1.tsv").to_numpy(float),
         "xfuse": read_st_counts(REAL / "st_xfuse_mob/counts.tsv").to_numpy(float),
         "visium": sc.read_10x_h5(REAL / "visium_sr1_scanpy/filtered_feature_bc_matrix.h5")
-        .X.toarray().astype(float),
+        .X.toarray()
+        .astype(float),
     }
     for name, x in mats.items():
         tot = x.sum(axis=1)

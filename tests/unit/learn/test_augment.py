@@ -133,13 +133,16 @@ def test_parse_names():
     assert set(DEEPSPACE_GROUPS) <= set(AUGMENT_GROUPS)
 
 
-@pytest.mark.parametrize("name, match", [
-    ("deepspace:flip,flop", "unknown group.*'flop'"),
-    ("deepspace:", "unknown group"),
-    ("deepspace:none,flip", "combines 'none'"),
-    ("albumentations", "unknown augmentation"),
-    ("dihedral:flip", "unknown augmentation"),
-])
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("deepspace:flip,flop", "unknown group.*'flop'"),
+        ("deepspace:", "unknown group"),
+        ("deepspace:none,flip", "combines 'none'"),
+        ("albumentations", "unknown augmentation"),
+        ("dihedral:flip", "unknown augmentation"),
+    ],
+)
 def test_unknown_names_raise_config_errors(name, match):
     with pytest.raises(ConfigError, match=match) as info:
         make_augment(name)
@@ -149,7 +152,9 @@ def test_unknown_names_raise_config_errors(name, match):
 
 
 def test_train_config_accepts_group_lists():
-    assert train_config(augmentation="deepspace:flip,crop,color,random").augmentation.endswith("random")
+    assert train_config(augmentation="deepspace:flip,crop,color,random").augmentation.endswith(
+        "random"
+    )
 
 
 def test_schema_pattern_matches_the_parser(repo):
@@ -157,8 +162,14 @@ def test_schema_pattern_matches_the_parser(repo):
 
     cfg = yaml.safe_load((repo / "config.yaml").read_text())
     exp = next(e for e in cfg["experiments"].values() if "train" in e)
-    for good in ("none", "dihedral", "deepspace", "deepspace:flip,crop,color,random",
-                 "deepspace:none", "deepspace:" + ",".join(AUGMENT_GROUPS)):
+    for good in (
+        "none",
+        "dihedral",
+        "deepspace",
+        "deepspace:flip,crop,color,random",
+        "deepspace:none",
+        "deepspace:" + ",".join(AUGMENT_GROUPS),
+    ):
         exp["train"]["augmentation"] = good
         validate(cfg, str(repo / "workflow/schemas/config.schema.yaml"))
         parse_augmentation(good)
@@ -188,9 +199,17 @@ def test_each_half_transform_fires_on_about_half_the_images():
 
 def test_one_of_picks_each_member_uniformly_and_random_always_applies():
     plan = make_augment("deepspace:random").plan(N * 3, S, gen(4))
-    share = {"iaa_noise": 1 / 6, "gauss_noise": 1 / 6, "motion_blur": 1 / 9, "median_blur": 1 / 9,
-             "blur": 1 / 9, "optical": 1 / 12, "grid": 1 / 12, "piecewise": 1 / 12,
-             "shift_scale_rotate": 1 / 12}
+    share = {
+        "iaa_noise": 1 / 6,
+        "gauss_noise": 1 / 6,
+        "motion_blur": 1 / 9,
+        "median_blur": 1 / 9,
+        "blur": 1 / 9,
+        "optical": 1 / 12,
+        "grid": 1 / 12,
+        "piecewise": 1 / 12,
+        "shift_scale_rotate": 1 / 12,
+    }
     assert sorted(s.op for s in plan) == sorted(share)
     covered = torch.cat([s.idx for s in plan])
     assert torch.equal(covered.sort().values, torch.arange(N * 3))  # exactly one each
@@ -208,7 +227,8 @@ def test_p_one_fires_always():
 
 def test_parameter_ranges():
     plan = make_augment("deepspace:flip,crop,color,contrast,noise,blur,dist,dist,dist").plan(
-        N, S, gen(7))
+        N, S, gen(7)
+    )
     p = {s.op: s.params for s in plan}
     assert p["rgb_shift"]["shift"].abs().max() <= 20 / 255
     assert p["brightness"]["beta"].abs().max() <= 0.2
@@ -258,8 +278,11 @@ def test_flip_group_yields_all_eight_dihedral_elements():
         assert torch.equal(out[i], dihedral(x[i], k, f))
     assert set(codes.tolist()) == set(range(8))
     # e.g. transpose alone is the D4 element "flip, then one quarter turn"
-    only_t = (~plan[0].params["rot90"] | (plan[0].params["k"] == 0)) & ~plan[0].params["flip"] \
+    only_t = (
+        (~plan[0].params["rot90"] | (plan[0].params["k"] == 0))
+        & ~plan[0].params["flip"]
         & plan[0].params["transpose"]
+    )
     i = int(torch.nonzero(only_t)[0])
     assert torch.equal(out[i], x[i].transpose(-2, -1))
 
@@ -270,9 +293,11 @@ def test_crop_matches_bilinear_resize_of_the_box():
     out = _apply_crop(x, prm)
     for i in range(6):
         t, lft, h, w = (int(prm[k][i]) for k in ("top", "left", "h", "w"))
-        box = x[i:i + 1, :, t:t + h, lft:lft + w]
-        ref = F.interpolate(box, size=(S, S), mode="bilinear", align_corners=False)  # cv2 half-pixel
-        torch.testing.assert_close(out[i:i + 1], ref, atol=1e-5, rtol=0)
+        box = x[i : i + 1, :, t : t + h, lft : lft + w]
+        ref = F.interpolate(
+            box, size=(S, S), mode="bilinear", align_corners=False
+        )  # cv2 half-pixel
+        torch.testing.assert_close(out[i : i + 1], ref, atol=1e-5, rtol=0)
 
 
 def test_channel_shuffle_is_a_permutation():
@@ -285,8 +310,9 @@ def test_channel_shuffle_is_a_permutation():
         assert sorted(perms[i].tolist()) == [0, 1, 2]
         assert torch.equal(out[i], x[i, perms[i]])
     assert len({tuple(p.tolist()) for p in perms}) == 6
-    assert torch.equal(_apply_channel_shuffle(x[:1], {"perm": torch.tensor([[2, 0, 1]])}),
-                       x[:1, [2, 0, 1]])
+    assert torch.equal(
+        _apply_channel_shuffle(x[:1], {"perm": torch.tensor([[2, 0, 1]])}), x[:1, [2, 0, 1]]
+    )
 
 
 def test_pointwise_colour_shifts_stay_in_their_ranges():
@@ -309,8 +335,12 @@ def test_gamma_is_a_power():
     plan = [s for s in aug.plan(20, 8, gen(13)) if s.op == "gamma"]
     out = aug.apply(x, plan)
     gamma = torch.log(out) / torch.log(x)
-    torch.testing.assert_close(gamma, plan[0].params["gamma"].float().reshape(-1, 1, 1, 1)
-                               .expand_as(gamma), atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        gamma,
+        plan[0].params["gamma"].float().reshape(-1, 1, 1, 1).expand_as(gamma),
+        atol=1e-4,
+        rtol=0,
+    )
 
 
 def test_hsv_round_trip_and_hue_shift():
@@ -323,8 +353,11 @@ def test_hsv_round_trip_and_hue_shift():
     red[:, 2] = 0.2
     aug = DeepSpaceAugment(("color",), p=1.0)
     steps = [s for s in aug.plan(1, 8, gen(0)) if s.op == "hsv"]
-    steps[0].params.update(hue=torch.tensor([20.0], dtype=torch.float64),
-                           sat=torch.zeros(1, dtype=torch.float64), val=torch.zeros(1, dtype=torch.float64))
+    steps[0].params.update(
+        hue=torch.tensor([20.0], dtype=torch.float64),
+        sat=torch.zeros(1, dtype=torch.float64),
+        val=torch.zeros(1, dtype=torch.float64),
+    )
     h0, s0, v0 = _rgb_to_hsv(red)
     h1, s1, v1 = _rgb_to_hsv(aug.apply(red, steps))
     torch.testing.assert_close(h1 - h0, torch.full_like(h0, 40 / 360), atol=1e-5, rtol=0)
@@ -345,14 +378,16 @@ def test_noises():
     gauss = steps_of(plan, "gauss_noise")[0]
     d = (out - x)[gauss.idx]
     assert not torch.allclose(d[:, 0], d[:, 1])
-    torch.testing.assert_close(d.flatten(1).std(1).double(), gauss.params["sigma"], atol=0.0, rtol=0.25)
+    torch.testing.assert_close(
+        d.flatten(1).std(1).double(), gauss.params["sigma"], atol=0.0, rtol=0.25
+    )
 
 
 def _windows(x: np.ndarray, k: int, mode: str) -> np.ndarray:
     r = k // 2
     xp = np.pad(x, ((0, 0), (0, 0), (r, r), (r, r)), mode=mode)
     h, w = x.shape[-2:]
-    return np.stack([xp[:, :, i:i + h, j:j + w] for i in range(k) for j in range(k)])
+    return np.stack([xp[:, :, i : i + h, j : j + w] for i in range(k) for j in range(k)])
 
 
 def test_median_and_box_blur_match_brute_force():
@@ -361,10 +396,10 @@ def test_median_and_box_blur_match_brute_force():
     med = _apply_median_blur(x, {"ksize": k}).numpy()
     box = _apply_blur(x, {"ksize": k}).numpy()
     for i, ki in enumerate(k.tolist()):
-        ref = np.median(_windows(x[i:i + 1].numpy(), ki, "edge"), axis=0)  # cv2: replicated
-        np.testing.assert_array_equal(med[i:i + 1], ref)
-        ref = _windows(x[i:i + 1].numpy(), ki, "reflect").mean(0)  # cv2 BORDER_REFLECT_101
-        np.testing.assert_allclose(box[i:i + 1], ref, atol=1e-6)
+        ref = np.median(_windows(x[i : i + 1].numpy(), ki, "edge"), axis=0)  # cv2: replicated
+        np.testing.assert_array_equal(med[i : i + 1], ref)
+        ref = _windows(x[i : i + 1].numpy(), ki, "reflect").mean(0)  # cv2 BORDER_REFLECT_101
+        np.testing.assert_allclose(box[i : i + 1], ref, atol=1e-6)
 
 
 def test_median_is_chunked(monkeypatch):
@@ -385,15 +420,15 @@ def test_motion_blur_kernels_are_normalised_lines():
     assert (support.sum((1, 2)) <= k).all()  # one pixel per step of the longer axis
     for i in range(0, 500, 50):  # inside the centred k x k box
         off = (7 - int(k[i])) // 2
-        inner = support[i, off:off + int(k[i]), off:off + int(k[i])]
+        inner = support[i, off : off + int(k[i]), off : off + int(k[i])]
         assert int(inner.sum()) == int(support[i].sum())
     x = torch.rand(3, 3, 16, 16, generator=gen(19))
     out = _apply_motion_blur(x, {"ksize": k[:3], "kernel": kern[:3]})
     for i in range(3):
         ki, off = int(k[i]), (7 - int(k[i])) // 2
-        w = kern[i, off:off + ki, off:off + ki].numpy().reshape(-1, 1, 1, 1, 1)
-        ref = (_windows(x[i:i + 1].numpy(), ki, "reflect") * w).sum(0)  # correlation, as filter2D
-        np.testing.assert_allclose(out[i:i + 1].numpy(), ref, atol=1e-5)
+        w = kern[i, off : off + ki, off : off + ki].numpy().reshape(-1, 1, 1, 1, 1)
+        ref = (_windows(x[i : i + 1].numpy(), ki, "reflect") * w).sum(0)  # correlation, as filter2D
+        np.testing.assert_allclose(out[i : i + 1].numpy(), ref, atol=1e-5)
 
 
 def test_grid_axis_matches_albumentations_loop():
@@ -417,13 +452,16 @@ def test_shift_scale_rotate_geometry():
     one = torch.ones(1, dtype=torch.float64)
     same = _apply_shift_scale_rotate(x, {"angle": zero, "scale": one, "dx": zero, "dy": zero})
     torch.testing.assert_close(same, x, atol=1e-5, rtol=0)
-    moved = _apply_shift_scale_rotate(x, {"angle": zero, "scale": one, "dx": one * 2 / 16, "dy": zero})
+    moved = _apply_shift_scale_rotate(
+        x, {"angle": zero, "scale": one, "dx": one * 2 / 16, "dy": zero}
+    )
     torch.testing.assert_close(moved[..., 2:], x[..., :-2], atol=1e-5, rtol=0)
     torch.testing.assert_close(moved[..., 0], x[..., 2], atol=1e-5, rtol=0)  # reflect 101
     # 90 degrees about (W/2, H/2), as cv2.getRotationMatrix2D: a quarter turn and a pixel's shift
     turned = _apply_shift_scale_rotate(x, {"angle": one * 90, "scale": one, "dx": zero, "dy": zero})
-    torch.testing.assert_close(turned[..., 1:, :], torch.rot90(x, 1, (-2, -1))[..., :-1, :],
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        turned[..., 1:, :], torch.rot90(x, 1, (-2, -1))[..., :-1, :], atol=1e-5, rtol=0
+    )
 
 
 def test_optical_without_distortion_is_opencvs_half_pixel_shift():

@@ -16,32 +16,53 @@ from tests.unit.learn.test_folds import section, sheet, visium_sheet
 def test_sections_each_makes_one_experiment_per_section():
     from stpredict.learn.experiments import expand_experiments
 
-    raw = {"cv": {"sections": {"platform": "visium", "each": True},
-                  "split": {"scheme": "random_within_section", "n_folds": 5}}}
+    raw = {
+        "cv": {
+            "sections": {"platform": "visium", "each": True},
+            "split": {"scheme": "random_within_section", "n_folds": 5},
+        }
+    }
     out = expand_experiments(raw, {}, visium_sheet())
     assert list(out) == ["cv.D1", "cv.D2", "cv.D3"]
     for name, exp in out.items():
         assert experiment_samples(exp, visium_sheet()) == [name.split(".")[1]]
         assert outer_folds(exp, visium_sheet()) == [str(k) for k in range(5)]
     with pytest.raises(ConfigError, match="within-section split"):
-        expand_experiments({"x": {"sections": {"each": True}, "split": {"scheme": "leave_one_patient_out"}}},
-                           {}, visium_sheet())
+        expand_experiments(
+            {"x": {"sections": {"each": True}, "split": {"scheme": "leave_one_patient_out"}}},
+            {},
+            visium_sheet(),
+        )
 
 
 def test_clusters_across_sections_need_harmonised_labels(tmp_path):
     from stpredict.learn.experiments import expand_experiments
 
-    pooled = {"cl": {"task": "clusters", "sections": {"platform": "visium"},
-                     "split": {"scheme": "random_within_section"}}}
+    pooled = {
+        "cl": {
+            "task": "clusters",
+            "sections": {"platform": "visium"},
+            "split": {"scheme": "random_within_section"},
+        }
+    }
     with pytest.raises(ConfigError, match="numbers its clusters per section"):
         expand_experiments(pooled, {}, visium_sheet())
-    each = {"cl": {"task": "clusters", "sections": {"platform": "visium", "each": True},
-                   "split": {"scheme": "random_within_section"}}}
+    each = {
+        "cl": {
+            "task": "clusters",
+            "sections": {"platform": "visium", "each": True},
+            "split": {"scheme": "random_within_section"},
+        }
+    }
     assert len(expand_experiments(each, {}, visium_sheet())) == 3
     cmap = tmp_path / "map.tsv"
-    cmap.write_text("sample_id\tcluster\tlabel\nD1\t1\ttumour\nD1\t2\tstroma\nD1\t3\t\n"
-                    "D2\t1\tstroma\nD2\t2\ttumour\nD2\t3\tstroma\n")
-    mapped = {"cl": {**pooled["cl"], "cluster_map": str(cmap), "sections": {"samples": ["D1", "D2"]}}}
+    cmap.write_text(
+        "sample_id\tcluster\tlabel\nD1\t1\ttumour\nD1\t2\tstroma\nD1\t3\t\n"
+        "D2\t1\tstroma\nD2\t2\ttumour\nD2\t3\tstroma\n"
+    )
+    mapped = {
+        "cl": {**pooled["cl"], "cluster_map": str(cmap), "sections": {"samples": ["D1", "D2"]}}
+    }
     (exp,) = expand_experiments(mapped, {}, visium_sheet()).values()
     from stpredict.learn.folds import apply_cluster_map
 
@@ -61,8 +82,11 @@ def test_per_experiment_nuclear_settings_are_refused():
     from stpredict.learn.experiments import expand_experiments
 
     with pytest.raises(ConfigError, match="computed once per section"):
-        expand_experiments({"e": {"sections": {"platform": "st"},
-                                  "evaluation": {"nuclear": {"fov_um": 50}}}}, {}, sheet())
+        expand_experiments(
+            {"e": {"sections": {"platform": "st"}, "evaluation": {"nuclear": {"fov_um": 50}}}},
+            {},
+            sheet(),
+        )
 
 
 def test_experiment_train_defaults():
@@ -77,13 +101,19 @@ def test_experiment_train_defaults():
     assert resolve_experiment({}, {})["train"]["loss"] == "mse"
 
 
-@pytest.mark.parametrize("split", [
-    {"scheme": "random_within_section", "val_frac": 0.0},
-    {"scheme": "leave_one_patient_out", "inner_folds": 0},
-])
+@pytest.mark.parametrize(
+    "split",
+    [
+        {"scheme": "random_within_section", "val_frac": 0.0},
+        {"scheme": "leave_one_patient_out", "inner_folds": 0},
+    ],
+)
 def test_early_stopping_without_validation_spots_is_refused(split):
     from stpredict.learn.experiments import expand_experiments
 
     with pytest.raises(ConfigError, match="train.patience 3 .* no validation spots"):
-        expand_experiments({"e": {"sections": {"platform": "st"}, "split": split, "train": {"patience": 3}}},
-                           {}, sheet())
+        expand_experiments(
+            {"e": {"sections": {"platform": "st"}, "split": split, "train": {"patience": 3}}},
+            {},
+            sheet(),
+        )

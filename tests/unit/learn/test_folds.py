@@ -43,8 +43,13 @@ def section(sample: str, n: int = 30, seed: int = 0) -> ad.AnnData:
 
 
 def test_manifest_matches_parse_time_folds_and_excludes_failed_spots():
-    exp = resolve_experiment({"sections": {"platform": "st"},
-                              "split": {"scheme": "leave_one_patient_out", "inner_folds": 2}}, {})
+    exp = resolve_experiment(
+        {
+            "sections": {"platform": "st"},
+            "split": {"scheme": "leave_one_patient_out", "inner_folds": 2},
+        },
+        {},
+    )
     s = sheet()
     sections = {x: section(x, seed=i) for i, x in enumerate(experiment_samples(exp, s))}
     man = build_manifest(exp, sections, s, name="t")
@@ -63,12 +68,21 @@ def test_fitting_on_a_test_section_is_caught():
     sections = {x: section(x) for x in experiment_samples(exp, s)}
     man = build_manifest(exp, sections, s)
     with pytest.raises(LeakageError):
-        audit_fitted({"samples": ["PA_0", "PB_0"], "n_spots": 10}, man, "0")  # PA is fold 0's test patient
+        audit_fitted(
+            {"samples": ["PA_0", "PB_0"], "n_spots": 10}, man, "0"
+        )  # PA is fold 0's test patient
 
 
 def test_clusters_exclude_labels():
-    exp = resolve_experiment({"task": "clusters", "sections": {"samples": ["V1"]}, "exclude_clusters": [2],
-                              "split": {"scheme": "random_within_section", "n_folds": 3}}, {})
+    exp = resolve_experiment(
+        {
+            "task": "clusters",
+            "sections": {"samples": ["V1"]},
+            "exclude_clusters": [2],
+            "split": {"scheme": "random_within_section", "n_folds": 3},
+        },
+        {},
+    )
     assert exp["train"]["loss"] == "cross_entropy"
     s = sheet()
     man = build_manifest(exp, {"V1": section("V1")}, s)
@@ -79,11 +93,27 @@ def test_clusters_exclude_labels():
 
 def test_imputation_and_bad_names():
     s = sheet()
-    exp = resolve_experiment({"split": {"scheme": "section_imputation", "train_sections": ["PA_0", "PA_1"],
-                                        "test_section": "PB_0"}}, {})
+    exp = resolve_experiment(
+        {
+            "split": {
+                "scheme": "section_imputation",
+                "train_sections": ["PA_0", "PA_1"],
+                "test_section": "PB_0",
+            }
+        },
+        {},
+    )
     assert outer_folds(exp, s) == ["0"] and fold_test_samples(exp, s, "0") == ["PB_0"]
-    bad = resolve_experiment({"split": {"scheme": "section_imputation", "train_sections": ["NOPE"],
-                                        "test_section": "PB_0"}}, {})
+    bad = resolve_experiment(
+        {
+            "split": {
+                "scheme": "section_imputation",
+                "train_sections": ["NOPE"],
+                "test_section": "PB_0",
+            }
+        },
+        {},
+    )
     with pytest.raises(ConfigError, match="NOPE"):
         experiment_samples(bad, s)
 
@@ -97,8 +127,10 @@ def test_choose_epochs_averages_inner_folds(tmp_path):
 
 
 def visium_sheet() -> pd.DataFrame:
-    rows = [{"sample_id": f"D{i}", "patient_id": "P1", "platform": "visium", "series": ""}
-            for i in (1, 2, 3)]
+    rows = [
+        {"sample_id": f"D{i}", "patient_id": "P1", "platform": "visium", "series": ""}
+        for i in (1, 2, 3)
+    ]
     return pd.DataFrame(rows).set_index("sample_id", drop=False)
 
 
@@ -132,9 +164,21 @@ def test_top_mean_ranks_by_raw_counts_when_asked():
     a.obs["sample_id"] = "S"
     by = {}
     for rank_by in ("counts", "log1p"):
-        exp = resolve_experiment({"targets": {"transform": "log_proportion",
-                                              "genes": {"mode": "top_mean", "n": 1, "panel": "",
-                                                        "min_frac": 0.1, "rank_by": rank_by}}}, {})
+        exp = resolve_experiment(
+            {
+                "targets": {
+                    "transform": "log_proportion",
+                    "genes": {
+                        "mode": "top_mean",
+                        "n": 1,
+                        "panel": "",
+                        "min_frac": 0.1,
+                        "rank_by": rank_by,
+                    },
+                }
+            },
+            {},
+        )
         selector, _ = _fit_targets(exp, [a])
         by[rank_by] = selector.genes_
     raw_mean = X.mean(0)
@@ -186,14 +230,20 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     rng = np.random.default_rng(0)
 
     def experiment(transform):
-        return resolve_experiment({
-            "sections": {"samples": ["PA_0", "PB_0", "PC_0"]},
-            "split": {"scheme": "leave_one_patient_out", "inner_folds": 0},
-            "targets": {"transform": transform, "genes": {"mode": "top_mean", "n": 5, "panel": "",
-                                                          "min_frac": 0.1}},
-            "model": {"backbone": "tiny", "weights": "none", "tiny_width": 4},
-            "train": {"optimiser": "adam", "lr": 1e-3, "batch_size": 16, "epochs": 2},
-            "tta": 1}, {"seed": 0})
+        return resolve_experiment(
+            {
+                "sections": {"samples": ["PA_0", "PB_0", "PC_0"]},
+                "split": {"scheme": "leave_one_patient_out", "inner_folds": 0},
+                "targets": {
+                    "transform": transform,
+                    "genes": {"mode": "top_mean", "n": 5, "panel": "", "min_frac": 0.1},
+                },
+                "model": {"backbone": "tiny", "weights": "none", "tiny_width": 4},
+                "train": {"optimiser": "adam", "lr": 1e-3, "batch_size": 16, "epochs": 2},
+                "tta": 1,
+            },
+            {"seed": 0},
+        )
 
     exp = experiment("log1p")
     sections = {x: section(x, seed=i) for i, x in enumerate(experiment_samples(exp, s))}
@@ -206,8 +256,14 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     out = tmp_path / "fold0"
 
     def outputs(folder):
-        return {k: folder / f for k, f in (("model", "model.pt"), ("history", "history.tsv"),
-                                          ("fitted", "fitted.json"))}
+        return {
+            k: folder / f
+            for k, f in (
+                ("model", "model.pt"),
+                ("history", "history.tsv"),
+                ("fitted", "fitted.json"),
+            )
+        }
 
     from stpredict.learn import train as training
 
@@ -218,14 +274,30 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
             train_fold(exp, "t", "0", man, sections, stores, outputs(out), device="cpu")
     assert (out / "checkpoint.pt").exists()
     with caplog.at_level("WARNING", logger="stpredict.learn.train"):
-        res = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores, outputs(out),
-                         device="cpu")
+        res = train_fold(
+            experiment("log_proportion"),
+            "t",
+            "0",
+            man,
+            sections,
+            stores,
+            outputs(out),
+            device="cpu",
+        )
     assert res["resumed_from"] == 0
-    assert "target_transform \"log1p\" -> \"log_proportion\"" in caplog.text
+    assert 'target_transform "log1p" -> "log_proportion"' in caplog.text
     hist = pd.read_csv(out / "history.tsv", sep="\t")
     assert hist["epoch"].tolist() == [1, 2]
-    ref = train_fold(experiment("log_proportion"), "t", "0", man, sections, stores,
-                     outputs(tmp_path / "ref"), device="cpu")
+    ref = train_fold(
+        experiment("log_proportion"),
+        "t",
+        "0",
+        man,
+        sections,
+        stores,
+        outputs(tmp_path / "ref"),
+        device="cpu",
+    )
     a = torch.load(out / "model.pt", weights_only=True)
     b = torch.load(ref["model"], weights_only=True)
     assert a["target_transform"] == "log_proportion"
@@ -235,24 +307,49 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
 
     bf16 = experiment("log_proportion")
     bf16["train"]["precision"] = "bf16"
-    pred = predict_fold(bf16, "t", "0", man, sections, stores, out / "model.pt", out / "fitted.json",
-                        tmp_path / "pred.h5ad", device="cpu")
-    assert pred.n_obs == int((man.role == "test").sum()) and pred.uns["stpredict"]["model"]["precision"] == "fp32"
+    pred = predict_fold(
+        bf16,
+        "t",
+        "0",
+        man,
+        sections,
+        stores,
+        out / "model.pt",
+        out / "fitted.json",
+        tmp_path / "pred.h5ad",
+        device="cpu",
+    )
+    assert (
+        pred.n_obs == int((man.role == "test").sum())
+        and pred.uns["stpredict"]["model"]["precision"] == "fp32"
+    )
     assert np.isfinite(pred.layers["predicted"]).all()
 
 
 def test_exclude_clusters_naming_an_absent_cluster_is_refused():
-    exp = resolve_experiment({"task": "clusters", "sections": {"samples": ["V1"]}, "exclude_clusters": [8],
-                              "split": {"scheme": "random_within_section", "n_folds": 3}}, {})
-    with pytest.raises(ConfigError, match=r"exclude_clusters names cluster\(s\) \['8'\] that no section"):
+    exp = resolve_experiment(
+        {
+            "task": "clusters",
+            "sections": {"samples": ["V1"]},
+            "exclude_clusters": [8],
+            "split": {"scheme": "random_within_section", "n_folds": 3},
+        },
+        {},
+    )
+    with pytest.raises(
+        ConfigError, match=r"exclude_clusters names cluster\(s\) \['8'\] that no section"
+    ):
         build_manifest(exp, {"V1": section("V1")}, sheet(), name="t")
 
 
 def test_a_fold_without_test_or_training_spots_is_refused():
-    exp = resolve_experiment({"sections": {"samples": ["V1"]},
-                              "split": {"scheme": "random_within_section", "n_folds": 5}}, {})
+    exp = resolve_experiment(
+        {
+            "sections": {"samples": ["V1"]},
+            "split": {"scheme": "random_within_section", "n_folds": 5},
+        },
+        {},
+    )
     tiny = section("V1", n=5)  # 4 kept spots (every 10th fails QC) for 5 folds
     with pytest.raises(InputError, match="fold 4 has no test spots.*V1 4.*lower split.n_folds"):
         build_manifest(exp, {"V1": tiny}, sheet(), name="t")
-
-

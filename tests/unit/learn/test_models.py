@@ -43,8 +43,13 @@ def test_head_runs_in_fp32_under_autocast():
 
 @pytest.mark.parametrize(
     "name, n_features",
-    [("resnet18", 512), ("squeezenet1_1", 512), ("mobilenet_v3_small", 1024),
-     ("googlenet", 1024), ("efficientnet_b0", 1280)],
+    [
+        ("resnet18", 512),
+        ("squeezenet1_1", 512),
+        ("mobilenet_v3_small", 1024),
+        ("googlenet", 1024),
+        ("efficientnet_b0", 1280),
+    ],
 )
 def test_torchvision_backbones_get_a_new_head(name, n_features):
     torch.manual_seed(0)

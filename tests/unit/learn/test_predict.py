@@ -52,7 +52,9 @@ def test_random_dihedral_is_per_sample_and_seeded():
     assert torch.equal(out, again)
     used = []
     for i in range(len(x)):
-        match = [j for j, (k, f) in enumerate(DIHEDRAL) if torch.equal(out[i], dihedral(x[i], k, f))]
+        match = [
+            j for j, (k, f) in enumerate(DIHEDRAL) if torch.equal(out[i], dihedral(x[i], k, f))
+        ]
         assert len(match) == 1
         used.append(match[0])
     assert len(set(used)) >= 6  # different images get different elements
@@ -124,8 +126,9 @@ def test_bf16_prediction_keeps_fp32_resolution(tmp_path):
     with torch.no_grad():
         m.head.weight.normal_(0.0, 0.5)  # outputs about -7.3 +- 0.06
         m.head.bias.fill_(-7.3)
-    pred, emb = predict(m, [tmp_path / "p.npy"], batch_size=500, tta=1, device="cpu",
-                        precision="bf16")
+    pred, emb = predict(
+        m, [tmp_path / "p.npy"], batch_size=500, tta=1, device="cpu", precision="bf16"
+    )
     assert pred.dtype == np.float32
     w = m.head.weight.detach().double().numpy()
     b = m.head.bias.detach().double().numpy()
@@ -142,8 +145,9 @@ def test_bf16_prediction_keeps_fp32_resolution(tmp_path):
     np.testing.assert_allclose(p32, e32.astype(np.float64) @ w.T + b, atol=1e-5, rtol=0)
     assert np.abs(p32 - pred).max() < 0.05
     # with TTA: outputs averaged in fp32 under autocast too
-    x = m.normalize(torch.from_numpy(np.load(tmp_path / "p.npy")[:64]).permute(0, 3, 1, 2)
-                    .float() / 255.0)
+    x = m.normalize(
+        torch.from_numpy(np.load(tmp_path / "p.npy")[:64]).permute(0, 3, 1, 2).float() / 255.0
+    )
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
         out, feat = tta_predict(m, x, n=8, return_features=True)
     assert out.dtype == feat.dtype == torch.float32
@@ -182,8 +186,17 @@ def test_cluster_mode_trains_on_remapped_labels(tmp_path):
     with pytest.raises(InputError, match="negative"):
         PatchDataset([tmp_path / "c.npy"], [np.arange(n)], labels=codes)
     ds = PatchDataset([tmp_path / "c.npy"], [keep], labels=codes[keep])
-    cfg = train_config(backbone="tiny", tiny_width=4, loss="cross_entropy", optimiser="adam",
-                      lr=0.02, batch_size=8, epochs=3, augmentation="dihedral", seed=0)
+    cfg = train_config(
+        backbone="tiny",
+        tiny_width=4,
+        loss="cross_entropy",
+        optimiser="adam",
+        lr=0.02,
+        batch_size=8,
+        epochs=3,
+        augmentation="dihedral",
+        seed=0,
+    )
     res = train(cfg, ds, ds, tmp_path / "run", classes=list(classes))
     hist = pd.read_csv(tmp_path / "run" / "history.tsv", sep="\t")
     assert np.isfinite(hist["val_loss"]).all() and hist["val_accuracy"].notna().all()

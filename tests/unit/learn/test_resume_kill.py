@@ -41,8 +41,11 @@ WORKER = textwrap.dedent(
 
 def run(script: Path, root: Path, out: Path, mode: str) -> subprocess.Popen:
     with open(root / f"{out.name}_{mode}.err", "a") as err:
-        return subprocess.Popen([sys.executable, str(script), str(root), str(out), mode],
-                                stdout=subprocess.DEVNULL, stderr=err)
+        return subprocess.Popen(
+            [sys.executable, str(script), str(root), str(out), mode],
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
 
 
 def test_sigkilled_training_resumes_to_identical_weights(tmp_path):

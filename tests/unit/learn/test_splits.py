@@ -58,8 +58,9 @@ def test_lopo_structure_and_determinism(spots):
         assert sorted(val_patients.index) == sorted(f"P{p}" for p in range(5) if p != k)
         assert (val_patients == 1).all()
     audit(man, meta)
-    again = leave_one_patient_out(df.sample(frac=1.0, random_state=3), inner_folds=3, seed=1,
-                                  inner_assignment="random")
+    again = leave_one_patient_out(
+        df.sample(frac=1.0, random_state=3), inner_folds=3, seed=1, inner_assignment="random"
+    )
     pd.testing.assert_frame_equal(man, again)
     other = leave_one_patient_out(df, inner_folds=3, seed=2, inner_assignment="random")
     assert not man.equals(other)
@@ -100,11 +101,13 @@ def test_random_within_section_proportions(spots):
 def grid_spots(side: int = 20, pitch_px: float = 100.0):
     yy, xx = np.mgrid[0:side, 0:side]
     xy = np.stack([xx.ravel(), yy.ravel()], 1).astype(float) * pitch_px
-    df = pd.DataFrame({
-        "sample_id": "S1",
-        "spot_id": [f"{x}x{y}" for x, y in zip(xx.ravel(), yy.ravel(), strict=True)],
-        "patient_id": "P1",
-    })
+    df = pd.DataFrame(
+        {
+            "sample_id": "S1",
+            "spot_id": [f"{x}x{y}" for x, y in zip(xx.ravel(), yy.ravel(), strict=True)],
+            "patient_id": "P1",
+        }
+    )
     return df, xy
 
 
@@ -237,8 +240,11 @@ def test_audit_fitted(spots):
     with pytest.raises(LeakageError, match="held-out section"):
         audit_fitted({"samples": train_samples, "n_spots": n_train}, lopo, "0.0")
     inner_train = fold_rows(lopo, "0.0", "train")
-    audit_fitted({"samples": sorted(inner_train["sample_id"].unique()),
-                  "n_spots": len(inner_train)}, lopo, "0.0")
+    audit_fitted(
+        {"samples": sorted(inner_train["sample_id"].unique()), "n_spots": len(inner_train)},
+        lopo,
+        "0.0",
+    )
     assert val_samples
 
     # within-section split: the same samples hold train and test spots, so n_spots decides
@@ -267,8 +273,13 @@ def test_audit_fitted(spots):
 
 
 def test_lopo_folds_and_inner_folds_known_before_running():
-    exp = resolve_experiment({"sections": {"platform": "st"},
-                              "split": {"scheme": "leave_one_patient_out", "inner_folds": 2}}, {"seed": 1})
+    exp = resolve_experiment(
+        {
+            "sections": {"platform": "st"},
+            "split": {"scheme": "leave_one_patient_out", "inner_folds": 2},
+        },
+        {"seed": 1},
+    )
     s = sheet()
     assert experiment_samples(exp, s) == ["PA_0", "PA_1", "PB_0", "PB_1", "PC_0", "PD_0"]
     assert outer_folds(exp, s) == ["0", "1", "2", "3"]

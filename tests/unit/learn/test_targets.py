@@ -18,11 +18,17 @@ from stpredict.learn import targets as T
 def section(sample: str, counts: np.ndarray, genes: list[str], ambiguous=None) -> ad.AnnData:
     """A section AnnData as docs/DESIGN.md describes it (only the fields targets.py uses)."""
     n = counts.shape[0]
-    obs = pd.DataFrame({"sample_id": sample, "patient_id": "P" + sample},
-                       index=[f"{sample}_{i}" for i in range(n)])
-    var = pd.DataFrame({"gene_ids": genes, "feature_types": "Gene Expression",
-                        "ambiguous": ambiguous if ambiguous is not None else [False] * len(genes)},
-                       index=genes)
+    obs = pd.DataFrame(
+        {"sample_id": sample, "patient_id": "P" + sample}, index=[f"{sample}_{i}" for i in range(n)]
+    )
+    var = pd.DataFrame(
+        {
+            "gene_ids": genes,
+            "feature_types": "Gene Expression",
+            "ambiguous": ambiguous if ambiguous is not None else [False] * len(genes),
+        },
+        index=genes,
+    )
     a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs, var=var)
     a.uns["stpredict"] = {"sample_id": sample}
     return a
@@ -76,8 +82,11 @@ def test_log1p_normalized_matches_scanpy(three):
         ref = a.copy()
         sc.pp.normalize_total(ref, target_sum=1e4)
         sc.pp.log1p(ref)
-        expect = pd.DataFrame(ref.X.toarray(), columns=ref.var_names).reindex(
-            columns=genes, fill_value=0.0).to_numpy()
+        expect = (
+            pd.DataFrame(ref.X.toarray(), columns=ref.var_names)
+            .reindex(columns=genes, fill_value=0.0)
+            .to_numpy()
+        )
         np.testing.assert_allclose(tr.transform(a), expect, rtol=1e-5, atol=1e-5)
 
 
@@ -109,13 +118,17 @@ def test_pearson_residuals_new_section_uses_fitted_p_and_own_totals(three):
     mu = n_c * p
     r = np.clip((x - mu) / np.sqrt(mu + mu**2 / 100), -np.sqrt(75), np.sqrt(75))
     np.testing.assert_allclose(tr.residuals(C), r, rtol=1e-10)
-    rt = np.clip((dense_union([A, B], genes) - train.sum(1, keepdims=True) * p)
-                 / np.sqrt(train.sum(1, keepdims=True) * p
-                           + (train.sum(1, keepdims=True) * p) ** 2 / 100), -np.sqrt(75), np.sqrt(75))
+    rt = np.clip(
+        (dense_union([A, B], genes) - train.sum(1, keepdims=True) * p)
+        / np.sqrt(train.sum(1, keepdims=True) * p + (train.sum(1, keepdims=True) * p) ** 2 / 100),
+        -np.sqrt(75),
+        np.sqrt(75),
+    )
     np.testing.assert_allclose(tr.min_, rt.min(0))
     np.testing.assert_allclose(tr.max_, rt.max(0))
-    np.testing.assert_allclose(tr.transform(C), (r - rt.min(0)) / (rt.max(0) - rt.min(0)),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        tr.transform(C), (r - rt.min(0)) / (rt.max(0) - rt.min(0)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gene_selector_top_mean_matches_scanpy_on_union(three):
@@ -177,8 +190,11 @@ def test_gene_selector_panel_missing(three):
 def test_round_trip_through_json(three):
     A, B, C = three
     sel = T.GeneSelector(n=6).fit([A, B])
-    for tr in (T.LogProportion(genes=sel.genes_), T.Log1pNormalized(genes=sel.genes_),
-               T.PearsonResidualsMinMax(genes=sel.genes_)):
+    for tr in (
+        T.LogProportion(genes=sel.genes_),
+        T.Log1pNormalized(genes=sel.genes_),
+        T.PearsonResidualsMinMax(genes=sel.genes_),
+    ):
         tr.fit([A, B])
         d = json.loads(json.dumps(tr.to_dict()))
         back = T.from_dict(d)
@@ -194,8 +210,10 @@ def test_round_trip_through_json(three):
 def test_no_leakage_from_test_section(three):
     A, B, C = three
     sel = T.GeneSelector(n=8).fit([A, B])
-    objs = [sel] + [cls(genes=sel.genes_).fit([A, B]) for cls in
-                    (T.LogProportion, T.Log1pNormalized, T.PearsonResidualsMinMax)]
+    objs = [sel] + [
+        cls(genes=sel.genes_).fit([A, B])
+        for cls in (T.LogProportion, T.Log1pNormalized, T.PearsonResidualsMinMax)
+    ]
     before = [json.dumps(o.to_dict()) for o in objs]
     out_c = [o.transform(C) for o in objs]
     C2 = C.copy()

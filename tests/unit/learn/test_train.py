@@ -55,15 +55,26 @@ def make_store(path, n, seed=0):
 def data(tmp_path):
     a, ta = make_store(tmp_path / "a.npy", 40, seed=0)
     b, tb = make_store(tmp_path / "b.npy", 24, seed=1)
-    train_ds = PatchDataset([tmp_path / "a.npy", tmp_path / "b.npy"],
-                            [np.arange(40), np.arange(16)], targets=np.concatenate([ta, tb[:16]]))
+    train_ds = PatchDataset(
+        [tmp_path / "a.npy", tmp_path / "b.npy"],
+        [np.arange(40), np.arange(16)],
+        targets=np.concatenate([ta, tb[:16]]),
+    )
     val_ds = PatchDataset([tmp_path / "b.npy"], [np.arange(16, 24)], targets=tb[16:])
     return train_ds, val_ds
 
 
 def cfg(**kw):
-    base = dict(backbone="tiny", tiny_width=4, batch_size=8, epochs=4, lr=0.01,
-                optimiser="sgd", augmentation="dihedral", seed=3)
+    base = dict(
+        backbone="tiny",
+        tiny_width=4,
+        batch_size=8,
+        epochs=4,
+        lr=0.01,
+        optimiser="sgd",
+        augmentation="dihedral",
+        seed=3,
+    )
     return train_config(**{**base, **kw})
 
 
@@ -73,8 +84,11 @@ def cfg(**kw):
 def test_patch_dataset_reads_uint8_chw_lazily(tmp_path):
     a, ta = make_store(tmp_path / "a.npy", 10)
     b, tb = make_store(tmp_path / "b.npy", 6, seed=1)
-    ds = PatchDataset([tmp_path / "a.npy", tmp_path / "b.npy"], [np.array([7, 2]), np.array([5])],
-                      targets=np.concatenate([ta[[7, 2]], tb[[5]]]))
+    ds = PatchDataset(
+        [tmp_path / "a.npy", tmp_path / "b.npy"],
+        [np.array([7, 2]), np.array([5])],
+        targets=np.concatenate([ta[[7, 2]], tb[[5]]]),
+    )
     assert len(ds) == 3 and ds.patch_size == S and ds.n_targets == 2
     assert ds._arrays is None  # nothing opened before the first read
     img, y = ds[2]
@@ -181,16 +195,19 @@ def test_interrupted_run_resumes_to_identical_weights(data, tmp_path, num_worker
     assert resumed["resumed_from"] == 2
     assert resumed["epochs_run"] == full["epochs_run"] == 4
     assert resumed["epoch"] == full["epoch"]
-    _assert_same_weights(_weights(tmp_path / "full" / "model.pt"),
-                         _weights(tmp_path / "cut" / "model.pt"))
+    _assert_same_weights(
+        _weights(tmp_path / "full" / "model.pt"), _weights(tmp_path / "cut" / "model.pt")
+    )
     h_full, h_cut = _hist(tmp_path / "full"), _hist(tmp_path / "cut")
     for col in ("train_loss", "val_loss", "val_sse"):
         pd.testing.assert_series_equal(h_full[col], h_cut[col])
     pd.testing.assert_series_equal(before["seconds"], h_cut["seconds"].iloc[:2])  # not rerun
     # one rolling checkpoint and best.pt only while training: model.pt holds the result
     for d in ("full", "cut"):
-        assert sorted(p.name for p in (tmp_path / d).iterdir()) == \
-            ["history.tsv", "model.pt"]  # no figure: plot_loss_curves draws it
+        assert sorted(p.name for p in (tmp_path / d).iterdir()) == [
+            "history.tsv",
+            "model.pt",
+        ]  # no figure: plot_loss_curves draws it
 
 
 def test_epoch_count_changes_and_resume_false(data, tmp_path, caplog):
@@ -258,10 +275,12 @@ def test_changed_targets_retrain(data, tmp_path, caplog, complete):
             train(c, train_ds, val_ds, out, stop_after_epoch=2)
     old = _weights(tmp_path / "run" / "model.pt") if complete else None
     # e.g. another targets.transform: same stores and rows, other targets
-    new_train = PatchDataset(train_ds.stores, [np.arange(40), np.arange(16)],
-                             targets=np.log1p(np.abs(train_ds.targets)))
-    new_val = PatchDataset(val_ds.stores, [np.arange(16, 24)],
-                           targets=np.log1p(np.abs(val_ds.targets)))
+    new_train = PatchDataset(
+        train_ds.stores, [np.arange(40), np.arange(16)], targets=np.log1p(np.abs(train_ds.targets))
+    )
+    new_val = PatchDataset(
+        val_ds.stores, [np.arange(16, 24)], targets=np.log1p(np.abs(val_ds.targets))
+    )
     with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         r = train(c, new_train, new_val, out, target_transform="other")
     assert r["resumed_from"] == 0
@@ -342,9 +361,17 @@ def test_unreadable_checkpoint_starts_afresh(data, tmp_path, caplog):
 def test_missing_best_weights_start_afresh(data, tmp_path, caplog, monkeypatch):
     train_ds, val_ds = data
     losses = iter([0.5, 0.9, 0.5, 0.9, 0.4])  # epoch 1 is the best of the first two
-    monkeypatch.setattr(training, "_evaluate", lambda *a, **k: {
-        "val_loss": next(losses), "val_sse": 1.0, "val_n": 8, "val_pearson_mean": 0.0,
-        "val_accuracy": math.nan})
+    monkeypatch.setattr(
+        training,
+        "_evaluate",
+        lambda *a, **k: {
+            "val_loss": next(losses),
+            "val_sse": 1.0,
+            "val_n": 8,
+            "val_pearson_mean": 0.0,
+            "val_accuracy": math.nan,
+        },
+    )
     with pytest.raises(TrainingInterrupted):
         train(cfg(epochs=3), train_ds, val_ds, tmp_path, stop_after_epoch=2)
     (tmp_path / "best.pt").write_bytes(b"broken")
@@ -402,8 +429,13 @@ def test_early_stopping_uses_the_best_val_loss(data, tmp_path, monkeypatch):
 
     def scripted():
         it = iter(losses)
-        return lambda *a, **k: {"val_loss": next(it), "val_sse": math.nan, "val_n": 8,
-                                "val_pearson_mean": 0.0, "val_accuracy": math.nan}
+        return lambda *a, **k: {
+            "val_loss": next(it),
+            "val_sse": math.nan,
+            "val_n": 8,
+            "val_pearson_mean": 0.0,
+            "val_accuracy": math.nan,
+        }
 
     monkeypatch.setattr(training, "_evaluate", scripted())
     res = train(cfg(epochs=8, patience=2), train_ds, val_ds, tmp_path / "a")
@@ -415,7 +447,9 @@ def test_early_stopping_uses_the_best_val_loss(data, tmp_path, monkeypatch):
         train(cfg(epochs=8, patience=2), train_ds, val_ds, tmp_path / "b", stop_after_epoch=4)
     again = train(cfg(epochs=8, patience=2), train_ds, val_ds, tmp_path / "b")
     assert again["epochs_run"] == 4 and again["resumed_from"] == 4 and again["epoch"] == 2
-    _assert_same_weights(_weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt"))
+    _assert_same_weights(
+        _weights(tmp_path / "a" / "model.pt"), _weights(tmp_path / "b" / "model.pt")
+    )
 
 
 def test_head_init_zero_starts_at_training_mean(data, tmp_path):
@@ -443,9 +477,20 @@ def test_stnet_loss_reduction_is_stnets_own_sgd_step(tmp_path):
     imgs, y = _stnet_batch(tmp_path)
     n, n_genes = y.shape
     ds = PatchDataset([tmp_path / "s.npy"], [np.arange(n)], targets=y)
-    stnet = dict(backbone="tiny", tiny_width=4, optimiser="sgd", lr=1e-6, momentum=0.9,
-                 weight_decay=0.0, batch_size=n, epochs=1, augmentation="none", head_init="zero",
-                 seed=11, precision="fp32")
+    stnet = dict(
+        backbone="tiny",
+        tiny_width=4,
+        optimiser="sgd",
+        lr=1e-6,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=n,
+        epochs=1,
+        augmentation="none",
+        head_init="zero",
+        seed=11,
+        precision="fp32",
+    )
     train(train_config(**stnet, loss_reduction="stnet"), ds, None, tmp_path / "stnet")
     train(train_config(**stnet, loss_reduction="mean"), ds, None, tmp_path / "mean")
     after = {k: _weights(tmp_path / k / "model.pt") for k in ("stnet", "mean")}
@@ -483,11 +528,13 @@ def test_per_spot_loss_of_each_kind():
     pred = torch.tensor([[0.0, 1.0, 4.0], [2.0, 2.0, 2.0]])
     y = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.0, 2.5]])
     torch.testing.assert_close(per_spot_loss(pred, y, "mse"), torch.tensor([17 / 3, 4.25 / 3]))
-    torch.testing.assert_close(per_spot_loss(pred, y, "smoothl1"),
-                               torch.tensor([(0.5 + 3.5) / 3, (1.5 + 0.125) / 3]))
+    torch.testing.assert_close(
+        per_spot_loss(pred, y, "smoothl1"), torch.tensor([(0.5 + 3.5) / 3, (1.5 + 0.125) / 3])
+    )
     ce = per_spot_loss(pred, torch.tensor([2, 0]), "cross_entropy")
-    torch.testing.assert_close(ce, torch.nn.functional.cross_entropy(
-        pred, torch.tensor([2, 0]), reduction="none"))
+    torch.testing.assert_close(
+        ce, torch.nn.functional.cross_entropy(pred, torch.tensor([2, 0]), reduction="none")
+    )
     assert per_spot_loss(pred.bfloat16(), y, "mse").dtype == torch.float32
 
 
@@ -501,9 +548,19 @@ def test_bf16_autocast_keeps_the_head_and_loss_in_fp32(tmp_path):
     np.save(tmp_path / "t.npy", rng.integers(0, 256, size=(n, S, S, 3), dtype=np.uint8))
     y = (-7.3 + 0.05 * rng.standard_normal((n, 3))).astype(np.float32)
     ds = PatchDataset([tmp_path / "t.npy"], [np.arange(n)], targets=y)
-    c = train_config(backbone="tiny", tiny_width=4, optimiser="sgd", lr=1e-12, momentum=0.0,
-                    batch_size=16, epochs=1, augmentation="none", head_init="zero", seed=0,
-                    precision="bf16")
+    c = train_config(
+        backbone="tiny",
+        tiny_width=4,
+        optimiser="sgd",
+        lr=1e-12,
+        momentum=0.0,
+        batch_size=16,
+        epochs=1,
+        augmentation="none",
+        head_init="zero",
+        seed=0,
+        precision="bf16",
+    )
     res = train(c, ds, ds, tmp_path / "run")
     assert res["precision"] == "bf16"
     h = _hist(tmp_path / "run")
@@ -534,12 +591,24 @@ def test_cuda_precisions_keep_fp32_outputs(tmp_path, precision):
     np.save(tmp_path / "g.npy", rng.integers(0, 256, size=(n, S, S, 3), dtype=np.uint8))
     y = (-7.3 + 0.05 * rng.standard_normal((n, 4))).astype(np.float32)
     ds = PatchDataset([tmp_path / "g.npy"], [np.arange(n)], targets=y)
-    c = train_config(backbone="tiny", tiny_width=8, optimiser="adam", lr=1e-3, batch_size=32,
-                    epochs=2, augmentation="dihedral", head_init="zero", seed=0,
-                    precision=precision)
+    c = train_config(
+        backbone="tiny",
+        tiny_width=8,
+        optimiser="adam",
+        lr=1e-3,
+        batch_size=32,
+        epochs=2,
+        augmentation="dihedral",
+        head_init="zero",
+        seed=0,
+        precision=precision,
+    )
     res = train(c, ds, ds, tmp_path / "run", device="cuda")
-    expect = ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16") \
-        if precision == "auto" else precision
+    expect = (
+        ("bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16")
+        if precision == "auto"
+        else precision
+    )
     assert res["precision"] == expect
     assert np.isfinite(_hist(tmp_path / "run")["train_loss"]).all()
     model, _ = load_model(tmp_path / "run" / "model.pt", device="cuda")

@@ -21,19 +21,41 @@ def make_section(seed=0, n=12, g=1700):
     for i in range(n):
         counts[i, : i * 150] = rng.integers(1, 3, i * 150)
     obs = pd.DataFrame({"sample_id": "S1"}, index=[f"BC{i:02d}-1" for i in range(n)])
-    a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs,
-                   var=pd.DataFrame(index=[f"G{j}" for j in range(g)]))
+    a = ad.AnnData(
+        X=sp.csr_matrix(counts.astype(np.float32)),
+        obs=obs,
+        var=pd.DataFrame(index=[f"G{j}" for j in range(g)]),
+    )
     a.uns["stpredict"] = {"sample_id": "S1", "mpp": 0.5}
     return a, counts
 
 
 def write_patch_table(tmp_path, ids, white):
     tsv = tmp_path / "spots.tsv"
-    pd.DataFrame({"id": ids, "x": 0.0, "y": 0.0, "pad_frac": 0.0,
-                  "white_frac": np.where(white, 0.9, 0.1), "mean_r": 1.0, "mean_g": 1.0,
-                  "mean_b": 1.0, "white": white}).to_csv(tsv, sep="\t", index=False)
-    (tmp_path / "spots.json").write_text(json.dumps(
-        {"whiteness": {"percentile": 80.0, "max_white_frac": 0.5, "thresholds": [200, 190, 210]}}))
+    pd.DataFrame(
+        {
+            "id": ids,
+            "x": 0.0,
+            "y": 0.0,
+            "pad_frac": 0.0,
+            "white_frac": np.where(white, 0.9, 0.1),
+            "mean_r": 1.0,
+            "mean_g": 1.0,
+            "mean_b": 1.0,
+            "white": white,
+        }
+    ).to_csv(tsv, sep="\t", index=False)
+    (tmp_path / "spots.json").write_text(
+        json.dumps(
+            {
+                "whiteness": {
+                    "percentile": 80.0,
+                    "max_white_frac": 0.5,
+                    "thresholds": [200, 190, 210],
+                }
+            }
+        )
+    )
     return tsv
 
 
@@ -70,8 +92,11 @@ def test_apply_qc_joins_patch_table_by_id(tmp_path):
     qc = out.uns["qc"]
     assert qc["min_umi"] == 1000 and qc["min_genes"] == 1000 and qc["whiteness"]
     assert qc["n_kept"] == keep.sum() and qc["n_removed"] == 12 - keep.sum()
-    assert qc["removed"] == {"umi": int((umi < 1000).sum()), "genes": int((genes < 1000).sum()),
-                             "white": 2}
+    assert qc["removed"] == {
+        "umi": int((umi < 1000).sum()),
+        "genes": int((genes < 1000).sum()),
+        "white": 2,
+    }
     assert qc["whiteness_params"]["thresholds"] == [200, 190, 210]
     out.write_h5ad(tmp_path / "qc.h5ad")  # the record must be serialisable
     back = ad.read_h5ad(tmp_path / "qc.h5ad")

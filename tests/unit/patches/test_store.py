@@ -96,14 +96,24 @@ def test_crops_exact_order_and_padding(tmp_path, coded, which, opened):
     image = opened(png if which == "png" else tif, sample="S1")
     rng = np.random.default_rng(0)
     # interior, rounding (x.5 rounds up), corners/edges (padding), fully outside, odd crop
-    xy = np.array([[200, 150], [10.5, 20.49], [0, 0], [W - 1, H - 1], [W + 100, 10],
-                   [123.2, 299.7], *rng.uniform(0, [W, H], size=(40, 2))])
+    xy = np.array(
+        [
+            [200, 150],
+            [10.5, 20.49],
+            [0, 0],
+            [W - 1, H - 1],
+            [W + 100, 10],
+            [123.2, 299.7],
+            *rng.uniform(0, [W, H], size=(40, 2)),
+        ]
+    )
     perm = rng.permutation(len(xy))
     xy = xy[perm]
     for c in (32, 33):
         spec = PatchSpec(fov_px=c, size_px=c, pad_value=255)
-        table, npy, tsv, js = _run(tmp_path, image, xy, spec, batch=7, band_px=50,
-                                   ids=[f"s{i}" for i in range(len(xy))])
+        table, npy, tsv, js = _run(
+            tmp_path, image, xy, spec, batch=7, band_px=50, ids=[f"s{i}" for i in range(len(xy))]
+        )
         store = load_patches(npy)
         assert isinstance(store, np.memmap) and store.shape == (len(xy), c, c, 3)
         assert store.flags["C_CONTIGUOUS"] and store.dtype == np.uint8
@@ -122,7 +132,8 @@ def test_crops_exact_order_and_padding(tmp_path, coded, which, opened):
             assert back["pad_frac"][i] == pytest.approx(1 - inside / c**2)
         np.testing.assert_allclose(
             back[["mean_r", "mean_g", "mean_b"]].to_numpy(),
-            store.reshape(len(xy), -1, 3).mean(axis=1))
+            store.reshape(len(xy), -1, 3).mean(axis=1),
+        )
 
 
 def test_tiff_is_read_by_region_not_whole(tmp_path, coded, monkeypatch, opened):
@@ -209,8 +220,20 @@ def test_whiteness_written_and_flags_background(tmp_path):
     src = tmp_path / "t.png"
     Image.fromarray(img).save(src)
     # 2 of 10 crops on glass: the 80th percentile of the means lies between tissue and glass
-    xy = np.array([[50, 100], [100, 100], [150, 60], [250, 100], [350, 100], [60, 50],
-                   [60, 150], [120, 40], [80, 80], [140, 140]])
+    xy = np.array(
+        [
+            [50, 100],
+            [100, 100],
+            [150, 60],
+            [250, 100],
+            [350, 100],
+            [60, 50],
+            [60, 150],
+            [120, 40],
+            [80, 80],
+            [140, 140],
+        ]
+    )
     table, _, tsv, js = _run(tmp_path, SlideImage(src), xy, PatchSpec(fov_px=40, size_px=40))
     assert table["white"].tolist() == [False, False, False, True, True] + [False] * 5
     assert table["white_frac"].tolist() == [0.0] * 3 + [1.0, 1.0] + [0.0] * 5

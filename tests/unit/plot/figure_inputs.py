@@ -38,19 +38,28 @@ def section(sid=SID, genes=("G1", "G2", "G3"), sparse=False, clusters=False, ima
     meas = rng.normal(1.0, 0.5, (n, len(genes))) + tumour[:, None]
     pred = meas * 0.5 + rng.normal(0, 0.2, meas.shape)
     pred[:, -1] = 0.7  # constant prediction: Pearson r is NaN
-    obs = pd.DataFrame({"sample_id": sid, "array_row": r, "array_col": c, "annotation": ann},
-                       index=[f"{sid}_{i}" for i in range(n)])
+    obs = pd.DataFrame(
+        {"sample_id": sid, "array_row": r, "array_col": c, "annotation": ann},
+        index=[f"{sid}_{i}" for i in range(n)],
+    )
     X = sp.csr_matrix(meas.astype(np.float32)) if sparse else meas.astype(np.float32)
     a = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=list(genes)))
     a.layers["predicted"] = pred.astype(np.float32)
     a.obsm["spatial"] = np.column_stack([x, y])
     if image:
         low = np.full((int(y.max() * 0.1) + 30, int(x.max() * 0.1) + 30, 3), 235, np.uint8)
-        yy, xx = np.mgrid[0:low.shape[0], 0:low.shape[1]]
+        yy, xx = np.mgrid[0 : low.shape[0], 0 : low.shape[1]]
         low[np.hypot(xx - x.mean() * 0.1, yy - y.mean() * 0.1) < 70] = (190, 110, 180)
-        a.uns["spatial"] = {sid: {"images": {"lowres": low}, "scalefactors": {
-            "tissue_lowres_scalef": 0.1, "tissue_hires_scalef": 0.2,
-            "spot_diameter_fullres": 50.0}}}
+        a.uns["spatial"] = {
+            sid: {
+                "images": {"lowres": low},
+                "scalefactors": {
+                    "tissue_lowres_scalef": 0.1,
+                    "tissue_hires_scalef": 0.2,
+                    "spot_diameter_fullres": 50.0,
+                },
+            }
+        }
         a.uns["stpredict"] = {"sample_id": sid, "mpp": 0.5}
     if clusters:
         k = (x > x.mean()).astype(int) + 2 * tumour
@@ -72,24 +81,45 @@ def per_gene_table(n_genes=30, n_units=8, nan_gene=True):
                 r, auc = np.nan, np.nan
             for target in ("raw", "smoothed"):
                 for stratum in ("all", "tumor"):
-                    rows.append((f"G{g}", f"P{u}", "patient", target, stratum, "log1p", r, r,
-                                 0.4, auc, 200))
-    return pd.DataFrame(rows, columns=["gene", "unit", "unit_by", "target", "stratum",
-                                       "transform", "pearson", "spearman", "rmse", "auroc",
-                                       "n_spots"])
+                    rows.append(
+                        (f"G{g}", f"P{u}", "patient", target, stratum, "log1p", r, r, 0.4, auc, 200)
+                    )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "gene",
+            "unit",
+            "unit_by",
+            "target",
+            "stratum",
+            "transform",
+            "pearson",
+            "spearman",
+            "rmse",
+            "auroc",
+            "n_spots",
+        ],
+    )
 
 
 def comparison_table():
     """Fixed example: CNN vs labels (r) and vs mean (RMSE)."""
     rows = [
         # gene, method, median_pearson, median_rmse
-        ("A", "cnn", 0.30, 0.50), ("B", "cnn", 0.10, 0.60), ("C", "cnn", 0.20, 0.40),
+        ("A", "cnn", 0.30, 0.50),
+        ("B", "cnn", 0.10, 0.60),
+        ("C", "cnn", 0.20, 0.40),
         ("D", "cnn", np.nan, 0.70),
-        ("A", "labels", 0.10, 0.55), ("B", "labels", 0.20, 0.58), ("C", "labels", 0.05, 0.45),
+        ("A", "labels", 0.10, 0.55),
+        ("B", "labels", 0.20, 0.58),
+        ("C", "labels", 0.05, 0.45),
         ("D", "labels", 0.10, 0.70),
-        ("A", "mean", np.nan, 0.60), ("B", "mean", np.nan, 0.55), ("C", "mean", np.nan, 0.50),
+        ("A", "mean", np.nan, 0.60),
+        ("B", "mean", np.nan, 0.55),
+        ("C", "mean", np.nan, 0.50),
         ("D", "mean", np.nan, 0.80),
-        ("A", "neighbours", 0.40, 0.40), ("B", "neighbours", 0.05, 0.50),
+        ("A", "neighbours", 0.40, 0.40),
+        ("B", "neighbours", 0.05, 0.50),
         ("C", "neighbours", np.nan, 0.50),
     ]
     df = pd.DataFrame(rows, columns=["gene", "method", "median_pearson", "median_rmse"])

@@ -18,9 +18,17 @@ def test_umap_figure_with_and_without_example_patches(tmp_path, with_patches):
     n = 400
     labels = rng.choice(["tumor", "non", ""], n)
     coords = rng.normal(0, 1, (n, 2)) + (labels == "tumor")[:, None] * 2.5
-    examples = pd.DataFrame({"kind": ["tumour", "normal", "unannotated", "far"],
-                             "index": [int(np.flatnonzero(labels == "tumor")[0]),
-                                       int(np.flatnonzero(labels == "non")[0]), 7, 11]})
+    examples = pd.DataFrame(
+        {
+            "kind": ["tumour", "normal", "unannotated", "far"],
+            "index": [
+                int(np.flatnonzero(labels == "tumor")[0]),
+                int(np.flatnonzero(labels == "non")[0]),
+                7,
+                11,
+            ],
+        }
+    )
     patches = rng.integers(0, 255, (4, 32, 32, 3)).astype(np.uint8) if with_patches else None
     png = tmp_path / "umap.png"
     plot_umap(coords, labels, png, examples, patches, "UMAP of patch features")
@@ -30,8 +38,12 @@ def test_umap_figure_with_and_without_example_patches(tmp_path, with_patches):
 def test_umap_figure_without_examples(tmp_path):
     rng = np.random.default_rng(5)
     png = tmp_path / "umap_plain.png"
-    plot_umap(rng.normal(size=(50, 2)), np.array(["tumor"] * 25 + [""] * 25, dtype=object),
-                 png, title="plain")
+    plot_umap(
+        rng.normal(size=(50, 2)),
+        np.array(["tumor"] * 25 + [""] * 25, dtype=object),
+        png,
+        title="plain",
+    )
     check_outputs(png)
 
 
@@ -42,8 +54,14 @@ def test_ig_overlays_with_empty_and_nan_attributions(tmp_path):
     attr[1] = 0.0  # no attribution at all
     attr[2, :3] = np.nan
     png = tmp_path / "ig.png"
-    plot_ig_overlays(patches, attr, "ERBB2", png,
-                        values=[1.0, np.nan, 2.0, 0.5, 0.1, 3.0, 2.2], units_label="log1p")
+    plot_ig_overlays(
+        patches,
+        attr,
+        "ERBB2",
+        png,
+        values=[1.0, np.nan, 2.0, 0.5, 0.1, 3.0, 2.2],
+        units_label="log1p",
+    )
     check_outputs(png)
     png2 = tmp_path / "ig_one.png"
     plot_ig_overlays(patches[:1], attr[:1], "ERBB2", png2)

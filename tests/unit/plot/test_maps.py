@@ -21,13 +21,30 @@ def test_dataset_stats_survive_zero_umi_spots_and_a_section_without_kept_spots(t
     for i in range(5):
         tc = rng.lognormal(8, 0.6, 80)
         tc[:3] = 0  # zero-UMI spots cannot go on the log axis
-        parts.append(pd.DataFrame({"sample_id": f"S{i}", "patient_id": f"P{i // 2}",
-                                   "platform": "visium" if i < 4 else "st",
-                                   "total_counts": tc, "n_genes_by_counts": (tc ** 0.8),
-                                   "keep": tc > 2000}))
-    parts.append(pd.DataFrame({"sample_id": "S9", "patient_id": "P9", "platform": "st",
-                               "total_counts": [5.0, 7.0], "n_genes_by_counts": [2, 3],
-                               "keep": [False, False]}))  # a section with no kept spot
+        parts.append(
+            pd.DataFrame(
+                {
+                    "sample_id": f"S{i}",
+                    "patient_id": f"P{i // 2}",
+                    "platform": "visium" if i < 4 else "st",
+                    "total_counts": tc,
+                    "n_genes_by_counts": (tc**0.8),
+                    "keep": tc > 2000,
+                }
+            )
+        )
+    parts.append(
+        pd.DataFrame(
+            {
+                "sample_id": "S9",
+                "patient_id": "P9",
+                "platform": "st",
+                "total_counts": [5.0, 7.0],
+                "n_genes_by_counts": [2, 3],
+                "keep": [False, False],
+            }
+        )
+    )  # a section with no kept spot
     png = tmp_path / "stats" / "dataset.png"
     plot_dataset_stats(pd.concat(parts), png)
     check_outputs(png)
@@ -37,8 +54,9 @@ def test_expression_maps_draw_sections_without_an_image_or_a_gene(tmp_path):
     a = section()
     b = section("DEMO_B1", genes=("G1", "G3"), image=False)  # no H&E, G2 missing
     png = tmp_path / "maps.png"
-    plot_expression_maps([a, b], ["G1", "G2", "G3"], units_label("log1p"), png,
-                            titles=["section A", "section B"])
+    plot_expression_maps(
+        [a, b], ["G1", "G2", "G3"], units_label("log1p"), png, titles=["section A", "section B"]
+    )
     check_outputs(png, min_w=800, min_h=1000)
 
 

@@ -22,23 +22,43 @@ def qc_section(tmp_path, with_lowres=True):
     lam = np.where(np.hypot(xy[:, 0] - 560, xy[:, 1] - 480) < 300, 3.0, 0.2)
     counts = rng.poisson(lam[:, None] * np.ones((1, 800)))
     obs = pd.DataFrame({"sample_id": "DEMO_A1"}, index=[f"s{i}" for i in range(n)])
-    a = ad.AnnData(X=sp.csr_matrix(counts.astype(np.float32)), obs=obs,
-                   var=pd.DataFrame(index=[f"G{j}" for j in range(800)]))
+    a = ad.AnnData(
+        X=sp.csr_matrix(counts.astype(np.float32)),
+        obs=obs,
+        var=pd.DataFrame(index=[f"G{j}" for j in range(800)]),
+    )
     a.obsm["spatial"] = xy
     a.uns["stpredict"] = {"sample_id": "DEMO_A1", "mpp": 1.0}
     if with_lowres:
         low = np.full((110, 120, 3), 240, np.uint8)
         yy, xx = np.mgrid[0:110, 0:120]
         low[np.hypot(xx - 56, yy - 48) < 30] = (180, 110, 190)
-        a.uns["spatial"] = {"DEMO_A1": {"images": {"lowres": low}, "scalefactors": {
-            "tissue_lowres_scalef": 0.1, "tissue_hires_scalef": 0.2,
-            "spot_diameter_fullres": 30.0, "fiducial_diameter_fullres": 40.0}}}
+        a.uns["spatial"] = {
+            "DEMO_A1": {
+                "images": {"lowres": low},
+                "scalefactors": {
+                    "tissue_lowres_scalef": 0.1,
+                    "tissue_hires_scalef": 0.2,
+                    "spot_diameter_fullres": 30.0,
+                    "fiducial_diameter_fullres": 40.0,
+                },
+            }
+        }
     white = np.hypot(xy[:, 0] - 560, xy[:, 1] - 480) > 420
     tsv = tmp_path / "spots.tsv"
-    pd.DataFrame({"id": a.obs_names, "x": xy[:, 0], "y": xy[:, 1], "pad_frac": 0.0,
-                  "white_frac": np.where(white, 0.8, 0.05) + rng.uniform(0, 0.1, n),
-                  "mean_r": 200.0, "mean_g": 150.0, "mean_b": 200.0, "white": white}
-                 ).to_csv(tsv, sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "id": a.obs_names,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "pad_frac": 0.0,
+            "white_frac": np.where(white, 0.8, 0.05) + rng.uniform(0, 0.1, n),
+            "mean_r": 200.0,
+            "mean_g": 150.0,
+            "mean_b": 200.0,
+            "white": white,
+        }
+    ).to_csv(tsv, sep="\t", index=False)
     out = Q.apply_qc(a, tsv, {"min_umi": 1000, "min_genes": 700, "whiteness": True})
     return out, tsv
 

@@ -27,14 +27,28 @@ def test_consistency_plot_leaves_genes_without_r_out(tmp_path):
     assert summary["median_pearson"].isna().any()  # the NaN gene is in the input
     comp = comparison_table()
     png = tmp_path / "consistency.png"
-    plot_consistency(summary, 8, png, methods={"labels": summary.assign(
-        n_positive=summary["n_positive"] // 2), "mean": comp[comp["method"] == "mean"]})
+    plot_consistency(
+        summary,
+        8,
+        png,
+        methods={
+            "labels": summary.assign(n_positive=summary["n_positive"] // 2),
+            "mean": comp[comp["method"] == "mean"],
+        },
+    )
     check_outputs(png)
 
 
 def test_consistency_plot_of_only_undefined_genes_is_still_drawn(tmp_path):
-    summary = pd.DataFrame({"target": "raw", "gene": ["A", "B"], "median_pearson": np.nan,
-                            "n_units": 0, "n_positive": 0})
+    summary = pd.DataFrame(
+        {
+            "target": "raw",
+            "gene": ["A", "B"],
+            "median_pearson": np.nan,
+            "n_units": 0,
+            "n_positive": 0,
+        }
+    )
     png = tmp_path / "consistency_nan.png"
     plot_consistency(summary, 5, png)
     check_outputs(png)
@@ -80,9 +94,18 @@ def test_confusion_matrix_with_an_empty_class_normalised_or_not(tmp_path):
 
 def test_loss_curves_of_folds_without_validation_or_epochs_and_of_many_folds(tmp_path):
     e = np.arange(1, 11)
-    h = pd.DataFrame({"epoch": e, "train_loss": 10.0 / e, "val_loss": 12.0 / e,
-                      "val_pearson_mean": np.nan, "val_accuracy": np.nan,
-                      "images_per_s": 100.0, "seconds": 1.0, "lr": 1e-4})
+    h = pd.DataFrame(
+        {
+            "epoch": e,
+            "train_loss": 10.0 / e,
+            "val_loss": 12.0 / e,
+            "val_pearson_mean": np.nan,
+            "val_accuracy": np.nan,
+            "images_per_s": 100.0,
+            "seconds": 1.0,
+            "lr": 1e-4,
+        }
+    )
     few = {"fold0": h, "fold1": h.assign(val_loss=np.nan), "fold2": h.iloc[:0]}
     png = tmp_path / "loss.png"
     plot_loss_curves(few, png)
