@@ -21,6 +21,7 @@ __all__ = [
     "UNANNOTATED",
     "ANNOTATION_LABELS",
     "STRATA",
+    "SPOT_OBS",
     "TARGET_UNITS",
     "annotations",
     "normalise_annotation_label",
@@ -39,6 +40,18 @@ UNANNOTATED = ""
 ANNOTATION_LABELS: tuple[str, str] = (TUMOR, NORMAL)
 #: stratum name of the metrics tables -> the annotation label of its spots
 STRATA: dict[str, str] = {"tumor": TUMOR, "normal": NORMAL}
+#: the per-spot columns of a section that prediction and baseline AnnData carry (where present)
+SPOT_OBS: tuple[str, ...] = (
+    "sample_id",
+    "patient_id",
+    "spot_id",
+    "in_tissue",
+    "array_row",
+    "array_col",
+    "annotation",
+    "cluster",
+    "total_counts",
+)
 
 #: Annotation labels read as ``tumor`` / ``non`` (case-insensitive, surrounding blanks ignored),
 #: by the ST and the Visium readers alike; other labels are kept as written.

@@ -45,7 +45,7 @@ import pandas as pd
 
 from stpredict.errors import ConfigError, InputError
 from stpredict.io import read_json, read_table
-from stpredict.vocab import ANNOTATION_LABELS, annotations
+from stpredict.vocab import ANNOTATION_LABELS, SPOT_OBS, annotations
 
 __all__ = [
     "BASELINES",
@@ -59,17 +59,6 @@ log = logging.getLogger(__name__)
 
 BASELINES: tuple[str, ...] = ("mean", "labels", "nuclear_rf", "nmf_rf", "neighbours")
 NEEDS_FEATURES: frozenset[str] = frozenset({"nuclear_rf", "nmf_rf"})
-_OBS = (
-    "sample_id",
-    "patient_id",
-    "spot_id",
-    "in_tissue",
-    "array_row",
-    "array_col",
-    "annotation",
-    "cluster",
-    "total_counts",
-)
 
 
 def read_features(paths: Mapping[str, str | os.PathLike[str]]) -> dict[str, pd.DataFrame]:
@@ -233,7 +222,7 @@ def fit_predict(
 def _obs(ads: Sequence[ad.AnnData], fold: str) -> pd.DataFrame:
     obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in ads])
     obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
-    obs = obs[[c for c in _OBS if c in obs]].copy()
+    obs = obs[[c for c in SPOT_OBS if c in obs]].copy()
     obs["fold"] = str(fold)
     return obs
 

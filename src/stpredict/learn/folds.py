@@ -35,7 +35,7 @@ from stpredict.io import (
     write_table,
 )
 from stpredict.learn.targets import TRANSFORM_NAMES
-from stpredict.vocab import target_units
+from stpredict.vocab import SPOT_OBS, target_units
 
 __all__ = [
     "build_manifest",
@@ -523,21 +523,7 @@ def predict_fold(
     )
     obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
     obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
-    keep_cols = [
-        c
-        for c in (
-            "sample_id",
-            "patient_id",
-            "spot_id",
-            "in_tissue",
-            "array_row",
-            "array_col",
-            "annotation",
-            "cluster",
-            "total_counts",
-        )
-        if c in obs
-    ]
+    keep_cols = [c for c in SPOT_OBS if c in obs]
     obs = obs[keep_cols].copy()
     obs["fold"] = str(fold)
     spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads])
