@@ -7,6 +7,7 @@
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
+#   snakemake --cores 2 superres        + super-resolution grids of the experiments that enable it
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
@@ -46,6 +47,7 @@ rule all:
         expand("results/features/{sample}/nuclear.tsv", sample=feature_samples()),
         "results/figures/dataset.png",
         "results/summary.tsv",
+        experiment_superres(),
 
 
 rule evaluation:
@@ -83,3 +85,8 @@ rule patches:
 rule qc:
     input:
         "results/qc/summary.tsv",
+
+
+rule superres:
+    input:
+        experiment_superres(),

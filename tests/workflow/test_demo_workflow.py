@@ -168,6 +168,8 @@ def per_gene_r(demo_run: Path, experiment: str) -> pd.DataFrame:
         for unit, idx in a.obs.groupby(col, observed=True).indices.items():
             units.setdefault(unit, []).append((a, idx))
     for unit, parts in units.items():
+        # QC-failed spots of an imputed section are predicted but not measured: never scored
+        parts = [(a, idx[~a.obs["qc_failed"].to_numpy(bool)[idx]]) for a, idx in parts]
         X = np.concatenate([np.asarray(a.X)[idx] for a, idx in parts])
         P = np.concatenate([a.layers["predicted"][idx] for a, idx in parts])
         genes = parts[0][0].var_names
@@ -195,13 +197,19 @@ def test_prediction_contract(demo_run):
             if exp != "demo_clusters":
                 assert a.uns["stpredict"]["target_transform"]["name"]
                 assert list(a.uns["stpredict"]["genes"]["names"]) == list(a.var_names)
-            # every predicted spot was a test spot of its fold
+            # every predicted spot was a test spot of its fold (but those that failed QC)
             test = man[man.role == "test"]
             keys = set(zip(test.sample_id, test.spot_id, test.fold, strict=False))
+            scored = a[~a.obs["qc_failed"].to_numpy(bool)]
             assert all(
                 (s, i, k) in keys
-                for s, i, k in zip(a.obs.sample_id, a.obs.spot_id, a.obs.fold, strict=False)
+                for s, i, k in zip(
+                    scored.obs.sample_id, scored.obs.spot_id, scored.obs.fold, strict=False
+                )
             )
+            failed = a.obs[a.obs["qc_failed"].to_numpy(bool)]
+            in_splits = set(zip(man.sample_id, man.spot_id, strict=False))
+            assert not set(zip(failed.sample_id, failed.spot_id, strict=False)) & in_splits
 
 
 @pytest.mark.parametrize("experiment", REGRESSION)
@@ -220,6 +228,58 @@ def test_planted_genes_are_learned_and_noise_is_not(demo_run, experiment):
         )
     if experiment == "demo_stnet":
         assert len(noise) >= 5, "the ST-Net demo gene set should contain pure-noise genes"
+
+
+def test_superres_measured_and_imputed_with_one_colour_scale(demo_run):
+    from PIL import Image
+    from scipy.spatial import cKDTree
+
+    sr = ad.read_h5ad(demo_run / "results/superres/demo_deepspace/P1_D1.h5ad")
+    kind = sr.obs["kind"].astype(str).to_numpy()
+    assert set(kind) == {"measured", "imputed"}
+    held = ad.read_h5ad(demo_run / "results/experiments/demo_deepspace/predictions/P1_D1.h5ad")
+    m = kind == "measured"
+    assert m.sum() == held.n_obs  # every scored spot, with its held-out prediction
+    np.testing.assert_array_equal(sr.layers["predicted"][m], held.layers["predicted"])
+    np.testing.assert_array_equal(sr.X[m], held.X)
+    assert np.isnan(sr.X[~m]).all() and np.isfinite(sr.layers["predicted"]).all()
+    # triangle centroids: about two per spot, 57.7 µm from three spots of the section
+    section = ad.read_h5ad(demo_run / "results/sections/P1_D1.h5ad")
+    grid = (sr.obs["centre"] == "triangles").to_numpy()
+    assert 1.6 * section.n_obs < sr.uns["stpredict"]["n_centres"] < 2.0 * section.n_obs
+    assert sr.uns["stpredict"]["n_centres_predicted"] == grid.sum()
+    d, _ = cKDTree(section.obsm["spatial"]).query(sr.obsm["spatial"][grid], k=4)
+    mpp = section.uns["stpredict"]["mpp"]
+    assert np.allclose(d[:, :3] * mpp, 57.735, atol=2.0) and (d[:, 3] * mpp > 90).all()
+    spots = json.loads((demo_run / "results/patches/P1_D1/spots.json").read_text())
+    assert sr.uns["stpredict"]["whiteness"]["threshold"] == spots["whiteness"]["threshold"]
+    png = demo_run / "results/superres/demo_deepspace/P1_D1.png"
+    scales = json.loads(Image.open(png).text["colour_scales"])
+    assert scales and all(v["panels"] == ["measured", "imputed", "both"] for v in scales.values())
+
+
+def test_imputation_over_the_series_predicts_qc_failed_spots(demo_run):
+    man = pd.read_csv(
+        demo_run / "results/experiments/demo_imputation/splits.tsv", sep="\t", dtype=str
+    )
+    test = man[man.role == "test"].groupby("fold")["sample_id"].unique()
+    assert {k: list(v) for k, v in test.items()} == {
+        "0": ["P1_D1"],
+        "1": ["P1_D2"],
+        "2": ["P1_D3"],
+    }
+    qc = ad.read_h5ad(demo_run / "results/qc/P1_D2.h5ad")
+    failed = qc.obs_names[qc.obs["pass_white"] & ~qc.obs["keep"]]
+    assert len(failed) > 20  # the permeabilisation-failure region
+    a = ad.read_h5ad(demo_run / "results/experiments/demo_imputation/predictions/P1_D2.h5ad")
+    marked = a.obs["qc_failed"].to_numpy(bool)
+    assert sorted(a.obs_names[marked]) == sorted(failed)
+    assert np.isnan(a.X[marked]).all() and np.isfinite(a.layers["predicted"][marked]).all()
+    per = pd.read_csv(
+        demo_run / "results/experiments/demo_imputation/metrics/per_gene.tsv", sep="\t"
+    )
+    n = per[(per.unit == "P1_D2") & (per.stratum == "all")]["n_spots"]
+    assert (n == int(qc.obs["keep"].sum())).all()  # scored on the kept spots only
 
 
 def test_cluster_predictions_beat_chance(demo_run):

@@ -405,3 +405,57 @@ def experiment_analyses(names=None):
         if ev["latent"]:
             out.append(f"{base}/latent/purity.tsv")
     return out
+
+
+# ------------------------------------------------------------------------ super-resolution
+from stpredict.patches.centres import GRID_NAME_PATTERN, grid_name, resolve_grid
+
+
+wildcard_constraints:
+    grid=GRID_NAME_PATTERN,
+
+
+def superres_samples(name):
+    """Held-out sections of an experiment with super-resolution (none when it is off)."""
+    return held_out_samples(name) if EXPERIMENTS[name]["superres"]["enabled"] else []
+
+
+def superres_grid(name, sample):
+    """File name of the grid of ``sample`` in experiment ``name`` (triangles, stride55um...)."""
+    sr = EXPERIMENTS[name]["superres"]
+    kind = resolve_grid(sr["grid"], SAMPLES.loc[sample, "platform"], sample=sample)
+    return grid_name(kind, sr["stride_um"])
+
+
+def experiment_superres(names=None):
+    """Super-resolution AnnData and maps of every held-out section of the given experiments."""
+    return [
+        f"results/superres/{name}/{s}.{ext}"
+        for name in (names or EXPERIMENTS)
+        for s in superres_samples(name)
+        for ext in ("h5ad", "png")
+    ]
+
+
+def get_superres_inputs(wildcards):
+    """Grid store, collected predictions, section and the models of the folds that test it."""
+    name, sample = wildcards.experiment, wildcards.sample
+    if sample not in superres_samples(name):
+        raise WorkflowError(
+            f"experiment '{name}' has no super-resolution of section '{sample}' (superres "
+            "disabled, or the section is never held out)"
+        )
+    exp = EXPERIMENTS[name]
+    grid = superres_grid(name, sample)
+    return {
+        "section": f"results/sections/{sample}.h5ad",
+        "predictions": f"results/experiments/{name}/predictions/{sample}.h5ad",
+        "grid": f"results/patches/{sample}/{grid}.npy",
+        "grid_tsv": f"results/patches/{sample}/{grid}.tsv",
+        "grid_json": f"results/patches/{sample}/{grid}.json",
+        "models": [
+            f"results/experiments/{name}/folds/{k}/model.pt"
+            for k in outer_folds(exp, SAMPLES)
+            if sample in fold_test_samples(exp, SAMPLES, k)
+        ],
+    }

@@ -85,3 +85,30 @@ rule collect_predictions:
         "../../envs/stpredict.yaml"
     script:
         "../scripts/collect_predictions.py"
+
+
+# Super-resolution: the grid centres of a held-out section predicted (TTA) by the mean of the
+# fold models that test it, beside its measured spots and their held-out predictions.
+rule predict_superres:
+    input:
+        unpack(get_superres_inputs),
+    output:
+        h5ad="results/superres/{experiment}/{sample}.h5ad",
+    log:
+        "results/logs/predict_superres/{experiment}/{sample}.log",
+    benchmark:
+        "results/benchmarks/predict_superres/{experiment}/{sample}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=120,
+    params:
+        grid=lambda wc: superres_grid(wc.experiment, wc.sample),
+        tta=lambda wc: EXPERIMENTS[wc.experiment]["tta"],
+        precision=lambda wc: EXPERIMENTS[wc.experiment]["train"]["precision"],
+        whiteness=config["qc"]["whiteness"]["enabled"],
+    script:
+        "../scripts/predict_superres.py"

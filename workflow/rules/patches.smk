@@ -28,6 +28,35 @@ rule extract_patches:
         "../scripts/extract_patches.py"
 
 
+# Super-resolution centres (triangles / squares / stride grids, patches.centres) through the
+# same extractor into a store of the same format; whiteness flagged with the section's
+# threshold of its spot patches (read from spots.json, not recomputed from the grid).
+rule extract_grid:
+    input:
+        section="results/sections/{sample}.h5ad",
+        spots="results/patches/{sample}/spots.json",
+        image=get_image,
+    output:
+        npy="results/patches/{sample}/{grid}.npy",
+        tsv="results/patches/{sample}/{grid}.tsv",
+        json="results/patches/{sample}/{grid}.json",
+    log:
+        "results/logs/extract_grid/{sample}/{grid}.log",
+    benchmark:
+        "results/benchmarks/extract_grid/{sample}/{grid}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=30,
+    params:
+        patches=config["patches"],
+        max_white_frac=config["qc"]["whiteness"]["max_white_frac"],
+    script:
+        "../scripts/extract_grid.py"
+
+
 rule filter_spots:
     input:
         section="results/sections/{sample}.h5ad",

@@ -58,6 +58,28 @@ rule plot_experiment:
         "../scripts/plot_experiment.py"
 
 
+rule plot_superres:
+    input:
+        h5ad="results/superres/{experiment}/{sample}.h5ad",
+    output:
+        png=report(
+            "results/superres/{experiment}/{sample}.png",
+            caption="../report/superres.rst",
+            category="Super-resolution",
+            subcategory="{experiment}",
+            labels={"section": "{sample}"},
+        ),
+        pdf="results/superres/{experiment}/{sample}.pdf",
+    log:
+        "results/logs/plot_superres/{experiment}/{sample}.log",
+    conda:
+        "../../envs/stpredict.yaml"
+    params:
+        genes=lambda wc: evaluation(wc.experiment)["maps"]["genes"],
+    script:
+        "../scripts/plot_superres.py"
+
+
 rule plot_dataset:
     input:
         qc=expand("results/qc/{sample}.h5ad", sample=SAMPLE_IDS),

@@ -5,6 +5,7 @@ import pandas as pd
 
 from stpredict.errors import ConfigError
 from stpredict.evaluate.attributions import integrated_gradients, pick_ig_patches
+from stpredict.evaluate.metrics import scored_spots
 from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.learn.predict import load_model
 from stpredict.patches.store import patches_for_spots
@@ -17,7 +18,7 @@ with script_logging(snakemake.log[0]) as log:
     summary = read_table(snakemake.input.summary, dtype={"gene": str})
     raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
     gene = cfg["gene"] or str(raw.sort_values("median_pearson", ascending=False)["gene"].iloc[0])
-    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
     if not all(gene in a.var_names for a in adatas):
         raise ConfigError(
             f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "

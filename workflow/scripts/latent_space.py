@@ -12,6 +12,7 @@ from stpredict.evaluate.latent import (
     typical_atypical,
     umap_embedding,
 )
+from stpredict.evaluate.metrics import scored_spots
 from stpredict.io import atomic_path, read_h5ad, write_table
 from stpredict.patches.store import patches_for_spots
 from stpredict.plot.latent import plot_umap
@@ -24,7 +25,7 @@ with script_logging(snakemake.log[0]) as log:
         snakemake.params.platforms,
     )
     seed = int(snakemake.params.seed)
-    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
     by_unit = {}
     for a in adatas:

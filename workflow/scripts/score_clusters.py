@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stpredict.evaluate.metrics import confusion_table, score_cluster_units
+from stpredict.evaluate.metrics import confusion_table, score_cluster_units, scored_spots
 from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.plot.maps import plot_cluster_maps
 from stpredict.plot.scores import plot_confusion, plot_loss_curves
@@ -10,7 +10,7 @@ from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
     name = snakemake.wildcards.experiment
-    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
     per_class, overview = score_cluster_units(adatas, unit=snakemake.params.unit)
     overview.insert(0, "experiment", name)
     true = pd.concat([a.obs["cluster_true"].astype(str) for a in adatas]).to_numpy()

@@ -1,10 +1,16 @@
 from stpredict.errors import ConfigError
-from stpredict.evaluate.metrics import score_experiment, score_folds, summarise_strata, table1
+from stpredict.evaluate.metrics import (
+    score_experiment,
+    score_folds,
+    scored_spots,
+    summarise_strata,
+    table1,
+)
 from stpredict.io import read_h5ad, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    adatas = [read_h5ad(p) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
     if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
         raise ConfigError(
             "score_predictions scores regression experiments; this one predicts clusters",

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import InputError
-from stpredict.evaluate.metrics import dense_2d, pearson_columns
+from stpredict.evaluate.metrics import dense_2d, pearson_columns, scored_spots
 from stpredict.ingest.geometry import spot_neighbors
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED, annotations, normalise_annotation_labels
 
@@ -275,7 +275,7 @@ def purity_table(adatas_by_unit: Mapping[str, Sequence[Any]], seed: int = 0) -> 
     rows = []
     for unit, adatas in adatas_by_unit.items():
         embs, labs = [], []
-        for ad in adatas:
+        for ad in map(scored_spots, adatas):  # QC-failed spots are left out of every score
             lab = _annotations(ad)
             keep = np.isin(lab, [TUMOR, NORMAL])
             if keep.any():
@@ -350,6 +350,7 @@ def neighbour_test(adata: Any, platform: str) -> pd.DataFrame:
         ``r_distinct`` and ``n_spots`` (spots with at least two neighbours). Correlations are
         NaN for constant genes or fewer than 3 spots. Ties in distance go to the lower index.
     """
+    adata = scored_spots(adata)
     emb = _embedding(adata)
     nbrs = _neighbours(adata, platform)
     x = _dense(adata.X)
@@ -403,6 +404,7 @@ def latent_vs_physical(adata: Any, platform: str, k: int = 4) -> dict[str, float
     """
     from sklearn.neighbors import NearestNeighbors
 
+    adata = scored_spots(adata)
     emb = _embedding(adata)
     n = emb.shape[0]
     if n < 2:

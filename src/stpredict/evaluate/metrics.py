@@ -10,6 +10,9 @@ Conventions
 * A correlation or AUROC is NaN (never 0) when the measured or predicted values of a gene are
   constant over the evaluated spots or fewer than 3 spots are left; RMSE is still reported.
   No warnings are emitted for these cases.
+* Spots marked ``obs["qc_failed"]`` (the spots of an imputed section whose measurement failed
+  QC on tissue, predicted but not measured: :func:`stpredict.learn.folds.predict_fold`) are left
+  out of every score (:func:`scored_spots`, applied by every scoring entry point).
 * ``"smoothed"`` targets replace the *measured* values by the ST-Net neighbourhood mean
   (:func:`smooth_measurements`, computed per section); predictions are left as they are.
 * In :func:`summarise` every scored unit is a trial of the sign test: a unit whose correlation
@@ -58,6 +61,7 @@ from stpredict.ingest.section import sample_id_of
 from stpredict.vocab import STRATA, annotations
 
 __all__ = [
+    "scored_spots",
     "METRIC_COLUMNS",
     "MIN_STRATUM_SPOTS",
     "smooth_measurements",
@@ -87,6 +91,19 @@ __all__ = [
 METRIC_COLUMNS: tuple[str, ...] = ("pearson", "spearman", "rmse", "auroc", "n_spots")
 #: Smallest number of spots for a tumour / normal stratum to be scored.
 MIN_STRATUM_SPOTS = 10
+
+
+def scored_spots(adata: Any) -> Any:
+    """Return the spots a score may use: all but those marked ``obs["qc_failed"]``.
+
+    QC-failed spots of an imputed section carry a prediction but no valid measurement (NaN in
+    ``X``); metrics, baselines, the OLS table, the latent space and the attributions leave them
+    out. Returns ``adata`` itself when no spot is marked (or the column is absent), else a copy.
+    """
+    if "qc_failed" not in adata.obs:
+        return adata
+    failed = adata.obs["qc_failed"].to_numpy(dtype=bool)
+    return adata[~failed].copy() if failed.any() else adata
 
 
 def dense_2d(x: Any) -> np.ndarray:
@@ -361,7 +378,7 @@ def score_units(
         ``unit_by``, ``target``, ``stratum``, ``transform``, the metric columns of
         :func:`gene_metrics` (``n_spots`` included).
     """
-    adatas = list(adatas)
+    adatas = [scored_spots(a) for a in adatas]
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
     if not adatas:
@@ -433,7 +450,7 @@ def pooled_metrics(adatas: Iterable[Any], platform: str | None = None) -> pd.Dat
     pandas.DataFrame
         Columns ``gene``, ``target`` and the metric columns of :func:`gene_metrics`.
     """
-    adatas = _shared_genes(list(adatas))
+    adatas = _shared_genes([scored_spots(a) for a in adatas])
     genes = _genes(adatas)
     per = [_section_targets(ad, platform) for ad in adatas]
     pred = np.vstack([dense_2d(ad.layers["predicted"]) for ad in adatas])
@@ -1055,7 +1072,7 @@ def score_cluster_units(
         ``n_excluded``: spots left out because their true label is missing (empty, NaN) or not
         one of the classes (a cluster excluded from or unseen in training).
     """
-    adatas = list(adatas)
+    adatas = [scored_spots(a) for a in adatas]
     if not adatas:
         raise ValueError("no prediction AnnData objects given")
     classes: list[str] = []

@@ -93,7 +93,8 @@ def ols_inputs(
     Parameters
     ----------
     adatas
-        Regression prediction AnnData objects. Genes are restricted to those all files share
+        Regression prediction AnnData objects (spots marked ``obs["qc_failed"]`` are left
+        out: :func:`stpredict.evaluate.metrics.scored_spots`). Genes are restricted to those all files share
         (folds may select different genes). The spot id is ``obs["spot_id"]`` when present,
         else ``obs_names``.
     patch_tables
@@ -120,7 +121,9 @@ def ols_inputs(
         Naming the sample, when it has no patch table, its patch table lacks a column or
         repeats an id, or one of its spots has no patch row.
     """
-    adatas = list(adatas)
+    from stpredict.evaluate.metrics import scored_spots
+
+    adatas = [scored_spots(a) for a in adatas]  # QC-failed spots have no measurement
     if not adatas:
         raise ValueError("no prediction AnnData objects given")
     genes = _shared_genes(adatas)

@@ -28,6 +28,7 @@ from stpredict.ingest.visium import GRAPHCLUST_CLUSTERS
 
 __all__ = [
     "experiment_samples",
+    "series_sections",
     "check_experiment",
     "section_gene_names",
 ]
@@ -39,6 +40,8 @@ def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]
     sel = exp.get("sections", {}) or {}
     split = exp["split"]
     ids = sheet["sample_id"].tolist()
+    if split["scheme"] == "section_imputation" and split.get("series"):
+        return series_sections(exp, sheet)
     if split["scheme"] == "section_imputation":
         train, test = (
             list(split.get("train_sections", []) or []),
@@ -90,6 +93,50 @@ def experiment_samples(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]
             "platform)",
         )
     return ids
+
+
+def series_sections(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
+    """Return the sections of ``split.series`` in their ``order`` (imputation over a series).
+
+    Leave-one-section-out over a series: fold ``k`` imputes the ``k``-th section (by the sheet's
+    ``order``, ties by sample id) from the other sections of the series.
+
+    Raises
+    ------
+    ConfigError
+        The series is not in the sheet, has fewer than 2 sections, a section lacks an integer
+        ``order``, or ``train_sections`` / ``test_section`` are also set.
+    """
+    split = exp["split"]
+    series = str(split["series"])
+    if split.get("train_sections") or split.get("test_section"):
+        raise ConfigError(
+            f"section_imputation sets both split.series '{series}' and "
+            "split.train_sections / split.test_section",
+            fix="use either series (leave one section out over the series) or "
+            "train_sections + test_section (one imputed section)",
+        )
+    col = sheet["series"].astype(str) if "series" in sheet else pd.Series("", index=sheet.index)
+    ids = sheet.index[col == series].astype(str).tolist()
+    if len(ids) < 2:
+        known = sorted({v for v in col if v})
+        raise ConfigError(
+            f"split.series '{series}' has {len(ids)} section(s) in the sample sheet; leaving "
+            "one section out needs at least 2",
+            fix="name a series of the sheet's 'series' column"
+            + (f" ({', '.join(known)})" if known else " (fill the 'series' and 'order' columns)"),
+        )
+    order = {}
+    for s in ids:
+        try:
+            order[s] = int(str(sheet.loc[s, "order"]).strip())
+        except (KeyError, ValueError):
+            raise ConfigError(
+                f"section '{s}' of series '{series}' has no integer 'order' in the sample sheet",
+                sample=s,
+                fix="give every section of the series its position (1, 2, 3...) in 'order'",
+            ) from None
+    return sorted(ids, key=lambda s: (order[s], s))
 
 
 def _patients(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
@@ -174,11 +221,13 @@ def check_experiment(
         sheet; leaves one patient out among a single patient; imputes a section it trains on;
         classifies clusters of sections that have none; names a weights file that does not
         exist, an unknown backbone, panel genes that none of its sections measures, or maps /
-        attributions of genes outside its panel.
+        attributions of genes outside its panel; enables super-resolution of clusters, of a
+        section without image, or with a grid that does not fit the sections' lattice.
     """
     samples = experiment_samples(exp, sheet)
     _check_split(exp, sheet, samples)
     _check_task(exp, sheet, samples)
+    _check_superres(exp, sheet, samples)
     _check_model(exp["model"], thorough)
     _check_genes(exp, sheet, samples, gene_map, thorough)
 
@@ -200,6 +249,28 @@ def _check_split(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]
             "split.inner_folds is 1: an inner cross-validation needs at least 2 folds",
             fix="set split.inner_folds to 0 (no inner folds) or to 2 or more",
         )
+
+
+def _check_superres(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]) -> None:
+    """Refuse super-resolution of clusters, of sections without image, or on the wrong lattice."""
+    sr = exp.get("superres") or {}
+    if not sr.get("enabled"):
+        return
+    if exp["task"] != "regression":
+        raise ConfigError(
+            "superres is enabled for a clusters experiment; super-resolution predicts genes",
+            fix="set superres.enabled: false for this experiment",
+        )
+    from stpredict.patches.centres import resolve_grid
+
+    for s in samples:
+        resolve_grid(str(sr["grid"]), str(sheet.loc[s, "platform"]), sample=s)
+        if not sheet.loc[s, "image"]:
+            raise ConfigError(
+                "superres needs the section's full-resolution image (its centres are cut from it)",
+                sample=s,
+                fix="fill the sheet's 'image' column or set superres.enabled: false",
+            )
 
 
 def _check_task(exp: Mapping[str, Any], sheet: pd.DataFrame, samples: list[str]) -> None:

@@ -34,6 +34,7 @@ from stpredict.io import (
     write_json,
     write_table,
 )
+from stpredict.learn.experiments import series_sections
 from stpredict.learn.targets import TRANSFORM_NAMES
 from stpredict.vocab import SPOT_OBS, target_units
 
@@ -138,6 +139,13 @@ def build_manifest(
             seed=seed,
             buffer_um=float(split["buffer_um"]),
             val_frac=float(split["val_frac"]),
+        )
+    elif scheme == "section_imputation" and split.get("series"):
+        man = splits.leave_one_section_out(
+            spots,
+            series_sections(exp, sheet),
+            val_frac=float(split["val_frac"]),
+            seed=seed,
         )
     elif scheme == "section_imputation":
         man = splits.section_imputation(
@@ -491,6 +499,77 @@ def train_fold(
     return result
 
 
+def _qc_failed_part(
+    exp: Mapping[str, Any], test_part: pd.DataFrame, sections: Mapping[str, ad.AnnData]
+) -> pd.DataFrame:
+    """Spots of the fold's test sections that failed QC on tissue (section imputation only).
+
+    A section imputation holds whole sections out, so the spots whose measurement failed
+    (:func:`stpredict.patches.qc.qc_failed`: too few UMI or genes, patch on tissue) are imputed
+    like the rest of the section; the split manifest, the training and every score leave them out.
+    """
+    from stpredict.patches.qc import qc_failed
+
+    empty = pd.DataFrame({"sample_id": pd.Series(dtype=str), "spot_id": pd.Series(dtype=str)})
+    if exp["split"]["scheme"] != "section_imputation" or exp["task"] != "regression":
+        return empty
+    parts = [empty]
+    for sample in sorted(set(test_part["sample_id"].astype(str))):
+        a = sections[sample]
+        ids = a.obs_names[qc_failed(a)].astype(str)
+        parts.append(pd.DataFrame({"sample_id": sample, "spot_id": ids}))
+    return pd.concat(parts, ignore_index=True)
+
+
+def _fold_obs(ads: Sequence[ad.AnnData], fold: str, n_failed: int) -> pd.DataFrame:
+    """Build the ``obs`` of a fold's prediction file: spot columns, ``fold``, ``qc_failed``."""
+    obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in ads])
+    obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
+    obs = obs[[c for c in SPOT_OBS if c in obs]].copy()
+    obs["fold"] = str(fold)
+    obs["qc_failed"] = np.arange(len(obs)) >= len(obs) - n_failed
+    return obs
+
+
+def _regression_output(
+    exp: Mapping[str, Any],
+    fitted: Mapping[str, Any],
+    te_ads: Sequence[ad.AnnData],
+    te_samples: Sequence[str],
+    sections: Mapping[str, ad.AnnData],
+    obs: pd.DataFrame,
+    preds: np.ndarray,
+    uns: dict[str, Any],
+) -> ad.AnnData:
+    """Measured targets (NaN for QC-failed spots), predictions and smoothed targets of a fold."""
+    from stpredict.learn.targets import from_dict
+
+    transform = from_dict(fitted["transform"])
+    genes = [str(g) for g in from_dict(fitted["genes"]).genes_]
+    check_gene_coverage(te_ads, genes, _targets_cfg(exp)["genes"])
+    n_failed = int(obs["qc_failed"].sum())
+    nan = np.full((n_failed, len(genes)), np.nan, np.float32)
+    X = np.concatenate([transform.transform(a) for a in te_ads] + [nan]).astype(np.float32)
+    out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    out.layers["predicted"] = preds.astype(np.float32)
+    out.layers["measured_smoothed"] = np.concatenate(
+        [
+            smoothed_targets(
+                transform, sections[s], a.obs_names, sections[s].uns["stpredict"]["platform"]
+            )
+            for s, a in zip(te_samples, te_ads, strict=True)
+        ]
+        + [nan]
+    ).astype(np.float32)
+    uns["target_transform"] = {
+        "name": fitted["transform_name"],
+        "fitted": fitted["transform"],
+        "units": target_units(fitted["transform_name"]),
+    }
+    uns["genes"] = {"selection": fitted["genes"], "names": genes}
+    return out
+
+
 def predict_fold(
     exp: Mapping[str, Any],
     name: str,
@@ -504,29 +583,35 @@ def predict_fold(
     device: str | None = None,
     batch_size: int = 128,
 ) -> ad.AnnData:
-    """Predict the fold's test spots (with TTA) and write measured + predicted values as AnnData."""
+    """Predict the fold's test spots (with TTA) and write measured + predicted values as AnnData.
+
+    Section imputation also predicts the test sections' spots that failed QC on tissue
+    (:func:`_qc_failed_part`): they follow the test spots with ``obs["qc_failed"]`` true and NaN
+    measured values (``X``, ``measured_smoothed``); every scoring step leaves them out
+    (:func:`stpredict.evaluate.metrics.scored_spots`).
+    """
     from stpredict.learn.predict import load_model, predict
-    from stpredict.learn.targets import from_dict
 
     fitted = read_json(fitted_path)
     apply_cluster_map(exp, sections)
-    te_ads, te_samples, te_rows = _subsets(_fold_part(manifest, fold, "test"), sections)
+    test_part = _fold_part(manifest, fold, "test")
+    te_ads, te_samples, te_rows = _subsets(test_part, sections)
+    qf_ads, qf_samples, qf_rows = _subsets(_qc_failed_part(exp, test_part, sections), sections)
     model, meta = load_model(model_path, device=device or "cpu")
     preds, embs = predict(
         model,
-        [stores[s] for s in te_samples],
-        te_rows,
+        [stores[s] for s in te_samples + qf_samples],
+        te_rows + qf_rows,
         batch_size=batch_size,
         tta=int(exp["tta"]),
         device=device,
         precision=str(exp["train"]["precision"]),
     )
-    obs = pd.concat([a.obs.assign(spot_id=a.obs_names.astype(str)) for a in te_ads])
-    obs.index = [f"{s}:{i}" for s, i in zip(obs["sample_id"], obs["spot_id"], strict=True)]
-    keep_cols = [c for c in SPOT_OBS if c in obs]
-    obs = obs[keep_cols].copy()
-    obs["fold"] = str(fold)
-    spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads])
+    n_failed = sum(a.n_obs for a in qf_ads)
+    if n_failed:
+        log.info("fold %s: %d spots that failed QC on tissue predicted too", fold, n_failed)
+    obs = _fold_obs(te_ads + qf_ads, fold, n_failed)
+    spatial = np.concatenate([np.asarray(a.obsm["spatial"]) for a in te_ads + qf_ads])
     uns: dict[str, Any] = {
         "experiment": name,
         "fold": str(fold),
@@ -551,26 +636,7 @@ def predict_fold(
         uns["units"] = "X: one-hot measured cluster; predicted: class probabilities (softmax)"
         uns["classes"] = classes
     else:
-        transform = from_dict(fitted["transform"])
-        genes = [str(g) for g in from_dict(fitted["genes"]).genes_]
-        check_gene_coverage(te_ads, genes, _targets_cfg(exp)["genes"])
-        X = np.concatenate([transform.transform(a) for a in te_ads]).astype(np.float32)
-        out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
-        out.layers["predicted"] = preds.astype(np.float32)
-        out.layers["measured_smoothed"] = np.concatenate(
-            [
-                smoothed_targets(
-                    transform, sections[s], a.obs_names, sections[s].uns["stpredict"]["platform"]
-                )
-                for s, a in zip(te_samples, te_ads, strict=True)
-            ]
-        ).astype(np.float32)
-        uns["target_transform"] = {
-            "name": fitted["transform_name"],
-            "fitted": fitted["transform"],
-            "units": target_units(fitted["transform_name"]),
-        }
-        uns["genes"] = {"selection": fitted["genes"], "names": genes}
+        out = _regression_output(exp, fitted, te_ads, te_samples, sections, obs, preds, uns)
     out.obsm["spatial"] = spatial
     out.obsm["embedding"] = embs.astype(np.float32)
     out.uns["stpredict"] = json.loads(json.dumps(uns, default=str))

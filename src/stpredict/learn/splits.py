@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError, InputError, LeakageError
-from stpredict.learn.experiments import _patients, experiment_samples
+from stpredict.learn.experiments import _patients, experiment_samples, series_sections
 
 __all__ = [
     "MANIFEST_COLUMNS",
@@ -40,6 +40,7 @@ __all__ = [
     "random_within_section",
     "spatial_blocks_within_section",
     "section_imputation",
+    "leave_one_section_out",
     "fold_rows",
     "audit",
     "audit_fitted",
@@ -425,6 +426,18 @@ def section_imputation(
     if both:
         raise LeakageError(f"section(s) {sorted(both)} are both training and test sections")
     df = _spots(spots_df)
+    return _concat([_imputation_frame(df, train_s, test_s, val_frac, [int(seed)], 0)])
+
+
+def _imputation_frame(
+    df: pd.DataFrame,
+    train_s: list[str],
+    test_s: list[str],
+    val_frac: float,
+    seed: list[int],
+    fold: int,
+) -> pd.DataFrame:
+    """Fold ``fold`` of a section imputation: roles of the canonical spot table ``df``."""
     known = set(df["sample_id"])
     unknown = sorted((set(train_s) | set(test_s)) - known)
     if unknown:
@@ -433,12 +446,54 @@ def section_imputation(
     role[df["sample_id"].isin(test_s).to_numpy()] = "test"
     for s_idx, s in enumerate(train_s):
         idx = np.flatnonzero((df["sample_id"] == s).to_numpy())
-        rng = np.random.default_rng([int(seed), s_idx])
+        rng = np.random.default_rng([*seed, s_idx])
         n_val = int(round(val_frac * len(idx)))
         r = np.full(len(idx), "train", dtype=object)
         r[rng.permutation(len(idx))[:n_val]] = "val"
         role[idx] = r
-    return _concat([_frame(df, role, "0", "section_imputation", 0)])
+    return _frame(df, role, str(fold), "section_imputation", fold)
+
+
+def leave_one_section_out(
+    spots_df: pd.DataFrame,
+    sections: Sequence[str],
+    val_frac: float = 0.2,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Section imputation over a whole series: fold ``k`` imputes ``sections[k]`` from the others.
+
+    Each fold is a :func:`section_imputation` (``val_frac`` of each training section's spots
+    drawn at random for validation, seeded by ``seed`` and the fold) with the k-th section as
+    the test section; sections outside ``sections`` are left out.
+
+    Parameters
+    ----------
+    spots_df
+        One row per spot with ``sample_id``, ``spot_id``, ``patient_id``.
+    sections
+        The series' sample ids in their order (:func:`stpredict.learn.experiments.series_sections`).
+    val_frac
+        Share of the training sections' spots used for validation.
+    seed
+        Seed of the validation draws.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The manifest, ``scheme == "section_imputation"``, folds ``"0"`` .. ``"n-1"``.
+    """
+    sections = [str(s) for s in sections]
+    if len(sections) < 2 or len(set(sections)) != len(sections):
+        raise ConfigError(
+            f"leave-one-section-out needs at least 2 distinct sections, got {sections}",
+            fix="name a series of 2 or more sections",
+        )
+    df = _spots(spots_df)
+    frames = [
+        _imputation_frame(df, [s for s in sections if s != test], [test], val_frac, [seed, k], k)
+        for k, test in enumerate(sections)
+    ]
+    return _concat(frames)
 
 
 # --------------------------------------------------------------------------------------------
@@ -687,6 +742,8 @@ def outer_folds(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
         return [str(k) for k in range(len(_patients(exp, sheet)))]
     if scheme in ("random_within_section", "spatial_blocks"):
         return [str(k) for k in range(int(exp["split"]["n_folds"]))]
+    if scheme == "section_imputation" and exp["split"].get("series"):
+        return [str(k) for k in range(len(series_sections(exp, sheet)))]
     return ["0"]
 
 
@@ -713,6 +770,8 @@ def fold_test_samples(exp: Mapping[str, Any], sheet: pd.DataFrame, fold: str) ->
     if scheme == "leave_one_patient_out":
         held = _patients(exp, sheet)[int(str(fold).split(".")[0])]
         return [s for s in samples if str(sheet.loc[s, "patient_id"]) == held]
+    if scheme == "section_imputation" and exp["split"].get("series"):
+        return [series_sections(exp, sheet)[int(str(fold).split(".")[0])]]
     if scheme == "section_imputation":
         return [exp["split"]["test_section"]]
     return samples

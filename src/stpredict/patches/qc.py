@@ -31,6 +31,7 @@ __all__ = [
     "qc_summary",
     "qc_table",
     "spot_totals",
+    "qc_failed",
 ]
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,23 @@ def spot_totals(adata: Any) -> tuple[np.ndarray, np.ndarray]:
     umi = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
     genes = np.diff((X > 0).tocsr().indptr).astype(np.int64)
     return umi, genes
+
+
+def qc_failed(adata: Any) -> np.ndarray:
+    """Spots on tissue whose measurement failed QC: ``pass_white`` but not ``keep``.
+
+    They failed the UMI or gene threshold (the demo's permeabilisation-failure region), yet their
+    patch shows tissue, so a model can impute them; white patches (glass) are left out. A
+    section without QC flags has none.
+    """
+    obs = adata.obs
+    if "keep" not in obs:
+        return np.zeros(adata.n_obs, dtype=bool)
+    keep = obs["keep"].to_numpy(dtype=bool)
+    on_tissue = (
+        obs["pass_white"].to_numpy(dtype=bool) if "pass_white" in obs else np.ones_like(keep)
+    )
+    return on_tissue & ~keep
 
 
 def qc_flags(

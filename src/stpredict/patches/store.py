@@ -164,6 +164,7 @@ def whiteness_from_histograms(
     min_hist: np.ndarray,
     percentile: float = 80.0,
     max_white_frac: float = 0.5,
+    threshold: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """DeepSpaCE's whiteness filter from :func:`crop_statistics` of a section's crops.
 
@@ -175,6 +176,10 @@ def whiteness_from_histograms(
         The threshold is this percentile of ``mean_rgb`` over the section (DeepSpaCE: 80).
     max_white_frac
         A crop is white when strictly more than this share of its pixels is white (0.5).
+    threshold
+        A threshold fixed beforehand instead of the percentile of these crops: the section's
+        threshold of its spot patches, for super-resolution centres (whose crops straddle
+        spots and glass, so their own percentile would be another threshold).
 
     Returns
     -------
@@ -188,7 +193,9 @@ def whiteness_from_histograms(
     n = len(mean_rgb)
     if n == 0:
         return np.zeros(0), np.zeros(0, dtype=bool), float("nan")
-    threshold = float(np.percentile(mean_rgb, percentile))
+    if threshold is None:
+        threshold = float(np.percentile(mean_rgb, percentile))
+    threshold = float(threshold)
     # uint8 pixels: v > t  <=>  v > floor(t). The cut is capped at 254 so that pure white (255,
     # bare glass) always counts as white: otherwise a blank image (threshold 255) would pass.
     cut = int(np.clip(np.floor(threshold), 0, 254))
@@ -211,6 +218,8 @@ def extract_patches(
     percentile: float = 80.0,
     max_white_frac: float = 0.5,
     progress: bool = True,
+    threshold: float | None = None,
+    extra: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Cut one patch per centre and write the section's patch store.
 
@@ -237,6 +246,12 @@ def extract_patches(
         full-resolution crops; see the module notes).
     progress
         Show a tqdm progress bar.
+    threshold
+        Whiteness threshold fixed beforehand (the section's spot-patch threshold, for
+        super-resolution centres); ``None`` computes it from these crops with ``percentile``.
+    extra
+        Further per-centre columns (``len(xy)`` rows, e.g. the array position of grid
+        centres), written after :data:`PATCH_COLUMNS`.
 
     Returns
     -------
@@ -312,8 +327,9 @@ def extract_patches(
                 bar.update(len(grp))
         store.flush()
         del store
+    fixed = threshold is not None
     white_frac, white_flag, threshold = whiteness_from_histograms(
-        mean_rgb, min_hist, percentile, max_white_frac
+        mean_rgb, min_hist, percentile, max_white_frac, threshold=threshold
     )
     table = pd.DataFrame(
         {
@@ -329,6 +345,11 @@ def extract_patches(
             "white": white_flag,
         }
     )
+    if extra is not None:
+        if len(extra) != n:
+            raise GeometryError(f"{len(extra)} rows of extra columns for {n} centres")
+        extra = extra.drop(columns=[c for c in extra.columns if c in PATCH_COLUMNS])
+        table = pd.concat([table, extra.reset_index(drop=True)], axis=1)
     write_table(table, out_tsv)
     meta = {
         "fov_um": spec.fov_um if spec.fov_um is not None else (crop * mpp if mpp else None),
@@ -345,6 +366,7 @@ def extract_patches(
             "rule": "DeepSpaCE: full-resolution crops; threshold = percentile of the per-crop "
             "mean RGB; white pixel = all channels > threshold",
             "percentile": float(percentile),
+            "threshold_source": "given (the section's spot patches)" if fixed else "percentile",
             "max_white_frac": float(max_white_frac),
             # null when there are no crops (strict JSON has no NaN)
             "threshold": threshold if np.isfinite(threshold) else None,

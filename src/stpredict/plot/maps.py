@@ -11,6 +11,8 @@ Conventions
 * Colour scales of expression maps are shared per row (measured and predicted) and span the
   1st-99th percentile of the measured values.
 * Missing values are left out of the panels, never drawn as 0, and never raise.
+* Spots marked ``obs["qc_failed"]`` (imputed, not measured, not scored) are ringed in
+  :data:`QC_FAILED_EDGE` on every map.
 """
 
 from __future__ import annotations
@@ -41,7 +43,16 @@ from stpredict.plot.style import (
 )
 from stpredict.vocab import NORMAL, TUMOR, annotations
 
-__all__ = ["plot_dataset_stats", "plot_expression_maps", "plot_cluster_maps"]
+__all__ = [
+    "plot_dataset_stats",
+    "plot_expression_maps",
+    "plot_cluster_maps",
+    "plot_superres_maps",
+    "QC_FAILED_EDGE",
+]
+
+#: edge colour marking the spots that failed QC (imputed, not scored) on every map
+QC_FAILED_EDGE = "#d62728"
 
 
 def _column(adata: Any, gene: str, layer: str | None = None) -> np.ndarray | None:
@@ -421,6 +432,7 @@ def plot_expression_maps(
                 continue
             coll = sec.spots(ax, cmap=cm, norm=norm, linewidths=0)
             coll.set_array(np.ma.masked_invalid(values))
+            _mark_qc_failed(sec, ax, legend=name == "predicted")
         r_val = (
             float(pearson_columns(measured, predicted)[0])
             if predicted is not None
@@ -436,6 +448,146 @@ def plot_expression_maps(
         cb.set_label(f"{gene}\n{units_label}", fontsize=8)
         cb.ax.tick_params(labelsize=8)
     _save_both(fig, out_png)
+
+
+def _qc_failed_mask(adata: Any) -> np.ndarray:
+    if "qc_failed" not in adata.obs:
+        return np.zeros(adata.n_obs, dtype=bool)
+    return adata.obs["qc_failed"].to_numpy(dtype=bool)
+
+
+def _mark_qc_failed(sec: _Section, ax: Any, legend: bool = False) -> None:
+    """Ring the section's QC-failed spots (imputed, not scored); a legend entry when asked."""
+    failed = _qc_failed_mask(sec.adata)
+    if not failed.any():
+        return
+    sec.spots(ax, mask=failed, facecolors="none", edgecolors=QC_FAILED_EDGE, linewidths=0.7)
+    if legend:
+        ax.legend(
+            handles=[
+                Line2D(
+                    [],
+                    [],
+                    ls="",
+                    marker="o",
+                    mfc="none",
+                    mec=QC_FAILED_EDGE,
+                    label=f"failed QC ({int(failed.sum())} spots): imputed, not scored",
+                )
+            ],
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            frameon=False,
+            borderaxespad=0.1,
+            fontsize=8,
+        )
+
+
+# --------------------------------------------------------------------------- super-resolution
+def _superres_norm(adata: Any, gene: str) -> tuple[Normalize, np.ndarray, np.ndarray]:
+    """One colour scale for a gene's measured and predicted values (1st-99th percentile).
+
+    Returns the norm and the values drawn: measured ``X`` of the measured spots, the
+    prediction of every imputed point (grid centres and QC-failed spots).
+    """
+    kind = adata.obs["kind"].astype(str).to_numpy()
+    measured = _column(adata, gene)
+    predicted = _column(adata, gene, "predicted")
+    values = np.where(kind == "measured", measured, predicted)
+    fin = _finite(values)
+    lo, hi = np.percentile(fin, [1, 99]) if fin.size else (0.0, 1.0)
+    if not hi > lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return Normalize(vmin=float(lo), vmax=float(hi)), values, kind
+
+
+@_styled
+def plot_superres_maps(
+    adata: Any,
+    genes: Sequence[str],
+    units_label: str,
+    out_png: PathLike,
+    title: str | None = None,
+    cmap: str = "viridis",
+) -> dict[str, dict[str, Any]]:
+    """Super-resolution maps over the H&E (DeepSpaCE Fig. 3): measured, imputed, both.
+
+    One row per gene: the measured spots (their measured values), the imputed points (grid
+    centres and QC-failed spots, ringed, with their predictions), and both together, over the
+    faded H&E, with ONE colour scale for the row (the 1st-99th percentile of every value drawn,
+    measured and predicted alike), so a colour means the same value in the three panels.
+
+    Parameters
+    ----------
+    adata
+        A super-resolution AnnData (:func:`stpredict.learn.superres.predict_superres`).
+    genes
+        Genes to draw.
+    units_label
+        Colour-bar label (quantity and normalisation).
+    out_png
+        PNG to write (and the same path with ``.pdf``); the PNG's text chunk ``colour_scales``
+        holds the scales as JSON.
+    title
+        Section name (default: ``sample_id``).
+    cmap
+        Colour map.
+
+    Returns
+    -------
+    dict
+        Gene -> ``{"vmin", "vmax", "panels"}``: the one scale of the gene's three panels.
+    """
+    import json
+
+    from stpredict.ingest.section import sample_id_of
+
+    asked = [str(g) for g in genes]
+    genes = [g for g in asked if g in adata.var_names]
+    if not genes:
+        from stpredict.errors import ConfigError
+
+        raise ConfigError(
+            f"none of the genes {asked} to map is predicted in this section",
+            sample=sample_id_of(adata) or None,
+            fix="choose genes of the experiment (evaluation.maps.genes), or leave it empty",
+        )
+    sec = _Section(adata)
+    panel_w = 3.2
+    fig = plt.figure(
+        figsize=(3 * panel_w + 1.6, len(genes) * (panel_w * sec.aspect + 0.5) + 0.5),
+        layout="constrained",
+    )
+    gs = fig.add_gridspec(len(genes), 3)
+    cm = _cmap(cmap)
+    scales: dict[str, dict[str, Any]] = {}
+    name = title or sample_id_of(adata) or "section"
+    for r, gene in enumerate(genes):
+        norm, values, kind = _superres_norm(adata, gene)
+        axes = [fig.add_subplot(gs[r, c]) for c in range(3)]
+        panels = (
+            ("measured", kind == "measured"),
+            ("imputed", kind == "imputed"),
+            ("both", np.ones(len(kind), dtype=bool)),
+        )
+        for ax, (panel, mask) in zip(axes, panels, strict=True):
+            sec.axes(ax, faded=True, scalebar=panel == "measured")
+            order = np.flatnonzero(mask)
+            order = order[np.argsort(kind[order] == "measured", kind="stable")]  # spots on top
+            coll = sec.spots(ax, mask=order, cmap=cm, norm=norm, linewidths=0)
+            coll.set_array(np.ma.masked_invalid(values[order]))
+            coll.set_rasterized(True)  # thousands of points: a raster layer keeps the PDF small
+            if panel != "measured":
+                _mark_qc_failed(sec, ax, legend=panel == "imputed")
+            ax.set_title(f"{gene}: {panel} ({int(mask.sum()):,})")
+        sm = plt.cm.ScalarMappable(norm=norm, cmap=cm)
+        cb = fig.colorbar(sm, ax=axes, location="right", shrink=0.85, pad=0.02, extend="both")
+        cb.set_label(f"{gene}\n{units_label}\n(measured and predicted)", fontsize=8)
+        cb.ax.tick_params(labelsize=8)
+        scales[gene] = {"vmin": norm.vmin, "vmax": norm.vmax, "panels": [p for p, _ in panels]}
+    fig.suptitle(f"{name}: measured spots and imputed centres")
+    _save_both(fig, out_png, png_text={"colour_scales": json.dumps(scales)})
+    return scales
 
 
 # --------------------------------------------------------------------------- cluster maps

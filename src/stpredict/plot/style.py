@@ -91,11 +91,15 @@ def _styled(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _save_both(fig: Any, out_png: PathLike) -> None:
-    """Write ``fig`` to ``out_png`` and to the same path with suffix ``.pdf``; close it."""
+def _save_both(fig: Any, out_png: PathLike, png_text: Mapping[str, str] | None = None) -> None:
+    """Write ``fig`` to ``out_png`` and to the same path with suffix ``.pdf``; close it.
+
+    ``png_text``: text chunks of the PNG (machine-readable facts about the figure, e.g. its
+    colour scales; ``PIL.Image.open(png).text``).
+    """
     try:
         out = Path(out_png)
-        save_figure(fig, out, dpi=DPI)
+        save_figure(fig, out, dpi=DPI, metadata=png_text)
         save_figure(fig, out.with_suffix(".pdf"), dpi=DPI)
     finally:
         plt.close(fig)
@@ -161,11 +165,20 @@ def _category_colours(categories: Sequence[str]) -> dict[str, Any]:
     return dict(zip(categories, cols, strict=True))
 
 
-def save_figure(fig: Any, out: str | os.PathLike[str], dpi: int = 110) -> None:
-    """Save ``fig`` to ``out`` (format from the suffix) via a temporary file and a rename."""
+def save_figure(
+    fig: Any,
+    out: str | os.PathLike[str],
+    dpi: int = 110,
+    metadata: Mapping[str, str] | None = None,
+) -> None:
+    """Save ``fig`` to ``out`` (format from the suffix) via a temporary file and a rename.
+
+    ``metadata``: matplotlib's ``savefig`` metadata (for a PNG, any text keys).
+    """
     fmt = Path(out).suffix.lstrip(".").lower() or "png"
+    extra = {"metadata": dict(metadata)} if metadata else {}
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+        fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", **extra)
 
 
 def section_background(adata: Any, max_size: int = 1024) -> tuple[np.ndarray | None, float]:

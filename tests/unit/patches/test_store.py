@@ -280,3 +280,28 @@ def test_patches_for_spots_follow_the_requested_order(tmp_path, coded):
     np.testing.assert_array_equal(got, store[[2, 0]])
     with pytest.raises(GeometryError, match="not in the patch store"):
         patches_for_spots(npy, ["nope"])
+
+
+def test_a_fixed_whiteness_threshold_and_extra_columns(tmp_path, opened):
+    """Grid centres reuse the section's spot threshold instead of their own percentile."""
+    img = np.full((100, 200, 3), 100, np.uint8)
+    img[:, 100:] = 240  # pale right half
+    png = tmp_path / "halves.png"
+    Image.fromarray(img).save(png)
+    xy = np.array([[20 + 20 * i, 50] for i in range(4)] + [[120 + 20 * i, 50] for i in range(4)])
+    spec = PatchSpec(fov_px=10, size_px=8)
+    out = {k: tmp_path / f"own.{k}" for k in ("npy", "tsv", "json")}
+    own = extract_patches(opened(png), xy, spec, None, *out.values(), progress=False)
+    assert not own["white"].any()  # the 80th percentile of these crops is the pale value
+    fixed = {k: tmp_path / f"fixed.{k}" for k in ("npy", "tsv", "json")}
+    extra = pd.DataFrame({"array_row": np.arange(8) / 3, "n_spots": 3})
+    table = extract_patches(
+        opened(png), xy, spec, None, *fixed.values(), threshold=150.0, extra=extra, progress=False
+    )
+    assert list(table["white"]) == [False] * 4 + [True] * 4
+    meta = json.loads(fixed["json"].read_text())
+    assert meta["whiteness"]["threshold"] == 150.0
+    assert meta["whiteness"]["threshold_source"].startswith("given")
+    back = pd.read_csv(fixed["tsv"], sep="\t")
+    assert list(back.columns) == PATCH_COLUMNS + ["array_row", "n_spots"]
+    np.testing.assert_allclose(back["array_row"], np.arange(8) / 3)

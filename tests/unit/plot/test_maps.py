@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import anndata as ad
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -75,4 +76,61 @@ def test_expression_maps_refuse_titles_of_another_length_and_close_the_figure(tm
 def test_cluster_maps_draw_every_cluster_over_the_section(tmp_path):
     png = tmp_path / "clusters.png"
     plot_cluster_maps(section(clusters=True), png)
+    check_outputs(png)
+
+
+def superres_adata():
+    """A section's measured spots plus imputed triangle centroids (and two QC-failed spots)."""
+    from stpredict.patches.centres import triangle_centres
+
+    a = section(genes=("G1", "G2"))
+    a.obs["kind"], a.obs["qc_failed"] = "measured", False
+    a.obs.loc[a.obs_names[:2], ["kind", "qc_failed"]] = ["imputed", True]
+    a.X[:2] = np.nan
+    t = triangle_centres(a.obs["array_row"], a.obs["array_col"], *a.obsm["spatial"].T)
+    b = ad.AnnData(
+        X=np.full((len(t), 2), np.nan, np.float32),
+        obs=pd.DataFrame({"kind": "imputed", "qc_failed": False}, index=t["id"].to_numpy()),
+        var=a.var.copy(),
+    )
+    b.layers["predicted"] = (
+        np.random.default_rng(0).normal(3.0, 0.5, (len(t), 2)).astype(np.float32)
+    )
+    b.obsm["spatial"] = t[["x", "y"]].to_numpy()
+    out = ad.concat([a, b])
+    out.uns = a.uns
+    return out
+
+
+def test_superres_maps_share_one_colour_scale_for_measured_and_predicted(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from stpredict.plot.maps import plot_superres_maps
+
+    a = superres_adata()
+    png = tmp_path / "superres.png"
+    scales = plot_superres_maps(a, ["G1", "G2"], units_label("log1p"), png)
+    check_outputs(png, min_w=800, min_h=400)
+    written = json.loads(Image.open(png).text["colour_scales"])
+    assert written == json.loads(json.dumps(scales))
+    kind = a.obs["kind"].to_numpy()
+    for j, gene in enumerate(["G1", "G2"]):
+        assert written[gene]["panels"] == ["measured", "imputed", "both"]
+        # the one scale spans measured values AND predictions (imputed near 3, measured near 1-2)
+        drawn = np.where(kind == "measured", a.X[:, j], a.layers["predicted"][:, j])
+        lo, hi = np.percentile(drawn[np.isfinite(drawn)], [1, 99])
+        assert (written[gene]["vmin"], written[gene]["vmax"]) == pytest.approx((lo, hi))
+        measured_only = np.percentile(a.X[kind == "measured", j], 99)
+        assert written[gene]["vmax"] > measured_only  # not the measured values' scale alone
+
+
+def test_expression_maps_ring_qc_failed_spots(tmp_path):
+    a = section()
+    a.obs["qc_failed"] = False
+    a.obs.loc[a.obs_names[5:9], "qc_failed"] = True
+    a.X[5:9] = np.nan  # imputed, not measured
+    png = tmp_path / "maps_qc.png"
+    plot_expression_maps([a], ["G1"], units_label("log1p"), png)
     check_outputs(png)
