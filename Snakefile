@@ -34,6 +34,22 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
 
 
+# Jobs that only gather or write small tables run where Snakemake runs, not as cluster jobs.
+localrules:
+    all,
+    evaluation,
+    experiments,
+    stnet,
+    deepspace,
+    sections,
+    patches,
+    qc,
+    write_run_config,
+    summarise_qc,
+    collect_predictions,
+    summarise_experiments,
+
+
 rule all:
     default_target: True
     input:

@@ -459,3 +459,27 @@ def get_superres_inputs(wildcards):
             if sample in fold_test_samples(exp, SAMPLES, k)
         ],
     }
+
+
+# --- portable resource needs that follow the experiment (profiles add only site specifics)
+#: MB of memory of a fold job: torchvision backbones at 224 px with loader workers, vs the demo's
+#: tiny CNN on small patches (demo job benchmarks: peak RSS 0.97 GB training, 0.77 GB predicting)
+FOLD_MEM_MB = {
+    "train": {"tiny": 4000, "other": 32000},
+    "predict": {"tiny": 4000, "other": 16000},
+}
+
+
+def _fold_mem_mb(wildcards, job):
+    backbone = EXPERIMENTS[wildcards.experiment]["model"]["backbone"]
+    return FOLD_MEM_MB[job]["tiny" if backbone == "tiny" else "other"]
+
+
+def train_mem_mb(wildcards):
+    """Memory (MB) a training job of ``wildcards.experiment`` asks for."""
+    return _fold_mem_mb(wildcards, "train")
+
+
+def predict_mem_mb(wildcards):
+    """Memory (MB) a prediction job of ``wildcards.experiment`` asks for."""
+    return _fold_mem_mb(wildcards, "predict")

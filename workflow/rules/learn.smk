@@ -40,7 +40,7 @@ rule train_fold:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=32000,
+        mem_mb=train_mem_mb,
         runtime=720,
     params:
         experiment=get_experiment,
@@ -65,7 +65,7 @@ rule predict_fold:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=predict_mem_mb,
         runtime=120,
     params:
         experiment=get_experiment,
