@@ -103,7 +103,7 @@ rule predict_superres:
     threads: 2
     resources:
         gpu=1,
-        mem_mb=16000,
+        mem_mb=predict_mem_mb,
         runtime=120,
     params:
         grid=lambda wc: superres_grid(wc.experiment, wc.sample),
