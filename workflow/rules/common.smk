@@ -135,9 +135,11 @@ def get_demo_files():
 
 # ---------------------------------------------------------------------------- experiments
 from stpredict.learn.experiments import (
+    SHEET_COLUMNS_OF_SPLITS,
     check_experiment,
     expand_experiments,
     experiment_samples,
+    job_settings,
 )
 from stpredict.learn.splits import fold_ids, fold_test_samples, inner_folds, outer_folds
 
@@ -177,6 +179,30 @@ wildcard_constraints:
 def get_experiment(wildcards):
     """The resolved settings of ``wildcards.experiment``."""
     return EXPERIMENTS[wildcards.experiment]
+
+
+# A job's params hold exactly what its outputs depend on (Snakemake reruns a job whose params
+# changed): the split, training and prediction jobs get their part of the experiment
+# (stpredict.learn.experiments.JOB_KEYS), the split also the sheet rows of its own sections.
+def get_split_settings(wildcards):
+    """What the split manifest of ``wildcards.experiment`` depends on."""
+    return job_settings(EXPERIMENTS[wildcards.experiment], "split")
+
+
+def get_train_settings(wildcards):
+    """What a training job of ``wildcards.experiment`` depends on (no evaluation settings)."""
+    return job_settings(EXPERIMENTS[wildcards.experiment], "train")
+
+
+def get_predict_settings(wildcards):
+    """What a prediction job of ``wildcards.experiment`` depends on (training + TTA)."""
+    return job_settings(EXPERIMENTS[wildcards.experiment], "predict")
+
+
+def get_split_sheet(wildcards):
+    """The sheet rows (patients, series, order) of the experiment's own sections, as records."""
+    rows = SAMPLES.loc[EXPERIMENT_SAMPLES[wildcards.experiment], list(SHEET_COLUMNS_OF_SPLITS)]
+    return rows.astype(str).to_dict("records")
 
 
 def get_experiment_qc(wildcards):

@@ -17,8 +17,8 @@ rule make_splits:
         mem_mb=4000,
         runtime=10,
     params:
-        experiment=get_experiment,
-        sheet=SAMPLES,
+        experiment=get_split_settings,
+        sheet=get_split_sheet,
     script:
         "../scripts/make_splits.py"
 
@@ -27,7 +27,8 @@ rule train_fold:
     input:
         unpack(get_fold_inputs),
     output:
-        model=protected("results/experiments/{experiment}/folds/{fold}/model.pt"),
+        # not protected(): a changed training setting must be able to retrain the fold
+        model="results/experiments/{experiment}/folds/{fold}/model.pt",
         history="results/experiments/{experiment}/folds/{fold}/history.tsv",
         fitted="results/experiments/{experiment}/folds/{fold}/fitted.json",
     log:
@@ -43,7 +44,7 @@ rule train_fold:
         mem_mb=train_mem_mb,
         runtime=720,
     params:
-        experiment=get_experiment,
+        experiment=get_train_settings,
     script:
         "../scripts/train_fold.py"
 
@@ -68,7 +69,7 @@ rule predict_fold:
         mem_mb=predict_mem_mb,
         runtime=120,
     params:
-        experiment=get_experiment,
+        experiment=get_predict_settings,
     script:
         "../scripts/predict_fold.py"
 

@@ -27,6 +27,9 @@ from stpredict.ingest.st import _SPOT_ID, _gene_symbols
 from stpredict.ingest.visium import GRAPHCLUST_CLUSTERS
 
 __all__ = [
+    "JOB_KEYS",
+    "SHEET_COLUMNS_OF_SPLITS",
+    "job_settings",
     "experiment_samples",
     "series_sections",
     "check_experiment",
@@ -433,6 +436,60 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
             _merge(base[k], v) if isinstance(v, Mapping) and isinstance(base.get(k), Mapping) else v
         )
     return out
+
+
+#: The keys of a resolved experiment each kind of job reads: a rule's ``params`` hold exactly
+#: these (Snakemake reruns a job when its params change), so that an evaluation setting, a
+#: figure option or another section's sheet row never reruns a split, a training or a
+#: prediction. The job-time code is given only these keys (a key it reads but is not given is a
+#: KeyError in the tests, not a silent dependency).
+JOB_KEYS: dict[str, tuple[str, ...]] = {
+    "split": ("task", "seed", "split", "exclude_clusters", "cluster_map", "parent"),
+    "train": (
+        "task",
+        "seed",
+        "split",
+        "exclude_clusters",
+        "cluster_map",
+        "parent",
+        "targets",
+        "model",
+        "train",
+    ),
+    "predict": (
+        "task",
+        "seed",
+        "split",
+        "exclude_clusters",
+        "cluster_map",
+        "parent",
+        "targets",
+        "model",
+        "train",
+        "tta",
+    ),
+}
+
+#: The sample-sheet columns the split manifest depends on (patients, series and their order).
+SHEET_COLUMNS_OF_SPLITS: tuple[str, ...] = ("sample_id", "patient_id", "series", "order")
+
+
+def job_settings(exp: Mapping[str, Any], job: str) -> dict[str, Any]:
+    """Return the part of a resolved experiment that a ``job`` (:data:`JOB_KEYS`) depends on.
+
+    Parameters
+    ----------
+    exp
+        A resolved experiment (:func:`resolve_experiment`).
+    job
+        ``"split"``, ``"train"`` or ``"predict"``.
+
+    Returns
+    -------
+    dict
+        A deep copy of those keys (absent optional keys, e.g. ``parent``, stay absent).
+    """
+    return {k: copy.deepcopy(exp[k]) for k in JOB_KEYS[job] if k in exp}
 
 
 def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:

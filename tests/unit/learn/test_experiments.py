@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stpredict.errors import ConfigError, InputError
-from stpredict.learn.experiments import experiment_samples, resolve_experiment
+from stpredict.learn.experiments import experiment_samples, job_settings, resolve_experiment
 from stpredict.learn.folds import build_manifest
 from stpredict.learn.splits import (
     outer_folds,
@@ -70,7 +70,9 @@ def test_clusters_across_sections_need_harmonised_labels(tmp_path):
     apply_cluster_map(exp, secs)
     assert list(secs["D1"].obs["cluster"][:3]) == ["tumour", "stroma", ""]
     assert list(secs["D2"].obs["cluster"][:3]) == ["stroma", "tumour", "stroma"]
-    man = build_manifest(exp, {"D1": section("D1"), "D2": section("D2")}, visium_sheet())
+    man = build_manifest(
+        job_settings(exp, "split"), {"D1": section("D1"), "D2": section("D2")}, visium_sheet()
+    )
     d1 = section("D1")
     assert not (d1.obs.loc[man[man.sample_id == "D1"].spot_id.unique(), "cluster"] == "3").any()
     cmap.write_text("sample_id\tcluster\tlabel\nD1\t1\ttumour\n")

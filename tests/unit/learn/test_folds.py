@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 
 from stpredict.errors import ConfigError, InputError, LeakageError
-from stpredict.learn.experiments import experiment_samples, resolve_experiment
+from stpredict.learn.experiments import experiment_samples, job_settings, resolve_experiment
 from stpredict.learn.folds import build_manifest, choose_epochs
 from stpredict.learn.splits import (
     audit_fitted,
@@ -52,7 +52,7 @@ def test_manifest_matches_parse_time_folds_and_excludes_failed_spots():
     )
     s = sheet()
     sections = {x: section(x, seed=i) for i, x in enumerate(experiment_samples(exp, s))}
-    man = build_manifest(exp, sections, s, name="t")
+    man = build_manifest(job_settings(exp, "split"), sections, s, name="t")
     assert set(man["fold"]) == set(fold_ids(exp, s))
     for k in outer_folds(exp, s):
         test = man[(man.fold == k) & (man.role == "test")]
@@ -66,7 +66,7 @@ def test_fitting_on_a_test_section_is_caught():
     exp = resolve_experiment({"sections": {"platform": "st"}}, {})
     s = sheet()
     sections = {x: section(x) for x in experiment_samples(exp, s)}
-    man = build_manifest(exp, sections, s)
+    man = build_manifest(job_settings(exp, "split"), sections, s)
     with pytest.raises(LeakageError):
         audit_fitted(
             {"samples": ["PA_0", "PB_0"], "n_spots": 10}, man, "0"
@@ -85,7 +85,7 @@ def test_clusters_exclude_labels():
     )
     assert exp["train"]["loss"] == "cross_entropy"
     s = sheet()
-    man = build_manifest(exp, {"V1": section("V1")}, s)
+    man = build_manifest(job_settings(exp, "split"), {"V1": section("V1")}, s)
     a = section("V1")
     kept = a.obs.loc[man.spot_id.unique(), "cluster"]
     assert "2" not in set(kept)
@@ -251,7 +251,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     for x, a in sections.items():
         stores[x] = str(tmp_path / f"{x}.npy")
         np.save(stores[x], rng.integers(0, 256, size=(a.n_obs, 16, 16, 3), dtype=np.uint8))
-    man = build_manifest(exp, sections, s, name="t")
+    man = build_manifest(job_settings(exp, "split"), sections, s, name="t")
     man = man[man.fold == "0"]
     out = tmp_path / "fold0"
 
@@ -271,11 +271,20 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     with monkeypatch.context() as mp:  # an interrupted run (killed after epoch 1)
         mp.setattr(training, "train", lambda *a, **k: orig(*a, **k, stop_after_epoch=1))
         with pytest.raises(TrainingInterrupted):
-            train_fold(exp, "t", "0", man, sections, stores, outputs(out), device="cpu")
+            train_fold(
+                job_settings(exp, "train"),
+                "t",
+                "0",
+                man,
+                sections,
+                stores,
+                outputs(out),
+                device="cpu",
+            )
     assert (out / "checkpoint.pt").exists()
     with caplog.at_level("WARNING", logger="stpredict.learn.train"):
         res = train_fold(
-            experiment("log_proportion"),
+            job_settings(experiment("log_proportion"), "train"),
             "t",
             "0",
             man,
@@ -289,7 +298,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     hist = pd.read_csv(out / "history.tsv", sep="\t")
     assert hist["epoch"].tolist() == [1, 2]
     ref = train_fold(
-        experiment("log_proportion"),
+        job_settings(experiment("log_proportion"), "train"),
         "t",
         "0",
         man,
@@ -308,7 +317,7 @@ def test_train_fold_retrains_after_a_target_change(tmp_path, caplog, monkeypatch
     bf16 = experiment("log_proportion")
     bf16["train"]["precision"] = "bf16"
     pred = predict_fold(
-        bf16,
+        job_settings(bf16, "predict"),
         "t",
         "0",
         man,
@@ -339,7 +348,7 @@ def test_exclude_clusters_naming_an_absent_cluster_is_refused():
     with pytest.raises(
         ConfigError, match=r"exclude_clusters names cluster\(s\) \['8'\] that no section"
     ):
-        build_manifest(exp, {"V1": section("V1")}, sheet(), name="t")
+        build_manifest(job_settings(exp, "split"), {"V1": section("V1")}, sheet(), name="t")
 
 
 def test_a_fold_without_test_or_training_spots_is_refused():
@@ -352,4 +361,4 @@ def test_a_fold_without_test_or_training_spots_is_refused():
     )
     tiny = section("V1", n=5)  # 4 kept spots (every 10th fails QC) for 5 folds
     with pytest.raises(InputError, match="fold 4 has no test spots.*V1 4.*lower split.n_folds"):
-        build_manifest(exp, {"V1": tiny}, sheet(), name="t")
+        build_manifest(job_settings(exp, "split"), {"V1": tiny}, sheet(), name="t")

@@ -14,7 +14,12 @@ from stpredict.evaluate.latent import latent_vs_physical, neighbour_test, purity
 from stpredict.evaluate.metrics import score_experiment, score_folds
 from stpredict.evaluate.ols import ols_inputs
 from stpredict.io import read_h5ad, read_table
-from stpredict.learn.experiments import check_experiment, experiment_samples, series_sections
+from stpredict.learn.experiments import (
+    check_experiment,
+    experiment_samples,
+    job_settings,
+    series_sections,
+)
 from stpredict.learn.folds import build_manifest, collect_predictions, predict_fold, train_fold
 from stpredict.learn.splits import (
     audit,
@@ -100,7 +105,7 @@ def imputed(tmp_path_factory):
     sections, paths, _, stores = si.make_series(tmp)
     s = si.sheet()
     exp = si.experiment(series="S")
-    man = build_manifest(exp, sections, s, name="imp")
+    man = build_manifest(job_settings(exp, "split"), sections, s, name="imp")
     store_paths = {k: str(v) for k, v in stores.items()}
     files, fitted = {}, {}
     for k in outer_folds(exp, s):
@@ -110,11 +115,19 @@ def imputed(tmp_path_factory):
             "history": d / "history.tsv",
             "fitted": d / "fitted.json",
         }
-        train_fold(exp, "imp", k, man, sections, store_paths, outputs)
+        train_fold(job_settings(exp, "train"), "imp", k, man, sections, store_paths, outputs)
         files[k] = d / "predictions.h5ad"
         fitted[k] = str(outputs["fitted"])
         predict_fold(
-            exp, "imp", k, man, sections, store_paths, outputs["model"], outputs["fitted"], files[k]
+            job_settings(exp, "predict"),
+            "imp",
+            k,
+            man,
+            sections,
+            store_paths,
+            outputs["model"],
+            outputs["fitted"],
+            files[k],
         )
     return {"tmp": tmp, "sections": sections, "manifest": man, "files": files, "fitted": fitted}
 

@@ -10,6 +10,7 @@ import pytest
 
 from stpredict.ingest.images import SlideImage
 from stpredict.io import read_h5ad, read_json, read_table
+from stpredict.learn.experiments import job_settings
 from stpredict.learn.folds import build_manifest, collect_predictions, predict_fold, train_fold
 from stpredict.learn.predict import load_model, predict
 from stpredict.learn.superres import grid_rows, predict_superres
@@ -24,14 +25,22 @@ def run(tmp_path_factory):
     sections, paths, images, stores = si.make_series(tmp)
     s = si.sheet()
     exp = si.experiment(series="S")
-    man = build_manifest(exp, sections, s, name="sr")
+    man = build_manifest(job_settings(exp, "split"), sections, s, name="sr")
     models, files = {}, []
     for k in ("0", "1"):  # fold 1 imputes D2; fold 0 was trained on D2 (used for the mean test)
         d = tmp / "folds" / k
         out = {"model": d / "model.pt", "history": d / "history.tsv", "fitted": d / "fitted.json"}
-        train_fold(exp, "sr", k, man, sections, {x: str(v) for x, v in stores.items()}, out)
+        train_fold(
+            job_settings(exp, "train"),
+            "sr",
+            k,
+            man,
+            sections,
+            {x: str(v) for x, v in stores.items()},
+            out,
+        )
         predict_fold(
-            exp, "sr", k, man, sections, {x: str(v) for x, v in stores.items()},
+            job_settings(exp, "predict"), "sr", k, man, sections, {x: str(v) for x, v in stores.items()},
             out["model"], out["fitted"], d / "predictions.h5ad",
         )  # fmt: skip
         models[k], files = out["model"], [*files, d / "predictions.h5ad"]
