@@ -7,6 +7,7 @@
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
+#   snakemake --cores 2 ihc             IHC of adjacent sections vs predictions (results/ihc/)
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
@@ -31,6 +32,7 @@ include: "workflow/rules/patches.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
+include: "workflow/rules/ihc.smk"
 
 
 rule all:
@@ -46,6 +48,7 @@ rule all:
         expand("results/features/{sample}/nuclear.tsv", sample=feature_samples()),
         "results/figures/dataset.png",
         "results/summary.tsv",
+        ihc_outputs(),
 
 
 rule evaluation:
@@ -83,3 +86,8 @@ rule patches:
 rule qc:
     input:
         "results/qc/summary.tsv",
+
+
+rule ihc:
+    input:
+        ihc_outputs(),
