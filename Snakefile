@@ -8,6 +8,7 @@
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
 #   snakemake --cores 2 superres        + super-resolution grids of the experiments that enable it
+#   snakemake --cores 2 ihc             IHC of adjacent sections vs predictions (results/ihc/)
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
@@ -32,6 +33,7 @@ include: "workflow/rules/patches.smk"
 include: "workflow/rules/learn.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
+include: "workflow/rules/ihc.smk"
 
 
 # Jobs that only gather or write small tables run where Snakemake runs, not as cluster jobs.
@@ -64,6 +66,7 @@ rule all:
         "results/figures/dataset.png",
         "results/summary.tsv",
         experiment_superres(),
+        ihc_outputs(),
 
 
 rule evaluation:
@@ -106,3 +109,8 @@ rule qc:
 rule superres:
     input:
         experiment_superres(),
+
+
+rule ihc:
+    input:
+        ihc_outputs(),

@@ -481,5 +481,23 @@ def test_html_report_builds_with_every_figure_and_table(demo_run):
         "confusion.png",
         "dataset.png",
         "purity.tsv",
+        "P1_D2_summary.tsv",
+        "P1_D2_maps.png",
     ):
         assert name in html, f"{name} is not in the report"
+
+
+def test_ihc_correlation_of_the_demo(demo_run):
+    """The demo's IHC of P1_D2: registered close to the planted transform, all four correlations."""
+    reg = json.loads((demo_run / "results/ihc/P1_D2_registration.json").read_text())
+    assert reg["known_affine_error_px"]["mean"] < 2.0 and reg["known_affine_error_px"]["max"] < 4.0
+    spots = pd.read_csv(demo_run / "results/ihc/P1_D2.tsv", sep="\t", dtype={"spot_id": str})
+    qc = ad.read_h5ad(demo_run / "results/qc/P1_D2.h5ad")
+    assert list(spots["spot_id"]) == list(qc.obs_names) and spots["inside"].all()
+    summary = pd.read_csv(demo_run / "results/ihc/P1_D2_summary.tsv", sep="\t")
+    assert len(summary) == 8 and (summary["experiment"] == "demo_imputation").all()
+    assert (summary["ci_low"] <= summary["r"]).all() and (summary["r"] <= summary["ci_high"]).all()
+    # the planted DAB follows the tumour share, as ESR1 does: every correlation is clearly positive
+    assert (summary["r"] > 0.4).all(), summary
+    for name in ("P1_D2_scatter.png", "P1_D2_maps.png"):
+        assert (demo_run / "results/ihc" / name).stat().st_size > 10_000

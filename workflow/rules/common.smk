@@ -509,3 +509,68 @@ def train_mem_mb(wildcards):
 def predict_mem_mb(wildcards):
     """Memory (MB) a prediction job of ``wildcards.experiment`` asks for."""
     return _fold_mem_mb(wildcards, "predict")
+# ------------------------------------------------------------------------------------ ihc
+from stpredict.ihc.plan import ihc_plan
+
+try:
+    # sample -> experiment, gene, image, known affine; IHC sections no experiment predicts are
+    # left out with a note unless ihc.experiment names one (then it is refused)
+    IHC_PLAN, _ihc_notes = ihc_plan(
+        config["ihc"],
+        SAMPLES,
+        EXPERIMENTS,
+        held_out_samples,
+        gene_map=config["reading"]["gene_map"],
+        thorough=workflow.is_main_process,
+    )
+except ConfigError as exc:
+    raise WorkflowError(
+        f"{exc} (config {CONFIG_FILES}, sample sheet {config['samples']})"
+    ) from None
+if workflow.is_main_process:
+    for _note in _ihc_notes:
+        print(f"stpredict: {_note}", file=sys.stderr)
+
+
+def ihc_outputs():
+    """The tables and figures of every IHC comparison of the run."""
+    return [
+        f"results/ihc/{s}{suffix}"
+        for s in IHC_PLAN
+        for suffix in (".tsv", "_summary.tsv", "_scatter.png", "_maps.png")
+    ]
+
+
+def ihc_entry(wildcards):
+    """The IHC plan of ``wildcards.sample``."""
+    if wildcards.sample not in IHC_PLAN:
+        raise WorkflowError(
+            f"sample '{wildcards.sample}' has no IHC comparison: its sheet row has no "
+            "ihc_image, or no experiment holds it out and predicts its ihc_gene"
+        )
+    return IHC_PLAN[wildcards.sample]
+
+
+def get_ihc_registration_inputs(wildcards):
+    """The IHC image, the H&E image, the section (µm/px) and a known transform if given."""
+    entry = ihc_entry(wildcards)
+    inputs = {
+        "ihc": entry["image"],
+        "image": get_image(wildcards),
+        "section": f"results/sections/{wildcards.sample}.h5ad",
+    }
+    if entry["known_affine"]:
+        inputs["known"] = entry["known_affine"]
+    return inputs
+
+
+def get_ihc_predictions(wildcards):
+    """The per-section predictions of the experiment the IHC is compared with."""
+    entry = ihc_entry(wildcards)
+    return (
+        f"results/experiments/{entry['experiment']}/predictions/{wildcards.sample}.h5ad"
+    )
+
+
+# seed of RANSAC and of the bootstrap
+IHC_SEED = config["seed"] if config["ihc"]["seed"] is None else config["ihc"]["seed"]

@@ -555,7 +555,19 @@ def _task_ihc(args: tuple[str, int, bool]) -> dict[str, Any]:
     view = View(
         he_view.block, he_view.matrix @ np.linalg.inv(a), he_view.shape, he_view.mpp, s.sample
     )
-    lab = label_map(view, seed)
+    # the same tissue as P1_D2 (its label map carried through the misregistration), new nuclei:
+    # label_map's per-section perturbation lives in image pixels, so label_map(view) would put
+    # P1_D2's perturbation at other tissue points and bias any registration towards identity
+    inv = np.linalg.inv(a)  # IHC px [x, y, 1] -> H&E px
+    lab = ndi.affine_transform(
+        label_map(he_view, seed),
+        inv[:2, :2][::-1, ::-1],
+        offset=inv[:2, 2][::-1],
+        output_shape=view.shape,
+        order=0,
+        mode="constant",
+        cval=BG,
+    )
     eps = float(panel.eps[list(panel.symbols).index("ESR1")])
     t = ndi.gaussian_filter((lab == TUM).astype(np.float32), 10.0 / view.mpp)
     dab = (0.9 / (1.0 + eps)) * (eps + t) * (lab != BG)
