@@ -509,6 +509,8 @@ def train_mem_mb(wildcards):
 def predict_mem_mb(wildcards):
     """Memory (MB) a prediction job of ``wildcards.experiment`` asks for."""
     return _fold_mem_mb(wildcards, "predict")
+
+
 # ------------------------------------------------------------------------------------ ihc
 from stpredict.ihc.plan import ihc_plan
 
