@@ -6,6 +6,7 @@
 #   snakemake --cores 2 patches         + patch stores in results/patches/
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
+#   snakemake --cores 2 rounds          + the semi-supervised teacher/student rounds (rounds.tsv)
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
@@ -29,6 +30,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/learn.smk"
+include: "workflow/rules/rounds.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
 
@@ -43,6 +45,7 @@ rule all:
         experiment_predictions(),
         experiment_metrics(),
         experiment_analyses(),
+        experiment_rounds(),
         expand("results/features/{sample}/nuclear.tsv", sample=feature_samples()),
         "results/figures/dataset.png",
         "results/summary.tsv",
@@ -58,6 +61,11 @@ rule evaluation:
 rule experiments:
     input:
         experiment_predictions(),
+
+
+rule rounds:
+    input:
+        experiment_rounds(),
 
 
 rule stnet:
