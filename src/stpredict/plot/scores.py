@@ -604,7 +604,7 @@ def plot_rounds(
         Line2D([], [], color="#9e9e9e", lw=0.8, label="one gene"),
         Line2D([], [], marker="v", ls="", color="#c00000", label="chosen on validation"),
     ]
-    axes[0][-1].legend(handles=handles, loc="lower right", frameon=False, fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=8)
     if title:
         fig.suptitle(title)
     _save_both(fig, out_png)
