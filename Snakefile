@@ -6,6 +6,7 @@
 #   snakemake --cores 2 patches         + patch stores in results/patches/
 #   snakemake --cores 2 qc              + spot QC in results/qc/
 #   snakemake --cores 2 experiments     + per-fold training and predictions of every experiment
+#   snakemake --cores 2 rounds          + the semi-supervised teacher/student rounds (rounds.tsv)
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
 #   snakemake --cores 2 superres        + super-resolution grids of the experiments that enable it
 #   snakemake --cores 2 ihc             IHC of adjacent sections vs predictions (results/ihc/)
@@ -31,6 +32,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/ingest.smk"
 include: "workflow/rules/patches.smk"
 include: "workflow/rules/learn.smk"
+include: "workflow/rules/rounds.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/ihc.smk"
@@ -62,6 +64,7 @@ rule all:
         experiment_predictions(),
         experiment_metrics(),
         experiment_analyses(),
+        experiment_rounds(),
         expand("results/features/{sample}/nuclear.tsv", sample=feature_samples()),
         "results/figures/dataset.png",
         "results/summary.tsv",
@@ -79,6 +82,11 @@ rule evaluation:
 rule experiments:
     input:
         experiment_predictions(),
+
+
+rule rounds:
+    input:
+        experiment_rounds(),
 
 
 rule stnet:

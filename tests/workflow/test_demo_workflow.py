@@ -501,3 +501,43 @@ def test_ihc_correlation_of_the_demo(demo_run):
     assert (summary["r"] > 0.4).all(), summary
     for name in ("P1_D2_scatter.png", "P1_D2_maps.png"):
         assert (demo_run / "results/ihc" / name).stat().st_size > 10_000
+
+
+def test_semi_supervised_rounds_on_the_demo(demo_run):
+    """demo_rounds: every round scored on the same test spots, chosen on validation, no leakage.
+
+    With random pseudo-labels (the control chain) no student beats the teacher: the labels carry
+    no information about the images, so adding them can only dilute the labelled spots.
+    """
+    base = demo_run / "results/experiments/demo_rounds"
+    table = pd.read_csv(base / "rounds.tsv", sep="\t")
+    assert set(table["control"]) == {"none", "random"}
+    assert sorted(table["round"].unique()) == [0, 1, 2]
+    for _, g in table.groupby("control"):
+        assert g.loc[g["chosen"], "round"].nunique() == 1  # one round chosen per chain
+        best = g.groupby("round")["val_loss"].first().idxmin()
+        assert g.loc[g["chosen"], "round"].iloc[0] == best  # on validation
+    median = table.groupby(["control", "round"])["pearson"].median()
+    teacher = median[("random", 0)]
+    assert median[("none", 0)] == teacher  # the chains share the teacher
+    for k in (1, 2):
+        assert median[("random", k)] <= teacher, median
+    man = pd.read_csv(base / "splits.tsv", sep="\t", dtype=str)
+    assert "unlabelled" in set(man["role"])
+    for control in ("none", "random"):
+        for k in (1, 2):
+            for fold in ("0", "1"):
+                d = base / f"round{k}" / control / "folds" / fold
+                m = man[man["fold"] == fold]
+                held = set(zip(m.loc[m.role.isin(["val", "test"]), "sample_id"],
+                               m.loc[m.role.isin(["val", "test"]), "spot_id"], strict=True))  # fmt: skip
+                pseudo = pd.read_csv(d / "pseudo.tsv", sep="\t", dtype={"id": str, "origin": str})
+                assert len(pseudo) == 800  # n_pseudo of the demo config
+                assert not set(zip(pseudo["origin"], pseudo["id"], strict=True)) & held
+                rec = json.loads((d / "fitted.json").read_text())
+                assert rec["data"]["val"] == int((m.role == "val").sum())
+                assert rec["data"]["train_labelled"] == int((m.role == "train").sum())
+                pred = ad.read_h5ad(d / "predictions.h5ad")
+                assert set(pred.obs["spot_id"]) == set(m.loc[m.role == "test", "spot_id"])
+    for ext in ("png", "pdf"):
+        assert (base / f"figures/rounds.{ext}").stat().st_size > 1000

@@ -199,6 +199,11 @@ def get_predict_settings(wildcards):
     return job_settings(EXPERIMENTS[wildcards.experiment], "predict")
 
 
+def get_rounds_settings(wildcards):
+    """What a pseudo-label or student job of ``wildcards.experiment`` depends on."""
+    return job_settings(EXPERIMENTS[wildcards.experiment], "rounds")
+
+
 def get_split_sheet(wildcards):
     """The sheet rows (patients, series, order) of the experiment's own sections, as records."""
     rows = SAMPLES.loc[EXPERIMENT_SAMPLES[wildcards.experiment], list(SHEET_COLUMNS_OF_SPLITS)]
@@ -576,3 +581,166 @@ def get_ihc_predictions(wildcards):
 
 # seed of RANSAC and of the bootstrap
 IHC_SEED = config["seed"] if config["ihc"]["seed"] is None else config["ihc"]["seed"]
+# ------------------------------------------------------------------ semi-supervised rounds
+# (rules in rounds.smk: DeepSpaCE's noisy-student teacher/student rounds)
+from stpredict.learn.pool import (
+    check_semi_supervised,
+    images_of_tables,
+    pool_sections,
+    pool_tables,
+    resolve_pool,
+)
+from stpredict.learn.rounds import round_chains, round_dir, round_records, teacher_dir
+
+for _name, _exp in EXPERIMENTS.items():
+    try:  # before any job: a pool that cannot work, a scheme without validation spots...
+        EXPERIMENTS[_name] = _exp = resolve_pool(
+            _exp, SAMPLES, EXPERIMENT_SAMPLES[_name]
+        )
+        check_semi_supervised(
+            _exp,
+            SAMPLES,
+            EXPERIMENT_SAMPLES[_name],
+            produced=DEMO_OUTPUTS["files"],
+        )
+    except ConfigError as exc:
+        raise WorkflowError(
+            f"experiment '{_name}' (in {CONFIG_FILES}, sample sheet {config['samples']}): {exc}"
+        ) from None
+
+
+wildcard_constraints:
+    round=r"[1-9]\d*",
+    control="none|permuted|random|irrelevant",
+    kind="images|irrelevant",
+
+
+def semi_supervised_experiments():
+    """Experiments with semi_supervised.enabled."""
+    return [n for n in EXPERIMENTS if EXPERIMENTS[n]["semi_supervised"]["enabled"]]
+
+
+def experiment_rounds(names=None):
+    """rounds.tsv and the rounds figure of every semi-supervised experiment."""
+    out = []
+    for name in names or semi_supervised_experiments():
+        out += [
+            f"results/experiments/{name}/rounds.tsv",
+            f"results/experiments/{name}/figures/rounds.png",
+        ]
+    return out
+
+
+def _semi_experiment(wildcards):
+    exp = EXPERIMENTS[wildcards.experiment]
+    if not exp["semi_supervised"]["enabled"]:
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' has no semi_supervised rounds. "
+            "Fix: set semi_supervised.enabled: true in its config"
+        )
+    chains = round_chains(exp)
+    if "control" in wildcards.keys() and wildcards.control not in chains:
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' runs no '{wildcards.control}' chain "
+            f"(its chains: {', '.join(chains)})"
+        )
+    if "round" in wildcards.keys() and int(wildcards.round) > int(
+        exp["semi_supervised"]["rounds"]
+    ):
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' runs {exp['semi_supervised']['rounds']} rounds"
+        )
+    if "fold" in wildcards.keys() and wildcards.fold not in outer_folds(exp, SAMPLES):
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}': fold {wildcards.fold} is not an outer fold"
+        )
+    return exp
+
+
+def get_tile_inputs(wildcards):
+    """Images tables of a tile store and the images they list (once the tables exist)."""
+    tables = pool_tables(_semi_experiment(wildcards), wildcards.kind)
+    if not tables:
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' has no {wildcards.kind} images table"
+        )
+    return {"tables": tables, "images": _table_images(tables)}
+
+
+def _table_images(tables):
+    """The images of images tables, the same before and after the tables are written.
+
+    A demo table's images are the demo's files beside it (known at parse time); another table's
+    are read from it. (Reading a demo table only once it exists would change the job's inputs
+    between runs, and Snakemake would rerun the tiles and every round after them.)
+    """
+    out = []
+    for t in tables:
+        if t in DEMO_OUTPUTS["files"]:
+            folder = Path(t).parent
+            out += [
+                f
+                for f in DEMO_OUTPUTS["files"]
+                if Path(f).parent == folder and f != t and f not in out
+            ]
+        else:
+            out += [f for f in images_of_tables([t]) if f not in out]
+    return out
+
+
+def get_round_inputs(wildcards, student=False):
+    """Manifest, sections, stores, teacher, the fold's fitted targets and the pool of a round."""
+    exp = _semi_experiment(wildcards)
+    name, fold = wildcards.experiment, wildcards.fold
+    samples = EXPERIMENT_SAMPLES[name]
+    teacher = teacher_dir(name, wildcards.round, wildcards.control, fold)
+    inputs = {
+        "splits": f"results/experiments/{name}/splits.tsv",
+        "qc": [f"results/qc/{s}.h5ad" for s in samples],
+        "stores": [f"results/patches/{s}/spots.npy" for s in samples],
+        "teacher_model": f"{teacher}/model.pt",
+        "teacher_fitted": f"{teacher}/fitted.json",
+        "fitted": f"results/experiments/{name}/folds/{fold}/fitted.json",
+        "pool_qc": [],
+        "pool_stores": [],
+    }
+    if wildcards.control == "irrelevant":
+        inputs["irrelevant_tiles"] = f"results/experiments/{name}/pool/irrelevant.npy"
+    else:
+        secs = pool_sections(exp)
+        inputs["pool_qc"] = [f"results/qc/{s}.h5ad" for s in secs]
+        inputs["pool_stores"] = [f"results/patches/{s}/spots.npy" for s in secs]
+        if pool_tables(exp, "images"):
+            inputs["tiles"] = f"results/experiments/{name}/pool/images.npy"
+    if student:
+        base = round_dir(name, wildcards.round, wildcards.control, fold)
+        inputs["pseudo"] = f"{base}/pseudo.tsv"
+    return inputs
+
+
+def get_student_inputs(wildcards):
+    return get_round_inputs(wildcards, student=True)
+
+
+def _records(wildcards):
+    exp = _semi_experiment(wildcards)
+    return round_records(
+        wildcards.experiment,
+        outer_folds(exp, SAMPLES),
+        round_chains(exp),
+        int(exp["semi_supervised"]["rounds"]),
+    )
+
+
+def get_round_files(kind):
+    """Input function: the ``kind`` file (predictions, history, fitted) of every round record."""
+
+    def files(wildcards):
+        return [r[kind] for r in _records(wildcards)]
+
+    return files
+
+
+def get_round_keys(wildcards):
+    """(control, round, fold) of every round record, in the order of the inputs."""
+    return [[r["control"], r["round"], r["fold"]] for r in _records(wildcards)]

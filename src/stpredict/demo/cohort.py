@@ -1,5 +1,7 @@
 """The demo cohort: Visium sections, legacy ST sections, IHC, unlabelled H&E and a whole slide.
 
+Also non-tissue textures (``irrelevant/``), the irrelevant images of the semi-supervised control.
+
 Everything is deterministic: each unit of work draws from
 ``np.random.SeedSequence([seed, zlib.crc32(key.encode())])`` and runs single-threaded BLAS, so
 the bytes written do not depend on ``threads``.
@@ -25,6 +27,7 @@ from scipy import ndimage as ndi
 from stpredict.config import SHEET_COLUMNS as CONFIG_SHEET_COLUMNS
 from stpredict.demo import formats as fmt
 from stpredict.demo.genes import Panel, expected_shares, make_panel
+from stpredict.demo.textures import render_texture
 from stpredict.demo.tissue import (
     BG,
     F_HID,
@@ -139,6 +142,10 @@ def _n_unlabeled(small: bool) -> int:
     return 1 if small else 4
 
 
+def _n_irrelevant(small: bool) -> int:
+    return 1 if small else 4
+
+
 def _vis_mpp(small: bool) -> float:
     return 4.0 if small else 2.0
 
@@ -221,6 +228,8 @@ def _misc_paths(outdir: str, small: bool) -> dict[str, Any]:
     return {
         "unlabeled": [f"{outdir}/unlabeled/U{i}.jpg" for i in range(1, _n_unlabeled(small) + 1)],
         "images_tsv": f"{outdir}/unlabeled/images.tsv",
+        "irrelevant": [f"{outdir}/irrelevant/I{i}.jpg" for i in range(1, _n_irrelevant(small) + 1)],
+        "irrelevant_tsv": f"{outdir}/irrelevant/images.tsv",
         "wsi": f"{outdir}/wsi/W1.tif",
         "slides_tsv": f"{outdir}/wsi/slides.tsv",
         "bulk": f"{outdir}/wsi/bulk_counts.tsv",
@@ -311,6 +320,7 @@ def demo_outputs(outdir: str | Path = "results/demo", small: bool = False) -> di
         files += [p["counts"], p["spots"], p["image"], p["annotation"], p["truth"]]
     m = _misc_paths(od, small)
     files += m["unlabeled"] + [m["images_tsv"], m["wsi"], m["slides_tsv"], m["bulk"]]
+    files += m["irrelevant"] + [m["irrelevant_tsv"]]
     files += [m["gene_roles"], m["gene_ids"]]
     return {"files": files, "directories": dirs}
 
@@ -723,6 +733,13 @@ def _task_unlabeled(args: tuple[str, int, bool, int]) -> dict[str, Any]:
     }
 
 
+def _task_irrelevant(args: tuple[str, int, bool, int]) -> dict[str, Any]:
+    outdir, seed, small, i = args
+    rgb = render_texture(seed, f"I{i}", _unl_size(small), i - 1)
+    fmt.write_jpeg(_misc_paths(outdir, small)["irrelevant"][i - 1], rgb, quality=90)
+    return {"kind": "irrelevant", "image": f"I{i}"}
+
+
 def _task_wsi(args: tuple[str, int, bool]) -> dict[str, Any]:
     outdir, seed, small = args
     panel = make_panel(small)
@@ -781,6 +798,7 @@ def make_demo(
     tasks.append((_task_ihc, (od, seed, small)))
     tasks += [(_task_st, (od, seed, small, s)) for s in _st_specs(small)]
     tasks += [(_task_unlabeled, (od, seed, small, i)) for i in range(1, _n_unlabeled(small) + 1)]
+    tasks += [(_task_irrelevant, (od, seed, small, i)) for i in range(1, _n_irrelevant(small) + 1)]
     if threads > 1:
         # fork, not spawn: spawn re-imports __main__, which under Snakemake is the rule's script
         with ProcessPoolExecutor(max_workers=threads, mp_context=get_context("fork")) as ex:
@@ -800,6 +818,14 @@ def make_demo(
         }
     )
     write_table(unl, m["images_tsv"])
+    irr = pd.DataFrame(
+        {
+            "image_id": [f"I{i}" for i in range(1, _n_irrelevant(small) + 1)],
+            "image": m["irrelevant"],
+            "mpp": UNL_MPP,
+        }
+    )
+    write_table(irr, m["irrelevant_tsv"])
     slides = pd.concat(
         [
             pd.DataFrame({"slide_id": ["W1"], "image": [m["wsi"]], "mpp": [WSI_MPP]}),

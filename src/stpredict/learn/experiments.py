@@ -468,6 +468,20 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
         "train",
         "tta",
     ),
+    # a teacher/student round: training + prediction + the rounds' own settings
+    "rounds": (
+        "task",
+        "seed",
+        "split",
+        "exclude_clusters",
+        "cluster_map",
+        "parent",
+        "targets",
+        "model",
+        "train",
+        "tta",
+        "semi_supervised",
+    ),
 }
 
 #: The sample-sheet columns the split manifest depends on (patients, series and their order).
@@ -482,7 +496,7 @@ def job_settings(exp: Mapping[str, Any], job: str) -> dict[str, Any]:
     exp
         A resolved experiment (:func:`resolve_experiment`).
     job
-        ``"split"``, ``"train"`` or ``"predict"``.
+        ``"split"``, ``"train"``, ``"predict"`` or ``"rounds"``.
 
     Returns
     -------

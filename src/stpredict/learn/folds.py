@@ -157,6 +157,10 @@ def build_manifest(
         )
     else:  # pragma: no cover (schema)
         raise ConfigError(f"unknown split scheme '{scheme}'")
+    if float(split.get("labelled_frac", 1.0)) < 1.0:  # a scarce-label setting
+        from stpredict.learn.pool import mask_labels
+
+        man = mask_labels(man, float(split["labelled_frac"]), _seed(exp, name, "labels"))
     meta = sheet.loc[list(sections), ["sample_id", "patient_id", "series"]].reset_index(drop=True)
     splits.audit(man, meta)
     _check_folds(man, spots, name)

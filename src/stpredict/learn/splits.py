@@ -12,7 +12,8 @@ A *manifest* is a :class:`pandas.DataFrame` with one row per (fold, spot)::
     sample_id, spot_id, patient_id, fold, role, scheme, outer_fold, inner_fold
 
 ``fold`` is a string (``"3"`` for an outer fold, ``"3.1"`` for inner fold 1 of outer fold 3),
-``role`` is one of ``train``, ``val``, ``test``, ``scheme`` names the split design
+``role`` is one of ``train``, ``val``, ``test`` (and ``unlabelled``: training-side spots whose
+measurements are not used, ``split.labelled_frac``), ``scheme`` names the split design
 (``patient``, ``random``, ``spatial_blocks``, ``section_imputation``), ``outer_fold`` is the
 integer outer fold and ``inner_fold`` is ``-1`` on outer-fold rows. Every function is
 deterministic given its ``seed``: the same input rows (in any order) give the same manifest.
@@ -62,7 +63,9 @@ MANIFEST_COLUMNS = [
     "outer_fold",
     "inner_fold",
 ]
-ROLES = ("train", "val", "test")
+#: ``unlabelled``: a training-side spot whose measurement is not used (``split.labelled_frac``;
+#: :func:`stpredict.learn.pool.mask_labels`); its image may be pseudo-labelled
+ROLES = ("train", "val", "test", "unlabelled")
 _PATIENT_SCHEMES = {"patient"}
 _IMPUTATION_SCHEMES = {"section_imputation"}
 
@@ -502,7 +505,7 @@ def leave_one_section_out(
 
 def _side(role: pd.Series) -> pd.Series:
     """Map roles to the two sides that must not share information: fit (train/val) vs test."""
-    return role.map({"train": "fit", "val": "fit", "test": "test"})
+    return role.map({"train": "fit", "val": "fit", "unlabelled": "fit", "test": "test"})
 
 
 def audit(
@@ -549,7 +552,9 @@ def audit(
     m["spot_id"] = m["spot_id"].astype(str)
     bad_roles = sorted(set(m["role"]) - set(ROLES))
     if bad_roles:
-        raise LeakageError(f"manifest has unknown role(s) {bad_roles}", fix="use train/val/test")
+        raise LeakageError(
+            f"manifest has unknown role(s) {bad_roles}", fix="use train/val/test/unlabelled"
+        )
     dup = m.duplicated(["fold", "sample_id", "spot_id"], keep=False)
     if dup.any():
         r = m.loc[dup].iloc[0]

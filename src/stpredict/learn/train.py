@@ -965,6 +965,7 @@ def train(
     stop_after_epoch: int | None = None,
     model_path: str | os.PathLike[str] | None = None,
     history_path: str | os.PathLike[str] | None = None,
+    model_hook: Callable[[PatchModel], None] | None = None,
 ) -> dict[str, Any]:
     """Train a :class:`~stpredict.learn.models.PatchModel`; resumable, with one rolling checkpoint.
 
@@ -1002,6 +1003,10 @@ def train(
         Raise :class:`TrainingInterrupted` after this epoch's checkpoint (tests, simulations).
     model_path, history_path
         Where to write the model and the history (the rule's declared outputs).
+    model_hook
+        Called on every freshly built model before training (e.g. the students' noise of
+        :func:`stpredict.learn.rounds.student_noise`: forward hooks, dropout rates). It is not
+        part of the resume signature: describe what it does in ``data_signature``.
 
     Returns
     -------
@@ -1028,7 +1033,7 @@ def train(
         head_bias = train_ds.targets.mean(0)  # type: ignore[union-attr]
 
     def fresh() -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
-        return _fresh_model(cfg, n_outputs, head_bias, dev, precision, channels_last)
+        return _fresh_model(cfg, n_outputs, head_bias, dev, precision, channels_last, model_hook)
 
     aug = make_augment(cfg.augmentation)
     aug_gen = torch.Generator()
@@ -1250,8 +1255,12 @@ def _fresh_model(
     dev: torch.device,
     precision: str,
     channels_last: bool,
+    model_hook: Callable[[PatchModel], None] | None = None,
 ) -> tuple[PatchModel, torch.optim.Optimizer, torch.amp.GradScaler | None]:
-    """Build a freshly initialised model (seeded), its optimiser and, for fp16, a GradScaler."""
+    """Build a freshly initialised model (seeded), its optimiser and, for fp16, a GradScaler.
+
+    ``model_hook`` is applied to the model before the optimiser is made.
+    """
     seed_everything(cfg.seed)
     m = build_model(
         cfg.backbone,
@@ -1263,6 +1272,8 @@ def _fresh_model(
     ).to(dev)
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
+    if model_hook is not None:
+        model_hook(m)
     if cfg.optimiser == "sgd":
         o: torch.optim.Optimizer = torch.optim.SGD(
             m.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

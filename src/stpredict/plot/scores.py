@@ -1,5 +1,7 @@
 """Score figures: consistency (ST-Net Fig. 2b), AUROC (2c), method scatter (2d), confusion, loss.
 
+Also DeepSpaCE's Fig. 4 (per-gene r by semi-supervised round, :func:`plot_rounds`).
+
 Every ``plot_*`` function writes ``out_png`` and the same path with the suffix ``.pdf``
 (atomically, through :func:`stpredict.plot.style.save_figure`) and closes its figure. Missing
 values (a gene whose correlation is NaN, a fold without validation loss) are left out of the
@@ -39,6 +41,7 @@ __all__ = [
     "plot_method_scatter",
     "plot_confusion",
     "plot_loss_curves",
+    "plot_rounds",
 ]
 
 
@@ -518,4 +521,90 @@ def plot_loss_curves(
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    _save_both(fig, out_png)
+
+
+# --------------------------------------------------------------------------- rounds (Fig. 4)
+_CHAIN_LABELS = {
+    "none": "pseudo-labels",
+    "permuted": "permuted pseudo-labels",
+    "random": "random pseudo-labels",
+    "irrelevant": "irrelevant images",
+}
+
+
+@_styled
+def plot_rounds(
+    rounds: pd.DataFrame, out_png: PathLike, metric: str = "pearson", title: str = ""
+) -> None:
+    """Per-gene test correlation by round, one panel per chain (DeepSpaCE Fig. 4).
+
+    Parameters
+    ----------
+    rounds
+        ``rounds.tsv`` (:func:`stpredict.learn.rounds.summarise_rounds`): ``control``, ``round``,
+        ``gene``, ``metric``, ``chosen``.
+    out_png
+        PNG to write (and the same path with ``.pdf``).
+    metric
+        Column drawn (default ``pearson``).
+    title
+        Figure title (the experiment).
+
+    Notes
+    -----
+    Boxes over genes (quartiles, whiskers at 1.5 IQR) with the genes as points; grey lines join
+    each gene across rounds; the round chosen on the validation loss is marked with a triangle
+    above its box. Genes without a finite value in a round are left out of that round.
+    """
+    chains = list(dict.fromkeys(rounds["control"].astype(str))) or ["none"]
+    fig, axes = plt.subplots(
+        1,
+        len(chains),
+        figsize=(1.2 + 2.9 * len(chains), 3.8),
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
+    for ax, control in zip(axes[0], chains, strict=True):
+        g = rounds[rounds["control"].astype(str) == control]
+        wide = g.pivot_table(index="gene", columns="round", values=metric, aggfunc="first")
+        ks = sorted(int(k) for k in wide.columns)
+        if not ks or not np.isfinite(wide.to_numpy(dtype=float)).any():
+            _empty_note(ax, "no finite correlations")
+            continue
+        for _, row in wide.iterrows():
+            y = row.reindex(ks).to_numpy(dtype=float)
+            ok = np.isfinite(y)
+            ax.plot(np.asarray(ks)[ok], y[ok], color="#9e9e9e", lw=0.7, alpha=0.7, zorder=1)
+        data = [_finite(wide[k]) for k in ks]
+        filled = [(k, d) for k, d in zip(ks, data, strict=True) if len(d)]
+        ax.boxplot(
+            [d for _, d in filled],
+            positions=[k for k, _ in filled],
+            widths=0.5,
+            showfliers=False,
+            patch_artist=True,
+            boxprops={"facecolor": "#cfe2f3", "alpha": 0.8},
+            medianprops={"color": "black"},
+            zorder=2,
+        )
+        for k, d in zip(ks, data, strict=True):
+            jitter = np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else np.zeros(len(d))
+            ax.scatter(k + jitter, d, s=9, color="#1f4e79", zorder=3)
+        chosen = sorted({int(k) for k in g.loc[g["chosen"].astype(bool), "round"]})
+        top = np.nanmax(wide.to_numpy(dtype=float))
+        for k in chosen:
+            ax.scatter([k], [top + 0.05], marker="v", s=40, color="#c00000", zorder=4)
+        ax.set_xticks(ks, ["T" if k == 0 else str(k) for k in ks])
+        ax.set_xlabel("round (T = teacher)")
+        ax.set_title(_CHAIN_LABELS.get(control, control))
+    axes[0][0].set_ylabel(f"{metric} r, test spots (per gene)")
+    handles = [
+        Line2D([], [], color="#9e9e9e", lw=0.8, label="one gene"),
+        Line2D([], [], marker="v", ls="", color="#c00000", label="chosen on validation"),
+    ]
+    fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=8)
+    if title:
+        fig.suptitle(title)
     _save_both(fig, out_png)

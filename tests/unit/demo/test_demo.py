@@ -84,6 +84,7 @@ def test_determinism_and_threads(demo: Path, tmp_path: Path) -> None:
         "ihc/P1_D2_ESR1_ihc.tif",
         "wsi/W1.tif",
         "wsi/bulk_counts.tsv",
+        "irrelevant/I1.jpg",
         "truth/P1_D2_spots.tsv",
         "gene_roles.tsv",
     ]
@@ -235,3 +236,22 @@ def test_wsi_and_bulk(demo: Path) -> None:
     assert (bulk.to_numpy() >= 0).all() and bulk.to_numpy().dtype.kind == "i"
     unl = pd.read_csv(demo / "unlabeled" / "images.tsv", sep="\t")
     assert list(unl.columns) == ["image_id", "image", "mpp"]
+
+
+def test_irrelevant_images_are_non_tissue_textures(demo: Path) -> None:
+    """The irrelevant control's images: listed with their pixel size, far from H&E colours."""
+    table = pd.read_csv(demo / "irrelevant" / "images.tsv", sep="\t")
+    assert list(table.columns) == ["image_id", "image", "mpp"] and len(table) >= 1
+    unl = np.asarray(Image.open(demo / "unlabeled" / "U1.jpg").convert("RGB"), dtype=float)
+    for path in table["image"]:
+        rgb = np.asarray(Image.open(path).convert("RGB"), dtype=float)
+        assert rgb.shape == unl.shape
+        # H&E is pink/purple (red and blue above green); the textures are not
+        he = (unl[..., 0] > unl[..., 1]) & (unl[..., 2] > unl[..., 1])
+        tex = (rgb[..., 0] > rgb[..., 1]) & (rgb[..., 2] > rgb[..., 1])
+        assert he.mean() > 0.5 > tex.mean()
+    from stpredict.demo.textures import render_texture
+
+    a = render_texture(7, "I1", 64, 0)
+    assert np.array_equal(a, render_texture(7, "I1", 64, 0))
+    assert not np.array_equal(a, render_texture(8, "I1", 64, 0))

@@ -12,6 +12,7 @@ from stpredict.plot.scores import (
     plot_consistency,
     plot_loss_curves,
     plot_method_scatter,
+    plot_rounds,
 )
 from tests.unit.plot.figure_inputs import (
     check_outputs,
@@ -114,3 +115,35 @@ def test_loss_curves_of_folds_without_validation_or_epochs_and_of_many_folds(tmp
     png2 = tmp_path / "loss_many.png"
     plot_loss_curves(many, png2)
     check_outputs(png2)
+
+
+def test_rounds_figure_one_panel_per_chain_with_nan_genes_and_empty_rounds(tmp_path):
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for control in ("none", "random"):
+        for k in range(3):
+            for g in range(5):
+                r = np.nan if (g == 0 and k == 1) else rng.uniform(0, 0.8)
+                rows.append({"control": control, "round": k, "gene": f"g{g}", "pearson": r,
+                             "chosen": k == (2 if control == "none" else 0)})  # fmt: skip
+    table = pd.DataFrame(rows)
+    png = tmp_path / "rounds.png"
+    drawn = {}
+    orig = plt.Figure.savefig
+
+    def spy(self, *a, **k):
+        drawn["axes"] = len(self.axes)
+        return orig(self, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        plot_rounds(table, png, title="demo")
+    finally:
+        plt.Figure.savefig = orig
+    check_outputs(png)
+    assert drawn["axes"] == 2
+    empty = table.assign(pearson=np.nan)
+    plot_rounds(empty, tmp_path / "empty.png")
+    check_outputs(tmp_path / "empty.png")
