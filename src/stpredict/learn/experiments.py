@@ -443,45 +443,14 @@ def _merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 #: figure option or another section's sheet row never reruns a split, a training or a
 #: prediction. The job-time code is given only these keys (a key it reads but is not given is a
 #: KeyError in the tests, not a silent dependency).
+_SPLIT_KEYS = ("task", "seed", "split", "exclude_clusters", "cluster_map", "parent")
+_TRAIN_KEYS = (*_SPLIT_KEYS, "targets", "model", "train")
 JOB_KEYS: dict[str, tuple[str, ...]] = {
-    "split": ("task", "seed", "split", "exclude_clusters", "cluster_map", "parent"),
-    "train": (
-        "task",
-        "seed",
-        "split",
-        "exclude_clusters",
-        "cluster_map",
-        "parent",
-        "targets",
-        "model",
-        "train",
-    ),
-    "predict": (
-        "task",
-        "seed",
-        "split",
-        "exclude_clusters",
-        "cluster_map",
-        "parent",
-        "targets",
-        "model",
-        "train",
-        "tta",
-    ),
+    "split": _SPLIT_KEYS,
+    "train": _TRAIN_KEYS,
+    "predict": (*_TRAIN_KEYS, "tta"),
     # a teacher/student round: training + prediction + the rounds' own settings
-    "rounds": (
-        "task",
-        "seed",
-        "split",
-        "exclude_clusters",
-        "cluster_map",
-        "parent",
-        "targets",
-        "model",
-        "train",
-        "tta",
-        "semi_supervised",
-    ),
+    "rounds": (*_TRAIN_KEYS, "tta", "semi_supervised"),
 }
 
 #: The sample-sheet columns the split manifest depends on (patients, series and their order).
