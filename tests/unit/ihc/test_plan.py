@@ -86,3 +86,10 @@ def test_known_affine_of_a_section_without_ihc_is_refused():
         plan({**CFG, "known_affine": {"A": "a.json"}})
     got, _ = plan({**CFG, "known_affine": {"B": "b.json"}})
     assert got["B"]["known_affine"] == "b.json"
+
+
+def test_known_affine_of_a_section_absent_from_the_sheet_is_noted_not_refused():
+    # one config serves a reduced sheet too (e.g. the live-Slurm test's one-section sheet)
+    got, notes = plan({**CFG, "known_affine": {"B": "b.json", "Z9": "z.json"}})
+    assert got["B"]["known_affine"] == "b.json"
+    assert any("Z9" in n and "not in the sample sheet" in n for n in notes)
