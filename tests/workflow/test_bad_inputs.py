@@ -1362,8 +1362,6 @@ def test_bad_input(case: Case, tmp_path, cohort, request):
         for p in case.rerun:
             assert (wd / p).is_file(), f"{p} not rebuilt"
         if f"{FOLD}/model.pt" in case.rerun:
-            assert not os.access(wd / f"{FOLD}/model.pt", os.W_OK) or os.geteuid() == 0
-            assert (
-                stat.S_IMODE((wd / f"{FOLD}/model.pt").stat().st_mode) & 0o222 == 0
-            )  # protected again
+            # not protected(): a changed training setting must be able to retrain the fold
+            assert stat.S_IMODE((wd / f"{FOLD}/model.pt").stat().st_mode) & stat.S_IWUSR
     print(f"{case.id}: {time.perf_counter() - t0:.1f} s")

@@ -206,7 +206,9 @@ def get_rounds_settings(wildcards):
 
 def get_split_sheet(wildcards):
     """The sheet rows (patients, series, order) of the experiment's own sections, as records."""
-    rows = SAMPLES.loc[EXPERIMENT_SAMPLES[wildcards.experiment], list(SHEET_COLUMNS_OF_SPLITS)]
+    rows = SAMPLES.loc[
+        EXPERIMENT_SAMPLES[wildcards.experiment], list(SHEET_COLUMNS_OF_SPLITS)
+    ]
     return rows.astype(str).to_dict("records")
 
 
