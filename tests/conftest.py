@@ -27,6 +27,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip_gpu)
+        # pytest -n 2 --dist loadgroup (the README's command): the tests of one session-scoped
+        # run share a worker, so it runs once
+        for fixture, group in SHARED_RUNS.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(group))
+    # the long runs first (the live Slurm mostly waits; the demo keeps 2 cores busy), so the
+    # other worker takes the many short tests meanwhile; stable otherwise
+    items.sort(key=lambda it: 0 if SHARED_RUNS.keys() & set(getattr(it, "fixturenames", ())) else 1)
+
+
+#: session/module fixtures that run a workflow, and the xdist group of the tests that use them
+SHARED_RUNS = {"slurm": "slurm", "demo_run": "demo"}
 
 
 @pytest.fixture(scope="session")

@@ -23,4 +23,13 @@ for spec in slurmd:slurmd slurmctld:slurmctld slurmdbd:slurmdbd mariadbd:mariadb
     fi
     rm -f "$f"
 done
+# With the daemons stopped, a Slurm client waits MessageTimeout (10 s) for the controller before
+# it fails, and every `snakemake` start probes `scontrol show config` (the executor plugin's
+# help text): 10 s per call for the rest of the session. A stopped test cluster answers at once
+# (setup.sh writes the file afresh, default timeout, on the next start).
+CONF=/etc/slurm/slurm.conf  # as setup.sh
+if [ -f "$CONF" ] && grep -q "written by stpredict tests/slurm/setup.sh" "$CONF"; then
+    sed -i '/^MessageTimeout=/d;/^# stopped by stpredict/d' "$CONF"
+    printf '# stopped by stpredict tests/slurm/teardown.sh: clients fail at once\nMessageTimeout=1\n' >>"$CONF"
+fi
 echo "[slurm-teardown] stopped" >&2

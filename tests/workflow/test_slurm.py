@@ -33,7 +33,6 @@ EXPERIMENT = "slurm_cv"
 #: what each rule of the reduced run declares (rule + profiles/slurm, threads capped at 2):
 #: partition, CPUs, memory (MB), runtime (min), GPUs
 EXPECTED = {
-    "make_demo": ("cpu", 2, 6000, 20, 0),
     "read_section": ("cpu", 1, 4000, 20, 0),
     "extract_patches": ("cpu", 2, 16000, 30, 0),
     "filter_spots": ("cpu", 1, 4000, 10, 0),
@@ -70,16 +69,30 @@ def slurm():
 
 
 def _reduced_config(workdir: Path) -> Path:
-    """The demo config cut to one Visium section and one 2-fold experiment of 2 epochs."""
-    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
-    sheet = pd.read_csv(workdir / cfg["samples"], sep="\t", dtype=str, keep_default_na=False)
+    """The demo config cut to one small Visium section and one 2-fold experiment of 2 epochs.
+
+    The section comes from the demo generator's small cohort, written here (not a Slurm job):
+    the test is about what Slurm is asked for, and every job costs a workflow parse on the node.
+    """
+    from stpredict.demo import demo_sheet, make_demo
+
+    cohort = workdir / "cohort"
+    make_demo(cohort, seed=7, threads=1, small=True)
+    sheet = demo_sheet(str(cohort), small=True)
     sheet[sheet["sample_id"] == "P1_D1"].to_csv(
         workdir / "samples_slurm.tsv", sep="\t", index=False
     )
+    cfg = yaml.safe_load((workdir / "config.yaml").read_text())
     cfg["samples"] = "samples_slurm.tsv"
+    cfg["reading"]["gene_map"] = str(cohort / "gene_ids.tsv")
+    cfg["evaluation"]["gene_groups"] = ""
+    cfg["evaluation"]["baselines"] = ["mean"]
+    cfg["ihc"]["known_affine"] = {}
     exp = cfg["experiments"]["demo_deepspace"]
     exp["split"] = {"scheme": "random_within_section", "n_folds": 2, "val_frac": 0.2}
     exp["train"] = {**exp["train"], "epochs": 2, "patience": None}
+    exp["tta"] = 1
+    exp.pop("superres", None)
     exp["evaluation"] = {
         "baselines": ["mean"],
         "ols": False,
@@ -87,7 +100,6 @@ def _reduced_config(workdir: Path) -> Path:
         "attributions": {"enabled": False},
     }
     cfg["experiments"] = {EXPERIMENT: exp}
-    cfg["evaluation"]["baselines"] = ["mean"]
     path = workdir / "config_slurm.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
