@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 REAL = Path(os.environ.get("STPREDICT_REAL_FIXTURES", REPO.parent / "shared" / "fixtures" / "real"))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     try:
         import torch
