@@ -55,9 +55,8 @@ rule train_student:
     input:
         unpack(get_student_inputs),
     output:
-        model=protected(
-            "results/experiments/{experiment}/round{round}/{control}/folds/{fold}/model.pt"
-        ),
+        # not protected(): a changed round setting must be able to retrain the student
+        model="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/model.pt",
         history="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/history.tsv",
         fitted="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/fitted.json",
         predictions="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/predictions.h5ad",
