@@ -588,6 +588,7 @@ IHC_SEED = config["seed"] if config["ihc"]["seed"] is None else config["ihc"]["s
 from stpredict.learn.pool import (
     check_semi_supervised,
     images_of_tables,
+    interspot_grids,
     pool_sections,
     pool_tables,
     resolve_pool,
@@ -705,6 +706,8 @@ def get_round_inputs(wildcards, student=False):
         "fitted": f"results/experiments/{name}/folds/{fold}/fitted.json",
         "pool_qc": [],
         "pool_stores": [],
+        "interspot_stores": [],
+        "interspot_spots": [],
     }
     if wildcards.control == "irrelevant":
         inputs["irrelevant_tiles"] = f"results/experiments/{name}/pool/irrelevant.npy"
@@ -714,6 +717,9 @@ def get_round_inputs(wildcards, student=False):
         inputs["pool_stores"] = [f"results/patches/{s}/spots.npy" for s in secs]
         if pool_tables(exp, "images"):
             inputs["tiles"] = f"results/experiments/{name}/pool/images.npy"
+        grids = interspot_grids(exp, SAMPLES)  # crops between spots (extract_grid)
+        inputs["interspot_stores"] = [f"results/patches/{s}/{g}.npy" for s, g in grids]
+        inputs["interspot_spots"] = [f"results/patches/{s}/spots.tsv" for s, _ in grids]
     if student:
         base = round_dir(name, wildcards.round, wildcards.control, fold)
         inputs["pseudo"] = f"{base}/pseudo.tsv"

@@ -15,6 +15,7 @@ with script_logging(snakemake.log[0]) as log:
         "stores": stores,
         "pool_qc": {Path(p).stem: p for p in inp.pool_qc},
         "pool_stores": {Path(p).parent.name: p for p in inp.pool_stores},
+        "interspot_stores": {Path(p).parent.name: p for p in inp.interspot_stores},
         "tiles": inp.get("tiles"),
         "irrelevant_tiles": inp.get("irrelevant_tiles"),
     }

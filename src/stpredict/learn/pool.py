@@ -18,10 +18,17 @@ Sources (``semi_supervised.pool``, a list; :data:`POOL_SOURCES`)
 ``unlabelled_spots``
     The experiment's own spots that the fold does not label: role ``unlabelled`` of the split
     manifest, made by ``split.labelled_frac`` < 1 (:func:`mask_labels`; a scarce-label setting).
-``interspot``, ``wsi``
-    Reserved hooks: super-resolution centres between spots (``patches/centres.py``) and
-    whole-slide tiles. Refused with a :class:`~stpredict.errors.ConfigError` until implemented:
-    a source is one entry of :data:`POOL_SOURCES` plus a ``_candidates_<source>`` function here.
+``interspot``
+    Crops centred between spots (DeepSpaCE's inter-spot patches): the super-resolution centres
+    of ``patches/centres.py`` — ``grid: auto`` (triangle centroids on Visium, 2x2-block centres
+    on ST), ``triangles`` or ``squares`` — of the named sections (default: the experiment's own),
+    from their grid stores ``results/patches/{sample}/{grid}.npy`` (rule ``extract_grid``, the
+    section's whiteness threshold). A centre whose crop overlaps the crop of a ``val`` or ``test``
+    spot of the fold is left out (:func:`interspot_overlap`): its pixels are held-out pixels.
+``wsi``
+    Reserved hook: whole-slide tiles. Refused with a :class:`~stpredict.errors.ConfigError` until
+    implemented: a source is one entry of :data:`POOL_SOURCES` plus a ``_candidates_<source>``
+    function here.
 
 The irrelevant control replaces the pool by tiles of ``semi_supervised.irrelevant`` (an images
 table of non-tissue pictures; the demo writes ``results/demo/irrelevant/images.tsv``).
@@ -31,6 +38,8 @@ Leakage rules (each tested)
 * the pool never holds a spot of the fold's ``val`` or ``test`` role (:func:`audit_pool`, run when
   the pool is drawn and again when a student trains);
 * ``sections`` may not name a section of the experiment (its val/test spots would enter);
+* an ``interspot`` crop never overlaps the crop of a ``val`` or ``test`` spot of the fold
+  (checked when drawn and again when a student trains);
 * every patch of the pool is unlabelled: only its image is used, with the teacher's label.
 """
 
@@ -47,9 +56,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.spatial import cKDTree
 
 from stpredict.errors import ConfigError, InputError, LeakageError
-from stpredict.io import atomic_path, read_h5ad, read_table, write_json, write_table
+from stpredict.io import atomic_path, read_h5ad, read_json, read_table, write_json, write_table
+from stpredict.patches.centres import resolve_grid
 
 __all__ = [
     "POOL_SOURCES",
@@ -64,6 +75,8 @@ __all__ = [
     "check_stores",
     "pool_sections",
     "pool_tables",
+    "interspot_grids",
+    "interspot_overlap",
     "read_images_table",
     "tile_images",
     "pool_candidates",
@@ -74,12 +87,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: implemented pool sources
-POOL_SOURCES = ("sections", "images", "unlabelled_spots")
+POOL_SOURCES = ("sections", "images", "unlabelled_spots", "interspot")
 #: sources the schema accepts but that are not implemented yet (documented hooks)
 RESERVED_SOURCES = {
-    "interspot": "super-resolution centres between spots (patches/centres.py) as a pool source",
     "wsi": "whole-slide-image tiles as a pool source",
 }
+#: grids of an ``interspot`` source (patches/centres.py): auto = triangles on Visium, squares on ST
+INTERSPOT_GRIDS = ("auto", "triangles", "squares")
 #: ``semi_supervised.control`` values
 CONTROLS = ("none", "permuted", "random", "irrelevant")
 #: columns of a drawn pool (``pseudo.tsv`` adds one column per gene)
@@ -177,6 +191,35 @@ def _check_entry(
         _check_table(
             str(entry.get("table", "") or ""), "semi_supervised.pool images table", produced
         )
+    elif source == "interspot":
+        _check_interspot(entry, exp_samples, sheet)
+
+
+def _check_interspot(
+    entry: Mapping[str, Any], exp_samples: Sequence[str], sheet: pd.DataFrame
+) -> None:
+    samples = [str(s) for s in entry.get("samples", []) or []] or list(exp_samples)
+    unknown = sorted(set(samples) - set(sheet["sample_id"]))
+    if unknown:
+        raise ConfigError(
+            f"semi_supervised.pool interspot names section(s) {unknown}, absent from the "
+            "sample sheet",
+            fix="use sample_id values of the sheet (without samples: the experiment's own)",
+        )
+    grid = str(entry.get("grid", "auto") or "auto")
+    if grid not in INTERSPOT_GRIDS:
+        raise ConfigError(
+            f"semi_supervised.pool interspot grid '{grid}' is not a grid between spots",
+            fix=f"use one of {', '.join(INTERSPOT_GRIDS)}",
+        )
+    for s in samples:
+        resolve_grid(grid, str(sheet.loc[s, "platform"]), sample=s)
+        if not str(sheet.loc[s, "image"]):
+            raise ConfigError(
+                "semi_supervised.pool interspot section has no image (no patches)",
+                sample=s,
+                fix="fill the sheet's image column or leave it out of the pool",
+            )
 
 
 def _check_table(table: str, what: str, produced: Sequence[str]) -> None:
@@ -264,7 +307,9 @@ def resolve_pool(
     """Return the experiment with every ``sections`` source's samples filled in (parse time).
 
     A ``sections`` source without ``samples`` takes :func:`other_sections`: every section of the
-    sheet outside the experiment, on its platform (DeepSpaCE's sections A-C beside D1-D3).
+    sheet outside the experiment, on its platform (DeepSpaCE's sections A-C beside D1-D3); an
+    ``interspot`` source without ``samples`` takes the experiment's own sections, its ``grid``
+    defaults to ``auto``.
     """
     out = dict(exp)
     ss = dict(out.get("semi_supervised") or {})
@@ -275,6 +320,9 @@ def resolve_pool(
         entry = dict(entry)
         if entry["source"] == "sections" and not entry.get("samples"):
             entry["samples"] = other_sections(sheet, exp_samples)
+        if entry["source"] == "interspot":
+            entry["samples"] = [str(s) for s in entry.get("samples") or exp_samples]
+            entry["grid"] = str(entry.get("grid") or "auto")
         pool.append(entry)
     ss["pool"] = pool
     out["semi_supervised"] = ss
@@ -288,6 +336,22 @@ def pool_sections(exp: Mapping[str, Any]) -> list[str]:
     for entry in (exp.get("semi_supervised") or {}).get("pool", []) or []:
         if entry["source"] == "sections":
             out += [str(s) for s in entry.get("samples", []) if str(s) not in out]
+    return out
+
+
+def interspot_grids(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(sample, grid file name)`` of every ``interspot`` source (resolved pool), once each.
+
+    The grid stores are ``results/patches/{sample}/{grid}.npy`` (rule ``extract_grid``).
+    """
+    out: list[tuple[str, str]] = []
+    for entry in (exp.get("semi_supervised") or {}).get("pool", []) or []:
+        if entry["source"] != "interspot":
+            continue
+        for s in entry.get("samples", []) or []:
+            kind = resolve_grid(str(entry.get("grid", "auto")), str(sheet.loc[s, "platform"]), s)
+            if (str(s), kind) not in out:
+                out.append((str(s), kind))
     return out
 
 
@@ -515,10 +579,88 @@ def _candidates_unlabelled_spots(
     ]
 
 
+def _candidates_interspot(
+    exp: Mapping[str, Any], inputs: Mapping[str, Any], manifest: pd.DataFrame, fold: str
+) -> list[pd.DataFrame]:
+    """Usable centres between spots whose crop overlaps no validation or test spot's crop.
+
+    A crop centred between spots shares pixels with the crops of the spots around it: where one
+    of them is a validation or test spot of the fold, the student would train on its image (with
+    the teacher's label), so such centres are left out. Within-section random splits leave few.
+    """
+    parts = []
+    for sample, store in (inputs.get("interspot_stores") or {}).items():
+        table = read_table(Path(store).with_suffix(".tsv"), dtype={"id": str})
+        white = table["white"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+        usable = ~white & (table["pad_frac"].to_numpy(float) <= 0)
+        parts.append(
+            pd.DataFrame(
+                {
+                    "source": "interspot",
+                    "origin": str(sample),
+                    "id": table["id"].astype(str).to_numpy()[usable],
+                    "store": str(store),
+                    "row": np.flatnonzero(usable),
+                }
+            )
+        )
+    if not parts:
+        return []
+    cands = pd.concat(parts, ignore_index=True)
+    overlap = interspot_overlap(cands, manifest, fold)
+    log.info(
+        "interspot: %d of %d usable centres overlap a validation/test spot's crop in fold %s: "
+        "left out",
+        int(overlap.sum()),
+        len(cands),
+        fold,
+    )
+    return [cands[~overlap]]
+
+
+def interspot_overlap(pool: pd.DataFrame, manifest: pd.DataFrame, fold: str) -> np.ndarray:
+    """Mask of the ``interspot`` rows of ``pool`` whose crop overlaps a held-out spot's crop.
+
+    Held out: ``val`` or ``test`` in the fold. Two square crops of side ``fov_px`` (the grid
+    store's, full-resolution px) overlap when their centres are less than ``fov_px`` apart along
+    both axes. Spot centres come from the section's spot store (``spots.tsv`` beside the grid's).
+    """
+    mask = np.zeros(len(pool), dtype=bool)
+    inter = np.flatnonzero((pool["source"] == "interspot").to_numpy())
+    if not inter.size:
+        return mask
+    m = manifest[manifest["fold"].astype(str) == str(fold)]
+    held = m[m["role"].isin(["val", "test"])]
+    sub = pool.iloc[inter]
+    for store in dict.fromkeys(sub["store"].astype(str)):
+        pos = inter[(sub["store"].astype(str) == store).to_numpy()]
+        sample = str(pool["origin"].iloc[pos[0]])
+        ids = held.loc[held["sample_id"].astype(str) == sample, "spot_id"].astype(str)
+        if ids.empty:
+            continue
+        spot_tsv = Path(store).parent / "spots.tsv"
+        spots = read_table(spot_tsv, usecols=["id", "x", "y"], dtype={"id": str}).set_index("id")
+        missing = ids[~ids.isin(spots.index)]
+        if len(missing):
+            raise InputError(
+                f"{len(missing)} held-out spots of fold {fold} are not in the spot store",
+                file=str(spot_tsv),
+                sample=sample,
+                fix="rerun extract_patches for this section",
+            )
+        grid = read_table(Path(store).with_suffix(".tsv"), usecols=["x", "y"])
+        fov = float(read_json(Path(store).with_suffix(".json"))["fov_px"])
+        centres = grid[["x", "y"]].to_numpy(float)[pool["row"].iloc[pos].to_numpy(np.int64)]
+        dist, _ = cKDTree(spots.loc[ids, ["x", "y"]].to_numpy(float)).query(centres, p=np.inf)
+        mask[pos] = dist < fov
+    return mask
+
+
 _SOURCES = {
     "sections": _candidates_sections,
     "images": _candidates_images,
     "unlabelled_spots": _candidates_unlabelled_spots,
+    "interspot": _candidates_interspot,
 }
 
 
@@ -575,17 +717,27 @@ def draw_pool(cands: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
 
 
 def audit_pool(pool: pd.DataFrame, manifest: pd.DataFrame, fold: str) -> None:
-    """Fail when a pool patch is a spot the fold labels, validates or tests on.
+    """Fail when a pool patch is a spot the fold labels, validates or tests on, or overlaps one.
 
     Spots are matched by ``(sample, spot id)``: a pool row's ``origin`` is its section (spot
     sources). A pool spot that is ``val`` or ``test`` in the fold is a :class:`LeakageError`; so
-    is a ``train`` spot (a labelled spot pseudo-labelled again: its measurement is used already).
+    is a ``train`` spot (a labelled spot pseudo-labelled again: its measurement is used already),
+    and an ``interspot`` patch whose crop overlaps a ``val`` or ``test`` spot's
+    (:func:`interspot_overlap`).
     """
     m = manifest[manifest["fold"].astype(str) == str(fold)]
     if m.empty:
         raise InputError(f"fold {fold} is not in the manifest")
-    spots = pool[pool["source"] != "images"]
-    spots = spots[spots["source"] != "irrelevant"]
+    overlap = interspot_overlap(pool, manifest, fold)
+    if overlap.any():
+        first = pool[overlap].iloc[0]
+        raise LeakageError(
+            f"fold {fold}: {int(overlap.sum())} interspot pool patch(es) overlap the crop of a "
+            f"validation or test spot (first: sample '{first['origin']}', centre '{first['id']}')",
+            fix="rerun the pseudo_label job (interspot centres next to held-out spots are left "
+            "out of the pool)",
+        )
+    spots = pool[~pool["source"].isin(["images", "irrelevant", "interspot"])]
     if spots.empty:
         return
     labelled = m[m["role"].isin(["train", "val", "test"])]

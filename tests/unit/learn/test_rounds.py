@@ -270,7 +270,8 @@ def _parse_check(**semi):
     [
         ({"pool": [{"source": "sections", "samples": ["A"]}]}, "of the experiment itself"),
         ({"pool": [{"source": "sections", "samples": ["Z"]}]}, "absent from the sample sheet"),
-        ({"pool": [{"source": "interspot"}]}, "not implemented yet"),
+        ({"pool": [{"source": "interspot", "grid": "triangles"}]}, "does not fit the st"),
+        ({"pool": [{"source": "interspot", "samples": ["Z"]}]}, "absent from the sample sheet"),
         ({"pool": [{"source": "wsi", "table": "x.tsv"}]}, "not implemented yet"),
         ({"pool": []}, "pool is empty"),
         ({"pool": [{"source": "images", "table": "nope.tsv"}]}, "does not exist"),
@@ -551,3 +552,80 @@ def test_a_sections_source_without_samples_takes_the_sheets_other_sections():
     check_semi_supervised(exp, sheet, ["A"])
     with pytest.raises(ConfigError, match="there are none"):
         check_semi_supervised(_experiment(pool=[{"source": "sections"}]), sheet.loc[["A"]], ["A"])
+
+
+# ------------------------------------------------------------------------------ interspot pool
+def _grid_store(world, tmp_path, fov_px: float, white_row: int = 0):
+    """Section A's 2x2-block centres as a grid store beside a spot store with centres (x, y)."""
+    a = world["sections"]["A"]
+    folder = tmp_path / "A"
+    folder.mkdir(parents=True)
+    xy = pd.DataFrame(a.obsm["spatial"], index=a.obs_names, columns=["x", "y"])
+    xy.rename_axis("id").reset_index().to_csv(folder / "spots.tsv", sep="\t", index=False)
+    centres = pd.DataFrame(
+        [
+            {"id": f"sq_{r}_{c}", "x": c * 100.0 + 50, "y": r * 100.0 + 50}
+            for r in range(N_SPOTS // 10 - 1)
+            for c in range(9)
+        ]
+    )
+    centres["pad_frac"] = 0.0
+    centres["white"] = np.arange(len(centres)) == white_row
+    centres.to_csv(folder / "squares.tsv", sep="\t", index=False)
+    (folder / "squares.json").write_text(json.dumps({"fov_px": fov_px}))
+    np.save(folder / "squares.npy", np.zeros((len(centres), SIZE, SIZE, 3), np.uint8))
+    return str(folder / "squares.npy"), centres, xy
+
+
+def test_interspot_crops_never_overlap_a_held_out_spot(world, tmp_path):
+    store, centres, xy = _grid_store(world, tmp_path, fov_px=60)
+    exp = _experiment(pool=[{"source": "interspot"}])
+    inputs = {**world["pool_inputs"], "interspot_stores": {"A": store}}
+    man = world["manifest"]
+    for fold in ("0", "1", "2"):
+        cands = pool_candidates(exp, fold, man, inputs)
+        assert set(cands.source) == {"interspot"} and len(cands)
+        m = man[man.fold == fold]
+        held = set(m.loc[m.role.isin(["val", "test"]), "spot_id"])
+        # brute force: a centre is kept iff none of its 4 corner spots (60-px crops overlap
+        # the crops 50 px away on both axes) is held out, and it is not white
+        expect = []
+        for _, c in centres.iterrows():
+            corners = xy[(abs(xy.x - c.x) < 60) & (abs(xy.y - c.y) < 60)].index
+            assert len(corners) == 4
+            if not c.white and not held & set(corners):
+                expect.append(c.id)
+        assert sorted(cands["id"]) == sorted(expect)
+        assert 0 < len(expect) < len(centres) - 1  # some left out, some kept
+    # smaller crops (40 px) overlap no spot crop 50 px away: every usable centre is kept
+    store40, centres40, _ = _grid_store(world, tmp_path / "small", fov_px=40)
+    inputs40 = {**world["pool_inputs"], "interspot_stores": {"A": store40}}
+    assert len(pool_candidates(exp, "0", man, inputs40)) == len(centres40) - 1
+
+
+def test_a_tampered_pool_with_an_overlapping_interspot_crop_is_refused(world, tmp_path):
+    store, centres, xy = _grid_store(world, tmp_path, fov_px=60)
+    man = world["manifest"]
+    m = man[man.fold == "0"]
+    test_spot = m[m.role == "test"].iloc[0].spot_id
+    sx, sy = xy.loc[test_spot]
+    row = int(np.flatnonzero((abs(centres.x - sx) < 60) & (abs(centres.y - sy) < 60))[0])
+    bad = pd.DataFrame(
+        [{"source": "interspot", "origin": "A", "id": centres.id[row], "store": store, "row": row}]
+    )
+    with pytest.raises(LeakageError, match="overlap the crop of a validation or test spot"):
+        audit_pool(bad, man, "0")
+
+
+def test_interspot_grids_resolve_per_platform():
+    from stpredict.learn.pool import interspot_grids, resolve_pool
+
+    sheet = _sheet()
+    exp = resolve_pool(_experiment(pool=[{"source": "interspot"}]), sheet, ["A"])
+    check_semi_supervised(exp, sheet, ["A"])
+    assert interspot_grids(exp, sheet) == [("A", "squares")]  # ST: 2x2 blocks
+    sheet.loc["B", "platform"] = "visium"
+    exp = resolve_pool(
+        _experiment(pool=[{"source": "interspot", "samples": ["A", "B"]}]), sheet, ["A"]
+    )
+    assert interspot_grids(exp, sheet) == [("A", "squares"), ("B", "triangles")]
