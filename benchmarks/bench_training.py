@@ -110,6 +110,7 @@ COLUMNS = [
     "torch_threads",
 ]
 KEY = COLUMNS[:13]
+ROUND = {"img_per_s": 2, "loader_img_per_s": 2, "checkpoint_s": 3, "timed_s": 3}
 
 
 # ------------------------------------------------------------------------------------- setup
@@ -313,7 +314,8 @@ def machine_info(dev: torch.device) -> dict[str, Any]:
 
 def save_rows(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
     """Write ``rows`` to ``out``, replacing earlier rows of the same key; return the whole table."""
-    new = pd.DataFrame(rows, columns=COLUMNS)
+    new = pd.DataFrame(rows, columns=COLUMNS).round(ROUND)
+    new = new[~new[KEY].astype(str).duplicated(keep="last")]
     if out.exists():
         old = pd.read_csv(out, sep="\t")
         if list(old.columns) == COLUMNS:
@@ -409,6 +411,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--out", default="benchmarks/results/training.tsv")
     ap.add_argument("--protocols-out", default="benchmarks/results/protocols.tsv")
     args = ap.parse_args(argv)
+    args.backbones = list(dict.fromkeys(args.backbones))  # each once
     if args.quick:
         args.warmup, args.steps, args.loader_batches, args.patches = 1, 2, 4, 64
         args.seconds = min(args.seconds, 5.0)
