@@ -67,7 +67,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from stpredict.errors import ConfigError, InputError, TrainingInterrupted
-from stpredict.evaluate.metrics import pearson_columns
 from stpredict.io import atomic_path, write_table
 from stpredict.learn.augment import make_augment, parse_augmentation, tta_predict
 from stpredict.learn.models import PatchModel, build_model
@@ -781,6 +780,10 @@ def _evaluate(
     squared errors over spots and outputs, float64), ``val_n`` (spots), ``val_pearson_mean``
     and ``val_accuracy``.
     """
+    # imported here: stpredict.learn.train (and predict) stay importable without anndata, e.g.
+    # by benchmarks/bench_training.py on a bare CUDA image
+    from stpredict.evaluate.metrics import pearson_columns
+
     model.eval()
     preds, trues = [], []
     loss_sum, sse, n = 0.0, 0.0, 0
@@ -1348,6 +1351,42 @@ def _resume_or_start(
     return model, opt, scaler, state
 
 
+def _train_step(
+    model: PatchModel,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    cfg: TrainConfig,
+    dev: torch.device,
+    precision: str,
+    channels_last: bool,
+    aug: nn.Module | None,
+    aug_gen: torch.Generator,
+) -> torch.Tensor:
+    """Run one optimiser step on a uint8 batch already on the device; return its per-spot losses.
+
+    The batch is converted to float, augmented, normalised (:func:`_prepare`), passed through the
+    model under the backbone's autocast, and the loss reduced as ``cfg.loss_reduction`` says is
+    back-propagated (through the GradScaler for fp16). The returned ``(B,)`` fp32 losses are
+    detached; nothing here synchronises with the device.
+    """
+    x = _prepare(xb, model, aug, aug_gen, channels_last)
+    with autocast_context(dev, precision):
+        pred = model(x)  # the head runs in fp32 inside
+    per_spot = per_spot_loss(pred, yb, cfg.loss)  # fp32
+    loss = per_spot.sum() if cfg.loss_reduction == "stnet" else per_spot.mean()
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+    return per_spot.detach()
+
+
 def _train_epoch(
     model: PatchModel,
     loader: DataLoader,
@@ -1368,20 +1407,10 @@ def _train_epoch(
     loss_sum = torch.zeros((), device=dev, dtype=acc_dtype)
     seen = 0
     for xb, yb in _batches(loader, dev, desc):
-        x = _prepare(xb, model, aug, aug_gen, channels_last)
-        with autocast_context(dev, precision):
-            pred = model(x)  # the head runs in fp32 inside
-        per_spot = per_spot_loss(pred, yb, cfg.loss)  # fp32
-        loss = per_spot.sum() if cfg.loss_reduction == "stnet" else per_spot.mean()
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        loss_sum += per_spot.detach().sum().to(acc_dtype)
+        per_spot = _train_step(
+            model, xb, yb, opt, scaler, cfg, dev, precision, channels_last, aug, aug_gen
+        )
+        loss_sum += per_spot.sum().to(acc_dtype)
         seen += len(xb)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
