@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -220,6 +221,7 @@ def extract_patches(
     progress: bool = True,
     threshold: float | None = None,
     extra: pd.DataFrame | None = None,
+    crop_stats: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """Cut one patch per centre and write the section's patch store.
 
@@ -252,6 +254,11 @@ def extract_patches(
     extra
         Further per-centre columns (``len(xy)`` rows, e.g. the array position of grid
         centres), written after :data:`PATCH_COLUMNS`.
+    crop_stats
+        Further per-crop statistics computed on the full-resolution crops before resizing:
+        column name -> function of a ``(k, c, c, 3)`` uint8 batch returning ``(k,)`` values
+        (e.g. the background share of whole-slide tiles, :mod:`stpredict.wsi.tiles`); written
+        after :data:`PATCH_COLUMNS`, before ``extra``.
 
     Returns
     -------
@@ -299,6 +306,7 @@ def extract_patches(
     means = np.empty((n, 3), dtype=np.float64)
     mean_rgb = np.empty(n, dtype=np.float64)
     min_hist = np.zeros((n, 256), dtype=np.int64)
+    stats = {name: np.empty(n, dtype=np.float64) for name in crop_stats or {}}
     with atomic_path(out_npy) as tmp_npy:
         store = np.lib.format.open_memmap(
             tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
@@ -321,6 +329,8 @@ def extract_patches(
                     ox, oy = int(x0[i]) - bx0, int(y0[i]) - by0
                     crops[k] = region[oy : oy + crop, ox : ox + crop]
                 mean_rgb[grp], min_hist[grp] = crop_statistics(crops)
+                for name, fn in (crop_stats or {}).items():
+                    stats[name][grp] = fn(crops)
                 out = resize_batch(crops, size, backend)
                 store[np.sort(grp)] = out[np.argsort(grp)]
                 means[grp] = _channel_means(out)
@@ -343,6 +353,7 @@ def extract_patches(
             "mean_b": means[:, 2],
             "mean_rgb": mean_rgb,
             "white": white_flag,
+            **stats,
         }
     )
     if extra is not None:
