@@ -761,7 +761,8 @@ def _slide_table():
     path = WSI["slides"]
     if not path:
         return None
-    if path in DEMO_OUTPUTS["files"] and not Path(path).exists():  # the demo's own table
+    # the demo's own table, before make_demo writes it
+    if path in DEMO_OUTPUTS["files"] and not Path(path).exists():
         return validate_slides(demo_slides(DEMO_DIR), path, DEMO_OUTPUTS["files"])
     return read_slides(path, produced=DEMO_OUTPUTS["files"])
 
@@ -812,9 +813,7 @@ def get_card_inputs(wildcards):
     return {
         "models": list(outer_fold_files(name, "model.pt").values()),
         "fitted": list(outer_fold_files(name, "fitted.json").values()),
-        "stores": [
-            f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[name]
-        ],
+        "stores": [f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[name]],
     }
 
 

@@ -18,7 +18,8 @@ A model sees its field of view (``fov_um``) resized to ``size_px``: ``fov_um / s
 stored pixel. Tiles are read from the coarsest pyramid level at or finer than that (a level
 whose µm/px exceeds it by at most the tolerance still counts: level sizes are rounded), so
 every tile is *down*-sampled to the model's input and the slide is never decoded at a finer
-level than needed. When even full resolution is coarser, the image cannot match the model
+level than needed (a level at most 1 % coarser counts: rounded level sizes). When even full
+resolution is coarser by more than ``reading.mpp_tolerance``, the image cannot match the model
 (its patches would be up-sampled, blurrier than anything the model saw) and it is refused.
 :class:`LevelImage` presents one level to :func:`stpredict.patches.store.extract_patches` with
 the interface of :class:`~stpredict.ingest.images.SlideImage`, read by region (TIFF tiles
@@ -51,6 +52,9 @@ __all__ = [
     "choose_level",
 ]
 
+#: a pyramid level up to this share coarser than the model's µm/px still counts as "at or finer"
+#: (level sizes are rounded: 40,001 px halved is 20,000 px)
+LEVEL_RTOL = 0.01
 #: columns of a slide table (required: slide_id, image)
 SLIDE_COLUMNS = ("slide_id", "image", "mpp", "patient_id")
 #: the JSON schema of one row
@@ -278,7 +282,9 @@ def choose_level(
     target_mpp
         µm per pixel of the model's stored patches (``fov_um / size_px``).
     tolerance
-        A level up to this share coarser than the target still counts.
+        Full resolution may be up to this share coarser than the target (``reading.
+        mpp_tolerance``); a reduced level counts when at most :data:`LEVEL_RTOL` coarser
+        (rounded level sizes).
     file, slide
         For the error message.
 
@@ -287,7 +293,9 @@ def choose_level(
     GeometryError
         When full resolution is coarser than the target beyond the tolerance.
     """
-    ok = [lev for lev in levels if lev.mpp <= target_mpp * (1.0 + tolerance)]
+    ok = [lev for lev in levels if lev.mpp <= target_mpp * (1.0 + LEVEL_RTOL)]
+    if not ok:  # full resolution slightly coarser than the model: accepted within the tolerance
+        ok = [lev for lev in levels if lev.index == 0 and lev.mpp <= target_mpp * (1 + tolerance)]
     if not ok:
         finest = min(levels, key=lambda lev: lev.mpp)
         raise GeometryError(

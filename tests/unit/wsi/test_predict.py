@@ -166,3 +166,17 @@ def test_the_slide_heatmap_is_drawn_over_the_thumbnail(model_dir, slide, tmp_pat
     assert json.loads(Image.open(tmp_path / "s.png").text["colour_scales"]) == scales
     with pytest.raises(ConfigError, match="none of the genes"):
         plot_slide_heatmap(a, ["NOPE"], "log1p", tmp_path / "t.png")
+
+
+def test_scanpy_draws_the_slide_file_over_its_thumbnail(model_dir, slide, tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import scanpy as sc
+
+    a = predict_image(model_dir, slide, out=tmp_path / "s.h5ad")
+    a = read_h5ad(tmp_path / "s.h5ad")
+    axes = sc.pl.spatial(a, color="DARK", layer="predicted", library_id="new", show=False)
+    assert axes and axes[0].get_images()  # the thumbnail is drawn under the tiles
+    plt.close("all")

@@ -84,7 +84,7 @@ def _levels(*mpps):
 
 @pytest.mark.parametrize(
     "target, want",
-    [(2.0, 2), (2.1, 2), (1.9, 1), (3.99, 2), (4.3, 3), (100.0, 3), (0.5, 0), (0.54, 0)],
+    [(2.0, 2), (2.1, 2), (1.9, 1), (1.99, 2), (3.9, 2), (4.3, 3), (100, 3), (0.5, 0), (0.49, 0)],
 )
 def test_level_is_the_coarsest_at_or_finer_than_the_model(target, want):
     assert choose_level(_levels(0.5, 1.0, 2.0, 4.0), target, 0.1).index == want

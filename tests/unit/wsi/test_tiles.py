@@ -34,7 +34,8 @@ def test_background_fraction_is_exact_at_the_threshold():
     img = _constructed()
     crops = np.stack([img[:, i : i + 10] for i in range(0, 40, 10)])
     assert background_fraction(crops, 220).tolist() == [1.0, 0.5, 0.51, 0.0]
-    assert background_fraction(crops, 219.9).tolist() == [1.0, 1.0, 1.0, 0.0]
+    assert background_fraction(crops, 219.6).tolist() == [1.0, 1.0, 1.0, 0.0]  # 219.67 counts
+    assert background_fraction(crops, 219.7).tolist() == [1.0, 0.5, 0.51, 0.0]
     assert background_fraction(crops[:0], 220).shape == (0,)
 
 
