@@ -150,13 +150,15 @@ def crop_statistics(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (:func:`whiteness_from_histograms`), in one pass over the crops.
     """
     k = len(crops)
-    flat = crops.reshape(k, -1, 3)
-    mean_rgb = (
-        flat.sum(axis=(1, 2), dtype=np.uint64) / float(flat.shape[1] * 3) if k else np.zeros(0)
-    )
-    mins = flat.min(axis=2).astype(np.int64)
-    offsets = (np.arange(k, dtype=np.int64) * 256)[:, None]
-    hist = np.bincount((mins + offsets).ravel(), minlength=k * 256).reshape(k, 256)
+    if not k:
+        return np.zeros(0), np.zeros((0, 256), dtype=np.int64)
+    crops = np.asarray(crops)
+    flat = crops.reshape(k, -1)  # contiguous reductions: an order faster than over axis 3
+    mean_rgb = flat.sum(axis=1, dtype=np.uint64) / float(flat.shape[1])
+    mins = np.minimum(np.minimum(crops[..., 0], crops[..., 1]), crops[..., 2]).reshape(k, -1)
+    hist = np.empty((k, 256), dtype=np.int64)
+    for i in range(k):  # uint8 per crop: no int64 copy of every pixel
+        hist[i] = np.bincount(mins[i], minlength=256)
     return np.asarray(mean_rgb, dtype=np.float64), hist
 
 

@@ -86,7 +86,10 @@ def background_fraction(crops: np.ndarray, rgb: float) -> np.ndarray:
     k = len(crops)
     if not k:
         return np.zeros(0)
-    sums = np.add.reduce(np.asarray(crops), axis=-1, dtype=np.uint16)
+    c = np.asarray(crops)
+    sums = c[..., 0].astype(np.uint16)  # elementwise: faster than a reduction over 3 channels
+    sums += c[..., 1]
+    sums += c[..., 2]
     bg = (sums >= 3.0 * float(rgb)).reshape(k, -1)
     return bg.mean(axis=1, dtype=np.float64)
 
