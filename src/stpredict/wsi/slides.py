@@ -192,7 +192,10 @@ def resolve_mpp(
         ``"given"`` (the slide table or the caller), ``"image tags"``, or ``"given (agrees with
         the image tags)"``.
     """
-    value = float(given) if given not in (None, "") else None
+    try:
+        value = float(given) if given not in (None, "") else None
+    except (TypeError, ValueError):
+        value = float("nan")
     if value is not None and not value > 0:
         raise GeometryError(
             f"the pixel size must be positive, got {given!r}",

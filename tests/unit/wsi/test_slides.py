@@ -72,6 +72,8 @@ def test_mpp_from_table_tags_both_or_neither(tmp_path):
     png = write_png(tmp_path / "s.png", tissue_image(64, 64))
     with SlideImage(png, sample="P") as img:
         assert resolve_mpp(img, 2.0, 0.1, "P") == (2.0, "given")
+        with pytest.raises(GeometryError, match="must be positive"):
+            resolve_mpp(img, "0.5 um", 0.1, "P")
         with pytest.raises(InputError) as e:
             resolve_mpp(img, None, 0.1, "P")
         _one_line(str(e.value), "not given", str(png), "sample 'P'", "--mpp")
