@@ -10,6 +10,7 @@
 #   snakemake --cores 2 evaluation      + metrics, baselines, latent space, figures, summary
 #   snakemake --cores 2 superres        + super-resolution grids of the experiments that enable it
 #   snakemake --cores 2 ihc             IHC of adjacent sections vs predictions (results/ihc/)
+#   snakemake --cores 2 wsi             whole slides tiled and predicted (results/wsi/)
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
@@ -36,6 +37,7 @@ include: "workflow/rules/rounds.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/ihc.smk"
+include: "workflow/rules/wsi.smk"
 
 
 # Jobs that only gather or write small tables run where Snakemake runs, not as cluster jobs.
@@ -52,6 +54,7 @@ localrules:
     summarise_qc,
     collect_predictions,
     summarise_experiments,
+    model_card,
 
 
 rule all:
@@ -70,6 +73,8 @@ rule all:
         "results/summary.tsv",
         experiment_superres(),
         ihc_outputs(),
+        model_cards(),
+        wsi_outputs(),
 
 
 rule evaluation:
@@ -122,3 +127,8 @@ rule superres:
 rule ihc:
     input:
         ihc_outputs(),
+
+
+rule wsi:
+    input:
+        wsi_outputs(),

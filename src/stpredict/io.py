@@ -53,7 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: folders under the results root that hold files the workflow writes and can rebuild
-WORKFLOW_DIRS = ("sections", "qc", "patches", "experiments", "features", "run", "ihc")
+WORKFLOW_DIRS = ("sections", "qc", "patches", "experiments", "features", "run", "ihc", "wsi")
 
 
 # ------------------------------------------------------------------------------- writing

@@ -59,6 +59,7 @@ def base_config(cohort: Path) -> dict:
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["samples"] = "sheet.tsv"
     cfg["experiments"] = {}
+    cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
     cfg["reading"]["gene_map"] = str(cohort / "gene_ids.tsv")
     cfg["evaluation"]["gene_groups"] = ""
     return cfg
@@ -641,6 +642,36 @@ def f_truncated_nuclear_features(c):
     _cut_table(c.wd / "results/features/P1_D1/nuclear.tsv")
 
 
+# ---- whole slides (wsi.slides): a slide table beside the sheet
+def _slides(c: Ctx, mpp: str = "2.0", image: str | None = None, experiment: str = EXP) -> None:
+    from PIL import Image
+
+    if image is None:
+        (c.wd / "data").mkdir(exist_ok=True)
+        image = "data/blank.png"
+        Image.fromarray(np.full((400, 400, 3), 250, np.uint8)).save(c.wd / image)
+    pd.DataFrame({"slide_id": ["B"], "image": [image], "mpp": [mpp]}).to_csv(
+        c.wd / "slides.tsv", sep="\t", index=False
+    )
+    c.cfg["wsi"] = {"slides": "slides.tsv", "experiment": experiment}
+
+
+def f_wsi_unknown_experiment(c):
+    _slides(c, experiment="nope")
+
+
+def f_wsi_missing_image(c):
+    _slides(c, image="data/no_such_slide.tif")
+
+
+def f_wsi_no_tissue(c):
+    _slides(c)
+
+
+def f_wsi_no_mpp(c):
+    _slides(c, mpp="")
+
+
 SECTION = "results/sections/{}.h5ad"
 FIX = "Fix:"
 V, V2, ST = ["P1_D1"], ["P1_D1", "P1_D2"], ["BC50001_C1"]
@@ -648,6 +679,41 @@ SHEET = "sheet.tsv"
 CFG = "run.yaml"
 
 CASES = [
+    # whole slides: the slide table and wsi.experiment at parse time, the slide's job
+    Case(
+        "wsi_unknown_experiment",
+        V,
+        f_wsi_unknown_experiment,
+        ["sections"],
+        ["wsi.experiment 'nope'", CFG],
+        parse=True,
+    ),
+    Case(
+        "wsi_missing_image",
+        V,
+        f_wsi_missing_image,
+        ["sections"],
+        ["slides.tsv", "sample 'B'", "no_such_slide.tif", "column 'image'"],
+        parse=True,
+    ),
+    Case(
+        "wsi_no_tissue",
+        BUILT_SAMPLES,
+        f_wsi_no_tissue,
+        ["results/wsi/B.h5ad"],
+        ["sample 'B'", "data/blank.png", "no tissue tile"],
+        absent=["results/wsi/B.h5ad", "results/wsi/B/tiles.npy"],
+        built=True,
+    ),
+    Case(
+        "wsi_no_mpp",
+        BUILT_SAMPLES,
+        f_wsi_no_mpp,
+        ["results/wsi/B.h5ad"],
+        ["sample 'B'", "data/blank.png", "µm/px"],
+        absent=["results/wsi/B.h5ad"],
+        built=True,
+    ),
     # the sheet and the config, refused at parse time
     Case(
         "missing_file",

@@ -109,6 +109,7 @@ def _bad_run(demo_run: Path, tmp_path: Path, rows: pd.DataFrame, target: str):
     cfg = yaml.safe_load((demo_run / "config.yaml").read_text())
     cfg["samples"] = str(p.relative_to(demo_run))
     cfg["experiments"] = {}
+    cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
     cfg_path = demo_run / f"config/bad_{tmp_path.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     return run_snakemake(
@@ -541,3 +542,34 @@ def test_semi_supervised_rounds_on_the_demo(demo_run):
                 assert set(pred.obs["spot_id"]) == set(m.loc[m.role == "test", "spot_id"])
     for ext in ("png", "pdf"):
         assert (base / f"figures/rounds.{ext}").stat().st_size > 1000
+
+
+def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):
+    """W1 (tiled pyramidal TIFF) and the unlabelled images: tiles, predictions, cards, heatmaps."""
+    from PIL import Image
+
+    card = json.loads((demo_run / "results/experiments/demo_stnet/model.json").read_text())
+    assert card["fov_um"] == 110 and card["patch_mpp"] == 110 / 32 and len(card["folds"]) == 6
+    for name in ("demo_deepspace", "demo_imputation", "demo_rounds"):
+        assert (demo_run / f"results/experiments/{name}/model.json").is_file()
+    slides = pd.read_csv(demo_run / "results/demo/wsi/slides.tsv", sep="\t")
+    for slide in slides["slide_id"]:
+        a = ad.read_h5ad(demo_run / f"results/wsi/{slide}.h5ad")
+        tiles = pd.read_csv(demo_run / f"results/wsi/{slide}/tiles.tsv", sep="\t")
+        meta = a.uns["stpredict"]
+        assert meta["experiment"] == "demo_stnet" and meta["averaged_over_folds"] == 6
+        assert list(a.var_names) == card["genes"] and np.isfinite(a.layers["predicted"]).all()
+        kept = tiles[tiles["keep"]]
+        assert 0 < a.n_obs == len(kept) < len(tiles)  # glass dropped
+        assert (kept["background_frac"] <= 0.5).all()
+        assert (tiles.loc[~tiles["keep"], "background_frac"] > 0.5).all()
+        np.testing.assert_allclose(a.obsm["spatial"], kept[["x", "y"]].to_numpy())
+        png = demo_run / f"results/wsi/{slide}.png"
+        assert json.loads(Image.open(png).text["colour_scales"])
+        assert (demo_run / f"results/wsi/{slide}.pdf").is_file()
+    w1 = ad.read_h5ad(demo_run / "results/wsi/W1.h5ad")
+    assert w1.uns["stpredict"]["level"]["index"] == 0  # 2 µm/px: the finest level at or finer
+    # the planted link reaches the new slide: morphology genes vary across its tiles, noise not
+    roles = _roles(demo_run).reindex(w1.var_names)
+    sd = pd.Series(w1.layers["predicted"].std(axis=0), index=w1.var_names).groupby(roles.values)
+    assert sd.median()["morphology"] > 10 * sd.median()["noise"], sd.median()

@@ -100,6 +100,7 @@ def _reduced_config(workdir: Path) -> Path:
         "attributions": {"enabled": False},
     }
     cfg["experiments"] = {EXPERIMENT: exp}
+    cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
     path = workdir / "config_slurm.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

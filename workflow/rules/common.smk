@@ -752,3 +752,116 @@ def get_round_files(kind):
 def get_round_keys(wildcards):
     """(control, round, fold) of every round record, in the order of the inputs."""
     return [[r["control"], r["round"], r["fold"]] for r in _records(wildcards)]
+
+
+# ----------------------------------------------------------------------- whole slides (wsi)
+# (rules in wsi.smk: model cards, tiles of whole-slide images predicted by wsi.experiment)
+from stpredict.demo import demo_slides
+from stpredict.wsi.slides import read_slides, validate_slides
+
+WSI = config["wsi"]
+
+
+def _slide_table():
+    """The slide table, the same before and after the demo writes its own (parse time)."""
+    path = WSI["slides"]
+    if not path:
+        return None
+    # the demo's own table, before make_demo writes it
+    if path in DEMO_OUTPUTS["files"] and not Path(path).exists():
+        return validate_slides(demo_slides(DEMO_DIR), path, DEMO_OUTPUTS["files"])
+    return read_slides(path, produced=DEMO_OUTPUTS["files"])
+
+
+def _check_wsi_experiment(name):
+    if not name:
+        raise ConfigError(
+            "wsi.slides is given but wsi.experiment is empty: no model to predict the tiles",
+            fix=f"name a regression experiment of the config ({', '.join(regression_experiments())})",
+        )
+    if name not in EXPERIMENTS:
+        raise ConfigError(
+            f"wsi.experiment '{name}' is not an experiment of the config",
+            fix=f"use one of {', '.join(EXPERIMENTS)}",
+        )
+    if EXPERIMENTS[name]["task"] != "regression":
+        raise ConfigError(
+            f"wsi.experiment '{name}' classifies clusters; tiles are predicted by a "
+            "gene-expression experiment",
+            fix=f"use one of {', '.join(regression_experiments())}",
+        )
+
+
+try:
+    SLIDES = _slide_table()
+    if SLIDES is not None:
+        _check_wsi_experiment(WSI["experiment"])
+except ConfigError as exc:
+    raise WorkflowError(f"{exc} (config {CONFIG_FILES})") from None
+SLIDE_IDS = [] if SLIDES is None else SLIDES["slide_id"].tolist()
+
+
+wildcard_constraints:
+    slide="|".join(re.escape(s) for s in SLIDE_IDS) or "NO_SLIDE",
+
+
+def model_cards(names=None):
+    """Model cards of the regression experiments: what a model folder needs to predict images."""
+    return [
+        f"results/experiments/{name}/model.json"
+        for name in (names or regression_experiments())
+    ]
+
+
+def get_card_inputs(wildcards):
+    """Outer-fold models and fitted targets, and the spot stores' geometry of an experiment."""
+    name = wildcards.experiment
+    return {
+        "models": list(outer_fold_files(name, "model.pt").values()),
+        "fitted": list(outer_fold_files(name, "fitted.json").values()),
+        "stores": [f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[name]],
+    }
+
+
+def get_card_settings(wildcards):
+    """What a model card depends on besides its input files."""
+    exp = EXPERIMENTS[wildcards.experiment]
+    return {
+        "task": exp["task"],
+        "tta": exp["tta"],
+        "precision": exp["train"]["precision"],
+        "folds": list(outer_fold_files(wildcards.experiment, "model.pt")),
+    }
+
+
+def slide_row(wildcards):
+    """The slide table's row of ``wildcards.slide``."""
+    return SLIDES.loc[wildcards.slide].to_dict()
+
+
+def get_slide_inputs(wildcards):
+    """The slide's image and the model card and fold models of wsi.experiment."""
+    name = WSI["experiment"]
+    return {
+        "image": slide_row(wildcards)["image"],
+        "card": f"results/experiments/{name}/model.json",
+        "models": list(outer_fold_files(name, "model.pt").values()),
+    }
+
+
+def slide_mem_mb(wildcards):
+    """Memory (MB) of a slide prediction job (the fold prediction jobs' need)."""
+    backbone = EXPERIMENTS[WSI["experiment"]]["model"]["backbone"]
+    return FOLD_MEM_MB["predict"]["tiny" if backbone == "tiny" else "other"]
+
+
+def get_slide_summary(wildcards):
+    """The experiment's metric summary (the heatmaps' default genes), when wsi.genes is empty."""
+    if WSI["genes"]:
+        return []
+    return experiment_metrics([WSI["experiment"]])
+
+
+def wsi_outputs():
+    """Per-slide predictions and heatmaps."""
+    return [f"results/wsi/{s}.{ext}" for s in SLIDE_IDS for ext in ("h5ad", "png")]

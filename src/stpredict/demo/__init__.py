@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from stpredict.demo.cohort import demo_outputs, demo_sheet, make_demo
+from stpredict.demo.cohort import demo_outputs, demo_sheet, demo_slides, make_demo
 
-__all__ = ["make_demo", "demo_sheet", "demo_outputs"]
+__all__ = ["make_demo", "demo_sheet", "demo_outputs", "demo_slides"]

@@ -44,7 +44,7 @@ from stpredict.demo.tissue import (
 from stpredict.ingest.geometry import visium_lattice
 from stpredict.io import atomic_path, write_json, write_table
 
-__all__ = ["make_demo", "demo_sheet", "demo_outputs", "SHEET_COLUMNS"]
+__all__ = ["make_demo", "demo_sheet", "demo_outputs", "demo_slides", "SHEET_COLUMNS"]
 
 SHEET_COLUMNS = list(CONFIG_SHEET_COLUMNS)
 
@@ -295,6 +295,23 @@ def demo_sheet(outdir: str | Path = "results/demo", small: bool = False) -> pd.D
             }
         )
     return pd.DataFrame(rows, columns=SHEET_COLUMNS).astype(str)
+
+
+def demo_slides(outdir: str | Path = "results/demo", small: bool = False) -> pd.DataFrame:
+    """Return the demo's slide table (``wsi/slides.tsv``): the whole slide W1 and unlabelled images.
+
+    Columns ``slide_id, image, mpp`` (µm/px, float), the rows :func:`make_demo` writes; known before the
+    files exist (the workflow's slide ids are fixed at parse time).
+    """
+    m = _misc_paths(_o(outdir), small)
+    n = _n_unlabeled(small)
+    return pd.DataFrame(
+        {
+            "slide_id": ["W1"] + [f"U{i}" for i in range(1, n + 1)],
+            "image": [m["wsi"]] + list(m["unlabeled"]),
+            "mpp": [WSI_MPP] + [UNL_MPP] * n,
+        }
+    )
 
 
 def demo_outputs(outdir: str | Path = "results/demo", small: bool = False) -> dict[str, list[str]]:
@@ -826,13 +843,7 @@ def make_demo(
         }
     )
     write_table(irr, m["irrelevant_tsv"])
-    slides = pd.concat(
-        [
-            pd.DataFrame({"slide_id": ["W1"], "image": [m["wsi"]], "mpp": [WSI_MPP]}),
-            unl.rename(columns={"image_id": "slide_id"}),
-        ],
-        ignore_index=True,
-    )
+    slides = demo_slides(od, small)
     write_table(slides, m["slides_tsv"])
     expected = {r["slide"]: r["expected"] for r in results if "expected" in r}
     rng = rng_for(seed, "bulk")

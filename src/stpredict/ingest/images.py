@@ -287,18 +287,37 @@ class SlideImage:
             self._array = arr
         return self._array
 
-    def read_region(self, x0: int, y0: int, width: int, height: int, fill: int = 255) -> np.ndarray:
+    @property
+    def level_shapes(self) -> list[tuple[int, int]]:
+        """``(height, width)`` of every pyramid level, full resolution first.
+
+        A TIFF's reduced-resolution levels (SubIFDs or a multi-scale series) as tifffile lists
+        them; one level for JPEG / PNG and for a TIFF without a pyramid.
+        """
+        if not self._levels:
+            return [tuple(self.shape)]
+        return [(int(lev.shape[0]), int(lev.shape[1])) for lev in self._levels]
+
+    def read_region(
+        self, x0: int, y0: int, width: int, height: int, fill: int = 255, level: int = 0
+    ) -> np.ndarray:
         """Read ``image[y0:y0+height, x0:x0+width]``, padding outside the image with ``fill``.
 
-        Coordinates are integer full-resolution pixels; ``x`` is the column, ``y`` the row.
+        Coordinates are integer pixels of pyramid level ``level`` (0 = full resolution, see
+        :attr:`level_shapes`); ``x`` is the column, ``y`` the row. Only the TIFF tiles the region
+        touches are decoded.
         """
         out = np.full((height, width, 3), fill, dtype=np.uint8)
-        h, w = self.shape
+        h, w = self.level_shapes[level]
         xa, ya = max(x0, 0), max(y0, 0)
         xb, yb = min(x0 + width, w), min(y0 + height, h)
         if xa >= xb or ya >= yb:
             return out
-        src = self._zarr if (self._zarr is not None and self._array is None) else self.to_array()
+        if level:
+            src = self._levels[level]
+        else:
+            lazy = self._zarr is not None and self._array is None
+            src = self._zarr if lazy else self.to_array()
         with self._decoding("read a region of"):
             out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(src[ya:yb, xa:xb])[..., :3]
         return out

@@ -29,7 +29,9 @@ as trivial predictors by the OLS table.)
 from __future__ import annotations
 
 import logging
+import mmap
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,19 @@ def _bands(
     return groups
 
 
+def _release(store: np.memmap) -> None:
+    """Write the store's pages to its file and drop them from this process's memory.
+
+    A store of whole-slide tiles at 224 px is gigabytes: without this its written pages stay
+    mapped and count in the job's resident memory (peak RSS = the store's size). The data stay
+    in the file (and the page cache, reclaimable).
+    """
+    store.flush()
+    mm = getattr(store, "_mmap", None)
+    if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mm.madvise(mmap.MADV_DONTNEED)
+
+
 def _channel_means(block: np.ndarray) -> np.ndarray:
     """Channel means of ``(k, S, S, 3)`` uint8 patches (exact integer sums, then divide)."""
     k, h, w = block.shape[:3]
@@ -149,13 +164,15 @@ def crop_statistics(crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         (:func:`whiteness_from_histograms`), in one pass over the crops.
     """
     k = len(crops)
-    flat = crops.reshape(k, -1, 3)
-    mean_rgb = (
-        flat.sum(axis=(1, 2), dtype=np.uint64) / float(flat.shape[1] * 3) if k else np.zeros(0)
-    )
-    mins = flat.min(axis=2).astype(np.int64)
-    offsets = (np.arange(k, dtype=np.int64) * 256)[:, None]
-    hist = np.bincount((mins + offsets).ravel(), minlength=k * 256).reshape(k, 256)
+    if not k:
+        return np.zeros(0), np.zeros((0, 256), dtype=np.int64)
+    crops = np.asarray(crops)
+    flat = crops.reshape(k, -1)  # contiguous reductions: an order faster than over axis 3
+    mean_rgb = flat.sum(axis=1, dtype=np.uint64) / float(flat.shape[1])
+    mins = np.minimum(np.minimum(crops[..., 0], crops[..., 1]), crops[..., 2]).reshape(k, -1)
+    hist = np.empty((k, 256), dtype=np.int64)
+    for i in range(k):  # uint8 per crop: no int64 copy of every pixel
+        hist[i] = np.bincount(mins[i], minlength=256)
     return np.asarray(mean_rgb, dtype=np.float64), hist
 
 
@@ -220,6 +237,7 @@ def extract_patches(
     progress: bool = True,
     threshold: float | None = None,
     extra: pd.DataFrame | None = None,
+    crop_stats: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> pd.DataFrame:
     """Cut one patch per centre and write the section's patch store.
 
@@ -252,6 +270,11 @@ def extract_patches(
     extra
         Further per-centre columns (``len(xy)`` rows, e.g. the array position of grid
         centres), written after :data:`PATCH_COLUMNS`.
+    crop_stats
+        Further per-crop statistics computed on the full-resolution crops before resizing:
+        column name -> function of a ``(k, c, c, 3)`` uint8 batch returning ``(k,)`` values
+        (e.g. the background share of whole-slide tiles, :mod:`stpredict.wsi.tiles`); written
+        after :data:`PATCH_COLUMNS`, before ``extra``.
 
     Returns
     -------
@@ -299,6 +322,7 @@ def extract_patches(
     means = np.empty((n, 3), dtype=np.float64)
     mean_rgb = np.empty(n, dtype=np.float64)
     min_hist = np.zeros((n, 256), dtype=np.int64)
+    stats = {name: np.empty(n, dtype=np.float64) for name in crop_stats or {}}
     with atomic_path(out_npy) as tmp_npy:
         store = np.lib.format.open_memmap(
             tmp_npy, mode="w+", dtype=np.uint8, shape=(n, size, size, 3)
@@ -321,9 +345,12 @@ def extract_patches(
                     ox, oy = int(x0[i]) - bx0, int(y0[i]) - by0
                     crops[k] = region[oy : oy + crop, ox : ox + crop]
                 mean_rgb[grp], min_hist[grp] = crop_statistics(crops)
+                for name, fn in (crop_stats or {}).items():
+                    stats[name][grp] = fn(crops)
                 out = resize_batch(crops, size, backend)
                 store[np.sort(grp)] = out[np.argsort(grp)]
                 means[grp] = _channel_means(out)
+                _release(store)
                 bar.update(len(grp))
         store.flush()
         del store
@@ -343,6 +370,7 @@ def extract_patches(
             "mean_b": means[:, 2],
             "mean_rgb": mean_rgb,
             "white": white_flag,
+            **stats,
         }
     )
     if extra is not None:
