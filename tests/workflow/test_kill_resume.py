@@ -45,6 +45,7 @@ def _write_run(workdir: Path, cohort: Path) -> None:
     cfg["evaluation"]["gene_groups"] = ""
     cfg["evaluation"]["baselines"] = ["mean"]
     cfg["ihc"]["known_affine"] = {}
+    cfg["wsi"]["slides"] = ""  # no whole slides (the demo's are predicted by demo_stnet)
     cfg["experiments"] = {
         EXP: {
             "sections": {"samples": ["P1_D1"]},
