@@ -204,6 +204,11 @@ def get_rounds_settings(wildcards):
     return job_settings(EXPERIMENTS[wildcards.experiment], "rounds")
 
 
+def get_baseline_settings(wildcards):
+    """What a baseline job depends on besides its inputs (seed, estimator settings)."""
+    return job_settings(EXPERIMENTS[wildcards.experiment], "baseline")
+
+
 def get_split_sheet(wildcards):
     """The sheet rows (patients, series, order) of the experiment's own sections, as records."""
     rows = SAMPLES.loc[

@@ -93,7 +93,7 @@ rule baseline:
         runtime=lambda wc: 240 if wc.method in NEEDS_FEATURES else 60,
     params:
         method=lambda wc: wc.method,
-        experiment=get_experiment,
+        experiment=get_baseline_settings,
         platforms=get_experiment_platforms,
         unit=get_evaluation_unit,
         alpha=lambda wc: evaluation(wc.experiment)["alpha"],

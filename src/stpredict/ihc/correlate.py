@@ -130,7 +130,9 @@ def summary_table(
     """One row per IHC measure x expression (predicted / measured) x method.
 
     Columns: ``sample_id, gene, experiment, measure, versus, method, r, ci_low, ci_high,
-    ci_level, n_boot, n_spots, registration_residual_px`` (RANSAC inlier RMS, H&E full-res px),
+    ci_level, n_boot, n_spots, registration_residual_px`` (RMS residual of the RANSAC inlier
+    matches under the transform used — the refined one —, H&E full-res px), ``ransac_residual_px``
+    (the same matches under the RANSAC fit, which minimises it: lower by construction),
     ``known_affine_error_px`` (mean error against a known transform, when one was given; else
     NaN), ``sign`` (the convention).
     """
@@ -163,7 +165,8 @@ def summary_table(
                         "ci_level": level,
                         "n_boot": n_boot,
                         "n_spots": len(use),
-                        "registration_residual_px": float(registration["ransac_residual_px"]),
+                        "registration_residual_px": float(registration["refined_residual_px"]),
+                        "ransac_residual_px": float(registration["ransac_residual_px"]),
                         "known_affine_error_px": float(known.get("mean", np.nan)),
                         "sign": "positive r: more protein (darker IHC) with more expression",
                     }

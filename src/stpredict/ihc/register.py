@@ -7,7 +7,11 @@ a haematoxylin-counterstained IHC share (eosin and DAB differ):
    8): ORB keypoints and binary descriptors, cross-checked matches with Lowe's ratio test, and a
    RANSAC affine transform (``skimage.measure.ransac``, seeded) restricted to plausible
    transforms (no mirroring, scale 0.5-2, little shear). Its inlier residual, in H&E
-   full-resolution px, is the number reported as the registration residual.
+   full-resolution px, is reported as ``ransac_residual_px``; the same inlier matches under the
+   refined transform (the one used) give ``refined_residual_px``, the summary's
+   ``registration_residual_px``. The RANSAC fit minimises the match residual, so it is the lower
+   of the two even where the refined transform is closer to the truth (keypoint localisation
+   noise: see step 2).
 2. **Refinement** on a finer level (``refine_um_px``, default 4) by maximising the enhanced
    correlation coefficient (ECC, Evangelidis & Psarakis 2008) of the two smoothed haematoxylin
    images with Gauss-Newton steps over the six affine parameters, started from the RANSAC fit.

@@ -28,6 +28,8 @@ from stpredict.ingest.visium import GRAPHCLUST_CLUSTERS
 
 __all__ = [
     "JOB_KEYS",
+    "ROUND_JOB_OMITS",
+    "BASELINE_EVALUATION_KEYS",
     "SHEET_COLUMNS_OF_SPLITS",
     "job_settings",
     "experiment_samples",
@@ -449,9 +451,17 @@ JOB_KEYS: dict[str, tuple[str, ...]] = {
     "split": _SPLIT_KEYS,
     "train": _TRAIN_KEYS,
     "predict": (*_TRAIN_KEYS, "tta"),
-    # a teacher/student round: training + prediction + the rounds' own settings
+    # a teacher/student round: training + prediction + the rounds' own settings (less
+    # ROUND_JOB_OMITS: a chain's round k is the same job whatever the other chains or rounds)
     "rounds": (*_TRAIN_KEYS, "tta", "semi_supervised"),
+    # a baseline: its seed and the estimators' settings (splits and targets are its inputs)
+    "baseline": ("seed",),
 }
+#: ``semi_supervised`` keys a round job does not depend on: how many rounds follow, which other
+#: chains run beside it, and which chain is the method (its own chain is its ``control`` wildcard)
+ROUND_JOB_OMITS: tuple[str, ...] = ("rounds", "control", "controls")
+#: ``evaluation`` keys a baseline job depends on
+BASELINE_EVALUATION_KEYS: tuple[str, ...] = ("random_forest", "nmf")
 
 #: The sample-sheet columns the split manifest depends on (patients, series and their order).
 SHEET_COLUMNS_OF_SPLITS: tuple[str, ...] = ("sample_id", "patient_id", "series", "order")
@@ -465,14 +475,24 @@ def job_settings(exp: Mapping[str, Any], job: str) -> dict[str, Any]:
     exp
         A resolved experiment (:func:`resolve_experiment`).
     job
-        ``"split"``, ``"train"``, ``"predict"`` or ``"rounds"``.
+        ``"split"``, ``"train"``, ``"predict"``, ``"rounds"`` (``semi_supervised`` without
+        :data:`ROUND_JOB_OMITS`) or ``"baseline"`` (``seed`` and ``evaluation`` reduced to
+        :data:`BASELINE_EVALUATION_KEYS`).
 
     Returns
     -------
     dict
         A deep copy of those keys (absent optional keys, e.g. ``parent``, stay absent).
     """
-    return {k: copy.deepcopy(exp[k]) for k in JOB_KEYS[job] if k in exp}
+    out = {k: copy.deepcopy(exp[k]) for k in JOB_KEYS[job] if k in exp}
+    if job == "rounds" and "semi_supervised" in out:
+        out["semi_supervised"] = {
+            k: v for k, v in out["semi_supervised"].items() if k not in ROUND_JOB_OMITS
+        }
+    if job == "baseline":
+        ev = exp.get("evaluation", {})
+        out["evaluation"] = {k: copy.deepcopy(ev[k]) for k in BASELINE_EVALUATION_KEYS if k in ev}
+    return out
 
 
 def resolve_experiment(exp: Mapping[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:

@@ -188,8 +188,10 @@ def plot_ihc_maps(
         ax_ihc.images[-1].set_data(warped)  # the IHC in place of the H&E background
     else:
         _empty_note(ax_ihc, "no background image")
+    used = float(registration["refined_residual_px"])
     ax_ihc.set_title(
-        f"IHC registered (residual {float(registration['ransac_residual_px']):.1f} px)"
+        f"IHC registered (match residual {used:.1f} px; "
+        f"RANSAC fit {float(registration['ransac_residual_px']):.1f} px)"
     )
     dab = by_id["dab_od"].to_numpy(float)
     dark = by_id["darkness"].to_numpy(float)

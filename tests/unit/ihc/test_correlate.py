@@ -68,7 +68,11 @@ def spot_frame(n=300, seed=0):
 
 def test_summary_table_rows_and_sign():
     spots = spot_frame()
-    reg = {"ransac_residual_px": 4.2, "known_affine_error_px": {"mean": 0.7, "max": 1.5}}
+    reg = {
+        "ransac_residual_px": 4.2,
+        "refined_residual_px": 6.1,
+        "known_affine_error_px": {"mean": 0.7, "max": 1.5},
+    }
     table = summary_table(spots, reg, sample="S1", gene="ESR1", experiment="e", n_boot=200, seed=0)
     assert len(table) == 8
     assert set(table["measure"]) == {"rgb_darkness", "dab_od"}
@@ -81,7 +85,9 @@ def test_summary_table_rows_and_sign():
     best = table.set_index(["measure", "versus", "method"])["r"]
     # the less noisy expression correlates better, as planted
     assert best["dab_od", "predicted", "pearson"] > best["dab_od", "measured", "pearson"]
-    assert (table["registration_residual_px"] == 4.2).all()
+    # the residual of the transform used (the refined one), the RANSAC fit's beside it
+    assert (table["registration_residual_px"] == 6.1).all()
+    assert (table["ransac_residual_px"] == 4.2).all()
     assert (table["known_affine_error_px"] == 0.7).all()
     again = summary_table(spots, reg, sample="S1", gene="ESR1", experiment="e", n_boot=200, seed=0)
     pd.testing.assert_frame_equal(table, again)

@@ -119,3 +119,33 @@ def test_early_stopping_without_validation_spots_is_refused(split):
             {},
             sheet(),
         )
+
+
+def test_job_settings_hold_what_each_job_depends_on():
+    exp = resolve_experiment(
+        {
+            "split": {"scheme": "random_within_section", "n_folds": 2, "val_frac": 0.2},
+            "semi_supervised": {"enabled": True, "rounds": 3, "controls": ["random"]},
+        },
+        {"seed": 5},
+    )
+    train = job_settings(exp, "train")
+    assert {"split", "targets", "model", "train", "seed"} <= set(train)
+    assert "evaluation" not in train and "tta" not in train and "semi_supervised" not in train
+    rounds = job_settings(exp, "rounds")
+    # a chain's round k is the same job whatever follows it or runs beside it
+    assert not {"rounds", "control", "controls"} & set(rounds["semi_supervised"])
+    assert rounds["semi_supervised"]["n_pseudo"] == exp["semi_supervised"]["n_pseudo"]
+    more = {**exp, "semi_supervised": {**exp["semi_supervised"], "rounds": 1, "controls": []}}
+    assert job_settings(more, "rounds") == rounds
+    base = job_settings(exp, "baseline")
+    assert base == {
+        "seed": 5,
+        "evaluation": {
+            "random_forest": exp["evaluation"]["random_forest"],
+            "nmf": exp["evaluation"]["nmf"],
+        },
+    }
+    # the figures' settings change no baseline
+    maps = {**exp, "evaluation": {**exp["evaluation"], "maps": {"n_sections": 1}}}
+    assert job_settings(maps, "baseline") == base

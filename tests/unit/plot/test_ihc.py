@@ -31,7 +31,7 @@ def inputs(tmp_path, missing_predictions=False):
             "predicted": np.nan if missing_predictions else protein + rng.normal(0, 0.2, len(xy)),
         }
     )
-    reg = {"matrix": np.eye(3).tolist(), "ransac_residual_px": 3.0}
+    reg = {"matrix": np.eye(3).tolist(), "ransac_residual_px": 3.0, "refined_residual_px": 3.5}
     summary = summary_table(spots, reg, sample="S", gene="G1", experiment="e", n_boot=50, seed=0)
     img = np.full((2000, 2000, 3), 240, np.uint8)
     img[700:1300, 700:1300] = (120, 80, 50)
