@@ -482,7 +482,7 @@ def open_ihc(path: str | os.PathLike[str], sample: str) -> Any:
             fix="check the 'ihc_image' column of the sample sheet (paths are relative to the "
             "directory Snakemake runs in)",
         )
-    return open_image(path, sample=sample)
+    return open_image(path, sample=sample, column="ihc_image")
 
 
 def register_section(

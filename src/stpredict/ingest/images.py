@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 PLAUSIBLE_TAG_MPP: tuple[float, float] = (0.05, 5.0)
 _DECODE_FIX = (
     "re-export the image from the scanner / viewer software or copy it again (the file is "
-    "truncated or corrupt), and point the sample sheet's image column at the complete file"
+    "truncated or corrupt), and point the sample sheet's {column} column at the complete file"
 )
 
 
@@ -117,7 +117,7 @@ TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".svs", ".ome.tif", ".ome.tiff")
 _CONVERT_FIX = (
     'convert it to 8-bit RGB, e.g. `python -c "from PIL import Image; '
     "Image.open('in').convert('RGB').save('out.tif')\"` or `vips colourspace in.tif out.tif srgb`, "
-    "and point the sample sheet's image column at the result"
+    "and point the sample sheet's {column} column at the result"
 )
 
 
@@ -144,15 +144,21 @@ class SlideImage:
         ``PhysicalSizeX``, Aperio ``MPP``), or ``None`` when the file records none.
     """
 
-    def __init__(self, path: str | os.PathLike[str], sample: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], sample: str | None = None, column: str = "image"
+    ) -> None:
         self.path = Path(path)
         self.sample = sample
+        #: the sample-sheet column the image comes from (named by the errors' fixes)
+        self.column = column
+        #: what the image is, for the errors: an H&E or an IHC image
+        self.kind = "IHC" if column.startswith("ihc") else "H&E"
         if not self.path.is_file():
             raise InputError(
-                "image file does not exist",
+                f"{self.kind} image file does not exist",
                 file=self.path,
                 sample=sample,
-                fix="check the 'image' column of the sample sheet (paths are relative to the "
+                fix=f"check the '{column}' column of the sample sheet (paths are relative to the "
                 "directory Snakemake runs in)",
             )
         self._array: np.ndarray | None = None
@@ -167,11 +173,15 @@ class SlideImage:
 
     # ------------------------------------------------------------------ opening
     def _fail(self, problem: str, fix: str = _CONVERT_FIX) -> None:
-        raise InputError(problem, file=self.path, sample=self.sample, fix=fix)
+        raise InputError(problem, file=self.path, sample=self.sample, fix=self._fix(fix))
+
+    def _fix(self, fix: str) -> str:
+        """Return ``fix`` naming this image's sheet column."""
+        return fix.replace("{column}", self.column)
 
     def _check_dtype_channels(self, dtype: np.dtype, shape: tuple[int, ...]) -> None:
         if len(shape) == 2 or (len(shape) == 3 and shape[-1] == 1):
-            self._fail("image is greyscale (one channel); an RGB H&E image is required")
+            self._fail(f"image is greyscale (one channel); an RGB {self.kind} image is required")
         if len(shape) != 3:
             self._fail(f"image has an unsupported shape {shape}; expected height x width x 3")
         if shape[-1] == 4:
@@ -201,7 +211,7 @@ class SlideImage:
                 f"cannot read the TIFF ({type(exc).__name__}: {exc})",
                 file=self.path,
                 sample=self.sample,
-                fix=_DECODE_FIX,
+                fix=self._fix(_DECODE_FIX),
             ) from exc
         if axes.startswith("S") and len(shape) == 3:  # planar RGB (S, Y, X)
             self._fail("image is stored planar (channels first); interleaved RGB is required")
@@ -231,10 +241,11 @@ class SlideImage:
                 f"cannot read the image ({type(exc).__name__}: {exc})",
                 file=self.path,
                 sample=self.sample,
-                fix="give a TIFF, JPEG or PNG file that opens in an image viewer; " + _DECODE_FIX,
+                fix="give a TIFF, JPEG or PNG file that opens in an image viewer; "
+                + self._fix(_DECODE_FIX),
             ) from exc
         if mode in ("L", "1", "LA"):
-            self._fail("image is greyscale; an RGB H&E image is required")
+            self._fail(f"image is greyscale; an RGB {self.kind} image is required")
         if mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in info):
             self._fail(
                 "image is RGBA (has an alpha channel); an RGB image without alpha is required"
@@ -387,7 +398,7 @@ class _Decoding:
             f"({type(exc).__name__}: {str(exc)[:200]})",
             file=self.image.path,
             sample=self.image.sample,
-            fix=_DECODE_FIX,
+            fix=self.image._fix(_DECODE_FIX),
         ) from exc
 
 
@@ -508,6 +519,8 @@ def _tiff_mpp(
     return None
 
 
-def open_image(path: str | os.PathLike[str], sample: str | None = None) -> SlideImage:
-    """Open and validate an RGB image; see :class:`SlideImage`."""
-    return SlideImage(path, sample=sample)
+def open_image(
+    path: str | os.PathLike[str], sample: str | None = None, column: str = "image"
+) -> SlideImage:
+    """Open and validate an RGB image of the sheet's ``column``; see :class:`SlideImage`."""
+    return SlideImage(path, sample=sample, column=column)

@@ -127,3 +127,18 @@ def test_apply_and_error_of_an_affine():
     shifted = m.copy()
     shifted[0, 2] += 2
     assert affine_error(shifted, m, xy)["mean"] == pytest.approx(2.0)
+
+
+# A greyscale IHC image is refused naming the IHC image and the sheet's ihc_image column (the
+# H&E and its image column are fine): found by a new-user review.
+def test_greyscale_ihc_error_names_the_ihc_image_column(demo_pair, tmp_path):
+    rgb = tifffile.imread(demo_pair["ihc"])
+    grey = tmp_path / "grey_ihc.tif"
+    tifffile.imwrite(grey, rgb.mean(axis=2).astype(np.uint8))
+    section = tmp_path / "section.h5ad"
+    fake_section(demo_pair["spots"]).write_h5ad(section)
+    with pytest.raises(InputError) as exc:
+        register_section(section, demo_pair["he"], grey, SETTINGS, seed=0, sample="S1")
+    msg = str(exc.value)
+    assert "\n" not in msg and "grey_ihc.tif" in msg
+    assert "ihc_image" in msg and "H&E image is required" not in msg
