@@ -381,12 +381,29 @@ class PearsonResidualsMinMax(_Fitted):
         self.clip_ = float(self.clip) if self.clip is not None else math.sqrt(n)
         lo = np.full(len(self.genes_), np.inf)
         hi = np.full(len(self.genes_), -np.inf)
+        at_clip = np.zeros(len(self.genes_))
         for a in adatas:
             for counts, lib in _chunks(a, self.genes_):
                 r = self._residuals(counts, lib)
                 lo = np.minimum(lo, r.min(axis=0, initial=np.inf))
                 hi = np.maximum(hi, r.max(axis=0, initial=-np.inf))
+                at_clip += (np.abs(r) >= self.clip_).sum(axis=0)
         self.min_, self.max_ = lo, hi
+        share = at_clip / max(n, 1)
+        if len(share) and share.max() > 0.01:
+            # few training spots make a low clip (sqrt(n)): saturated targets compress the top
+            log.warning(
+                "pearson_minmax: residuals clipped at +-%.2f (sqrt of %d training spots); in %d "
+                "of %d genes more than 1%% of training spots sit at the clip (worst %.1f%%, %s): "
+                "their extreme values are flattened (more training spots, or transform log1p, "
+                "avoid it)",
+                self.clip_,
+                n,
+                int((share > 0.01).sum()),
+                len(share),
+                100 * float(share.max()),
+                self.genes_[int(share.argmax())],
+            )
         self.fitted_on = fitted_on_record(adatas)
         return self
 

@@ -247,3 +247,20 @@ def test_load_panel(tmp_path):
     assert T.GeneSelector(mode="panel", panel="deepspace_3").panel == p3
     with pytest.raises(ConfigError, match="deepspace_21"):
         T.load_panel("no_such_panel")
+
+
+def test_pearson_minmax_warns_when_few_spots_saturate_the_clip(caplog):
+    counts = np.zeros((20, 2), dtype=np.float32)
+    counts[:, 1] = 10.0
+    counts[:2, 0] = 100.0  # 2 of 20 spots far above the mean: clipped at sqrt(20)
+    a = ad.AnnData(sp.csr_matrix(counts))
+    a.var_names = ["A", "B"]
+    a.obs["sample_id"] = "S1"
+    with caplog.at_level("WARNING", logger="stpredict.learn.targets"):
+        tr = T.PearsonResidualsMinMax().fit([a])
+    assert tr.clip_ == pytest.approx(np.sqrt(20))
+    assert "sit at the clip (worst 10.0%, A)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="stpredict.learn.targets"):
+        T.PearsonResidualsMinMax(clip=100.0).fit([a])  # a high clip flattens nothing
+    assert "clip" not in caplog.text
