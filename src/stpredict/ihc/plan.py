@@ -20,6 +20,22 @@ from stpredict.errors import ConfigError
 __all__ = ["ihc_plan", "unfit_reason"]
 
 
+def _check_measured(
+    row: pd.Series, sample: str, gene: str, gene_map: str | os.PathLike[str] | None
+) -> None:
+    """Refuse an ``ihc_gene`` that the section's own count matrix does not hold (a typo)."""
+    from stpredict.learn.experiments import section_gene_names
+
+    names = section_gene_names(row, gene_map)
+    if names is not None and gene not in names:
+        raise ConfigError(
+            f"ihc_gene '{gene}' is not a gene of the section's count matrix",
+            sample=sample,
+            fix="check the sheet's ihc_gene column (a gene symbol as the count matrix, or the "
+            "reading.gene_map, names it)",
+        )
+
+
 def unfit_reason(
     name: str,
     experiments: Mapping[str, Mapping[str, Any]],
@@ -90,7 +106,8 @@ def ihc_plan(
     ------
     ConfigError
         ``ihc.experiment`` names an experiment that does not predict an IHC section or its
-        gene; ``ihc.known_affine`` names a section of the sheet without an IHC image.
+        gene; ``ihc.known_affine`` names a section of the sheet without an IHC image; with
+        ``thorough``, an ``ihc_gene`` that the section's count matrix does not hold.
     """
     rows = sheet[sheet["ihc_image"].astype(str) != ""]
     known = dict(cfg.get("known_affine") or {})
@@ -109,6 +126,8 @@ def ihc_plan(
     ]
     for sample, row in rows.iterrows():
         gene = str(row["ihc_gene"])
+        if thorough:
+            _check_measured(row, str(sample), gene, gene_map)
         args = (experiments, sheet, str(sample), gene, held_out, gene_map, thorough)
         name = str(cfg.get("experiment") or "")
         if name:

@@ -93,3 +93,18 @@ def test_known_affine_of_a_section_absent_from_the_sheet_is_noted_not_refused():
     got, notes = plan({**CFG, "known_affine": {"B": "b.json", "Z9": "z.json"}})
     assert got["B"]["known_affine"] == "b.json"
     assert any("Z9" in n and "not in the sample sheet" in n for n in notes)
+
+
+def test_an_ihc_gene_the_section_does_not_measure_is_refused(tmp_path):
+    mtx = tmp_path / "outs" / "filtered_feature_bc_matrix"
+    mtx.mkdir(parents=True)
+    pd.DataFrame({"id": ["ENSG1", "ENSG2"], "name": ["ESR1", "KRT5"], "type": "Gene"}).to_csv(
+        mtx / "features.tsv", sep="\t", header=False, index=False
+    )
+    sheet = SHEET.copy()
+    sheet["raw"] = str(tmp_path / "outs")
+    got, _ = ihc_plan(CFG, sheet, EXPERIMENTS, HELD_OUT.__getitem__, thorough=True)
+    assert got["B"]["gene"] == "ESR1"  # measured: planned
+    sheet.loc["B", "ihc_gene"] = "ESR7"  # a typo: refused, not silently skipped
+    with pytest.raises(ConfigError, match="ihc_gene 'ESR7' is not a gene of the section"):
+        ihc_plan(CFG, sheet, EXPERIMENTS, HELD_OUT.__getitem__, thorough=True)
