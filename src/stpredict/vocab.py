@@ -135,8 +135,10 @@ TARGET_UNITS: dict[str, dict[str, str]] = {
         "the training sections (ST-Net)",
     },
     "pearson_minmax": {
-        "label": "Pearson residual, min–max scaled to [0, 1]",
-        "units": "analytic Pearson residuals (theta 100), min-max scaled on the training spots",
+        "label": "Pearson residual, min–max scaled on training spots",
+        "units": "analytic Pearson residuals (theta 100, clipped at sqrt of the training spots), "
+        "min-max scaled on each fold's training spots: [0, 1] there, held-out values may fall "
+        "outside",
     },
 }
 

@@ -34,7 +34,7 @@ def test_every_configurable_transform_has_one_entry_of_units(repo):
 def test_figure_labels_of_the_transforms():
     assert units_label("log1p") == "log1p(UMI / total × 10⁴)"
     assert units_label("log_proportion") == "log((UMI + 1) / (total + G))"
-    assert units_label("pearson_minmax") == "Pearson residual, min–max scaled to [0, 1]"
+    assert units_label("pearson_minmax") == "Pearson residual, min–max scaled on training spots"
     assert units_label("zscore") == "zscore"  # an unknown name is shown as it is
 
 
