@@ -92,7 +92,9 @@ def test_adding_a_section_reruns_only_its_jobs_and_the_aggregates(demo_run, tmp_
     row["sample_id"], row["patient_id"] = "P3_A1", "P3"
     for col in ("raw", "image", "annotation"):
         if row[col]:
-            row[col] = str(dst / (demo_run / row[col]).relative_to(src))  # sheet paths: workdir-relative
+            row[col] = str(
+                dst / (demo_run / row[col]).relative_to(src)
+            )  # sheet paths: workdir-relative
     new_sheet = tmp_path / "samples.tsv"
     pd.concat([sheet, row.to_frame().T]).to_csv(new_sheet, sep="\t", index=False)
     counts = plan(demo_run, "--config", f"samples={new_sheet}")
