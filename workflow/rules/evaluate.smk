@@ -201,8 +201,9 @@ rule integrated_gradients:
         tables=get_held_out_patches,
         models=get_outer_models,
     output:
-        png=report(
-            "results/experiments/{experiment}/figures/integrated_gradients.png",
+        png="results/experiments/{experiment}/figures/integrated_gradients.png",
+        png_report=report(
+            "results/experiments/{experiment}/figures/report/integrated_gradients.png",
             caption="../report/integrated_gradients.rst",
             category="Latent space",
             subcategory="{experiment}",
@@ -238,20 +239,23 @@ rule score_clusters:
         ),
         overview="results/experiments/{experiment}/metrics/cluster_overview.tsv",
         confusion="results/experiments/{experiment}/metrics/confusion.tsv",
-        confusion_png=report(
-            "results/experiments/{experiment}/figures/confusion.png",
+        confusion_png="results/experiments/{experiment}/figures/confusion.png",
+        confusion_png_report=report(
+            "results/experiments/{experiment}/figures/report/confusion.png",
             caption="../report/confusion.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        maps_png=report(
-            "results/experiments/{experiment}/figures/cluster_maps.png",
+        maps_png="results/experiments/{experiment}/figures/cluster_maps.png",
+        maps_png_report=report(
+            "results/experiments/{experiment}/figures/report/cluster_maps.png",
             caption="../report/cluster_maps.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        loss_png=report(
-            "results/experiments/{experiment}/figures/loss.png",
+        loss_png="results/experiments/{experiment}/figures/loss.png",
+        loss_png_report=report(
+            "results/experiments/{experiment}/figures/report/loss.png",
             caption="../report/loss.rst",
             category="Figures",
             subcategory="{experiment}",
