@@ -31,11 +31,8 @@ rule quantify_ihc:
         qc="results/qc/{sample}.h5ad",
         predictions=get_ihc_predictions,
     output:
-        tsv=report(
-            "results/ihc/{sample}.tsv",
-            caption="../report/ihc_spots.rst",
-            category="IHC",
-        ),
+        # per spot: too long for the report, which shows the summary
+        tsv="results/ihc/{sample}.tsv",
     log:
         "results/logs/quantify_ihc/{sample}.log",
     benchmark:

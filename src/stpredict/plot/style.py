@@ -31,7 +31,14 @@ from stpredict.ingest.section import sample_id_of
 from stpredict.io import atomic_path
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED
 
-__all__ = ["DPI", "REPORT_MAX_PIXELS", "save_figure", "report_copy", "section_background"]
+__all__ = [
+    "DPI",
+    "REPORT_MAX_PIXELS",
+    "REPORT_MAX_PIXELS_PER_SECTION",
+    "save_figure",
+    "report_copy",
+    "section_background",
+]
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +53,11 @@ DPI = 150
 
 #: Largest size (width x height, px) of the copy of a figure embedded in the Snakemake report
 #: (:func:`report_copy`); the full-size PNG and the PDF stay in results/.
-REPORT_MAX_PIXELS = 500_000
+REPORT_MAX_PIXELS = 400_000
+
+#: The same for the figures the report shows once per section (the QC figures): a cohort has
+#: many, so each is smaller.
+REPORT_MAX_PIXELS_PER_SECTION = 250_000
 
 
 _STYLE: dict[str, Any] = {
