@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +97,51 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
             tmp_path.unlink()
 
 
-def write_h5ad(adata: Any, path: str | os.PathLike[str]) -> None:
-    """Write an AnnData atomically (compressed)."""
+def write_h5ad(
+    adata: Any,
+    path: str | os.PathLike[str],
+    spatial_from: Mapping[str, str | os.PathLike[str]] | None = None,
+) -> None:
+    """Write an AnnData atomically (compressed).
+
+    Parameters
+    ----------
+    adata
+        What to write.
+    path
+        The output path.
+    spatial_from
+        Library id -> a written section (or QC) file: its ``uns["spatial"][id]`` (H&E images,
+        scale factors, metadata) is copied into the new file as it is stored there, its
+        compressed chunks copied without being decoded (HDF5 object copy), so a result file
+        gets its section's images for the cost of the bytes. Replaces ``adata``'s own entry.
+    """
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp, compression="gzip")
+        if spatial_from:
+            _copy_spatial(tmp, spatial_from)
+
+
+def _copy_spatial(dst: Path, sources: Mapping[str, str | os.PathLike[str]]) -> None:
+    import h5py
+
+    with h5py.File(dst, "a") as out:
+        uns = out.require_group("uns")
+        for sample, src in sources.items():
+            with checked_read(src, sample=str(sample)) as p, h5py.File(p, "r") as f:
+                key = f"uns/spatial/{sample}"
+                if key not in f:
+                    raise InputError(
+                        "the section file has no uns['spatial'] entry for this section",
+                        file=src,
+                        sample=str(sample),
+                        fix="rerun snakemake: results/sections/ are of an older version",
+                    )
+                if "spatial" not in uns:
+                    uns.create_group("spatial").attrs.update(dict(f["uns/spatial"].attrs))
+                if str(sample) in uns["spatial"]:
+                    del uns["spatial"][str(sample)]
+                f.copy(f[key], uns["spatial"], name=str(sample))
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike[str], index: bool = False) -> None:
@@ -317,16 +358,44 @@ def read_h5ad(
     *,
     sample: str | None = None,
     intermediate: bool | None = None,
+    images: bool = True,
     **kwargs: Any,
 ) -> Any:
-    """:func:`anndata.read_h5ad`, checked (see :func:`checked_read`)."""
+    """:func:`anndata.read_h5ad`, checked (see :func:`checked_read`).
+
+    ``images=False`` reads everything but the H&E images of ``uns["spatial"]`` (each entry
+    keeps its scale factors and metadata, not its ``images``): what the scoring jobs need of a
+    result file, without decoding a few MB of pixels per file (``kwargs`` are then not used).
+    """
     import anndata as ad
 
     with checked_read(path, sample=sample, intermediate=intermediate) as p:
+        if not images:
+            return _read_without_images(p)
         adata = ad.read_h5ad(p, **kwargs)
         if kwargs.get("backed"):
             _ = adata.obs_names  # opened lazily: touch the index so damage shows here
     return adata
+
+
+def _read_without_images(path: Path) -> Any:
+    import anndata as ad
+    import h5py
+    from anndata.io import read_elem
+
+    parts = ("X", "obs", "var", "obsm", "varm", "obsp", "varp", "layers")
+    with h5py.File(path, "r") as f:
+        kw = {k: read_elem(f[k]) for k in parts if k in f}
+        uns = {}
+        for key, elem in f["uns"].items() if "uns" in f else ():
+            if key == "spatial":
+                uns[key] = {
+                    lib: {k: read_elem(v) for k, v in entry.items() if k != "images"}
+                    for lib, entry in elem.items()
+                }
+            else:
+                uns[key] = read_elem(elem)
+    return ad.AnnData(**kw, uns=uns)
 
 
 def _check_table_complete(path: Path, sep: str) -> None:

@@ -3,9 +3,11 @@
 One vocabulary for every stage: the readers normalise annotation labels with
 :func:`normalise_annotation_labels`, the metrics score the :data:`STRATA`, the ``labels``
 baseline, the latent-space analyses and the figures read :func:`annotations`, and
-:data:`TARGET_UNITS` names the units of each target transform both in the prediction files
-(``uns["stpredict"]["target_transform"]["units"]``, :func:`target_units`) and on figure axes
-(:func:`units_label`).
+:data:`TARGET_UNITS` names the units of each target transform both in the written AnnData
+(one key for every file, :data:`UNITS_KEY`: ``uns["stpredict"]["units"]``, :func:`target_units`;
+sections hold :data:`COUNT_UNITS`, cluster predictions :data:`CLUSTER_UNITS`) and on figure
+axes (:func:`units_label`). :data:`SMOOTHNESS_NOTE` is the caution every prediction file carries
+(``uns["stpredict"]["smoothness_note"]``).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ __all__ = [
     "STRATA",
     "SPOT_OBS",
     "TARGET_UNITS",
+    "UNITS_KEY",
+    "COUNT_UNITS",
+    "CLUSTER_UNITS",
+    "SMOOTHNESS_NOTE_KEY",
+    "SMOOTHNESS_NOTE",
     "annotations",
     "normalise_annotation_label",
     "normalise_annotation_labels",
     "target_units",
     "units_label",
+    "units_of",
 ]
 
 #: ``obs["annotation"]`` of a tumour spot
@@ -141,6 +149,35 @@ TARGET_UNITS: dict[str, dict[str, str]] = {
         "outside",
     },
 }
+
+
+#: The one key of ``uns["stpredict"]`` that names the units of ``X`` (and of
+#: ``layers["predicted"]``) in every AnnData the workflow writes: sections, QC, predictions,
+#: baselines, super-resolution.
+UNITS_KEY = "units"
+
+#: units of a section's (and a QC file's) ``X``
+COUNT_UNITS = "UMI counts"
+
+#: units of a cluster experiment's prediction file
+CLUSTER_UNITS = "X: one-hot measured cluster; predicted: class probabilities (softmax)"
+
+#: key of :data:`SMOOTHNESS_NOTE` in ``uns["stpredict"]`` of every prediction file
+SMOOTHNESS_NOTE_KEY = "smoothness_note"
+
+#: the caution written into every prediction file (README "Outputs" gives the demo's numbers)
+SMOOTHNESS_NOTE = (
+    "Predicted maps are spatially smoother than measured ones: neighbouring patches look alike, "
+    "so their predictions are alike, and even genes without any spatial pattern get a high "
+    "Moran's I when predicted. Do not run spatially-variable-gene or spatial-autocorrelation "
+    "tests on layers['predicted'] as if it were a measurement."
+)
+
+
+def units_of(adata: Any) -> str:
+    """Units of ``X`` of a written AnnData (``uns["stpredict"][UNITS_KEY]``; ``""`` if absent)."""
+    meta = adata.uns.get("stpredict", {})
+    return str(meta.get(UNITS_KEY, "")) if hasattr(meta, "get") else ""
 
 
 def target_units(transform_name: str) -> str:

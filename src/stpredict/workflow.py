@@ -8,10 +8,41 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from stpredict.errors import StpredictError, format_message
 
-__all__ = ["script_logging"]
+__all__ = ["script_logging", "write_report_copies", "REPORT_SUFFIX"]
+
+#: an output named ``<name>_report`` is the report copy of the figure output ``<name>``
+REPORT_SUFFIX = "_report"
+
+
+def write_report_copies(output: Any) -> list[str]:
+    """Write the report copy of every figure of a rule (outputs ``<name>`` / ``<name>_report``).
+
+    Rules declare the full-size PNG as a plain output and its small copy (same file name in a
+    ``report/`` folder beside it) as ``<name>_report`` marked ``report(...)``, so the Snakemake
+    report embeds the copy (:func:`stpredict.plot.style.report_copy`) and stays small.
+
+    Parameters
+    ----------
+    output
+        ``snakemake.output`` (named outputs).
+
+    Returns
+    -------
+    list of str
+        The copies written.
+    """
+    from stpredict.plot.style import report_copy
+
+    written = []
+    for key in output.keys():
+        if key.endswith(REPORT_SUFFIX):
+            report_copy(getattr(output, key.removesuffix(REPORT_SUFFIX)), getattr(output, key))
+            written.append(str(getattr(output, key)))
+    return written
 
 
 @contextlib.contextmanager

@@ -34,6 +34,9 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     ("io.py", "_check_table_complete", "ValueError"): "raised inside checked_read -> InputError",
     ("io.py", "load_npy", "ValueError"): "raised inside checked_read -> InputError",
     ("io.py", "_json_default", "TypeError"): "json.dumps' protocol for `default`",
+    # the callers build the categories from every label they write (folds.predict_fold,
+    # folds.collect_predictions)
+    ("outputs.py", "categorical_clusters", "ValueError"): "categories hold every written label",
     # geometry: the readers refuse non-integer, duplicated or mismatched array coordinates and
     # unknown platforms (sheet schema) before these helpers see them; latent re-raises as
     # InputError

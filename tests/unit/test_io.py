@@ -254,3 +254,40 @@ def test_a_lock_failure_is_not_taken_for_corruption(workdir):
     with pytest.raises(InputError, match="HDF5_USE_FILE_LOCKING"), checked_read(p):
         raise OSError("Unable to synchronously open file (unable to lock file, errno = 38)")
     assert p.exists()  # a valid file on a file system without locks is never removed
+
+
+def test_write_h5ad_copies_the_sections_images_as_stored(tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    section = ad.AnnData(X=np.zeros((3, 2), np.float32))
+    section.uns["spatial"] = {
+        "S1": {
+            "images": {"hires": img, "lowres": img[::4, ::4].copy()},
+            "scalefactors": {"tissue_hires_scalef": 0.5, "spot_diameter_fullres": 20.0},
+            "metadata": {"source_image_path": "S1.tif"},
+        }
+    }
+    write_h5ad(section, tmp_path / "sections" / "S1.h5ad")
+    result = ad.AnnData(X=np.ones((3, 2), np.float32))
+    result.uns["spatial"] = {"S1": {"images": {}, "scalefactors": {}}}  # replaced by the copy
+    out = tmp_path / "experiments" / "S1.h5ad"
+    write_h5ad(result, out, spatial_from={"S1": tmp_path / "sections" / "S1.h5ad"})
+    back = read_h5ad(out)
+    np.testing.assert_array_equal(back.uns["spatial"]["S1"]["images"]["hires"], img)
+    assert back.uns["spatial"]["S1"]["scalefactors"]["spot_diameter_fullres"] == 20.0
+    assert back.uns["spatial"]["S1"]["metadata"] == {"source_image_path": "S1.tif"}
+    np.testing.assert_array_equal(back.X, result.X)
+    with h5py.File(out) as f:  # the stored (compressed) dataset, not a re-encoded one
+        assert f["uns/spatial/S1/images/hires"].compression == "gzip"
+    light = read_h5ad(out, images=False)  # what the scoring jobs read: no pixels decoded
+    assert "images" not in light.uns["spatial"]["S1"]
+    assert light.uns["spatial"]["S1"]["scalefactors"] == back.uns["spatial"]["S1"]["scalefactors"]
+    np.testing.assert_array_equal(light.X, back.X)
+    assert list(light.obs_names) == list(back.obs_names)
+    bare = tmp_path / "sections" / "S2.h5ad"
+    write_h5ad(ad.AnnData(X=np.zeros((1, 1), np.float32)), bare)
+    with pytest.raises(InputError, match="no uns\\['spatial'\\] entry"):
+        write_h5ad(result, tmp_path / "x.h5ad", spatial_from={"S2": bare})
+    assert not (tmp_path / "x.h5ad").exists()  # atomic: nothing under the final name

@@ -473,6 +473,9 @@ def test_html_report_builds_with_every_figure_and_table(demo_run):
     report.unlink(missing_ok=True)
     proc = run_snakemake(demo_run, "--report", "results/report.html", check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # figures are embedded as small copies (full size stays in results/): a report to open
+    size_mb = report.stat().st_size / 1e6
+    assert size_mb < 10, f"the demo report is {size_mb:.1f} MB"
     html = report.read_text(errors="ignore")
     for name in (
         "consistency.png",
@@ -486,6 +489,95 @@ def test_html_report_builds_with_every_figure_and_table(demo_run):
         "P1_D2_maps.png",
     ):
         assert name in html, f"{name} is not in the report"
+
+
+def _result_files(demo_run: Path) -> list[Path]:
+    res = demo_run / "results"
+    files = sorted(res.glob("experiments/*/predictions/*.h5ad"))
+    files += sorted(res.glob("experiments/*/baselines/*/predictions.h5ad"))
+    return files + sorted(res.glob("superres/*/*.h5ad"))
+
+
+def test_result_files_are_self_contained(demo_run):
+    """Every per-section result: uns["spatial"] of its sections, gene ids, scores, one units key."""
+    from stpredict.outputs import SCORE_COLUMNS, check_result
+
+    files = _result_files(demo_run)
+    assert len(files) >= 20, files
+    for f in files:
+        a = ad.read_h5ad(f)
+        assert check_result(a) == [], (f, check_result(a))
+        if a.uns["stpredict"].get("task") == "clusters":
+            continue
+        assert a.var["gene_ids"].str.startswith("ENSG").all(), f  # the demo's genes all have ids
+        if "baselines" not in f.parts:  # a baseline's per-section scores are in per_gene.tsv
+            assert set(SCORE_COLUMNS) <= set(a.var.columns), f
+    # a section's held-out r in var is the metrics' r of that section (section units)
+    a = ad.read_h5ad(demo_run / "results/experiments/demo_imputation/predictions/P1_D2.h5ad")
+    per = pd.read_csv(
+        demo_run / "results/experiments/demo_imputation/metrics/per_gene.tsv", sep="\t"
+    )
+    per = per[(per.unit == "P1_D2") & (per.target == "raw") & (per.stratum == "all")]
+    r = per.set_index("gene").loc[a.var_names, "pearson"]
+    np.testing.assert_allclose(a.var["held_out_r"], r, atol=1e-6)
+
+
+def test_every_written_anndata_names_its_units_under_one_key(demo_run):
+    import h5py
+
+    from stpredict.vocab import UNITS_KEY
+
+    files = sorted((demo_run / "results").rglob("*.h5ad"))
+    assert len(files) > 60
+    for f in files:
+        with h5py.File(f, "r") as h:
+            meta = h["uns/stpredict"]
+            assert UNITS_KEY in meta, f
+            assert "target_transform" not in meta or UNITS_KEY not in meta["target_transform"], f
+
+
+def test_cluster_columns_are_categorical_on_one_category_list(demo_run):
+    a = ad.read_h5ad(demo_run / "results/experiments/demo_clusters/predictions/P1_D1.h5ad")
+    cats = [list(a.obs[c].cat.categories) for c in ("cluster", "cluster_true", "cluster_pred")]
+    assert cats[0] == cats[1] == cats[2] and set(a.uns["stpredict"]["classes"]) <= set(cats[0])
+    assert len(a.uns["cluster_true_colors"]) == len(cats[0])
+
+
+@pytest.mark.parametrize(
+    ("path", "sample"),
+    [
+        ("experiments/demo_imputation/predictions/P1_D2.h5ad", "P1_D2"),  # Visium
+        ("experiments/demo_stnet/predictions/BC50001_C1.h5ad", "BC50001_C1"),  # legacy ST
+        ("superres/demo_deepspace/P1_D1.h5ad", "P1_D1"),
+    ],
+)
+def test_scanpy_and_squidpy_draw_our_files_over_their_he(demo_run, path, sample):
+    from tests.spatial_plots import draw_with_scanpy_and_squidpy
+
+    a = ad.read_h5ad(demo_run / "results" / path)
+    best = a.var["held_out_r"].idxmax()
+    draw_with_scanpy_and_squidpy(a, sample, best)
+
+
+def test_predicted_maps_are_smoother_than_measured_ones(demo_run):
+    """README's caution: noise genes have no spatial pattern measured, a strong one predicted."""
+    import warnings
+
+    roles = pd.read_csv(demo_run / "results/demo/gene_roles.tsv", sep="\t")
+    noise = set(roles.loc[roles.role == "noise", "gene"])
+    a = ad.read_h5ad(demo_run / "results/experiments/demo_imputation/predictions/P1_D1.h5ad")
+    genes = [g for g in a.var_names if g in noise]
+    assert len(genes) >= 5, "the imputation gene set should hold noise genes"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import squidpy as sq
+
+        sq.gr.spatial_neighbors(a, coord_type="generic", n_neighs=6)
+        mi = {}
+        for layer in (None, "predicted"):
+            sq.gr.spatial_autocorr(a, mode="moran", genes=genes, layer=layer, n_perms=None)
+            mi[layer or "measured"] = a.uns["moranI"].loc[genes, "I"].median()
+    assert abs(mi["measured"]) < 0.1 and mi["predicted"] > 0.3, mi
 
 
 def test_ihc_correlation_of_the_demo(demo_run):

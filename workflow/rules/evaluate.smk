@@ -6,12 +6,9 @@ rule score_predictions:
     input:
         predictions=get_experiment_predictions,
     output:
-        per_gene=report(
-            "results/experiments/{experiment}/metrics/per_gene.tsv",
-            caption="../report/per_gene.rst",
-            category="Evaluation",
-            subcategory="{experiment}",
-        ),
+        # per gene x unit x target x stratum: too long for the report (summary, table1,
+        # strata and comparison are its digests)
+        per_gene="results/experiments/{experiment}/metrics/per_gene.tsv",
         summary=report(
             "results/experiments/{experiment}/metrics/summary.tsv",
             caption="../report/summary.rst",
@@ -140,12 +137,8 @@ rule ols_table:
         predictions=get_experiment_predictions,
         patches=get_held_out_patches,
     output:
-        tsv=report(
-            "results/experiments/{experiment}/metrics/ols.tsv",
-            caption="../report/ols.rst",
-            category="Evaluation",
-            subcategory="{experiment}",
-        ),
+        # per unit x gene x predictor: too long for the report (1.6 MB on the demo)
+        tsv="results/experiments/{experiment}/metrics/ols.tsv",
     log:
         "results/logs/ols_table/{experiment}.log",
     conda:
@@ -201,8 +194,9 @@ rule integrated_gradients:
         tables=get_held_out_patches,
         models=get_outer_models,
     output:
-        png=report(
-            "results/experiments/{experiment}/figures/integrated_gradients.png",
+        png="results/experiments/{experiment}/figures/integrated_gradients.png",
+        png_report=report(
+            "results/experiments/{experiment}/figures/report/integrated_gradients.png",
             caption="../report/integrated_gradients.rst",
             category="Latent space",
             subcategory="{experiment}",
@@ -238,20 +232,23 @@ rule score_clusters:
         ),
         overview="results/experiments/{experiment}/metrics/cluster_overview.tsv",
         confusion="results/experiments/{experiment}/metrics/confusion.tsv",
-        confusion_png=report(
-            "results/experiments/{experiment}/figures/confusion.png",
+        confusion_png="results/experiments/{experiment}/figures/confusion.png",
+        confusion_png_report=report(
+            "results/experiments/{experiment}/figures/report/confusion.png",
             caption="../report/confusion.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        maps_png=report(
-            "results/experiments/{experiment}/figures/cluster_maps.png",
+        maps_png="results/experiments/{experiment}/figures/cluster_maps.png",
+        maps_png_report=report(
+            "results/experiments/{experiment}/figures/report/cluster_maps.png",
             caption="../report/cluster_maps.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        loss_png=report(
-            "results/experiments/{experiment}/figures/loss.png",
+        loss_png="results/experiments/{experiment}/figures/loss.png",
+        loss_png_report=report(
+            "results/experiments/{experiment}/figures/report/loss.png",
             caption="../report/loss.rst",
             category="Figures",
             subcategory="{experiment}",

@@ -31,11 +31,8 @@ rule quantify_ihc:
         qc="results/qc/{sample}.h5ad",
         predictions=get_ihc_predictions,
     output:
-        tsv=report(
-            "results/ihc/{sample}.tsv",
-            caption="../report/ihc_spots.rst",
-            category="IHC",
-        ),
+        # per spot: too long for the report, which shows the summary
+        tsv="results/ihc/{sample}.tsv",
     log:
         "results/logs/quantify_ihc/{sample}.log",
     benchmark:
@@ -89,14 +86,16 @@ rule plot_ihc:
         ihc=lambda wc: ihc_entry(wc)["image"],
         predictions=get_ihc_predictions,
     output:
-        scatter=report(
-            "results/ihc/{sample}_scatter.png",
+        scatter="results/ihc/{sample}_scatter.png",
+        scatter_report=report(
+            "results/ihc/report/{sample}_scatter.png",
             caption="../report/ihc_scatter.rst",
             category="IHC",
         ),
         scatter_pdf="results/ihc/{sample}_scatter.pdf",
-        maps=report(
-            "results/ihc/{sample}_maps.png",
+        maps="results/ihc/{sample}_maps.png",
+        maps_report=report(
+            "results/ihc/report/{sample}_maps.png",
             caption="../report/ihc_maps.rst",
             category="IHC",
         ),

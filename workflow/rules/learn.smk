@@ -77,6 +77,9 @@ rule predict_fold:
 rule collect_predictions:
     input:
         folds=get_section_folds,
+        # uns["spatial"] and var["gene_ids"] of the section: the file opens on its own
+        section="results/sections/{sample}.h5ad",
+        cluster_map=get_cluster_map,
     output:
         h5ad="results/experiments/{experiment}/predictions/{sample}.h5ad",
     log:

@@ -64,12 +64,9 @@ rule filter_spots:
     output:
         h5ad="results/qc/{sample}.h5ad",
         tsv="results/qc/{sample}.tsv",
-        png=report(
-            "results/qc/{sample}.png",
-            caption="../report/qc_section.rst",
-            category="Quality control",
-            labels={"section": "{sample}"},
-        ),
+        # its report copy is written by summarise_qc (a new output here would rerun every
+        # job downstream of the QC'd sections when upgrading a finished run)
+        png="results/qc/{sample}.png",
     log:
         "results/logs/filter_spots/{sample}.log",
     priority: 30
@@ -88,12 +85,23 @@ rule summarise_qc:
     input:
         tsv=expand("results/qc/{sample}.tsv", sample=SAMPLE_IDS),
         h5ad=expand("results/qc/{sample}.h5ad", sample=SAMPLE_IDS),
+        png=expand("results/qc/{sample}.png", sample=SAMPLE_IDS),
     output:
         summary=report(
             "results/qc/summary.tsv",
             caption="../report/qc_summary.rst",
             category="Quality control",
         ),
+        # the small copies of the QC figures that the report embeds
+        png_report=[
+            report(
+                f"results/qc/report/{s}.png",
+                caption="../report/qc_section.rst",
+                category="Quality control",
+                labels={"section": s},
+            )
+            for s in SAMPLE_IDS
+        ],
     log:
         "results/logs/summarise_qc.log",
     conda:

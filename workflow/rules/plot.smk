@@ -12,32 +12,37 @@ rule plot_experiment:
         ],
         histories=get_all_histories,
     output:
-        consistency=report(
-            "results/experiments/{experiment}/figures/consistency.png",
+        consistency="results/experiments/{experiment}/figures/consistency.png",
+        consistency_report=report(
+            "results/experiments/{experiment}/figures/report/consistency.png",
             caption="../report/consistency.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        auroc=report(
-            "results/experiments/{experiment}/figures/auroc.png",
+        auroc="results/experiments/{experiment}/figures/auroc.png",
+        auroc_report=report(
+            "results/experiments/{experiment}/figures/report/auroc.png",
             caption="../report/auroc.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        methods=report(
-            "results/experiments/{experiment}/figures/methods.png",
+        methods="results/experiments/{experiment}/figures/methods.png",
+        methods_report=report(
+            "results/experiments/{experiment}/figures/report/methods.png",
             caption="../report/methods.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        maps=report(
-            "results/experiments/{experiment}/figures/maps.png",
+        maps="results/experiments/{experiment}/figures/maps.png",
+        maps_report=report(
+            "results/experiments/{experiment}/figures/report/maps.png",
             caption="../report/maps.rst",
             category="Figures",
             subcategory="{experiment}",
         ),
-        loss=report(
-            "results/experiments/{experiment}/figures/loss.png",
+        loss="results/experiments/{experiment}/figures/loss.png",
+        loss_report=report(
+            "results/experiments/{experiment}/figures/report/loss.png",
             caption="../report/loss.rst",
             category="Figures",
             subcategory="{experiment}",
@@ -62,8 +67,9 @@ rule plot_superres:
     input:
         h5ad="results/superres/{experiment}/{sample}.h5ad",
     output:
-        png=report(
-            "results/superres/{experiment}/{sample}.png",
+        png="results/superres/{experiment}/{sample}.png",
+        png_report=report(
+            "results/superres/{experiment}/report/{sample}.png",
             caption="../report/superres.rst",
             category="Super-resolution",
             subcategory="{experiment}",
@@ -84,8 +90,9 @@ rule plot_dataset:
     input:
         qc=expand("results/qc/{sample}.h5ad", sample=SAMPLE_IDS),
     output:
-        png=report(
-            "results/figures/dataset.png",
+        png="results/figures/dataset.png",
+        png_report=report(
+            "results/figures/report/dataset.png",
             caption="../report/dataset.rst",
             category="Figures",
         ),

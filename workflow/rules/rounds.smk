@@ -107,8 +107,9 @@ rule plot_rounds:
     input:
         tsv="results/experiments/{experiment}/rounds.tsv",
     output:
-        png=report(
-            "results/experiments/{experiment}/figures/rounds.png",
+        png="results/experiments/{experiment}/figures/rounds.png",
+        png_report=report(
+            "results/experiments/{experiment}/figures/report/rounds.png",
             caption="../report/rounds_figure.rst",
             category="Semi-supervised rounds",
             subcategory="{experiment}",

@@ -11,14 +11,14 @@ from stpredict.learn.predict import load_model
 from stpredict.patches.store import patches_for_spots
 from stpredict.plot.latent import plot_ig_overlays
 from stpredict.vocab import units_label
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 with script_logging(snakemake.log[0]) as log:
     cfg = snakemake.params.cfg
     summary = read_table(snakemake.input.summary, dtype={"gene": str})
     raw = summary[summary["target"] == "raw"].dropna(subset=["median_pearson"])
     gene = cfg["gene"] or str(raw.sort_values("median_pearson", ascending=False)["gene"].iloc[0])
-    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p, images=False)) for p in snakemake.input.predictions]
     if not all(gene in a.var_names for a in adatas):
         raise ConfigError(
             f"gene '{gene}' of evaluation.attributions.gene is not predicted in every "
@@ -70,3 +70,4 @@ with script_logging(snakemake.log[0]) as log:
         gene,
         len(rows),
     )
+    write_report_copies(snakemake.output)

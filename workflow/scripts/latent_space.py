@@ -25,7 +25,7 @@ with script_logging(snakemake.log[0]) as log:
         snakemake.params.platforms,
     )
     seed = int(snakemake.params.seed)
-    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p, images=False)) for p in snakemake.input.predictions]
     stores = {Path(p).parent.name: p for p in snakemake.input.stores}
     by_unit = {}
     for a in adatas:

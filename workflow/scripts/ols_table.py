@@ -6,7 +6,7 @@ from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p, images=False)) for p in snakemake.input.predictions]
     tables = {
         Path(p).parent.name: read_table(p, dtype={"id": str}) for p in snakemake.input.patches
     }

@@ -2,7 +2,7 @@ import pandas as pd
 
 from stpredict.ingest.section import read_section_light
 from stpredict.plot.maps import plot_dataset_stats
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 with script_logging(snakemake.log[0]) as log:
     rows = []
@@ -29,3 +29,4 @@ with script_logging(snakemake.log[0]) as log:
         len(spots),
         int(spots["keep"].sum()),
     )
+    write_report_copies(snakemake.output)

@@ -11,7 +11,7 @@ from stpredict.plot.scores import (
     plot_method_scatter,
 )
 from stpredict.vocab import units_label
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 
 def read(path):
@@ -33,7 +33,7 @@ with script_logging(snakemake.log[0]) as log:
     )
     plot_auroc_hist(per_gene, snakemake.output.auroc)
     adatas = {Path(p).stem: p for p in snakemake.input.predictions}
-    first = read_h5ad(next(iter(adatas.values())))
+    first = read_h5ad(next(iter(adatas.values())), images=False)
     units = units_label(first.uns["stpredict"]["target_transform"]["name"])
     counts = plot_method_scatter(comparison, snakemake.output.methods, units_label=units)
     for m, (a, b) in counts.items():
@@ -50,7 +50,7 @@ with script_logging(snakemake.log[0]) as log:
         & (per_gene["stratum"] == "all")
         & per_gene["gene"].isin(genes)
     ]
-    sample_unit = {s: str(read_h5ad(p, backed="r").obs[unit].iloc[0]) for s, p in adatas.items()}
+    sample_unit = {s: str(read_h5ad(p, images=False).obs[unit].iloc[0]) for s, p in adatas.items()}
     score = {s: float(pg.loc[pg["unit"] == u, "pearson"].mean()) for s, u in sample_unit.items()}
     ranked = sorted(score, key=lambda s: (-np.nan_to_num(score[s], nan=-2), s))
     n = min(int(cfg["n_sections"]), len(ranked))
@@ -61,7 +61,7 @@ with script_logging(snakemake.log[0]) as log:
     sections = {Path(p).stem: p for p in snakemake.input.sections}
     shown, titles = [], []
     for s in picks:
-        a = read_h5ad(adatas[s])
+        a = read_h5ad(adatas[s], images=False)  # the section (below) gives the images
         sec = read_h5ad(sections[s])
         a.uns["spatial"] = sec.uns["spatial"]
         a.uns["stpredict"] = {**a.uns["stpredict"], "mpp": sec.uns["stpredict"]["mpp"]}
@@ -71,3 +71,4 @@ with script_logging(snakemake.log[0]) as log:
     histories = {Path(p).parent.name: read_table(p) for p in snakemake.input.histories}
     plot_loss_curves(histories, snakemake.output.loss)
     log.info("%s: figures written (maps of %s in %s)", name, ", ".join(genes), ", ".join(picks))
+    write_report_copies(snakemake.output)

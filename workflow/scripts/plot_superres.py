@@ -2,7 +2,7 @@ from stpredict.evaluate.metrics import pearson_columns
 from stpredict.io import read_h5ad
 from stpredict.plot.maps import plot_superres_maps
 from stpredict.vocab import units_label
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 with script_logging(snakemake.log[0]) as log:
     a = read_h5ad(snakemake.input.h5ad)
@@ -15,3 +15,4 @@ with script_logging(snakemake.log[0]) as log:
     units = units_label(a.uns["stpredict"]["target_transform"]["name"])
     scales = plot_superres_maps(a, genes, units, snakemake.output.png)
     log.info("super-resolution maps of %s (colour scales %s)", ", ".join(genes), scales)
+    write_report_copies(snakemake.output)

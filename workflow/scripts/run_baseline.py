@@ -1,11 +1,9 @@
 from pathlib import Path
 
-import anndata as ad
-
-from stpredict.evaluate.baselines import read_features, run_baseline
+from stpredict.evaluate.baselines import read_features, run_baseline, write_baseline_predictions
 from stpredict.evaluate.metrics import score_experiment
 from stpredict.ingest.section import load_sections
-from stpredict.io import write_h5ad, write_table
+from stpredict.io import write_table
 from stpredict.learn.folds import read_manifest
 from stpredict.workflow import script_logging
 
@@ -45,6 +43,8 @@ with script_logging(snakemake.log[0]) as log:
         summary["gene"].nunique(),
         summary.loc[summary["target"] == "raw", "median_pearson"].median(),
     )
-    write_h5ad(ad.concat(adatas, merge="first", uns_merge="first"), snakemake.output.predictions)
+    write_baseline_predictions(
+        adatas, {Path(p).stem: p for p in snakemake.input.qc}, snakemake.output.predictions
+    )
     write_table(per_gene, snakemake.output.per_gene)
     write_table(summary, snakemake.output.summary)

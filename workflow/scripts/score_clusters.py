@@ -6,11 +6,11 @@ from stpredict.evaluate.metrics import confusion_table, score_cluster_units, sco
 from stpredict.io import read_h5ad, read_table, write_table
 from stpredict.plot.maps import plot_cluster_maps
 from stpredict.plot.scores import plot_confusion, plot_loss_curves
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 with script_logging(snakemake.log[0]) as log:
     name = snakemake.wildcards.experiment
-    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p, images=False)) for p in snakemake.input.predictions]
     per_class, overview = score_cluster_units(adatas, unit=snakemake.params.unit)
     overview.insert(0, "experiment", name)
     true = pd.concat([a.obs["cluster_true"].astype(str) for a in adatas]).to_numpy()
@@ -37,3 +37,4 @@ with script_logging(snakemake.log[0]) as log:
         pooled["macro_f1"],
         pooled["kappa"],
     )
+    write_report_copies(snakemake.output)

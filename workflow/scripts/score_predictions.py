@@ -10,7 +10,7 @@ from stpredict.io import read_h5ad, write_table
 from stpredict.workflow import script_logging
 
 with script_logging(snakemake.log[0]) as log:
-    adatas = [scored_spots(read_h5ad(p)) for p in snakemake.input.predictions]
+    adatas = [scored_spots(read_h5ad(p, images=False)) for p in snakemake.input.predictions]
     if any(a.uns["stpredict"].get("task") == "clusters" for a in adatas):
         raise ConfigError(
             "score_predictions scores regression experiments; this one predicts clusters",

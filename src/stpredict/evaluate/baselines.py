@@ -44,14 +44,16 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import ConfigError, InputError
-from stpredict.io import read_json, read_table
-from stpredict.vocab import ANNOTATION_LABELS, SPOT_OBS, annotations
+from stpredict.io import read_json, read_table, write_h5ad
+from stpredict.outputs import attach_gene_ids, finish_result
+from stpredict.vocab import ANNOTATION_LABELS, SPOT_OBS, UNITS_KEY, annotations, target_units
 
 __all__ = [
     "BASELINES",
     "NEEDS_FEATURES",
     "fit_predict",
     "run_baseline",
+    "write_baseline_predictions",
     "read_features",
 ]
 
@@ -354,11 +356,13 @@ def run_baseline(
                     transform, sections[sample], a.obs_names, platforms[sample]
                 ).astype(np.float32)
             out.obsm["spatial"] = np.asarray(a.obsm["spatial"], dtype=np.float64)
+            attach_gene_ids(out, [sections[sample].var])
             out.uns["stpredict"] = {
                 "experiment": experiment,
                 "method": method,
                 "task": "regression",
                 "target_transform": {"name": fitted["transform_name"]},
+                UNITS_KEY: target_units(fitted["transform_name"]),
                 "fitted_on": {"fold": str(fold), "n_spots": int(len(y_tr))},
             }
             parts.setdefault(sample, []).append(out)
@@ -375,3 +379,36 @@ def run_baseline(
         out.uns["stpredict"].pop("fitted_on", None)
         result.append(out)
     return result
+
+
+def write_baseline_predictions(
+    adatas: Sequence[ad.AnnData],
+    section_paths: Mapping[str, str | os.PathLike[str]],
+    out_h5ad: str | os.PathLike[str],
+) -> ad.AnnData:
+    """Write a baseline's per-section predictions as one self-contained AnnData.
+
+    Parameters
+    ----------
+    adatas
+        :func:`run_baseline`'s output (one AnnData per held-out section).
+    section_paths
+        Section (or QC) file of each sample id: ``uns["spatial"]`` of every section is copied
+        into the file (:func:`stpredict.io.write_h5ad` ``spatial_from``).
+    out_h5ad
+        Output path.
+
+    Returns
+    -------
+    anndata.AnnData
+        What was written, without the images: the sections concatenated (``obs["sample_id"]``
+        tells them apart; subset to one before ``scanpy.pl.spatial(..., library_id=sample)``),
+        ``var["gene_ids"]``, the units key and the smoothness note (:mod:`stpredict.outputs`).
+        The held-out scores are in the ``per_gene.tsv`` beside it (one ``var`` cannot hold
+        one per section).
+    """
+    out = ad.concat(list(adatas), merge="first", uns_merge="first")
+    samples = [str(a.uns["stpredict"]["sample_id"]) for a in adatas]
+    finish_result(out, adatas[0].uns["stpredict"][UNITS_KEY])
+    write_h5ad(out, out_h5ad, spatial_from={s: section_paths[s] for s in samples})
+    return out

@@ -305,7 +305,7 @@ def quantify_section(
 
     section = read_h5ad(qc_path, sample=sample)
     reg = read_json(registration_path, sample=sample)
-    predictions = read_h5ad(predictions_path, sample=sample)
+    predictions = read_h5ad(predictions_path, sample=sample, images=False)
     measured, predicted = target_column(
         predictions, gene, sample, str(predictions_path), experiment
     )

@@ -24,8 +24,15 @@ from stpredict.errors import InputError
 from stpredict.ingest.files import PathLike
 from stpredict.ingest.images import SlideImage
 from stpredict.io import checked_read
+from stpredict.vocab import COUNT_UNITS, UNITS_KEY
 
-__all__ = ["read_section", "read_section_light", "load_sections", "sample_id_of"]
+__all__ = [
+    "read_section",
+    "read_section_light",
+    "read_var",
+    "load_sections",
+    "sample_id_of",
+]
 
 #: largest side of the lowres / hires copies of the H&E kept in ``uns["spatial"]``
 _LOWRES_MAX = 600
@@ -98,7 +105,7 @@ def _stpredict_uns(
         "spot_diameter_um": float(spot_um),
         "spot_pitch_um": float(pitch_um),
         "spot_diameter_px": float(spot_um / mpp_value),
-        "units": "UMI counts",
+        UNITS_KEY: COUNT_UNITS,
         "series": "",
         "order": "",
         "ihc_image": "",
@@ -226,6 +233,15 @@ def read_section_light(path: str | os.PathLike[str]) -> ad.AnnData:
                 if key in uns:
                     a.uns[key] = read_elem(uns[key])
     return a
+
+
+def read_var(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read only the ``var`` of a written section (or QC) file (gene names and ``gene_ids``)."""
+    import h5py
+    from anndata.io import read_elem
+
+    with checked_read(path) as p, h5py.File(p, "r") as f:
+        return read_elem(f["var"])
 
 
 def load_sections(paths: Mapping[str, str]) -> dict[str, ad.AnnData]:

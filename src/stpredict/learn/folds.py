@@ -36,7 +36,16 @@ from stpredict.io import (
 )
 from stpredict.learn.experiments import series_sections
 from stpredict.learn.targets import TRANSFORM_NAMES
-from stpredict.vocab import SPOT_OBS, target_units
+from stpredict.outputs import (
+    CLUSTER_COLUMNS,
+    SCORE_COLUMNS,
+    attach_gene_ids,
+    categorical_clusters,
+    cluster_categories,
+    finish_result,
+    held_out_scores,
+)
+from stpredict.vocab import CLUSTER_UNITS, SPOT_OBS, UNITS_KEY, target_units
 
 __all__ = [
     "build_manifest",
@@ -49,6 +58,8 @@ __all__ = [
     "write_manifest",
     "read_manifest",
     "apply_cluster_map",
+    "read_cluster_map",
+    "cluster_map_labels",
     "fold_data",
 ]
 
@@ -565,12 +576,10 @@ def _regression_output(
         ]
         + [nan]
     ).astype(np.float32)
-    uns["target_transform"] = {
-        "name": fitted["transform_name"],
-        "fitted": fitted["transform"],
-        "units": target_units(fitted["transform_name"]),
-    }
+    uns["target_transform"] = {"name": fitted["transform_name"], "fitted": fitted["transform"]}
+    uns[UNITS_KEY] = target_units(fitted["transform_name"])
     uns["genes"] = {"selection": fitted["genes"], "names": genes}
+    attach_gene_ids(out, [sections[s].var for s in te_samples])
     return out
 
 
@@ -635,27 +644,41 @@ def predict_fold(
         p /= p.sum(1, keepdims=True)
         out = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=[f"cluster_{c}" for c in classes]))
         out.layers["predicted"] = p.astype(np.float32)
+        out.var["cluster"] = [str(c) for c in classes]
         out.obs["cluster_true"] = true
         out.obs["cluster_pred"] = np.asarray(classes)[preds.argmax(1)]
-        uns["units"] = "X: one-hot measured cluster; predicted: class probabilities (softmax)"
+        categorical_clusters(out, cluster_categories(classes, true, out.obs["cluster"]))
+        uns[UNITS_KEY] = CLUSTER_UNITS
         uns["classes"] = classes
     else:
         out = _regression_output(exp, fitted, te_ads, te_samples, sections, obs, preds, uns)
     out.obsm["spatial"] = spatial
     out.obsm["embedding"] = embs.astype(np.float32)
     out.uns["stpredict"] = json.loads(json.dumps(uns, default=str))
+    finish_result(out, uns[UNITS_KEY])
     write_h5ad(out, out_h5ad)
     return out
 
 
 def collect_predictions(
-    fold_files: Sequence[str | os.PathLike[str]], sample: str, out_h5ad: str | os.PathLike[str]
+    fold_files: Sequence[str | os.PathLike[str]],
+    sample: str,
+    out_h5ad: str | os.PathLike[str],
+    section: str | os.PathLike[str] | None = None,
+    cluster_labels: Sequence[str] = (),
 ) -> ad.AnnData:
-    """One AnnData per held-out section from the folds that tested its spots.
+    """One self-contained AnnData per held-out section from the folds that tested its spots.
 
     Folds that selected different genes (``top_mean`` fitted per fold) are joined on the genes
-    they share; the per-fold transforms stay in ``uns["folds"]``.
+    they share; the per-fold transforms stay in ``uns["folds"]``. The file carries what
+    :mod:`stpredict.outputs` lists: ``uns["spatial"]`` of ``section`` (the section file), the
+    genes' ids and the section's held-out scores in ``var`` (regression), Categorical cluster
+    columns on one category list (clusters: ``cluster_labels``, the cluster map's labels when the
+    experiment has one, plus every fold's classes and the measured labels), the units key and
+    the smoothness note.
     """
+    from stpredict.ingest.section import read_var
+
     parts, folds = [], {}
     for f in fold_files:
         a = read_h5ad(f)
@@ -676,8 +699,28 @@ def collect_predictions(
     first.pop("fold", None)
     out.uns["stpredict"] = {**first, "sample_id": sample}
     out.uns["folds"] = folds
-    write_h5ad(out, out_h5ad)
+    if first.get("task") == "clusters":
+        out.var["cluster"] = [str(g).removeprefix("cluster_") for g in out.var_names]
+        classes = [c for meta in folds.values() for c in meta.get("classes", [])]
+        labels = [out.obs[c].astype(str) for c in CLUSTER_COLUMNS if c in out.obs]
+        categorical_clusters(out, cluster_categories(cluster_labels, classes, *labels))
+    else:
+        if section is not None:
+            attach_gene_ids(out, [read_var(section)])
+        out.var[list(SCORE_COLUMNS)] = held_out_scores(out)
+    finish_result(out, _units(first))
+    write_h5ad(out, out_h5ad, spatial_from={sample: section} if section is not None else None)
     return out
+
+
+def _units(meta: Mapping[str, Any]) -> str:
+    """Units of a fold file (fold files of earlier versions kept them in ``target_transform``)."""
+    if meta.get(UNITS_KEY):
+        return str(meta[UNITS_KEY])
+    if meta.get("task") == "clusters":
+        return CLUSTER_UNITS
+    tt = meta.get("target_transform", {})
+    return str(tt.get("units") or target_units(tt["name"]))
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | os.PathLike[str]) -> None:
@@ -692,16 +735,8 @@ def read_manifest(path: str | os.PathLike[str]) -> pd.DataFrame:
     )
 
 
-def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]) -> None:
-    """Replace every section's ``obs["cluster"]`` by the harmonised label of ``exp["cluster_map"]``.
-
-    The map is a TSV with columns ``sample_id``, ``cluster`` (the section's own label) and
-    ``label`` (the shared one; empty = leave the spots out). Every cluster present in a section
-    must be mapped. Does nothing without a map or for regression experiments.
-    """
-    path = exp.get("cluster_map")
-    if exp.get("task") != "clusters" or not path:
-        return
+def read_cluster_map(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read and check a cluster map (TSV ``sample_id``, ``cluster``, ``label``; all strings)."""
     try:
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -725,6 +760,27 @@ def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]
             sample=row.sample_id,
             fix="map each cluster of a section once",
         )
+    return table
+
+
+def cluster_map_labels(path: str | os.PathLike[str] | None) -> list[str]:
+    """Return the shared labels of a cluster map (its non-empty ``label`` values); none without one."""
+    if not path:
+        return []
+    return sorted({str(v) for v in read_cluster_map(path)["label"] if str(v)})
+
+
+def apply_cluster_map(exp: Mapping[str, Any], sections: Mapping[str, ad.AnnData]) -> None:
+    """Replace every section's ``obs["cluster"]`` by the harmonised label of ``exp["cluster_map"]``.
+
+    The map is a TSV with columns ``sample_id``, ``cluster`` (the section's own label) and
+    ``label`` (the shared one; empty = leave the spots out). Every cluster present in a section
+    must be mapped. Does nothing without a map or for regression experiments.
+    """
+    path = exp.get("cluster_map")
+    if exp.get("task") != "clusters" or not path:
+        return
+    table = read_cluster_map(path)
     for sample, a in sections.items():
         lut = dict(table.loc[table["sample_id"] == str(sample), ["cluster", "label"]].to_numpy())
         labels = a.obs["cluster"].astype(str)

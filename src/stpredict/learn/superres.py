@@ -24,8 +24,11 @@ Output (``results/superres/{experiment}/{sample}.h5ad``)
   held-out fold of a spot; the averaged folds of a centre, ``"0+1+2"``), ``array_row`` /
   ``array_col`` (a centre's mean array position; NaN on a stride grid), ``white_frac``.
 * ``obsm["spatial"]``: full-resolution pixel ``[x, y]``; ``uns["spatial"]`` as scanpy expects.
-* ``uns["stpredict"]``: experiment, sample, grid, folds, target transform and units, genes,
-  numbers of centres (all, white, predicted), the whiteness threshold and µm/px.
+* ``var``: the collected predictions' (``gene_ids`` and the held-out scores of the measured
+  spots, :mod:`stpredict.outputs`).
+* ``uns["stpredict"]``: experiment, sample, grid, folds, target transform, ``units``, genes,
+  numbers of centres (all, white, predicted), the whiteness threshold and µm/px, and the
+  smoothness note.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ import pandas as pd
 
 from stpredict.errors import InputError
 from stpredict.io import read_h5ad, read_json, read_table, write_h5ad
+from stpredict.outputs import finish_result
+from stpredict.vocab import UNITS_KEY
 
 __all__ = ["grid_rows", "predict_grid", "predict_superres", "KINDS"]
 
@@ -180,7 +185,7 @@ def predict_superres(
     """
     from pathlib import Path
 
-    pred = read_h5ad(predictions)
+    pred = read_h5ad(predictions, images=False)  # the section gives the images
     sec = read_h5ad(section)
     sample = str(sec.uns["stpredict"]["sample_id"])
     if pred.uns["stpredict"].get("task") != "regression":
@@ -216,7 +221,7 @@ def predict_superres(
     out = ad.AnnData(
         X=np.concatenate([m_X, np.full((len(rows), len(genes)), np.nan, np.float32)]),
         obs=pd.concat([m_obs, grid_obs]),
-        var=pd.DataFrame(index=genes),
+        var=pred.var.copy(),  # gene ids and the held-out scores of the measured spots
     )
     out.layers["predicted"] = np.concatenate([m_pred, imputed]).astype(np.float32)
     out.obsm["spatial"] = np.concatenate(
@@ -250,6 +255,7 @@ def predict_superres(
             default=str,
         )
     )
+    finish_result(out, pred.uns["stpredict"][UNITS_KEY])
     write_h5ad(out, out_h5ad)
     log.info(
         "%s / %s: %d measured spots, %d of %d %s centres predicted (%d white), %d QC-failed spots",

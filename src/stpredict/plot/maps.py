@@ -619,6 +619,9 @@ def plot_cluster_maps(adata: Any, out_png: PathLike, title: str | None = None) -
 
     true, pred = labels("cluster_true"), labels("cluster_pred")
     cats = sorted({*true, *pred} - {""}, key=_natural_key)
+    col = adata.obs["cluster_true"] if "cluster_true" in adata.obs else None
+    if col is not None and isinstance(col.dtype, pd.CategoricalDtype):
+        cats = [str(c) for c in col.cat.categories]  # the file's categories and colours
     colours = _category_colours(cats)
     colours[""] = "#d0d0d0"
     both = (true != "") & (pred != "")

@@ -31,7 +31,14 @@ from stpredict.ingest.section import sample_id_of
 from stpredict.io import atomic_path
 from stpredict.vocab import NORMAL, TUMOR, UNANNOTATED
 
-__all__ = ["DPI", "save_figure", "section_background"]
+__all__ = [
+    "DPI",
+    "REPORT_MAX_PIXELS",
+    "REPORT_MAX_PIXELS_PER_SECTION",
+    "save_figure",
+    "report_copy",
+    "section_background",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +50,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Resolution of the PNG copies (the PDFs are vector, rasterised layers at this resolution).
 DPI = 150
+
+#: Largest size (width x height, px) of the copy of a figure embedded in the Snakemake report
+#: (:func:`report_copy`); the full-size PNG and the PDF stay in results/.
+REPORT_MAX_PIXELS = 400_000
+
+#: The same for the figures the report shows once per section (the QC figures): a cohort has
+#: many, so each is smaller.
+REPORT_MAX_PIXELS_PER_SECTION = 250_000
 
 
 _STYLE: dict[str, Any] = {
@@ -209,3 +224,44 @@ def section_background(adata: Any, max_size: int = 1024) -> tuple[np.ndarray | N
         except Exception as exc:  # noqa: BLE001 - a missing background must not fail the figure
             log.warning("%s: no background image for the QC figure (%s)", sid, exc)
     return None, 1.0
+
+
+def report_copy(
+    src: PathLike, dst: PathLike, max_pixels: int = REPORT_MAX_PIXELS, colours: int = 256
+) -> tuple[int, int]:
+    """Write the small copy of a PNG figure that the Snakemake report embeds.
+
+    The figure is scaled down (Lanczos) to at most ``max_pixels`` pixels, keeping its aspect
+    ratio, flattened onto white and stored with a palette of ``colours`` colours (octree,
+    no dithering; line plots lose nothing, H&E backgrounds a little), atomically. A figure
+    already small enough is only re-encoded.
+
+    Parameters
+    ----------
+    src
+        The full-size PNG (stays where it is).
+    dst
+        The report copy (conventionally ``report/<name>.png`` beside ``src``).
+    max_pixels, colours
+        Size and palette of the copy.
+
+    Returns
+    -------
+    tuple of int
+        Width and height of the copy.
+    """
+    from PIL import Image
+
+    with Image.open(src) as im:
+        im.load()
+        rgba = im.convert("RGBA")
+    rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+    rgb.paste(rgba, mask=rgba.getchannel("A"))
+    scale = min(1.0, math.sqrt(max_pixels / float(rgb.width * rgb.height)))
+    if scale < 1.0:
+        size = (max(1, math.floor(rgb.width * scale)), max(1, math.floor(rgb.height * scale)))
+        rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+    small = rgb.quantize(colours, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
+    with atomic_path(dst) as tmp:
+        small.save(tmp, format="PNG")
+    return small.width, small.height

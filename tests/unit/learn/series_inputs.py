@@ -97,6 +97,7 @@ def make_section(tmp: Path, sample: str, seed: int, failed: int = 0, white: int 
     a = ad.AnnData(sp.csr_matrix(counts))
     a.obs_names = [f"{sample}-{i:03d}" for i in range(n)]
     a.var_names = [f"G{j}" for j in range(N_GENES)]
+    a.var["gene_ids"] = [f"ENSGT{j:011d}" for j in range(N_GENES)]
     a.obs["sample_id"] = sample
     a.obs["patient_id"] = "P1"
     a.obs["in_tissue"] = True
@@ -105,11 +106,16 @@ def make_section(tmp: Path, sample: str, seed: int, failed: int = 0, white: int 
     a.obs["total_counts"] = counts.sum(axis=1)
     a.obsm["spatial"] = xy
     a.uns["stpredict"] = {"sample_id": sample, "mpp": MPP, "platform": "visium"}
-    thumb = img[::4, ::4].copy()
-    a.uns["spatial"] = {
+    a.uns["spatial"] = {  # as the readers write it (and scanpy reads Space Ranger)
         sample: {
-            "images": {"lowres": thumb},
-            "scalefactors": {"tissue_lowres_scalef": 0.25, "spot_diameter_fullres": 32.5},
+            "images": {"hires": img[::2, ::2].copy(), "lowres": img[::4, ::4].copy()},
+            "scalefactors": {
+                "tissue_hires_scalef": 0.5,
+                "tissue_lowres_scalef": 0.25,
+                "spot_diameter_fullres": 27.5,  # 55 µm at 2 µm/px
+                "fiducial_diameter_fullres": 44.4,
+            },
+            "metadata": {"source_image_path": str(tmp / f"{sample}.png")},
         }
     }
     failed_mask = np.zeros(n, bool)

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from stpredict.errors import ConfigError
-from stpredict.evaluate.baselines import run_baseline
+from stpredict.evaluate.baselines import run_baseline, write_baseline_predictions
 from stpredict.evaluate.latent import latent_vs_physical, neighbour_test, purity_table
 from stpredict.evaluate.metrics import score_experiment, score_folds
 from stpredict.evaluate.ols import ols_inputs
@@ -28,7 +28,10 @@ from stpredict.learn.splits import (
     leave_one_section_out,
     outer_folds,
 )
+from stpredict.outputs import check_result
 from stpredict.patches.qc import qc_failed
+from stpredict.vocab import SMOOTHNESS_NOTE_KEY, UNITS_KEY, target_units
+from tests.spatial_plots import draw_with_scanpy_and_squidpy
 from tests.unit.learn import series_inputs as si
 
 
@@ -129,7 +132,14 @@ def imputed(tmp_path_factory):
             outputs["fitted"],
             files[k],
         )
-    return {"tmp": tmp, "sections": sections, "manifest": man, "files": files, "fitted": fitted}
+    return {
+        "tmp": tmp,
+        "sections": sections,
+        "paths": paths,
+        "manifest": man,
+        "files": files,
+        "fitted": fitted,
+    }
 
 
 def test_qc_failed_spots_are_predicted_marked_and_never_split(imputed):
@@ -148,7 +158,9 @@ def test_qc_failed_spots_are_predicted_marked_and_never_split(imputed):
     # the other sections of the series have no failed spots; their files have the column
     assert not read_h5ad(imputed["files"]["0"]).obs["qc_failed"].any()
     # collected per section, they stay in the prediction file
-    col = collect_predictions(list(imputed["files"].values()), "D2", imputed["tmp"] / "D2.h5ad")
+    col = collect_predictions(  # (not tmp/D2.h5ad: that is the section file)
+        list(imputed["files"].values()), "D2", imputed["tmp"] / "collected" / "D2.h5ad"
+    )
     assert int(col.obs["qc_failed"].sum()) == 6
 
 
@@ -207,3 +219,45 @@ def test_baselines_never_see_qc_failed_spots(imputed):
     failed = set(sections["D2"].obs_names[qc_failed(sections["D2"])])
     assert d2.n_obs == int(sections["D2"].obs["keep"].sum())
     assert not failed & set(d2.obs["spot_id"].astype(str))
+
+
+def test_collected_predictions_are_self_contained_and_drawn_by_scanpy_and_squidpy(imputed):
+    out = imputed["tmp"] / "self_contained" / "D2.h5ad"
+    collect_predictions(list(imputed["files"].values()), "D2", out, section=imputed["paths"]["D2"])
+    a = read_h5ad(out)
+    assert check_result(a) == []
+    section = read_h5ad(imputed["paths"]["D2"])
+    theirs, ours = section.uns["spatial"]["D2"], a.uns["spatial"]["D2"]
+    assert ours["scalefactors"] == theirs["scalefactors"]
+    assert ours["metadata"] == theirs["metadata"]
+    for key in ("hires", "lowres"):
+        np.testing.assert_array_equal(ours["images"][key], theirs["images"][key])
+    ids = section.var["gene_ids"]
+    assert a.var["gene_ids"].tolist() == ids[a.var_names].tolist()
+    # the section's held-out scores are the metrics' (the section is the unit here)
+    per_gene = score_experiment([a], {"D2": "visium"}, unit="sample_id")[0]
+    raw = per_gene[(per_gene.target == "raw") & (per_gene.stratum == "all")].set_index("gene")
+    np.testing.assert_allclose(a.var["held_out_r"], raw.loc[a.var_names, "pearson"], atol=1e-9)
+    assert (a.var["held_out_n_spots"] == int(section.obs["keep"].sum())).all()  # QC-failed out
+    assert ((a.var["held_out_q_bh"] >= a.var["held_out_p"]) | a.var["held_out_p"].isna()).all()
+    assert a.uns["stpredict"][UNITS_KEY] == target_units("log1p")
+    assert "units" not in a.uns["stpredict"]["target_transform"]
+    assert a.uns["stpredict"][SMOOTHNESS_NOTE_KEY]
+    draw_with_scanpy_and_squidpy(a, "D2", str(a.var_names[0]))
+
+
+def test_baseline_predictions_are_self_contained(imputed):
+    sections, man = imputed["sections"], imputed["manifest"]
+    preds = run_baseline(
+        "mean", man, sections, imputed["fitted"], platforms=dict.fromkeys(sections, "visium")
+    )
+    out = imputed["tmp"] / "baseline" / "predictions.h5ad"
+    write_baseline_predictions(preds, imputed["paths"], out)
+    a = read_h5ad(out)
+    assert check_result(a) == []
+    assert sorted(a.uns["spatial"]) == ["D1", "D2", "D3"]
+    d3 = read_h5ad(imputed["paths"]["D3"]).uns["spatial"]["D3"]
+    np.testing.assert_array_equal(a.uns["spatial"]["D3"]["images"]["hires"], d3["images"]["hires"])
+    assert a.uns["stpredict"][UNITS_KEY] == target_units("log1p")
+    one = a[a.obs["sample_id"] == "D3"].copy()  # one section of the file, over its H&E
+    draw_with_scanpy_and_squidpy(one, "D3", str(one.var_names[0]))
