@@ -640,6 +640,8 @@ def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):
     """W1 (tiled pyramidal TIFF) and the unlabelled images: tiles, predictions, cards, heatmaps."""
     from PIL import Image
 
+    from stpredict.outputs import check_result
+
     card = json.loads((demo_run / "results/experiments/demo_stnet/model.json").read_text())
     assert card["fov_um"] == 110 and card["patch_mpp"] == 110 / 32 and len(card["folds"]) == 6
     for name in ("demo_deepspace", "demo_imputation", "demo_rounds"):
@@ -649,6 +651,7 @@ def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):
         a = ad.read_h5ad(demo_run / f"results/wsi/{slide}.h5ad")
         tiles = pd.read_csv(demo_run / f"results/wsi/{slide}/tiles.tsv", sep="\t")
         meta = a.uns["stpredict"]
+        assert check_result(a, samples=[slide]) == [], slide  # self-contained (scanpy, squidpy)
         assert meta["experiment"] == "demo_stnet" and meta["averaged_over_folds"] == 6
         assert list(a.var_names) == card["genes"] and np.isfinite(a.layers["predicted"]).all()
         kept = tiles[tiles["keep"]]
@@ -659,6 +662,7 @@ def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):
         png = demo_run / f"results/wsi/{slide}.png"
         assert json.loads(Image.open(png).text["colour_scales"])
         assert (demo_run / f"results/wsi/{slide}.pdf").is_file()
+        assert (demo_run / f"results/wsi/report/{slide}.png").is_file()
     w1 = ad.read_h5ad(demo_run / "results/wsi/W1.h5ad")
     assert w1.uns["stpredict"]["level"]["index"] == 0  # 2 µm/px: the finest level at or finer
     # the planted link reaches the new slide: morphology genes vary across its tiles, noise not

@@ -825,6 +825,7 @@ def get_card_inputs(wildcards):
         "models": list(outer_fold_files(name, "model.pt").values()),
         "fitted": list(outer_fold_files(name, "fitted.json").values()),
         "stores": [f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[name]],
+        "sections": [f"results/sections/{s}.h5ad" for s in EXPERIMENT_SAMPLES[name]],
     }
 
 

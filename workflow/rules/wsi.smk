@@ -56,8 +56,9 @@ rule plot_slide:
         h5ad="results/wsi/{slide}.h5ad",
         summary=get_slide_summary,
     output:
-        png=report(
-            "results/wsi/{slide}.png",
+        png="results/wsi/{slide}.png",
+        png_report=report(
+            "results/wsi/report/{slide}.png",
             caption="../report/wsi_heatmap.rst",
             category="Whole slides",
             labels={"slide": "{slide}"},

@@ -10,8 +10,9 @@ with script_logging(snakemake.log[0]) as log:
         )
     }
     stores = {p.split("/")[-2]: p for p in snakemake.input.stores}
+    sections = {p.split("/")[-1].removesuffix(".h5ad"): p for p in snakemake.input.sections}
     card = write_model_card(
-        snakemake.wildcards.experiment, settings, folds, stores, snakemake.output.json
+        snakemake.wildcards.experiment, settings, folds, stores, snakemake.output.json, sections
     )
     log.info(
         "%s: %d folds, %d genes, field of view %.4g µm, %.4g µm/px",

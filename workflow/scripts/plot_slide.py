@@ -1,7 +1,7 @@
 from stpredict.io import read_h5ad, read_table
 from stpredict.plot.wsi import plot_slide_heatmap
 from stpredict.vocab import units_label
-from stpredict.workflow import script_logging
+from stpredict.workflow import script_logging, write_report_copies
 
 with script_logging(snakemake.log[0]) as log:
     a = read_h5ad(snakemake.input.h5ad)
@@ -13,3 +13,4 @@ with script_logging(snakemake.log[0]) as log:
     units = units_label(a.uns["stpredict"]["target_transform"]["name"])
     scales = plot_slide_heatmap(a, genes, units, snakemake.output.png)
     log.info("heatmaps of %s (colour scales %s)", ", ".join(genes), scales)
+    write_report_copies(snakemake.output)

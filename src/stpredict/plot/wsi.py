@@ -26,8 +26,9 @@ __all__ = ["plot_slide_heatmap"]
 def _thumbnail(adata: Any) -> tuple[np.ndarray, float, str]:
     slide = str(adata.uns["stpredict"]["slide_id"])
     entry = adata.uns["spatial"][slide]
-    img = np.asarray(entry["images"]["lowres"])
-    return img, float(entry["scalefactors"]["tissue_lowres_scalef"]), slide
+    key = "hires" if "hires" in entry["images"] else "lowres"  # older files: lowres only
+    img = np.asarray(entry["images"][key])
+    return img, float(entry["scalefactors"][f"tissue_{key}_scalef"]), slide
 
 
 def _tile_grid(adata: Any, values: np.ndarray) -> tuple[np.ndarray, float]:

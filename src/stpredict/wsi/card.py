@@ -10,7 +10,8 @@ adds them, so a copy of the experiment folder is enough to predict a new image:
 * ``folds``: fold id -> ``model`` and ``fitted`` paths **relative to the card**, and the fold's
   number of genes (outer folds only: each was trained on its fold's training side);
 * ``genes``: the genes every fold predicts (the intersection, in the first fold's order; a
-  ``top_mean`` selection is fitted per fold), ``target_transform`` (name and units);
+  ``top_mean`` selection is fitted per fold), ``target_transform`` (name and units),
+  ``gene_ids`` (gene -> its id in the training sections, ``""`` unknown);
 * ``patches``: the experiment's patch geometry (``fov_um`` / ``fov_px``, ``size_px``,
   ``pad_value``), ``training_mpp`` (µm/px of each training section's image), ``fov_um``
   (the field of view in µm: ``fov_px`` x the median training µm/px for a pixel field of view)
@@ -44,6 +45,21 @@ log = logging.getLogger(__name__)
 CARD_NAME = "model.json"
 _FORMAT = "stpredict model card"
 _SPEC_KEYS = ("fov_um", "fov_px", "size_px", "pad_value")
+
+
+def _gene_ids(genes: list[str], sections: Mapping[str, Any]) -> dict[str, str]:
+    from stpredict.ingest.section import read_var
+
+    ids = dict.fromkeys(genes, "")
+    for path in sections.values():
+        var = read_var(path)
+        if "gene_ids" not in var:
+            continue
+        have = var["gene_ids"].astype(str)
+        for g in genes:
+            if not ids[g] and g in have.index and have[g] not in ("", "nan"):
+                ids[g] = str(have[g])
+    return ids
 
 
 def fold_genes(fitted: Mapping[str, Any]) -> list[str]:
@@ -92,6 +108,7 @@ def write_model_card(
     folds: Mapping[str, Mapping[str, str | os.PathLike[str]]],
     stores: Mapping[str, str | os.PathLike[str]],
     out: str | os.PathLike[str],
+    sections: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> dict[str, Any]:
     """Write the model card of an experiment (module notes).
 
@@ -107,6 +124,9 @@ def write_model_card(
         Section -> its spot store's ``.json`` (geometry and µm/px of the training images).
     out
         The card, ``results/experiments/{experiment}/model.json``.
+    sections
+        Section -> its written section file: the gene ids (``var["gene_ids"]``) of the genes,
+        the first non-empty id over the sections (``gene_ids`` of the card; ``""`` unknown).
 
     Returns
     -------
@@ -140,6 +160,7 @@ def write_model_card(
     if task == "regression":
         card["genes"] = genes or []
         card["target_transform"] = {"name": transform, "units": target_units(str(transform))}
+        card["gene_ids"] = _gene_ids(card["genes"], sections or {})
     card.update(_geometry(stores))
     card["created_by"] = "stpredict.wsi.card.write_model_card"
     write_json(card, out)

@@ -17,11 +17,13 @@ models of their TTA predictions, in the experiment's target units (``uns["stpred
 super-resolution files); ``var_names`` = the genes every fold model predicts. One row per kept
 tile (or per given spot): ``obs`` ``slide_id, x, y`` (full-resolution px), ``background_frac``,
 ``mean_rgb`` and, for tiles, ``tile_row, tile_col`` (for spots ``pad_frac``);
-``obsm["spatial"]`` = ``[x, y]`` full-resolution px; ``uns["spatial"][slide_id]`` a lowres
-thumbnail with its scale factor and ``spot_diameter_fullres`` = the tile side (scanpy and
-squidpy draw the file directly); ``uns["stpredict"]``: slide, image, µm/px and its source,
-level, experiment, folds, TTA, target transform and units, genes, tile geometry, background
-rule and counts. Predicted maps are smoother than measured ones: do not run spatially-variable
+``obsm["spatial"]`` = ``[x, y]`` full-resolution px; ``uns["spatial"][slide_id]`` hires
+(1,000 px) and lowres (400 px) thumbnails with their scale factors and
+``spot_diameter_fullres`` = the tile side (scanpy and squidpy draw the file directly);
+``var["gene_ids"]`` from the card; ``uns["stpredict"]``: slide, image, µm/px and its source,
+level, experiment, folds, TTA, target transform, ``units`` (the one units key of
+:mod:`stpredict.outputs`) and the smoothness note, genes, tile geometry, background rule and
+counts. Predicted maps are smoother than measured ones: do not run spatially-variable
 gene tests on predictions.
 """
 
@@ -41,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from stpredict.errors import GeometryError, InputError
+from stpredict.outputs import finish_result
 from stpredict.wsi.card import ModelSet, load_model_dir
 from stpredict.wsi.slides import choose_level, resolve_mpp, slide_levels
 from stpredict.wsi.tiles import kept_rows, spot_patches, tile_slide
@@ -49,8 +52,9 @@ __all__ = ["predict_image", "wsi_defaults", "read_spots", "predict_store"]
 
 log = logging.getLogger(__name__)
 
-#: longest side of the thumbnail stored in ``uns["spatial"]`` (lowres)
+#: longest sides of the thumbnails stored in ``uns["spatial"]`` (hires, lowres)
 THUMBNAIL_PX = 1000
+LOWRES_PX = 400
 _ID_COLUMNS = ("id", "spot_id", "barcode")
 
 
@@ -198,15 +202,23 @@ def _anndata(
     out.obsm["spatial"] = t[["x", "y"]].to_numpy(dtype=np.float64)
     out.uns["spatial"] = {slide: spatial}
     out.uns["stpredict"] = _plain(uns)
+    # the contract of every result file (stpredict.outputs): gene ids where the card has them,
+    # the one units key and the smoothness note
+    ids = models.card.get("gene_ids") or {}
+    out.var["gene_ids"] = [str(ids.get(g, "")) for g in models.genes]
+    finish_result(out, str(models.card["target_transform"]["units"]))
     return out
 
 
 def _spatial(image: Any, spot_px: float) -> dict[str, Any]:
-    thumb, scale = image.thumbnail(THUMBNAIL_PX)
+    # both keys scanpy / squidpy look for: hires (THUMBNAIL_PX, squidpy's default) and lowres
+    hires, h_scale = image.thumbnail(THUMBNAIL_PX)
+    low, l_scale = image.thumbnail(LOWRES_PX)
     return {
-        "images": {"lowres": np.ascontiguousarray(thumb)},
+        "images": {"hires": np.ascontiguousarray(hires), "lowres": np.ascontiguousarray(low)},
         "scalefactors": {
-            "tissue_lowres_scalef": float(scale),
+            "tissue_hires_scalef": float(h_scale),
+            "tissue_lowres_scalef": float(l_scale),
             "spot_diameter_fullres": float(spot_px),
         },
         "metadata": {"source_image_path": str(image.path)},
@@ -380,9 +392,7 @@ def predict_image(
                 "size_px": models.spec.size_px,
                 "tiles": meta,
                 "note": "layers['predicted']: mean over the fold models of their TTA "
-                "predictions, in the experiment's target units; X is NaN (nothing measured). "
-                "Predicted maps are smoother than measured ones: do not test predictions for "
-                "spatially variable genes",
+                "predictions, in the experiment's target units; X is NaN (nothing measured)",
             }
             adata = _anndata(table, rows, preds, models, name, _spatial(img, side), uns)
     finally:

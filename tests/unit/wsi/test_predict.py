@@ -180,3 +180,38 @@ def test_scanpy_draws_the_slide_file_over_its_thumbnail(model_dir, slide, tmp_pa
     axes = sc.pl.spatial(a, color="DARK", layer="predicted", library_id="new", show=False)
     assert axes and axes[0].get_images()  # the thumbnail is drawn under the tiles
     plt.close("all")
+
+
+def test_the_slide_file_is_self_contained_and_scanpy_squidpy_draw_it(model_dir, slide, tmp_path):
+    from stpredict.outputs import check_result
+    from stpredict.vocab import SMOOTHNESS_NOTE_KEY, UNITS_KEY, target_units
+    from tests.spatial_plots import draw_with_scanpy_and_squidpy
+
+    predict_image(model_dir, slide, out=tmp_path / "s.h5ad")
+    a = read_h5ad(tmp_path / "s.h5ad")
+    assert check_result(a, samples=["new"]) == []
+    assert a.uns["stpredict"][UNITS_KEY] == target_units("log1p")
+    assert a.uns["stpredict"][SMOOTHNESS_NOTE_KEY]
+    assert "units" not in a.uns["stpredict"].get("target_transform", {})
+    assert list(a.var["gene_ids"]) == [""] * a.n_vars  # the tiny card's sections are unknown
+    draw_with_scanpy_and_squidpy(a, "new", "DARK")
+
+
+def test_the_card_carries_the_sections_gene_ids(tmp_path):
+    import anndata as ad
+
+    from stpredict.io import write_h5ad
+    from stpredict.wsi.card import _gene_ids
+
+    var = pd.DataFrame({"gene_ids": ["ENSG1", ""]}, index=["DARK", "FLAT"])
+    a = ad.AnnData(X=np.zeros((2, 2), dtype=np.float32), var=var)
+    write_h5ad(a, tmp_path / "S1.h5ad")
+    b = ad.AnnData(
+        X=np.zeros((2, 2), dtype=np.float32),
+        var=pd.DataFrame({"gene_ids": ["ENSG9", "ENSG2"]}, index=["DARK", "FLAT"]),
+    )
+    write_h5ad(b, tmp_path / "S2.h5ad")
+    ids = _gene_ids(
+        ["DARK", "FLAT", "NONE"], {"S1": tmp_path / "S1.h5ad", "S2": tmp_path / "S2.h5ad"}
+    )
+    assert ids == {"DARK": "ENSG1", "FLAT": "ENSG2", "NONE": ""}
