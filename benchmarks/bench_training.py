@@ -55,11 +55,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import protocols
+import tables
 import torch
 import yaml
 
 from stpredict.config import CONFIG_SCHEMA, load_schema, schema_defaults
-from stpredict.io import write_table
 from stpredict.learn.augment import make_augment
 from stpredict.learn.models import build_model
 from stpredict.learn.predict import predict
@@ -316,15 +316,7 @@ def save_rows(rows: list[dict[str, Any]], out: Path) -> pd.DataFrame:
     """Write ``rows`` to ``out``, replacing earlier rows of the same key; return the whole table."""
     new = pd.DataFrame(rows, columns=COLUMNS).round(ROUND)
     new = new[~new[KEY].astype(str).duplicated(keep="last")]
-    if out.exists():
-        old = pd.read_csv(out, sep="\t")
-        if list(old.columns) == COLUMNS:
-            old_key = old[KEY].astype(str).agg("|".join, axis=1)
-            new_key = set(new[KEY].astype(str).agg("|".join, axis=1))
-            new = pd.concat([old[~old_key.isin(new_key)], new], ignore_index=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(new, out)
-    return new
+    return tables.merge_rows(new, out, KEY)
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -344,7 +336,7 @@ def markdown(df: pd.DataFrame) -> str:
         "loader_bottleneck",
         "checkpoint_s",
     ]
-    return df[cols].to_markdown(index=False)
+    return tables.markdown(df, cols)
 
 
 # -------------------------------------------------------------------------------------- main

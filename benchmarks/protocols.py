@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import tables
 
 __all__ = [
     "Stage",
@@ -358,20 +359,7 @@ def estimate_table(
 
 def write_estimates(rows: pd.DataFrame, out: str | Path) -> pd.DataFrame:
     """Estimate from ``rows`` and write ``out`` (rows of other machines/devices are kept)."""
-    from stpredict.io import write_table
-
-    new = estimate_table(rows)
-    out = Path(out)
-    if out.exists() and not new.empty:
-        old = pd.read_csv(out, sep="\t")
-        keep = ~old.set_index(["machine", "device"]).index.isin(
-            new.set_index(["machine", "device"]).index
-        )
-        new = pd.concat([old[keep], new], ignore_index=True)
-    if not new.empty:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_table(new, out)
-    return new
+    return tables.merge_rows(estimate_table(rows), out, ["machine", "device"])
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -391,9 +379,7 @@ def markdown(df: pd.DataFrame) -> str:
         "checkpoint_h",
         "total_h",
     ]
-    if df.empty:
-        return "(no protocol: neither densenet121 nor vgg16 was trained)"
-    return df[cols].to_markdown(index=False)
+    return tables.markdown(df, cols, "(no protocol: neither densenet121 nor vgg16 was trained)")
 
 
 def main() -> None:
