@@ -84,6 +84,7 @@ def check_gene_match(
     file: str | os.PathLike[str] | None = None,
     sample: str | None = None,
     section_genes: Sequence[str] = (),
+    cohort: str = "{name}",
 ) -> None:
     """Refuse a section whose genes cannot match the model's (module notes).
 
@@ -106,7 +107,7 @@ def check_gene_match(
         file=file,
         sample=sample,
         fix="read the section with the model's gene naming (reading.gene_map maps Ensembl ids "
-        "to symbols), use a model trained on these genes, or lower cohorts.{name}.min_gene_share",
+        f"to symbols), use a model trained on these genes, or lower cohorts.{cohort}.min_gene_share",
     )
 
 

@@ -250,7 +250,12 @@ def predict_section(
     sample = str(meta["sample_id"])
     match = match_genes(models.genes, adata.var)
     check_gene_match(
-        match, min_gene_share, file=meta.get("raw"), sample=sample, section_genes=adata.var_names
+        match,
+        min_gene_share,
+        file=meta.get("raw"),
+        sample=sample,
+        section_genes=adata.var_names,
+        cohort=cohort,
     )
     table = read_table(Path(store).with_suffix(".tsv"), dtype={"id": str})
     _check_store(table, adata, store)
