@@ -423,14 +423,8 @@ rule cohort_superres_maps:
     input:
         h5ad="results/cohorts/{cohort}/superres/{section}.h5ad",
     output:
+        # not in the report (the demo's report stays under 10 MB): results/cohorts/ holds it
         png="results/cohorts/{cohort}/superres/{section}.png",
-        # the small copy the report embeds (write_report_copies)
-        png_report=report(
-            "results/cohorts/{cohort}/superres/report/{section}.png",
-            caption="../report/cohort_maps.rst",
-            category="Cohorts",
-            labels={"cohort": "{cohort}", "section": "{section}", "figure": "superres"},
-        ),
         pdf="results/cohorts/{cohort}/superres/{section}.pdf",
     log:
         "results/logs/cohorts/{cohort}/superres_maps/{section}.log",
