@@ -140,7 +140,7 @@ rule wsi:
 
 
 # predict-only runs on new cohorts (cohorts:), with the models of an earlier run; from another
-# directory: snakemake -s /path/to/Snakefile --directory DIR --configfile cohort.yaml predict_cohort
+# directory: snakemake predict_cohort -s /path/to/Snakefile --directory DIR --configfile cohort.yaml
 rule predict_cohort:
     input:
         cohort_outputs(),

@@ -68,15 +68,16 @@ def _write_cohort(work: Path, demo_run: Path, name: str, edit=None, gene_map=Tru
 
 
 def _run(work: Path, demo_run: Path, configfile: str, *args: str, check: bool = True):
+    # targets and flags first: --configfile takes every word after it
     return run_snakemake(
         work,
+        *args,
         "-s",
         str(demo_run / "Snakefile"),
         "--directory",
         str(work),
         "--configfile",
         configfile,
-        *args,
         check=check,
     )
 

@@ -156,6 +156,8 @@ rule cohort_read_section:
         h5ad="results/cohorts/{cohort}/sections/{section}.h5ad",
     log:
         "results/logs/cohorts/{cohort}/read_section/{section}.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/read_section/{section}.tsv"
     wildcard_constraints:
         section=_alternatives(COHORT_KINDS["counts"]),
     conda:
@@ -207,6 +209,8 @@ rule cohort_qc:
         tsv="results/cohorts/{cohort}/qc/{section}.tsv",
     log:
         "results/logs/cohorts/{cohort}/qc/{section}.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/qc/{section}.tsv"
     wildcard_constraints:
         section=_alternatives(COHORT_KINDS["counts"]),
     conda:
@@ -261,6 +265,8 @@ rule cohort_grid:
         json="results/cohorts/{cohort}/patches/{section}/{grid}.json",
     log:
         "results/logs/cohorts/{cohort}/grid/{section}/{grid}.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/grid/{section}/{grid}.tsv"
     wildcard_constraints:
         section=_alternatives(COHORT_KINDS["counts"]),
     conda:
@@ -314,6 +320,8 @@ rule cohort_score:
         ),
     log:
         "results/logs/cohorts/{cohort}/score.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/score.tsv"
     conda:
         "../../envs/stpredict.yaml"
     resources:
@@ -407,6 +415,8 @@ rule cohort_maps:
         pdf="results/cohorts/{cohort}/maps/{section}.pdf",
     log:
         "results/logs/cohorts/{cohort}/maps/{section}.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/maps/{section}.tsv"
     conda:
         "../../envs/stpredict.yaml"
     resources:
@@ -428,6 +438,8 @@ rule cohort_superres_maps:
         pdf="results/cohorts/{cohort}/superres/{section}.pdf",
     log:
         "results/logs/cohorts/{cohort}/superres_maps/{section}.log",
+    benchmark:
+        "results/benchmarks/cohorts/{cohort}/superres_maps/{section}.tsv"
     conda:
         "../../envs/stpredict.yaml"
     resources:
