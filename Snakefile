@@ -11,6 +11,7 @@
 #   snakemake --cores 2 superres        + super-resolution grids of the experiments that enable it
 #   snakemake --cores 2 ihc             IHC of adjacent sections vs predictions (results/ihc/)
 #   snakemake --cores 2 wsi             whole slides tiled and predicted (results/wsi/)
+#   snakemake --cores 2 predict_cohort  predict-only cohorts (cohorts:) -> results/cohorts/
 #   snakemake --report results/report.html   the HTML report of a finished run
 #   snakemake --cores 2 stnet           only the experiments named *stnet* (likewise deepspace)
 #   snakemake --configfile config/deepspace.yaml --cores 2 qc   a paper preset
@@ -38,6 +39,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/plot.smk"
 include: "workflow/rules/ihc.smk"
 include: "workflow/rules/wsi.smk"
+include: "workflow/rules/cohort.smk"
 
 
 # Jobs that only gather or write small tables run where Snakemake runs, not as cluster jobs.
@@ -55,6 +57,8 @@ localrules:
     collect_predictions,
     summarise_experiments,
     model_card,
+    predict_cohort,
+    cohort_score,
 
 
 rule all:
@@ -75,6 +79,7 @@ rule all:
         ihc_outputs(),
         model_cards(),
         wsi_outputs(),
+        cohort_outputs(),
 
 
 rule evaluation:
@@ -132,3 +137,10 @@ rule ihc:
 rule wsi:
     input:
         wsi_outputs(),
+
+
+# predict-only runs on new cohorts (cohorts:), with the models of an earlier run; from another
+# directory: snakemake predict_cohort -s /path/to/Snakefile --directory DIR --configfile cohort.yaml
+rule predict_cohort:
+    input:
+        cohort_outputs(),

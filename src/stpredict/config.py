@@ -22,6 +22,8 @@ from stpredict.errors import ConfigError
 
 __all__ = [
     "SHEET_COLUMNS",
+    "check_training_sheet",
+    "empty_sheet",
     "OPTIONAL_COLUMNS",
     "CONFIG_SCHEMA",
     "load_schema",
@@ -324,6 +326,43 @@ def check_sheet_paths(
                 sample=sample,
                 fix="correct the path (relative paths are relative to the directory Snakemake runs in)",
             )
+
+
+def empty_sheet() -> pd.DataFrame:
+    """Return a sample sheet without rows (a run with cohorts only), indexed by sample_id."""
+    return pd.DataFrame(columns=list(SHEET_COLUMNS), dtype=str).set_index("sample_id", drop=False)
+
+
+def check_training_sheet(
+    df: pd.DataFrame, config: Mapping[str, Any], file: str | os.PathLike[str] | None = None
+) -> None:
+    """Refuse what the run's own sheet (``samples``) cannot hold (parse time).
+
+    Image-only rows (platform ``image``, no counts) belong in a cohort's sheet
+    (``cohorts.{name}.sheet``): nothing can be trained on or scored against them. Experiments
+    need a sheet.
+
+    Raises
+    ------
+    ConfigError
+        An image-only row in ``samples``, or experiments without ``samples``.
+    """
+    sheet = config.get("samples") or ""
+    image_rows = df.index[df["platform"] == "image"].tolist() if len(df) else []
+    if image_rows:
+        raise ConfigError(
+            f"the sample sheet has image-only rows (platform 'image': {', '.join(image_rows)}); "
+            "the run's sections are trained on and need counts",
+            file=sheet,
+            sample=image_rows[0],
+            fix="move image-only rows to a cohort sheet (cohorts.{name}.sheet, predict_cohort)",
+        )
+    if not sheet and config.get("experiments"):
+        raise ConfigError(
+            "experiments are configured but 'samples' names no sample sheet",
+            file=file,
+            fix="set 'samples' to the sheet of the sections to train on (config/README.md)",
+        )
 
 
 def check_run_config(config: Mapping[str, Any], file: str | os.PathLike[str] | None = None) -> None:

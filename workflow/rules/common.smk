@@ -24,6 +24,8 @@ from stpredict.config import (
     check_config_schema,
     check_run_config,
     check_sheet_paths,
+    check_training_sheet,
+    empty_sheet,
     load_schema,
     read_sheet,
     validate_sheet,
@@ -49,14 +51,25 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 DEMO_DIR = "results/demo"
 DEMO_OUTPUTS = demo_outputs(DEMO_DIR)
 DEMO_ROLES = f"{DEMO_DIR}/gene_roles.tsv"
+# the demo's external cohort (rule make_demo_cohort; predict-only runs in cohort.smk)
+from stpredict.demo.external import external_outputs, external_sheet
+
+DEMO_COHORT_FILES = external_outputs(DEMO_DIR)
+DEMO_COHORT_SHEET = DEMO_COHORT_FILES[-1]
 
 try:
     check_run_config(config, file=CONFIG_FILES)
-    SAMPLES = validate_sheet(
-        read_sheet(config["samples"]),
-        load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
-        config["samples"],
+    # no sheet: a predict-only run (cohorts) with no experiment and no section of its own
+    SAMPLES = (
+        validate_sheet(
+            read_sheet(config["samples"]),
+            load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
+            config["samples"],
+        )
+        if config["samples"]
+        else empty_sheet()
     )
+    check_training_sheet(SAMPLES, config, CONFIG_FILES)
     check_sheet_paths(
         SAMPLES,
         config["samples"],
@@ -91,7 +104,7 @@ SAMPLE_IDS = SAMPLES["sample_id"].tolist()
 
 
 wildcard_constraints:
-    sample="|".join(re.escape(s) for s in SAMPLE_IDS),
+    sample="|".join(re.escape(s) for s in SAMPLE_IDS) or "NO_SAMPLE",
 
 
 def get_row(wildcards):

@@ -22,3 +22,26 @@ rule make_demo:
         seed=config["demo"]["seed"],
     script:
         "../scripts/make_demo.py"
+
+
+# The demo's external cohort (a new patient no experiment trains on: one ST section with
+# counts, one image-only row) and its sheet, for the demo's predict-only run (cohorts:).
+# A rule of its own: adding it does not rerun make_demo and what follows on a finished demo.
+rule make_demo_cohort:
+    output:
+        files=DEMO_COHORT_FILES[:-1],
+        sheet=DEMO_COHORT_SHEET,
+    log:
+        "results/logs/make_demo_cohort.log",
+    benchmark:
+        "results/benchmarks/make_demo_cohort.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    params:
+        outdir=DEMO_DIR,
+        seed=config["demo"]["seed"],
+    script:
+        "../scripts/make_demo_cohort.py"
