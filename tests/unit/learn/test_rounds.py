@@ -270,9 +270,13 @@ def _parse_check(**semi):
     [
         ({"pool": [{"source": "sections", "samples": ["A"]}]}, "of the experiment itself"),
         ({"pool": [{"source": "sections", "samples": ["Z"]}]}, "absent from the sample sheet"),
-        ({"pool": [{"source": "interspot", "grid": "triangles"}]}, "does not fit the st"),
+        (
+            {"pool": [{"source": "interspot", "grid": "triangles"}]},
+            r"interspot grid 'triangles' does not fit the st .*Fix: use 'squares' \(2 x 2 blocks",
+        ),
         ({"pool": [{"source": "interspot", "samples": ["Z"]}]}, "absent from the sample sheet"),
-        ({"pool": [{"source": "wsi", "table": "x.tsv"}]}, "not implemented yet"),
+        ({"pool": [{"source": "wsi", "table": "x.tsv"}]}, "wsi slide table does not exist"),
+        ({"pool": [{"source": "wsi"}]}, "wsi.slides, and it is empty. Fix: set wsi.slides"),
         ({"pool": []}, "pool is empty"),
         ({"pool": [{"source": "images", "table": "nope.tsv"}]}, "does not exist"),
         ({"controls": ["irrelevant"]}, "semi_supervised.irrelevant is empty"),
