@@ -100,7 +100,8 @@ class _Section:
         self.adata = adata
         img, scale = section_background(adata)
         self.img = img
-        self.pxy = _spot_xy(adata) * (scale if img is not None else 1.0)
+        self.scale = float(scale) if img is not None else 1.0  # background px per full-res px
+        self.pxy = _spot_xy(adata) * self.scale
         self.diameter = 0.9 * _spacing(self.pxy)
         self.diameters: np.ndarray | None = None
         meta = adata.uns.get("stpredict", {})
@@ -520,17 +521,35 @@ def _superres_norm(adata: Any, gene: str) -> tuple[Normalize, np.ndarray, np.nda
     return Normalize(vmin=float(lo), vmax=float(hi)), values, kind
 
 
-def _superres_diameters(sec: _Section, adata: Any) -> None:
-    """Per-point marker sizes: spots (measured, QC-failed) at theirs, grid points at the grid's.
+def _spot_diameter_fullres(adata: Any) -> float | None:
+    """Return the spots' own diameter in full-res px (``uns["spatial"]`` scale factors), if any."""
+    spatial = adata.uns.get("spatial", {})
+    if not isinstance(spatial, Mapping):
+        return None
+    for entry in spatial.values():
+        value = (entry.get("scalefactors") or {}).get("spot_diameter_fullres")
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
 
-    A spot keeps the diameter it has on the expression maps (0.9 x the spots' own spacing),
-    a grid point 0.9 x the grid's spacing: on a stride grid finer than the spots, measured
-    spots are not shrunk to the grid's marker size.
+
+def _superres_diameters(sec: _Section, adata: Any) -> None:
+    """Per-point marker sizes: spots (measured, QC-failed) at their own size, grid points not.
+
+    A spot is drawn at its physical diameter (``spot_diameter_fullres``; without it, 0.9 x the
+    spots' own spacing, at most that), a grid point at 0.9 x the spacing of all points (the
+    marker every point had before): on a stride grid finer than the spots the measured spots
+    keep their size instead of shrinking to the grid's marker.
     """
     kind = adata.obs["kind"].astype(str).to_numpy()
     spot = (kind == "measured") | _qc_failed_mask(adata)
-    spot_d = 0.9 * _spacing(sec.pxy[spot]) if spot.sum() >= 2 else sec.diameter
-    grid_d = 0.9 * _spacing(sec.pxy[~spot]) if (~spot).sum() >= 2 else sec.diameter
+    grid_d = sec.diameter
+    own = 0.9 * _spacing(sec.pxy[spot]) if spot.sum() >= 2 else grid_d
+    phys = _spot_diameter_fullres(adata)
+    spot_d = min(phys * sec.scale, own) if phys else own
     sec.diameters = np.where(spot, spot_d, grid_d)
     sec.diameter = max(spot_d, grid_d)  # frames the map
 

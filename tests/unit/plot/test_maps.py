@@ -164,7 +164,7 @@ def test_superres_maps_draw_measured_spots_at_their_own_size_on_a_fine_stride_gr
     a.obs["kind"], a.obs["qc_failed"] = "measured", False
     xy = np.asarray(a.obsm["spatial"], float)
     spot_gap = _spacing(xy)
-    step = spot_gap / 3.0
+    step = spot_gap / 6.0
     gx, gy = np.meshgrid(
         np.arange(xy[:, 0].min(), xy[:, 0].max(), step),
         np.arange(xy[:, 1].min(), xy[:, 1].max(), step),
@@ -191,4 +191,8 @@ def test_superres_maps_draw_measured_spots_at_their_own_size_on_a_fine_stride_gr
         return np.unique(np.round(coll._widths * 2, 6))  # matplotlib keeps half-widths
 
     (w_spot,), (w_grid,) = widths(measured_ax), widths(imputed_ax)
-    assert w_spot == pytest.approx(3 * w_grid, rel=0.02)  # each at 0.9 x its own spacing
+    scale = a.uns["spatial"][next(iter(a.uns["spatial"]))]["scalefactors"]
+    phys = scale["spot_diameter_fullres"] * scale["tissue_lowres_scalef"]  # background px
+    assert w_spot == pytest.approx(min(phys, 0.9 * spot_gap * scale["tissue_lowres_scalef"]))
+    assert w_grid == pytest.approx(0.9 * step * scale["tissue_lowres_scalef"], rel=0.02)
+    assert w_spot > 2 * w_grid  # the spots are not shrunk to the grid's marker
