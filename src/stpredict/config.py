@@ -397,6 +397,23 @@ def check_run_config(config: Mapping[str, Any], file: str | os.PathLike[str] | N
         )
 
 
+#: JSON-schema keywords of a numeric range
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _range_text(sub: Mapping[str, Any]) -> str:
+    """Describe the numeric range a schema entry allows, e.g. ``in (0, 1]`` or ``>= 1``."""
+    lo = sub.get("exclusiveMinimum", sub.get("minimum"))
+    hi = sub.get("exclusiveMaximum", sub.get("maximum"))
+    lo_b = "(" if "exclusiveMinimum" in sub else "["
+    hi_b = ")" if "exclusiveMaximum" in sub else "]"
+    if lo is not None and hi is not None:
+        return f"in {lo_b}{lo:g}, {hi:g}{hi_b}"
+    if lo is not None:
+        return f"{'>' if lo_b == '(' else '>='} {lo:g}"
+    return f"{'<' if hi_b == ')' else '<='} {hi:g}"
+
+
 def check_config_schema(
     config: Mapping[str, Any], schema: Mapping[str, Any], file: str | os.PathLike[str] | None = None
 ) -> None:
@@ -422,6 +439,8 @@ def check_config_schema(
     fix = sub.get("description") or ""
     if err.validator == "additionalProperties" and isinstance(sub.get("properties"), Mapping):
         fix = f"the keys allowed here are {', '.join(sorted(sub['properties']))} (config/README.md)"
+    elif err.validator in _BOUNDS:
+        fix = f"give a value {_range_text(sub)}" + (f": {fix}" if fix else "")
     elif err.validator == "enum":
         fix = f"use one of {', '.join(map(str, err.validator_value))}" + (
             f" ({fix})" if fix else ""

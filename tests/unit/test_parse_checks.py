@@ -100,6 +100,18 @@ def test_schema_errors_name_the_key_in_one_line():
     assert (
         "experiments.demo_stnet.tta" in msg and "Fix: use one of 1, 4, 8" in msg and "\n" not in msg
     )
+    for value in (0, 1.5):  # a numeric range: the fix gives it
+        bad = json.loads(json.dumps(cfg))
+        bad["experiments"]["demo_rounds"]["split"]["labelled_frac"] = value
+        with pytest.raises(ConfigError) as info:
+            check_config_schema(bad, CONFIG_SCHEMA, file="config.yaml")
+        msg = str(info.value)
+        assert "experiments.demo_rounds.split.labelled_frac" in msg and "\n" not in msg
+        assert "Fix: give a value in (0, 1]: share of each fold's training spots" in msg
+    bad = json.loads(json.dumps(cfg))
+    bad["experiments"]["demo_stnet"]["train"]["epochs"] = 0
+    with pytest.raises(ConfigError, match="epochs.*Fix: give a value >= 1: maximum epochs"):
+        check_config_schema(bad, CONFIG_SCHEMA)
     bad = json.loads(json.dumps(cfg))
     bad["qc"]["min_umis"] = 3
     with pytest.raises(

@@ -634,6 +634,32 @@ def test_semi_supervised_rounds_on_the_demo(demo_run):
                 assert set(pred.obs["spot_id"]) == set(m.loc[m.role == "test", "spot_id"])
     for ext in ("png", "pdf"):
         assert (base / f"figures/rounds.{ext}").stat().st_size > 1000
+    _check_rounds_pool(base, table)
+
+
+def _check_rounds_pool(base, table):
+    """demo_rounds' pool: W1's tiles (kept ones only) are drawn; the pool's size is recorded."""
+    tiles = pd.read_csv(base / "pool/wsi/W1/tiles.tsv", sep="\t", dtype={"id": str})
+    meta = json.loads((base / "pool/wsi/W1/tiles.json").read_text())
+    assert meta["spec"]["fov_um"] == 110 and meta["size_px"] == 32  # the experiment's geometry
+    kept = set(np.flatnonzero(tiles["keep"].to_numpy(bool)))
+    summary = pd.read_csv(base / "pool_summary.tsv", sep="\t")
+    for control in ("none", "random"):
+        for k in (1, 2):
+            for fold in ("0", "1"):
+                d = base / f"round{k}" / control / "folds" / fold
+                pseudo = pd.read_csv(d / "pseudo.tsv", sep="\t", dtype={"id": str, "origin": str})
+                wsi = pseudo[pseudo["source"] == "wsi"]
+                assert len(wsi) and set(wsi["origin"]) == {"W1"}
+                assert set(wsi["row"]) <= kept  # background tiles never drawn
+                assert list(wsi["id"]) == list(tiles["id"].iloc[wsi["row"]])
+                job = summary[(summary["control"] == control) & (summary["round"] == k)
+                              & (summary["fold"].astype(str) == fold)].set_index("source")  # fmt: skip
+                assert job.loc["wsi", "candidates"] == len(kept)
+                assert job.loc["total", "drawn"] == len(pseudo) == 800
+    teacher = table[table["round"] == 0]
+    assert (teacher["pool_n"] == 0).all() and (teacher["pseudo_n"] == 0).all()
+    assert (table.loc[table["round"] > 0, "pseudo_n"] == 2 * 800).all()  # two folds
 
 
 def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):

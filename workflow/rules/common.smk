@@ -608,6 +608,7 @@ from stpredict.learn.pool import (
     images_of_tables,
     interspot_grids,
     pool_sections,
+    pool_slides,
     pool_tables,
     resolve_pool,
 )
@@ -616,7 +617,7 @@ from stpredict.learn.rounds import round_chains, round_dir, round_records, teach
 for _name, _exp in EXPERIMENTS.items():
     try:  # before any job: a pool that cannot work, a scheme without validation spots...
         EXPERIMENTS[_name] = _exp = resolve_pool(
-            _exp, SAMPLES, EXPERIMENT_SAMPLES[_name]
+            _exp, SAMPLES, EXPERIMENT_SAMPLES[_name], wsi_slides=config["wsi"]["slides"]
         )
         check_semi_supervised(
             _exp,
@@ -634,6 +635,7 @@ wildcard_constraints:
     round=r"[1-9]\d*",
     control="none|permuted|random|irrelevant",
     kind="images|irrelevant",
+    pool_slide=r"[^/]+",
 
 
 def semi_supervised_experiments():
@@ -726,6 +728,7 @@ def get_round_inputs(wildcards, student=False):
         "pool_stores": [],
         "interspot_stores": [],
         "interspot_spots": [],
+        "wsi_stores": [],
     }
     if wildcards.control == "irrelevant":
         inputs["irrelevant_tiles"] = f"results/experiments/{name}/pool/irrelevant.npy"
@@ -738,6 +741,7 @@ def get_round_inputs(wildcards, student=False):
         grids = interspot_grids(exp, SAMPLES)  # crops between spots (extract_grid)
         inputs["interspot_stores"] = [f"results/patches/{s}/{g}.npy" for s, g in grids]
         inputs["interspot_spots"] = [f"results/patches/{s}/spots.tsv" for s, _ in grids]
+        inputs["wsi_stores"] = pool_slide_stores(name)  # whole-slide tiles (tile_pool_slide)
     if student:
         base = round_dir(name, wildcards.round, wildcards.control, fold)
         inputs["pseudo"] = f"{base}/pseudo.tsv"
@@ -762,7 +766,7 @@ def get_round_files(kind):
     """Input function: the ``kind`` file (predictions, history, fitted) of every round record."""
 
     def files(wildcards):
-        return [r[kind] for r in _records(wildcards)]
+        return [r[kind] for r in _records(wildcards) if r[kind]]  # no pool in round 0
 
     return files
 
@@ -770,6 +774,11 @@ def get_round_files(kind):
 def get_round_keys(wildcards):
     """(control, round, fold) of every round record, in the order of the inputs."""
     return [[r["control"], r["round"], r["fold"]] for r in _records(wildcards)]
+
+
+def get_pool_keys(wildcards):
+    """(control, round, fold) of every student round (the pool summaries), in input order."""
+    return [[r["control"], r["round"], r["fold"]] for r in _records(wildcards) if r["pool"]]
 
 
 # ----------------------------------------------------------------------- whole slides (wsi)
@@ -780,15 +789,17 @@ from stpredict.wsi.slides import read_slides, validate_slides
 WSI = config["wsi"]
 
 
-def _slide_table():
-    """The slide table, the same before and after the demo writes its own (parse time)."""
-    path = WSI["slides"]
-    if not path:
-        return None
+def _read_slide_table(path):
+    """A slide table, the same before and after the demo writes its own (parse time)."""
     # the demo's own table, before make_demo writes it
     if path in DEMO_OUTPUTS["files"] and not Path(path).exists():
         return validate_slides(demo_slides(DEMO_DIR), path, DEMO_OUTPUTS["files"])
     return read_slides(path, produced=DEMO_OUTPUTS["files"])
+
+
+def _slide_table():
+    """The slide table of wsi.slides (None when empty)."""
+    return _read_slide_table(WSI["slides"]) if WSI["slides"] else None
 
 
 def _check_wsi_experiment(name):
@@ -817,6 +828,46 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"{exc} (config {CONFIG_FILES})") from None
 SLIDE_IDS = [] if SLIDES is None else SLIDES["slide_id"].tolist()
+
+# slides of the `wsi` pool sources of the semi-supervised experiments (rule tile_pool_slide)
+POOL_SLIDES = {}
+for _name in semi_supervised_experiments():
+    try:
+        POOL_SLIDES[_name] = pool_slides(EXPERIMENTS[_name], _read_slide_table).set_index(
+            "slide_id", drop=False
+        )
+    except ConfigError as exc:
+        raise WorkflowError(
+            f"experiment '{_name}' (in {CONFIG_FILES}): {exc}"
+        ) from None
+
+
+def pool_slide_stores(name):
+    """The pool tile stores of an experiment's `wsi` sources (one per slide)."""
+    table = POOL_SLIDES.get(name)
+    if table is None:
+        return []
+    return [f"results/experiments/{name}/pool/wsi/{s}/tiles.npy" for s in table["slide_id"]]
+
+
+def pool_slide_row(wildcards):
+    """The slide table row of a `wsi` pool slide of the experiment."""
+    table = POOL_SLIDES.get(wildcards.experiment)
+    if table is None or wildcards.pool_slide not in table.index:
+        raise WorkflowError(
+            f"experiment '{wildcards.experiment}' has no wsi pool slide '{wildcards.pool_slide}'"
+        )
+    return table.loc[wildcards.pool_slide].to_dict()
+
+
+def get_pool_slide_inputs(wildcards):
+    """The slide's image and the experiment's spot stores (its geometry)."""
+    return {
+        "image": pool_slide_row(wildcards)["image"],
+        "stores": [
+            f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[wildcards.experiment]
+        ],
+    }
 
 
 wildcard_constraints:

@@ -28,11 +28,38 @@ rule tile_pool:
         "../scripts/tile_pool.py"
 
 
+rule tile_pool_slide:
+    # whole-slide tiles of the `wsi` pool source, cut at this experiment's own geometry (its
+    # stores' field of view and patch side), ST-Net's background rule marking glass tiles
+    input:
+        unpack(get_pool_slide_inputs),
+    output:
+        npy="results/experiments/{experiment}/pool/wsi/{pool_slide}/tiles.npy",
+        tsv="results/experiments/{experiment}/pool/wsi/{pool_slide}/tiles.tsv",
+        json="results/experiments/{experiment}/pool/wsi/{pool_slide}/tiles.json",
+    log:
+        "results/logs/tile_pool_slide/{experiment}/{pool_slide}.log",
+    benchmark:
+        "results/benchmarks/tile_pool_slide/{experiment}/{pool_slide}.tsv"
+    conda:
+        "../../envs/stpredict.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        mpp=lambda wc: pool_slide_row(wc)["mpp"],
+        background=config["wsi"]["background"],
+        mpp_tolerance=config["reading"]["mpp_tolerance"],
+    script:
+        "../scripts/tile_pool_slide.py"
+
+
 rule pseudo_label:
     input:
         unpack(get_round_inputs),
     output:
         tsv="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/pseudo.tsv",
+        pool="results/experiments/{experiment}/round{round}/{control}/folds/{fold}/pool.tsv",
     log:
         "results/logs/pseudo_label/{experiment}/round{round}/{control}/{fold}.log",
     benchmark:
@@ -83,6 +110,7 @@ rule summarise_rounds:
         predictions=get_round_files("predictions"),
         histories=get_round_files("history"),
         fitted=get_round_files("fitted"),
+        pools=get_round_files("pool"),
     output:
         tsv=report(
             "results/experiments/{experiment}/rounds.tsv",
@@ -90,6 +118,7 @@ rule summarise_rounds:
             category="Semi-supervised rounds",
             subcategory="{experiment}",
         ),
+        pools="results/experiments/{experiment}/pool_summary.tsv",
     log:
         "results/logs/summarise_rounds/{experiment}.log",
     conda:
@@ -99,6 +128,7 @@ rule summarise_rounds:
         runtime=10,
     params:
         records=get_round_keys,
+        pool_records=get_pool_keys,
     script:
         "../scripts/summarise_rounds.py"
 

@@ -16,6 +16,7 @@ with script_logging(snakemake.log[0]) as log:
         "pool_qc": {Path(p).stem: p for p in inp.pool_qc},
         "pool_stores": {Path(p).parent.name: p for p in inp.pool_stores},
         "interspot_stores": {Path(p).parent.name: p for p in inp.interspot_stores},
+        "wsi_stores": {Path(p).parent.name: p for p in inp.wsi_stores},
         "tiles": inp.get("tiles"),
         "irrelevant_tiles": inp.get("irrelevant_tiles"),
     }
@@ -33,5 +34,6 @@ with script_logging(snakemake.log[0]) as log:
         inp.fitted,
         snakemake.output.tsv,
         num_workers=loader_workers(snakemake.threads),
+        out_pool=snakemake.output.pool,
     )
     log.info("%d pseudo-labelled patches", len(out))

@@ -10,6 +10,7 @@ with script_logging(snakemake.log[0]) as log:
     inp = snakemake.input
     sections, stores = fold_data(inp.qc, inp.stores)
     pool_stores = list(inp.stores) + list(inp.pool_stores) + list(inp.interspot_stores)
+    pool_stores += list(inp.wsi_stores)
     pool_stores += [p for p in (inp.get("tiles"), inp.get("irrelevant_tiles")) if p]
     result = train_student(
         snakemake.params.experiment,

@@ -123,11 +123,20 @@ def series_sections(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[str]:
         )
     col = sheet["series"].astype(str) if "series" in sheet else pd.Series("", index=sheet.index)
     ids = sheet.index[col == series].astype(str).tolist()
-    if len(ids) < 2:
+    if len(ids) == 1:
+        raise ConfigError(
+            f"split.series '{series}' holds one section ({ids[0]}): there is no other section "
+            "of the block to impute it from",
+            sample=ids[0],
+            fix=f"give the block's other consecutive sections series '{series}' and an 'order' "
+            "in the sample sheet, or split within the section (split.scheme "
+            "random_within_section or spatial_blocks)",
+        )
+    if not ids:
         known = sorted({v for v in col if v})
         raise ConfigError(
-            f"split.series '{series}' has {len(ids)} section(s) in the sample sheet; leaving "
-            "one section out needs at least 2",
+            f"split.series '{series}' has no section in the sample sheet; leaving one section "
+            "out needs at least 2",
             fix="name a series of the sheet's 'series' column"
             + (f" ({', '.join(known)})" if known else " (fill the 'series' and 'order' columns)"),
         )

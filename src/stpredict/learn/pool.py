@@ -26,9 +26,17 @@ Sources (``semi_supervised.pool``, a list; :data:`POOL_SOURCES`)
     section's whiteness threshold). A centre whose crop overlaps the crop of a ``val`` or ``test``
     spot of the fold is left out (:func:`interspot_overlap`): its pixels are held-out pixels.
 ``wsi``
-    Reserved hook: whole-slide tiles. Refused with a :class:`~stpredict.errors.ConfigError` until
-    implemented: a source is one entry of :data:`POOL_SOURCES` plus a ``_candidates_<source>``
-    function here.
+    Tiles of whole-slide images: the slides of a slide table (``table``; default ``wsi.slides``,
+    columns ``slide_id, image, mpp``), all of them or those named in ``slides``. Each slide is
+    tiled at the round experiment's own geometry (its stores' field of view in µm and patch
+    side, the pyramid level its models need) by :func:`stpredict.wsi.pool.tile_pool_slide`
+    (rule ``tile_pool_slide`` -> ``results/experiments/{experiment}/pool/wsi/{slide}/tiles.npy``);
+    tiles that ST-Net's background rule (``wsi.background``) drops are never candidates.
+
+A new source is one entry of :data:`POOL_SOURCES` plus a ``_candidates_<source>`` function here.
+Every job of a round writes the pool's size beside its pseudo-labels (``pool.tsv``:
+:func:`pool_counts`): candidates per source after the overlap rule, those the rule left out,
+and those drawn.
 
 The irrelevant control replaces the pool by tiles of ``semi_supervised.irrelevant`` (an images
 table of non-tissue pictures; the demo writes ``results/demo/irrelevant/images.tsv``).
@@ -50,7 +58,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +75,8 @@ __all__ = [
     "RESERVED_SOURCES",
     "CONTROLS",
     "POOL_COLUMNS",
+    "POOL_COUNT_COLUMNS",
+    "TILE_SOURCES",
     "mask_labels",
     "check_semi_supervised",
     "other_sections",
@@ -80,6 +90,10 @@ __all__ = [
     "read_images_table",
     "tile_images",
     "pool_candidates",
+    "pool_candidates_counted",
+    "pool_counts",
+    "pool_slides",
+    "select_slides",
     "draw_pool",
     "audit_pool",
 ]
@@ -87,11 +101,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: implemented pool sources
-POOL_SOURCES = ("sections", "images", "unlabelled_spots", "interspot")
-#: sources the schema accepts but that are not implemented yet (documented hooks)
-RESERVED_SOURCES = {
-    "wsi": "whole-slide-image tiles as a pool source",
-}
+POOL_SOURCES = ("sections", "images", "unlabelled_spots", "interspot", "wsi")
+#: sources the schema accepts but that are not implemented yet (documented hooks; none now)
+RESERVED_SOURCES: dict[str, str] = {}
+#: sources whose patches are tiles or crops, not measured spots (the spot audit skips them)
+TILE_SOURCES = ("images", "irrelevant", "interspot", "wsi")
+#: columns of a round job's pool summary (``pool.tsv``)
+POOL_COUNT_COLUMNS = ["source", "candidates", "left_out", "drawn"]
 #: grids of an ``interspot`` source (patches/centres.py): auto = triangles on Visium, squares on ST
 INTERSPOT_GRIDS = ("auto", "triangles", "squares")
 #: ``semi_supervised.control`` values
@@ -193,6 +209,20 @@ def _check_entry(
         )
     elif source == "interspot":
         _check_interspot(entry, exp_samples, sheet)
+    elif source == "wsi":
+        table = str(entry.get("table", "") or "")
+        if not table:
+            raise ConfigError(
+                "semi_supervised.pool source wsi takes the slides of wsi.slides, and it is empty",
+                fix="set wsi.slides to a slide table (slide_id, image, mpp) or give the source "
+                "its own: {source: wsi, table: slides.tsv}",
+            )
+        if table not in produced and not Path(table).is_file():
+            raise ConfigError(
+                "semi_supervised.pool wsi slide table does not exist",
+                file=table,
+                fix="correct the path (a TSV with columns slide_id, image, mpp)",
+            )
 
 
 def _check_interspot(
@@ -213,7 +243,12 @@ def _check_interspot(
             fix=f"use one of {', '.join(INTERSPOT_GRIDS)}",
         )
     for s in samples:
-        resolve_grid(grid, str(sheet.loc[s, "platform"]), sample=s)
+        resolve_grid(
+            grid,
+            str(sheet.loc[s, "platform"]),
+            sample=s,
+            what="semi_supervised.pool interspot grid",
+        )
         if not str(sheet.loc[s, "image"]):
             raise ConfigError(
                 "semi_supervised.pool interspot section has no image (no patches)",
@@ -302,14 +337,18 @@ def other_sections(sheet: pd.DataFrame, exp_samples: Sequence[str]) -> list[str]
 
 
 def resolve_pool(
-    exp: Mapping[str, Any], sheet: pd.DataFrame, exp_samples: Sequence[str]
+    exp: Mapping[str, Any],
+    sheet: pd.DataFrame,
+    exp_samples: Sequence[str],
+    wsi_slides: str = "",
 ) -> dict[str, Any]:
     """Return the experiment with every ``sections`` source's samples filled in (parse time).
 
     A ``sections`` source without ``samples`` takes :func:`other_sections`: every section of the
     sheet outside the experiment, on its platform (DeepSpaCE's sections A-C beside D1-D3); an
     ``interspot`` source without ``samples`` takes the experiment's own sections, its ``grid``
-    defaults to ``auto``.
+    defaults to ``auto``; a ``wsi`` source without ``table`` takes ``wsi_slides`` (the config's
+    ``wsi.slides``), without ``slides`` every slide of its table.
     """
     out = dict(exp)
     ss = dict(out.get("semi_supervised") or {})
@@ -323,6 +362,9 @@ def resolve_pool(
         if entry["source"] == "interspot":
             entry["samples"] = [str(s) for s in entry.get("samples") or exp_samples]
             entry["grid"] = str(entry.get("grid") or "auto")
+        if entry["source"] == "wsi":
+            entry["table"] = str(entry.get("table") or wsi_slides or "")
+            entry["slides"] = [str(s) for s in entry.get("slides") or []]
         pool.append(entry)
     ss["pool"] = pool
     out["semi_supervised"] = ss
@@ -353,6 +395,47 @@ def interspot_grids(exp: Mapping[str, Any], sheet: pd.DataFrame) -> list[tuple[s
             if (str(s), kind) not in out:
                 out.append((str(s), kind))
     return out
+
+
+def select_slides(
+    table: pd.DataFrame, names: Sequence[str], file: str | os.PathLike[str]
+) -> pd.DataFrame:
+    """Rows of a slide table (``slide_id, image, mpp``) named in ``names`` (all when empty)."""
+    table = table.reset_index(drop=True)
+    if not names:
+        return table
+    unknown = [n for n in names if n not in set(table["slide_id"].astype(str))]
+    if unknown:
+        raise ConfigError(
+            f"semi_supervised.pool wsi names slide(s) {unknown}, absent from the slide table",
+            file=file,
+            fix="use slide_id values of the table, or leave slides out (every slide)",
+        )
+    return table.set_index("slide_id", drop=False).loc[list(names)].reset_index(drop=True)
+
+
+def pool_slides(exp: Mapping[str, Any], read: Callable[[str], pd.DataFrame]) -> pd.DataFrame:
+    """List the slides of every ``wsi`` source (resolved pool) once: ``slide_id, image, mpp``.
+
+    ``read`` reads and validates a slide table (the workflow's reader, which knows the demo's
+    table before it is written). A slide id that two tables give different images is refused.
+    """
+    parts = []
+    for entry in (exp.get("semi_supervised") or {}).get("pool", []) or []:
+        if entry["source"] == "wsi":
+            table = str(entry["table"])
+            parts.append(select_slides(read(table), entry.get("slides") or [], table))
+    if not parts:
+        return pd.DataFrame(columns=["slide_id", "image", "mpp"])
+    out = pd.concat(parts, ignore_index=True)[["slide_id", "image", "mpp"]].astype(str)
+    clash = out.drop_duplicates().loc[lambda d: d["slide_id"].duplicated(), "slide_id"]
+    if len(clash):
+        raise ConfigError(
+            f"semi_supervised.pool wsi: slide '{clash.iloc[0]}' is in two slide tables with "
+            "different images or mpp",
+            fix="give every slide its own slide_id",
+        )
+    return out.drop_duplicates("slide_id").reset_index(drop=True)
 
 
 def pool_tables(exp: Mapping[str, Any], kind: str) -> list[str]:
@@ -582,11 +665,12 @@ def _candidates_unlabelled_spots(
 def _candidates_interspot(
     exp: Mapping[str, Any], inputs: Mapping[str, Any], manifest: pd.DataFrame, fold: str
 ) -> list[pd.DataFrame]:
-    """Usable centres between spots whose crop overlaps no validation or test spot's crop.
+    """Usable centres between spots (not white, wholly inside the image).
 
     A crop centred between spots shares pixels with the crops of the spots around it: where one
     of them is a validation or test spot of the fold, the student would train on its image (with
-    the teacher's label), so such centres are left out. Within-section random splits leave few.
+    the teacher's label), so :func:`pool_candidates_counted` leaves such centres out
+    (:func:`interspot_overlap`). Within-section random splits leave few.
     """
     parts = []
     for sample, store in (inputs.get("interspot_stores") or {}).items():
@@ -604,18 +688,31 @@ def _candidates_interspot(
                 }
             )
         )
-    if not parts:
-        return []
-    cands = pd.concat(parts, ignore_index=True)
-    overlap = interspot_overlap(cands, manifest, fold)
-    log.info(
-        "interspot: %d of %d usable centres overlap a validation/test spot's crop in fold %s: "
-        "left out",
-        int(overlap.sum()),
-        len(cands),
-        fold,
-    )
-    return [cands[~overlap]]
+    return parts
+
+
+def _candidates_wsi(
+    exp: Mapping[str, Any], inputs: Mapping[str, Any], manifest: pd.DataFrame, fold: str
+) -> list[pd.DataFrame]:
+    """Kept tiles (not background: ST-Net's rule, ``keep``) of the slides' pool stores."""
+    from stpredict.wsi.tiles import kept_rows
+
+    out = []
+    for slide, store in (inputs.get("wsi_stores") or {}).items():
+        table = read_table(Path(store).with_suffix(".tsv"), dtype={"id": str})
+        rows = kept_rows(table)
+        out.append(
+            pd.DataFrame(
+                {
+                    "source": "wsi",
+                    "origin": str(slide),
+                    "id": table["id"].astype(str).to_numpy()[rows],
+                    "store": str(store),
+                    "row": rows,
+                }
+            )
+        )
+    return out
 
 
 def interspot_overlap(pool: pd.DataFrame, manifest: pd.DataFrame, fold: str) -> np.ndarray:
@@ -661,22 +758,32 @@ _SOURCES = {
     "images": _candidates_images,
     "unlabelled_spots": _candidates_unlabelled_spots,
     "interspot": _candidates_interspot,
+    "wsi": _candidates_wsi,
 }
 
 
-def pool_candidates(
+def pool_candidates_counted(
     exp: Mapping[str, Any],
     fold: str,
     manifest: pd.DataFrame,
     inputs: Mapping[str, Any],
     irrelevant: bool = False,
-) -> pd.DataFrame:
-    """Every patch the fold's pool could draw (columns :data:`POOL_COLUMNS`), audited.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every patch the fold's pool could draw, audited, and the pool's size per source.
 
     ``inputs``: ``stores`` (the experiment's patch stores by sample), ``pool_qc`` and
     ``pool_stores`` (the ``sections`` sources' QC files and stores by sample), ``tiles`` (the
-    ``images`` tile store) and ``irrelevant_tiles``. ``irrelevant``: the irrelevant images' tiles
-    instead of the pool.
+    ``images`` tile store), ``interspot_stores`` (grid stores by sample), ``wsi_stores`` (the
+    slides' pool stores by slide) and ``irrelevant_tiles``. ``irrelevant``: the irrelevant
+    images' tiles instead of the pool.
+
+    Returns
+    -------
+    candidates : pandas.DataFrame
+        Columns :data:`POOL_COLUMNS`; ``interspot`` centres whose crop overlaps a held-out
+        spot's crop are left out.
+    counts : pandas.DataFrame
+        Per source: ``candidates`` (after the overlap rule) and ``left_out`` (by it).
     """
     if irrelevant:
         parts = [_tile_candidates("irrelevant", inputs["irrelevant_tiles"])]
@@ -692,6 +799,24 @@ def pool_candidates(
                 done.add(source)
     cands = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=POOL_COLUMNS)
     cands = cands.drop_duplicates(["store", "row"]).reset_index(drop=True)
+    overlap = interspot_overlap(cands, manifest, fold)
+    if overlap.any():
+        log.info(
+            "interspot: %d of %d usable centres overlap a validation/test spot's crop in fold "
+            "%s: left out",
+            int(overlap.sum()),
+            int((cands["source"] == "interspot").sum()),
+            fold,
+        )
+    sources = list(dict.fromkeys(cands["source"].astype(str)))
+    counts = pd.DataFrame(
+        {
+            "source": sources,
+            "candidates": [int(((cands["source"] == x) & ~overlap).sum()) for x in sources],
+            "left_out": [int(((cands["source"] == x) & overlap).sum()) for x in sources],
+        }
+    )
+    cands = cands[~overlap].reset_index(drop=True)
     if cands.empty:
         raise InputError(
             f"fold {fold}: the unlabelled pool is empty",
@@ -699,7 +824,30 @@ def pool_candidates(
             "usable tiles)",
         )
     audit_pool(cands, manifest, fold)
-    return cands
+    return cands, counts
+
+
+def pool_candidates(
+    exp: Mapping[str, Any],
+    fold: str,
+    manifest: pd.DataFrame,
+    inputs: Mapping[str, Any],
+    irrelevant: bool = False,
+) -> pd.DataFrame:
+    """Every patch the fold's pool could draw (:func:`pool_candidates_counted`, without counts)."""
+    return pool_candidates_counted(exp, fold, manifest, inputs, irrelevant)[0]
+
+
+def pool_counts(counts: pd.DataFrame, drawn: pd.DataFrame) -> pd.DataFrame:
+    """Summarise a round job's pool (``pool.tsv``): :data:`POOL_COUNT_COLUMNS` per source.
+
+    ``candidates`` (the pool after the interspot overlap rule), ``left_out`` (by that rule) and
+    ``drawn`` (pseudo-labelled), one row per source and a ``total`` row.
+    """
+    drawn_n = drawn["source"].astype(str).value_counts()
+    out = counts.assign(drawn=[int(drawn_n.get(x, 0)) for x in counts["source"]])
+    total = pd.DataFrame([{"source": "total", **out[POOL_COUNT_COLUMNS[1:]].sum().to_dict()}])
+    return pd.concat([out, total], ignore_index=True)[POOL_COUNT_COLUMNS]
 
 
 def draw_pool(cands: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -737,7 +885,7 @@ def audit_pool(pool: pd.DataFrame, manifest: pd.DataFrame, fold: str) -> None:
             fix="rerun the pseudo_label job (interspot centres next to held-out spots are left "
             "out of the pool)",
         )
-    spots = pool[~pool["source"].isin(["images", "irrelevant", "interspot"])]
+    spots = pool[~pool["source"].isin(list(TILE_SOURCES))]
     if spots.empty:
         return
     labelled = m[m["role"].isin(["train", "val", "test"])]

@@ -44,10 +44,12 @@ from stpredict.errors import InputError, LeakageError
 from stpredict.io import read_json, read_table, write_json, write_table
 from stpredict.learn.pool import (
     POOL_COLUMNS,
+    POOL_COUNT_COLUMNS,
     audit_pool,
     check_stores,
     draw_pool,
-    pool_candidates,
+    pool_candidates_counted,
+    pool_counts,
 )
 
 __all__ = [
@@ -61,7 +63,9 @@ __all__ = [
     "read_pseudo",
     "train_student",
     "summarise_rounds",
+    "summarise_pools",
     "ROUND_COLUMNS",
+    "POOL_SUMMARY_COLUMNS",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,8 +85,12 @@ ROUND_COLUMNS = [
     "n_units",
     "val_loss",
     "val_n",
+    "pool_n",
+    "pseudo_n",
     "chosen",
 ]
+#: columns of ``pool_summary.tsv`` (:func:`summarise_pools`)
+POOL_SUMMARY_COLUMNS = ["control", "round", "fold", *POOL_COUNT_COLUMNS]
 
 
 # ------------------------------------------------------------------------------ layout
@@ -256,12 +264,15 @@ def pseudo_label(
     device: str | None = None,
     num_workers: int = 0,
     batch_size: int = 128,
+    out_pool: str | os.PathLike[str] | None = None,
 ) -> pd.DataFrame:
     """Draw the round's pool patches and label them with the fold's teacher; write ``pseudo.tsv``.
 
     ``pseudo.tsv``: one row per patch, :data:`stpredict.learn.pool.POOL_COLUMNS` (``source``,
-    ``origin`` — section or image —, ``id``, ``store``, ``row``) and one float32 column per gene
-    of the fold, in the fold's target space.
+    ``origin`` — section, image or slide —, ``id``, ``store``, ``row``) and one float32 column
+    per gene of the fold, in the fold's target space. ``out_pool``: the pool's size per source
+    (:func:`stpredict.learn.pool.pool_counts`: candidates after the interspot overlap rule, left
+    out by it, drawn), when given.
     """
     from stpredict.learn.predict import load_model, predict
     from stpredict.learn.targets import from_dict
@@ -273,8 +284,12 @@ def pseudo_label(
     clash = sorted(set(genes) & set(POOL_COLUMNS))
     if clash:
         raise InputError(f"gene name(s) {clash} clash with the columns of pseudo.tsv")
-    cands = pool_candidates(exp, fold, manifest, pool_inputs, irrelevant=control == "irrelevant")
+    cands, counts = pool_candidates_counted(
+        exp, fold, manifest, pool_inputs, irrelevant=control == "irrelevant"
+    )
     drawn = draw_pool(cands, int(ss["n_pseudo"]), _seed(exp, name, "pool", fold, f"round{k}"))
+    if out_pool is not None:
+        write_table(pool_counts(counts, drawn), out_pool)
     model, meta = load_model(teacher_model, device=device or "cpu")
     if [str(g) for g in meta.get("genes") or []] != genes:
         raise InputError(
@@ -526,7 +541,46 @@ def _score_round(files: Sequence[Mapping[str, str]]) -> tuple[pd.DataFrame, list
     return out.reset_index(), keys
 
 
-def summarise_rounds(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def summarise_pools(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Join the round jobs' pool summaries (``pool.tsv``) into one table.
+
+    Parameters
+    ----------
+    records
+        One per (chain, round >= 1, fold): ``control``, ``round``, ``fold`` and ``pool`` (the
+        job's ``pool.tsv``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        :data:`POOL_SUMMARY_COLUMNS`: per chain, round, fold and source the pool's
+        ``candidates`` (after the interspot overlap rule), ``left_out`` (by it) and ``drawn``;
+        each job's ``total`` row included.
+    """
+    parts = [
+        read_table(r["pool"], dtype={"source": str}).assign(
+            control=str(r["control"]), round=int(r["round"]), fold=str(r["fold"])
+        )
+        for r in records
+    ]
+    if not parts:
+        return pd.DataFrame(columns=POOL_SUMMARY_COLUMNS)
+    return pd.concat(parts, ignore_index=True)[POOL_SUMMARY_COLUMNS]
+
+
+def _pool_sizes(pools: pd.DataFrame | None, control: str, k: int) -> tuple[int, int]:
+    """Pool candidates and drawn patches of a round, summed over folds (0, 0 for the teacher)."""
+    if pools is None or pools.empty or int(k) == 0:
+        return 0, 0
+    t = pools[
+        (pools["control"] == control) & (pools["round"] == int(k)) & (pools["source"] == "total")
+    ]
+    return int(t["candidates"].sum()), int(t["drawn"].sum())
+
+
+def summarise_rounds(
+    records: Sequence[Mapping[str, Any]], pools: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Score every round of every chain on the same test spots; choose each chain's best round.
 
     Parameters
@@ -543,9 +597,11 @@ def summarise_rounds(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         ``spearman``, ``rmse``: median over the held-out sections of the correlation over each
         section's test spots, pooled over folds; ``pearson_fold_mean`` / ``_sd`` over folds and
         sections), ``val_loss`` (the per-spot validation loss pooled over the folds' labelled
-        validation spots: the mean weighted by ``val_n``) and ``chosen`` (per chain, the round
-        with the smallest ``val_loss``; ties go to the earlier round). Test metrics never enter
-        the choice.
+        validation spots: the mean weighted by ``val_n``), ``pool_n`` and ``pseudo_n`` (the
+        round's unlabelled pool after the interspot overlap rule and the patches drawn from it,
+        summed over folds, from ``pools`` = :func:`summarise_pools`; 0 for the teacher) and
+        ``chosen`` (per chain, the round with the smallest ``val_loss``; ties go to the earlier
+        round). Test metrics never enter the choice.
     """
     df = pd.DataFrame(list(records))
     if df.empty:
@@ -567,7 +623,10 @@ def summarise_rounds(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         loss = np.array([v[0] for v in vals], dtype=float)
         ok = np.isfinite(loss) & (n > 0)
         pooled = float((loss[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
+        pool_n, pseudo_n = _pool_sizes(pools, str(control), int(k))
         scores = scores.assign(
+            pool_n=pool_n,
+            pseudo_n=pseudo_n,
             control=control,
             round=int(k),
             model="teacher" if int(k) == 0 else f"student {int(k)}",
@@ -613,6 +672,7 @@ def round_records(
                         "predictions": f"{base}/predictions.h5ad",
                         "history": f"{base}/history.tsv",
                         "fitted": f"{base}/fitted.json",
+                        "pool": "" if k == 0 else f"{base}/pool.tsv",
                     }
                 )
     return out

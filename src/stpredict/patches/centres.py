@@ -327,21 +327,32 @@ def stride_centres(
     )
 
 
-def resolve_grid(grid: str, platform: str, sample: str | None = None) -> str:
-    """Return the grid kind for a section: ``auto`` = ``triangles`` on Visium, ``squares`` on ST."""
+def resolve_grid(
+    grid: str, platform: str, sample: str | None = None, what: str = "superres.grid"
+) -> str:
+    """Return the grid kind for a section: ``auto`` = ``triangles`` on Visium, ``squares`` on ST.
+
+    ``what`` names the setting in messages: ``superres.grid`` (any of :data:`GRIDS`) or
+    ``semi_supervised.pool interspot grid`` (between spots only: no ``stride``).
+    """
     if grid == "auto":
         return "triangles" if platform == "visium" else "squares"
-    if grid not in GRIDS:
+    stride = what == "superres.grid"
+    allowed = [g for g in GRIDS if stride or g != "stride"]
+    if grid not in allowed:
         raise ConfigError(
-            f"unknown super-resolution grid '{grid}'",
+            f"unknown {what} '{grid}'",
             sample=sample,
-            fix=f"use one of auto, {', '.join(GRIDS)}",
+            fix=f"use one of auto, {', '.join(allowed)}",
         )
     if (grid, platform) in (("triangles", "st"), ("squares", "visium")):
+        fits = "squares" if platform == "st" else "triangles"
+        lattice = "2 x 2 blocks of the square ST grid" if platform == "st" else "Visium triangles"
         raise ConfigError(
-            f"grid '{grid}' does not fit the {platform} spot lattice",
+            f"{what} '{grid}' does not fit the {platform} spot lattice",
             sample=sample,
-            fix="use 'auto' (triangles on Visium, squares on legacy ST) or 'stride'",
+            fix=f"use '{fits}' ({lattice}) or 'auto' (the platform's)"
+            + (", or 'stride' with superres.stride_um (a regular grid)" if stride else ""),
         )
     return grid
 

@@ -18,7 +18,7 @@ from matplotlib.colors import Normalize
 from scipy import ndimage as ndi
 
 from stpredict.ihc.correlate import scored_spots
-from stpredict.plot.maps import _Section
+from stpredict.plot.maps import _mark_qc_failed, _Section
 from stpredict.plot.style import PathLike, _cmap, _empty_note, _save_both, _styled
 
 __all__ = ["plot_ihc_scatter", "plot_ihc_maps", "ihc_on_background"]
@@ -29,8 +29,14 @@ _MEASURE_LABEL = {
 }
 
 
-def _stats_text(summary: pd.DataFrame, measure: str, versus: str) -> str:
-    parts = []
+#: short names of the IHC measures in titles
+_MEASURE_SHORT = {"rgb_darkness": "darkness (255 - mean RGB)", "dab_od": "DAB OD"}
+
+
+def _stats_text(summary: pd.DataFrame, measure: str, versus: str, name: bool = False) -> str:
+    """Pearson and Spearman with CIs; ``name``: prefixed by the IHC measure they correlate with."""
+    head = [f"vs IHC {_MEASURE_SHORT.get(measure, measure)}:"] if name else []
+    parts: list[str] = []
     for method, symbol in (("pearson", "r"), ("spearman", "ρ")):
         row = summary[
             (summary["measure"] == measure)
@@ -40,7 +46,7 @@ def _stats_text(summary: pd.DataFrame, measure: str, versus: str) -> str:
         if len(row) and np.isfinite(row["r"].iloc[0]):
             r = row.iloc[0]
             parts.append(f"{symbol} = {r['r']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]")
-    return "\n".join(parts) or "r = n/a"
+    return "\n".join(head + (parts or ["r = n/a"]))
 
 
 @_styled
@@ -203,7 +209,12 @@ def plot_ihc_maps(
     predicted = by_id["predicted"].to_numpy(float)
     norm = _limits(measured if np.isfinite(measured).any() else predicted)
     _value_panel(fig, ax_pred, sec, predicted, norm, units_label, "viridis")
-    ax_pred.set_title(f"{gene}: predicted\n" + _stats_text(summary, "dab_od", "predicted"))
+    ax_pred.set_title(f"{gene}: predicted\n" + _stats_text(summary, "dab_od", "predicted", True))
     _value_panel(fig, ax_meas, sec, measured, norm, units_label, "viridis")
-    ax_meas.set_title(f"{gene}: measured\n" + _stats_text(summary, "dab_od", "measured"))
+    ax_meas.set_title(f"{gene}: measured\n" + _stats_text(summary, "dab_od", "measured", True))
+    failed = ~by_id["keep"].fillna(True).astype(bool).to_numpy() if "keep" in by_id else None
+    if failed is not None:
+        for ax in (ax_dab, ax_dark, ax_pred, ax_meas):
+            _mark_qc_failed(sec, ax, failed=failed, label="not scored")
+        _mark_qc_failed(sec, ax_he, legend=True, failed=failed, label="not scored")
     _save_both(fig, out_png)

@@ -100,8 +100,10 @@ class _Section:
         self.adata = adata
         img, scale = section_background(adata)
         self.img = img
-        self.pxy = _spot_xy(adata) * (scale if img is not None else 1.0)
+        self.scale = float(scale) if img is not None else 1.0  # background px per full-res px
+        self.pxy = _spot_xy(adata) * self.scale
         self.diameter = 0.9 * _spacing(self.pxy)
+        self.diameters: np.ndarray | None = None
         meta = adata.uns.get("stpredict", {})
         mpp = meta.get("mpp") if isinstance(meta, Mapping) else None
         try:
@@ -176,9 +178,17 @@ class _Section:
         return True
 
     def spots(self, ax: Any, mask: np.ndarray | None = None, **kw: Any) -> EllipseCollection:
-        """Circles of the spot diameter (data units) at the spots selected by ``mask``."""
+        """Circles of the spot diameter (data units) at the spots selected by ``mask``.
+
+        Each point's own diameter when :attr:`diameters` is set (super-resolution maps: spots
+        and grid points differ), else :attr:`diameter`.
+        """
         xy = self.pxy if mask is None else self.pxy[mask]
-        d = np.full(len(xy), self.diameter)
+        per_point = self.diameters
+        if per_point is None:
+            d = np.full(len(xy), self.diameter)
+        else:
+            d = np.asarray(per_point, dtype=float) if mask is None else per_point[mask]
         coll = EllipseCollection(
             d, d, np.zeros(len(xy)), units="xy", offsets=xy, offset_transform=ax.transData, **kw
         )
@@ -456,9 +466,19 @@ def _qc_failed_mask(adata: Any) -> np.ndarray:
     return adata.obs["qc_failed"].to_numpy(dtype=bool)
 
 
-def _mark_qc_failed(sec: _Section, ax: Any, legend: bool = False) -> None:
-    """Ring the section's QC-failed spots (imputed, not scored); a legend entry when asked."""
-    failed = _qc_failed_mask(sec.adata)
+def _mark_qc_failed(
+    sec: _Section,
+    ax: Any,
+    legend: bool = False,
+    failed: np.ndarray | None = None,
+    label: str = "imputed, not scored",
+) -> None:
+    """Ring the section's QC-failed spots (imputed, not scored); a legend entry when asked.
+
+    ``failed``: the mask (default the section's ``obs["qc_failed"]``); ``label`` follows the
+    count in the legend.
+    """
+    failed = _qc_failed_mask(sec.adata) if failed is None else np.asarray(failed, dtype=bool)
     if not failed.any():
         return
     sec.spots(ax, mask=failed, facecolors="none", edgecolors=QC_FAILED_EDGE, linewidths=0.7)
@@ -472,7 +492,7 @@ def _mark_qc_failed(sec: _Section, ax: Any, legend: bool = False) -> None:
                     marker="o",
                     mfc="none",
                     mec=QC_FAILED_EDGE,
-                    label=f"failed QC ({int(failed.sum())} spots): imputed, not scored",
+                    label=f"failed QC ({int(failed.sum())} spots): {label}",
                 )
             ],
             loc="upper center",
@@ -499,6 +519,39 @@ def _superres_norm(adata: Any, gene: str) -> tuple[Normalize, np.ndarray, np.nda
     if not hi > lo:
         lo, hi = lo - 0.5, hi + 0.5
     return Normalize(vmin=float(lo), vmax=float(hi)), values, kind
+
+
+def _spot_diameter_fullres(adata: Any) -> float | None:
+    """Return the spots' own diameter in full-res px (``uns["spatial"]`` scale factors), if any."""
+    spatial = adata.uns.get("spatial", {})
+    if not isinstance(spatial, Mapping):
+        return None
+    for entry in spatial.values():
+        value = (entry.get("scalefactors") or {}).get("spot_diameter_fullres")
+        try:
+            if value is not None and float(value) > 0:
+                return float(value)
+        except (TypeError, ValueError):
+            continue
+    return None
+
+
+def _superres_diameters(sec: _Section, adata: Any) -> None:
+    """Per-point marker sizes: spots (measured, QC-failed) at their own size, grid points not.
+
+    A spot is drawn at its physical diameter (``spot_diameter_fullres``; without it, 0.9 x the
+    spots' own spacing, at most that), a grid point at 0.9 x the spacing of all points (the
+    marker every point had before): on a stride grid finer than the spots the measured spots
+    keep their size instead of shrinking to the grid's marker.
+    """
+    kind = adata.obs["kind"].astype(str).to_numpy()
+    spot = (kind == "measured") | _qc_failed_mask(adata)
+    grid_d = sec.diameter
+    own = 0.9 * _spacing(sec.pxy[spot]) if spot.sum() >= 2 else grid_d
+    phys = _spot_diameter_fullres(adata)
+    spot_d = min(phys * sec.scale, own) if phys else own
+    sec.diameters = np.where(spot, spot_d, grid_d)
+    sec.diameter = max(spot_d, grid_d)  # frames the map
 
 
 @_styled
@@ -553,6 +606,7 @@ def plot_superres_maps(
             fix="choose genes of the experiment (evaluation.maps.genes), or leave it empty",
         )
     sec = _Section(adata)
+    _superres_diameters(sec, adata)
     panel_w = 3.2
     fig = plt.figure(
         figsize=(3 * panel_w + 1.6, len(genes) * (panel_w * sec.aspect + 0.5) + 0.5),

@@ -553,8 +553,9 @@ def plot_rounds(
 
     Notes
     -----
-    Boxes over genes (quartiles, whiskers at 1.5 IQR) with the genes as points; grey lines join
-    each gene across rounds; the round chosen on the validation loss is marked with a triangle
+    Boxes over genes (quartiles, whiskers at 1.5 IQR) with the genes as points (each gene at the
+    same small horizontal offset in every round); grey lines join each gene's points across
+    rounds; the round chosen on the validation loss is marked with a triangle
     above its box. Genes without a finite value in a round are left out of that round.
     """
     chains = list(dict.fromkeys(rounds["control"].astype(str))) or ["none"]
@@ -573,10 +574,13 @@ def plot_rounds(
         if not ks or not np.isfinite(wide.to_numpy(dtype=float)).any():
             _empty_note(ax, "no finite correlations")
             continue
-        for _, row in wide.iterrows():
-            y = row.reindex(ks).to_numpy(dtype=float)
+        # one horizontal offset per gene, the same in every round: its line meets its points
+        offsets = np.linspace(-0.12, 0.12, len(wide)) if len(wide) > 1 else np.zeros(len(wide))
+        values = wide.reindex(columns=ks).to_numpy(dtype=float)
+        for off, y in zip(offsets, values, strict=True):
             ok = np.isfinite(y)
-            ax.plot(np.asarray(ks)[ok], y[ok], color="#9e9e9e", lw=0.7, alpha=0.7, zorder=1)
+            x = np.asarray(ks, dtype=float)[ok] + off
+            ax.plot(x, y[ok], color="#9e9e9e", lw=0.7, alpha=0.7, zorder=1)
         data = [_finite(wide[k]) for k in ks]
         filled = [(k, d) for k, d in zip(ks, data, strict=True) if len(d)]
         ax.boxplot(
@@ -589,9 +593,9 @@ def plot_rounds(
             medianprops={"color": "black"},
             zorder=2,
         )
-        for k, d in zip(ks, data, strict=True):
-            jitter = np.linspace(-0.12, 0.12, len(d)) if len(d) > 1 else np.zeros(len(d))
-            ax.scatter(k + jitter, d, s=9, color="#1f4e79", zorder=3)
+        for j, k in enumerate(ks):
+            ok = np.isfinite(values[:, j])
+            ax.scatter(k + offsets[ok], values[ok, j], s=9, color="#1f4e79", zorder=3)
         chosen = sorted({int(k) for k in g.loc[g["chosen"].astype(bool), "round"]})
         top = np.nanmax(wide.to_numpy(dtype=float))
         for k in chosen:

@@ -15,4 +15,7 @@ Modules
     :func:`~stpredict.wsi.predict.predict_image`: a trained model folder and an H&E image (with
     or without spots) to a predicted AnnData; the ``predict_slide`` rule and the ``stpredict
     predict`` command call it.
+``pool``
+    :func:`~stpredict.wsi.pool.tile_pool_slide`: a slide tiled at a round experiment's own
+    geometry for the ``wsi`` source of the semi-supervised pool (rule ``tile_pool_slide``).
 """

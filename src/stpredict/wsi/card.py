@@ -37,7 +37,14 @@ from stpredict.errors import ConfigError, InputError
 from stpredict.io import read_json, write_json
 from stpredict.patches.geometry import PatchSpec
 
-__all__ = ["CARD_NAME", "ModelSet", "write_model_card", "load_model_dir", "fold_genes"]
+__all__ = [
+    "CARD_NAME",
+    "ModelSet",
+    "write_model_card",
+    "load_model_dir",
+    "fold_genes",
+    "store_geometry",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +76,21 @@ def fold_genes(fitted: Mapping[str, Any]) -> list[str]:
     return [str(g) for g in from_dict(dict(fitted["genes"])).genes_]
 
 
-def _geometry(stores: Mapping[str, str | os.PathLike[str]]) -> dict[str, Any]:
-    """Patch geometry shared by the experiment's stores, and each section's µm/px."""
+def store_geometry(stores: Mapping[str, str | os.PathLike[str]]) -> dict[str, Any]:
+    """Patch geometry shared by the experiment's stores, and each section's µm/px.
+
+    Parameters
+    ----------
+    stores
+        ``{sample: spots.json}`` of the experiment's patch stores.
+
+    Returns
+    -------
+    dict
+        ``patches`` (the stores' spec), ``training_mpp`` (µm/px by section), ``fov_um`` (the
+        field of view in µm) and ``patch_mpp`` (``fov_um / size_px``: µm per pixel of what the
+        model sees).
+    """
     specs, mpp = {}, {}
     for sample, path in sorted(stores.items()):
         meta = read_json(path)
@@ -161,7 +181,7 @@ def write_model_card(
         card["genes"] = genes or []
         card["target_transform"] = {"name": transform, "units": target_units(str(transform))}
         card["gene_ids"] = _gene_ids(card["genes"], sections or {})
-    card.update(_geometry(stores))
+    card.update(store_geometry(stores))
     card["created_by"] = "stpredict.wsi.card.write_model_card"
     write_json(card, out)
     return card

@@ -50,13 +50,24 @@ def test_series_folds_follow_the_order_column_not_the_sheet():
 @pytest.mark.parametrize(
     ("split", "match"),
     [
-        ({"series": "NOPE"}, "has 0 section"),
+        ({"series": "NOPE"}, "has no section.*Fix: name a series of the sheet's 'series' column"),
         ({"series": "S", "test_section": "D2"}, "both split.series"),
     ],
 )
 def test_bad_series_settings_are_refused(split, match):
     with pytest.raises(ConfigError, match=match):
         check_experiment(si.experiment(**split), si.sheet(), thorough=False)
+
+
+def test_a_series_of_one_section_says_how_to_fix_it():
+    s = si.sheet()
+    s.loc[["D1", "D3"], "series"] = "OTHER"
+    with pytest.raises(ConfigError) as info:
+        series_sections(si.experiment(series="S"), s)
+    msg = str(info.value)
+    assert "holds one section (D2)" in msg and "sample 'D2'" in msg and "\n" not in msg
+    assert "Fix: give the block's other consecutive sections series 'S'" in msg
+    assert "random_within_section or spatial_blocks" in msg
 
 
 def test_a_series_section_without_order_is_refused():

@@ -270,9 +270,13 @@ def _parse_check(**semi):
     [
         ({"pool": [{"source": "sections", "samples": ["A"]}]}, "of the experiment itself"),
         ({"pool": [{"source": "sections", "samples": ["Z"]}]}, "absent from the sample sheet"),
-        ({"pool": [{"source": "interspot", "grid": "triangles"}]}, "does not fit the st"),
+        (
+            {"pool": [{"source": "interspot", "grid": "triangles"}]},
+            r"interspot grid 'triangles' does not fit the st .*Fix: use 'squares' \(2 x 2 blocks",
+        ),
         ({"pool": [{"source": "interspot", "samples": ["Z"]}]}, "absent from the sample sheet"),
-        ({"pool": [{"source": "wsi", "table": "x.tsv"}]}, "not implemented yet"),
+        ({"pool": [{"source": "wsi", "table": "x.tsv"}]}, "wsi slide table does not exist"),
+        ({"pool": [{"source": "wsi"}]}, "wsi.slides, and it is empty. Fix: set wsi.slides"),
         ({"pool": []}, "pool is empty"),
         ({"pool": [{"source": "images", "table": "nope.tsv"}]}, "does not exist"),
         ({"controls": ["irrelevant"]}, "semi_supervised.irrelevant is empty"),
@@ -629,3 +633,114 @@ def test_interspot_grids_resolve_per_platform():
         _experiment(pool=[{"source": "interspot", "samples": ["A", "B"]}]), sheet, ["A"]
     )
     assert interspot_grids(exp, sheet) == [("A", "squares"), ("B", "triangles")]
+
+
+def test_the_pool_size_after_the_overlap_rule_is_counted(world, tmp_path):
+    from stpredict.learn.pool import pool_candidates_counted, pool_counts
+
+    store, centres, _ = _grid_store(world, tmp_path, fov_px=60)
+    exp = _experiment(pool=[{"source": "sections", "samples": ["B"]}, {"source": "interspot"}])
+    inputs = {**world["pool_inputs"], "interspot_stores": {"A": store}}
+    cands, counts = pool_candidates_counted(exp, "0", world["manifest"], inputs)
+    by = counts.set_index("source")
+    kept = int((cands.source == "interspot").sum())
+    usable = int((~centres.white).sum())
+    assert by.loc["interspot", "candidates"] == kept and 0 < kept < usable
+    assert by.loc["interspot", "left_out"] == usable - kept  # the overlap rule's share
+    assert by.loc["sections", "candidates"] == N_SPOTS and by.loc["sections", "left_out"] == 0
+    drawn = draw_pool(cands, 30, 1)
+    table = pool_counts(counts, drawn).set_index("source")
+    assert table.loc["total", "drawn"] == 30 == table.drop("total")["drawn"].sum()
+    assert table.loc["total", "candidates"] == len(cands)
+
+
+def _wsi_store(root, fov_um=16.0):
+    """A pool slide (tissue ellipse on glass) tiled at a 16 px patch geometry."""
+    from stpredict.wsi.pool import tile_pool_slide
+    from tests.unit.wsi.helpers import tissue_image, write_png
+
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {"fov_um": fov_um, "fov_px": None, "size_px": SIZE, "pad_value": 255}
+    (root / "spots.json").write_text(json.dumps({**spec, "spec": spec, "mpp": 1.0}))
+    image = write_png(root / "S1.png", tissue_image(160, 200))
+    prefix = root / "pool" / "S1" / "tiles"
+    table = tile_pool_slide(
+        image, 1.0, "S1", {"A": root / "spots.json"}, prefix, 220, 0.5, 0.1, experiment="t"
+    )
+    return str(prefix.with_suffix(".npy")), table
+
+
+def test_wsi_tiles_are_drawn_and_background_tiles_never(world, tmp_path):
+    """The wsi source: kept tiles of the slide enter the pool (source wsi, origin the slide),
+    tiles dropped by the background rule never; the spot audit still holds for the rest."""
+    store, table = _wsi_store(tmp_path)
+    keep = table["keep"].to_numpy(bool)
+    assert 0 < keep.sum() < len(table)  # the slide has glass
+    exp = _experiment(
+        pool=[{"source": "sections", "samples": ["B"]}, {"source": "wsi", "table": "x.tsv"}],
+        n_pseudo=10_000,  # more than the pool: everything is drawn
+    )
+    inputs = {**world["pool_inputs"], "wsi_stores": {"S1": store}}
+    pool_tsv, out = tmp_path / "pool.tsv", tmp_path / "pseudo.tsv"
+    pseudo = pseudo_label(
+        job_settings(exp, "rounds"), "t", "0", 1, "none", world["manifest"],
+        {"A": world["sections"]["A"]}, inputs, world["teacher"] / "model.pt",
+        world["teacher"] / "fitted.json", world["teacher"] / "fitted.json", out, device="cpu",
+        out_pool=pool_tsv,
+    )  # fmt: skip
+    tiles = pseudo[pseudo.source == "wsi"]
+    assert set(tiles.origin) == {"S1"} and set(tiles.store) == {store}
+    assert sorted(tiles.row) == list(np.flatnonzero(keep))  # every kept tile, no background one
+    assert list(tiles.id) == list(table.loc[tiles.row, "id"])
+    assert set(pseudo.source) == {"sections", "wsi"}
+    counts = pd.read_csv(pool_tsv, sep="\t").set_index("source")
+    assert counts.loc["wsi", "candidates"] == keep.sum() == counts.loc["wsi", "drawn"]
+    # the student trains on them and validates / tests on labelled spots only
+    m = world["manifest"][world["manifest"].fold == "0"]
+    folder = tmp_path / "student"
+    outs = {k: folder / f for k, f in (("model", "model.pt"), ("history", "history.tsv"),
+                                        ("fitted", "fitted.json"), ("predictions", "predictions.h5ad"))}  # fmt: skip
+    train_student(
+        job_settings(exp, "rounds"), "t", "0", 1, "none", world["manifest"],
+        {"A": world["sections"]["A"]}, {"A": world["stores"]["A"]}, out,
+        [*world["stores"].values(), store], world["teacher"] / "model.pt",
+        world["teacher"] / "fitted.json", outs, device="cpu",
+    )  # fmt: skip
+    rec = json.loads(outs["fitted"].read_text())
+    assert rec["data"]["val"] == int((m.role == "val").sum())
+    assert rec["data"]["train_labelled"] == int((m.role == "train").sum())
+    pred = ad.read_h5ad(outs["predictions"])
+    assert set(pred.obs["spot_id"]) == set(m.loc[m.role == "test", "spot_id"])
+    # a store the job was not given is refused
+    with pytest.raises(InputError, match="not inputs of this job"):
+        train_student(
+            job_settings(exp, "rounds"), "t", "0", 1, "none", world["manifest"],
+            {"A": world["sections"]["A"]}, {"A": world["stores"]["A"]}, out,
+            list(world["stores"].values()), world["teacher"] / "model.pt",
+            world["teacher"] / "fitted.json", outs, device="cpu",
+        )  # fmt: skip
+
+
+def test_wsi_sources_resolve_to_the_slide_table():
+    from stpredict.learn.pool import pool_slides, resolve_pool
+
+    sheet = _sheet()
+    exp = _experiment(
+        pool=[{"source": "wsi"}, {"source": "wsi", "table": "b.tsv", "slides": ["Y"]}]
+    )
+    exp = resolve_pool(exp, sheet, ["A"], wsi_slides="a.tsv")
+    assert [e["table"] for e in exp["semi_supervised"]["pool"]] == ["a.tsv", "b.tsv"]
+    tables = {
+        "a.tsv": pd.DataFrame({"slide_id": ["X", "Y"], "image": ["x.tif", "y.tif"], "mpp": "1"}),
+        "b.tsv": pd.DataFrame({"slide_id": ["Y", "Z"], "image": ["y.tif", "z.tif"], "mpp": "1"}),
+    }
+    slides = pool_slides(exp, tables.__getitem__)
+    assert list(slides.slide_id) == ["X", "Y"]  # Y once: the same image in both tables
+    bad = resolve_pool(
+        _experiment(pool=[{"source": "wsi", "slides": ["Q"]}]), sheet, ["A"], "a.tsv"
+    )
+    with pytest.raises(ConfigError, match=r"slide\(s\) \['Q'\], absent from the slide table"):
+        pool_slides(bad, tables.__getitem__)
+    tables["b.tsv"].loc[0, "image"] = "other.tif"
+    with pytest.raises(ConfigError, match="slide 'Y' is in two slide tables"):
+        pool_slides(exp, tables.__getitem__)

@@ -137,7 +137,7 @@ def test_superres_settings_are_checked_at_parse_time():
     assert ok["superres"] == {"enabled": True, "grid": "auto", "stride_um": 55.0}
     check_experiment(ok, s, thorough=False)
     squares = {**ok, "superres": {**ok["superres"], "grid": "squares"}}
-    with pytest.raises(ConfigError, match="does not fit the visium"):
+    with pytest.raises(ConfigError, match="does not fit the visium.*Fix: use 'triangles'"):
         check_experiment(squares, s, thorough=False)
     clusters = resolve_experiment({**{k: ok[k] for k in ("sections", "split", "superres")},
                                    "task": "clusters"}, {})  # fmt: skip
@@ -147,3 +147,21 @@ def test_superres_settings_are_checked_at_parse_time():
     no_image.loc["D1", "image"] = ""
     with pytest.raises(ConfigError, match="full-resolution image"):
         check_experiment(ok, no_image, thorough=False)
+
+
+def test_a_grid_off_the_spot_lattice_names_the_grid_that_fits():
+    from stpredict.errors import ConfigError
+    from stpredict.patches.centres import resolve_grid
+
+    with pytest.raises(
+        ConfigError,
+        match=r"superres.grid 'triangles' does not fit the st .*Fix: use 'squares' \(2 x 2 "
+        r"blocks of the square ST grid\) or 'auto'.*'stride' with superres.stride_um",
+    ):
+        resolve_grid("triangles", "st", "S1")
+    what = "semi_supervised.pool interspot grid"
+    with pytest.raises(ConfigError, match=r"Fix: use 'squares' \(2 x 2 blocks") as info:
+        resolve_grid("triangles", "st", "S1", what=what)
+    assert "stride" not in str(info.value)  # crops between spots: no stride grid
+    with pytest.raises(ConfigError, match="unknown semi_supervised.pool interspot grid 'stride'"):
+        resolve_grid("stride", "st", "S1", what=what)

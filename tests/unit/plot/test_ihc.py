@@ -67,3 +67,34 @@ def test_ihc_is_resampled_into_the_background_frame(tmp_path):
         out = ihc_on_background(ihc, shift, (200, 200), 0.5)  # background at half scale
     # H&E x 50-150, y 50-150 -> background px 25-75
     assert out[50, 50].max() < 60 and out[10, 10].min() > 200 and out[90, 90].min() > 200
+
+
+def test_map_titles_name_the_ihc_measure_and_qc_failed_spots_are_ringed(tmp_path, monkeypatch):
+    from matplotlib.collections import EllipseCollection
+
+    import stpredict.plot.ihc as mod
+
+    a, spots, summary, reg, path = inputs(tmp_path)
+    spots.loc[spots.index[:7], "keep"] = False  # failed QC: not scored, still drawn
+    summary = summary_table(spots, reg, sample="S", gene="G1", experiment="e", n_boot=50, seed=0)
+    figs = []
+    real = mod._save_both
+    monkeypatch.setattr(
+        mod, "_save_both", lambda fig, out, **kw: (figs.append(fig), real(fig, out, **kw))
+    )
+    plot_ihc_maps(a, spots, summary, reg, str(path), "G1", "log1p", tmp_path / "maps.png")
+    axes = figs[0].axes
+    titles = {ax.get_title().split("\n")[0]: ax for ax in axes if ax.get_title()}
+    for name in ("G1: predicted", "G1: measured"):
+        assert "vs IHC DAB OD:" in titles[name].get_title()
+    ring_counts = []
+    for name in ("G1 IHC: DAB OD", "G1 IHC: darkness (paper)", "G1: predicted", "G1: measured"):
+        rings = [
+            c
+            for c in titles[name].collections
+            if isinstance(c, EllipseCollection) and len(c.get_facecolor()) == 0
+        ]
+        ring_counts.append(sum(len(c.get_offsets()) for c in rings))
+    assert ring_counts == [7, 7, 7, 7]
+    legend = titles["H&E"].get_legend()
+    assert legend is not None and "failed QC (7 spots): not scored" in legend.texts[0].get_text()

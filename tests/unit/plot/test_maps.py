@@ -134,3 +134,65 @@ def test_expression_maps_ring_qc_failed_spots(tmp_path):
     png = tmp_path / "maps_qc.png"
     plot_expression_maps([a], ["G1"], units_label("log1p"), png)
     check_outputs(png)
+
+
+def _captured(monkeypatch, module):
+    """Keep the figure a plot function saves (it closes it after saving)."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    figs = []
+    real = mod._save_both
+
+    def keep(fig, out_png, **kw):
+        figs.append(fig)
+        real(fig, out_png, **kw)
+
+    monkeypatch.setattr(mod, "_save_both", keep)
+    return figs
+
+
+def test_superres_maps_draw_measured_spots_at_their_own_size_on_a_fine_stride_grid(
+    tmp_path, monkeypatch
+):
+    """A stride grid finer than the spots: grid points small, measured spots at spot size."""
+    from matplotlib.collections import EllipseCollection
+
+    from stpredict.plot.maps import _spacing, plot_superres_maps
+
+    a = section(genes=("G1",))
+    a.obs["kind"], a.obs["qc_failed"] = "measured", False
+    xy = np.asarray(a.obsm["spatial"], float)
+    spot_gap = _spacing(xy)
+    step = spot_gap / 6.0
+    gx, gy = np.meshgrid(
+        np.arange(xy[:, 0].min(), xy[:, 0].max(), step),
+        np.arange(xy[:, 1].min(), xy[:, 1].max(), step),
+    )
+    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    b = ad.AnnData(
+        X=np.full((len(grid), 1), np.nan, np.float32),
+        obs=pd.DataFrame(
+            {"kind": "imputed", "qc_failed": False}, index=[f"g{i}" for i in range(len(grid))]
+        ),
+        var=a.var.copy(),
+    )
+    b.layers["predicted"] = np.ones((len(grid), 1), np.float32)
+    b.obsm["spatial"] = grid
+    a.layers["predicted"] = np.asarray(a.X, np.float32)
+    both = ad.concat([a, b])
+    both.uns = a.uns
+    figs = _captured(monkeypatch, "stpredict.plot.maps")
+    plot_superres_maps(both, ["G1"], units_label("log1p"), tmp_path / "stride.png")
+    measured_ax, imputed_ax = figs[0].axes[0], figs[0].axes[1]
+
+    def widths(ax):
+        (coll,) = [c for c in ax.collections if isinstance(c, EllipseCollection)]
+        return np.unique(np.round(coll._widths * 2, 6))  # matplotlib keeps half-widths
+
+    (w_spot,), (w_grid,) = widths(measured_ax), widths(imputed_ax)
+    scale = a.uns["spatial"][next(iter(a.uns["spatial"]))]["scalefactors"]
+    phys = scale["spot_diameter_fullres"] * scale["tissue_lowres_scalef"]  # background px
+    assert w_spot == pytest.approx(min(phys, 0.9 * spot_gap * scale["tissue_lowres_scalef"]))
+    assert w_grid == pytest.approx(0.9 * step * scale["tissue_lowres_scalef"], rel=0.02)
+    assert w_spot > 2 * w_grid  # the spots are not shrunk to the grid's marker

@@ -147,3 +147,26 @@ def test_rounds_figure_one_panel_per_chain_with_nan_genes_and_empty_rounds(tmp_p
     empty = table.assign(pearson=np.nan)
     plot_rounds(empty, tmp_path / "empty.png")
     check_outputs(tmp_path / "empty.png")
+
+
+def test_rounds_figure_gene_lines_meet_the_genes_points(tmp_path, monkeypatch):
+    import stpredict.plot.scores as mod
+
+    rng = np.random.default_rng(1)
+    rows = [
+        {"control": "none", "round": k, "gene": f"g{g}", "pearson": rng.uniform(0, 0.8),
+         "chosen": k == 0}
+        for k in range(3)
+        for g in range(6)
+    ]  # fmt: skip
+    figs = []
+    real = mod._save_both
+    monkeypatch.setattr(mod, "_save_both", lambda f, o, **kw: (figs.append(f), real(f, o, **kw)))
+    plot_rounds(pd.DataFrame(rows), tmp_path / "r.png")
+    ax = figs[0].axes[0]
+    points = {tuple(np.round(p, 9)) for c in ax.collections for p in c.get_offsets()}
+    lines = [ln for ln in ax.get_lines() if ln.get_color() == "#9e9e9e"]
+    assert len(lines) == 6
+    for ln in lines:  # every vertex of a gene's line is one of the drawn points
+        for xy in ln.get_xydata():
+            assert tuple(np.round(xy, 9)) in points
