@@ -24,6 +24,7 @@ rule tile_pool:
     params:
         patches=config["patches"],
         whiteness=config["qc"]["whiteness"],
+        background=WSI["background"],
     script:
         "../scripts/tile_pool.py"
 

@@ -18,5 +18,7 @@ with script_logging(snakemake.log[0]) as log:
         snakemake.output.json,
         percentile=white["percentile"],
         max_white_frac=white["max_white_frac"],
+        background_rgb=snakemake.params.background["rgb"],
+        max_background_frac=snakemake.params.background["max_frac"],
     )
     log.info("%s: %d tiles, %d usable", snakemake.wildcards.kind, len(table), table["usable"].sum())

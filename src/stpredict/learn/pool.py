@@ -496,16 +496,27 @@ def tile_images(
     out_json: str | os.PathLike[str],
     percentile: float = 80.0,
     max_white_frac: float = 0.5,
+    background_rgb: float = 220.0,
+    max_background_frac: float = 0.5,
 ) -> pd.DataFrame:
     """Cut every image of the tables into tiles at the field of view and write one tile store.
 
     Tiles lie on a non-overlapping grid of crop-sized squares inside each image; each image is
     cut by :func:`stpredict.patches.store.extract_patches` (its own whiteness threshold, DeepSpaCE's
     rule), and the stores are joined into one (the store layout of docs/DESIGN.md, with the
-    columns ``image_id`` and ``usable`` added: not white and wholly inside the image).
+    columns ``image_id``, ``background_frac`` and ``usable`` added: not white, not glass and
+    wholly inside the image). The whiteness threshold is relative to each image (a percentile
+    of its crops' mean RGB), so on an image that is half glass it passes glass tiles; ST-Net's
+    absolute background rule (``wsi.background``: a pixel is background at mean RGB >=
+    ``background_rgb``, a tile with more than ``max_background_frac`` of them is glass,
+    :func:`stpredict.wsi.tiles.background_fraction`) drops those.
     """
     from stpredict.ingest.images import open_image
     from stpredict.patches.store import extract_patches
+    from stpredict.wsi.tiles import background_fraction
+
+    def background(crops: np.ndarray) -> np.ndarray:
+        return background_fraction(crops, background_rgb)
 
     rows = []
     for t in tables:
@@ -539,10 +550,13 @@ def tile_images(
                     percentile=percentile,
                     max_white_frac=max_white_frac,
                     progress=False,
+                    crop_stats={"background_frac": background},
                 )
             parts.append(npy)
             tsvs.append(table.assign(image_id=img.image_id))
         table = _join_tiles(parts, tsvs, spec, out_npy)
+        if len(table):
+            table["usable"] &= table["background_frac"].to_numpy(float) <= max_background_frac
         write_table(table, out_tsv)
         write_json(
             {
@@ -555,6 +569,7 @@ def tile_images(
                 "tables": [str(t) for t in tables],
                 "n": len(table),
                 "n_usable": int(table["usable"].sum()) if len(table) else 0,
+                "background": {"rgb": background_rgb, "max_frac": max_background_frac},
                 "created_by": "stpredict.learn.pool.tile_images",
             },
             out_json,
@@ -584,7 +599,8 @@ def _join_tiles(
         store.flush()
         del store
     if not tsvs:
-        return pd.DataFrame(columns=["id", "x", "y", "pad_frac", "white", "image_id", "usable"])
+        cols = ["id", "x", "y", "pad_frac", "white", "background_frac", "image_id", "usable"]
+        return pd.DataFrame(columns=cols)
     table = pd.concat(tsvs, ignore_index=True)
     table["usable"] = ~table["white"].astype(bool) & (table["pad_frac"] <= 0)
     return table

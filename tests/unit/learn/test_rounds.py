@@ -332,6 +332,31 @@ def test_image_tiles_use_the_one_extractor(tmp_path):
         read_images_table(table)
 
 
+def test_glass_tiles_of_a_half_glass_image_are_not_usable(tmp_path):
+    """The whiteness threshold is relative to the image: on half glass it passes glass tiles."""
+    from PIL import Image
+
+    from stpredict.patches.geometry import PatchSpec
+
+    rng = np.random.default_rng(1)
+    img = np.full((100, 200, 3), 240, dtype=np.uint8)  # glass (mean RGB >= 220) ...
+    img[:, 100:] += rng.integers(0, 10, size=(100, 100, 3), dtype=np.uint8)
+    img[:, :100] = rng.integers(60, 180, size=(100, 100, 3), dtype=np.uint8)  # ... and tissue
+    Image.fromarray(img).save(tmp_path / "half.png")
+    table = tmp_path / "images.tsv"
+    pd.DataFrame({"image_id": ["H"], "image": [str(tmp_path / "half.png")], "mpp": [2.0]}).to_csv(
+        table, sep="\t", index=False
+    )
+    spec = PatchSpec(fov_um=40.0, size_px=8)  # 20 px crops: a 5 x 10 grid
+    args = ([table], spec, tmp_path / "t.npy", tmp_path / "t.tsv", tmp_path / "t.json")
+    out = tile_images(*args, percentile=80.0, max_white_frac=0.5)
+    glass = out["x"] > 100
+    assert (out.loc[glass, "background_frac"] > 0.5).all()
+    assert not out.loc[glass, "usable"].any() and out.loc[~glass, "usable"].all()
+    loose = tile_images(*args, background_rgb=256.0)  # no pixel is background: glass passes
+    assert loose.loc[glass, "usable"].any(), "the whiteness rule alone should pass some glass"
+
+
 # ------------------------------------------------------------------------------ pseudo-labels
 def test_pseudo_labels_come_from_the_folds_own_teacher(world, tmp_path):
     fitted = json.loads((world["teacher"] / "fitted.json").read_text())
