@@ -4,8 +4,10 @@ Genes
 -----
 The model predicts the genes of its card (``model.json``: the genes every fold model predicts,
 fitted on the training side of each fold). A section's genes are matched to them by name
-(``var_names``), then, for the rest, by gene id (``var["gene_ids"]``; a model trained on ids
-matches a section read with symbols and the other way round). Matched genes are scored; a
+(``var_names``), then, for the rest, by gene id: the model's gene (a model trained on ids)
+or its id in the card (``gene_ids``: the training sections' ids, so symbols that differ
+between annotation versions still match on the Ensembl id) against the section's
+``var["gene_ids"]``. Matched genes are scored; a
 model gene the section does not measure is predicted but not scored (the measured value would
 be a zero that nobody measured). A section measuring fewer than ``min_gene_share`` of the
 model's genes (``cohorts.{name}.min_gene_share``, default one half: most of the model's
@@ -33,7 +35,11 @@ from stpredict.errors import GeometryError, InputError
 __all__ = ["match_genes", "check_gene_match", "check_section_mpp", "matched_section"]
 
 
-def match_genes(model_genes: Sequence[str], var: pd.DataFrame) -> dict[str, Any]:
+def match_genes(
+    model_genes: Sequence[str],
+    var: pd.DataFrame,
+    model_ids: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Match the model's genes to a section's ``var`` (module notes).
 
     Parameters
@@ -42,6 +48,8 @@ def match_genes(model_genes: Sequence[str], var: pd.DataFrame) -> dict[str, Any]
         The card's genes.
     var
         The section's ``var`` (index: names; optional column ``gene_ids``).
+    model_ids
+        The card's ``gene_ids`` (model gene -> its id in the training sections; ``""`` unknown).
 
     Returns
     -------
@@ -54,7 +62,7 @@ def match_genes(model_genes: Sequence[str], var: pd.DataFrame) -> dict[str, Any]
     ids: dict[str, str] = {}
     if "gene_ids" in var:
         for name, gid in zip(names, var["gene_ids"].astype(str), strict=True):
-            if gid:
+            if gid and gid != "nan":
                 ids.setdefault(gid, name)
     # a gene's symbol in the section may be the model's id and the other way round
     matched: dict[str, str] = {}
@@ -63,8 +71,8 @@ def match_genes(model_genes: Sequence[str], var: pd.DataFrame) -> dict[str, Any]
         if g in by_name:
             matched[g] = g
             n_name += 1
-        elif g in ids:
-            matched[g] = ids[g]
+        elif g in ids or (model_ids or {}).get(g) in ids:
+            matched[g] = ids[g] if g in ids else ids[str((model_ids or {})[g])]
             n_id += 1
     missing = [str(g) for g in model_genes if str(g) not in matched]
     n = len(model_genes)

@@ -248,7 +248,7 @@ def predict_section(
     adata = read_h5ad(qc, images=False)
     meta = adata.uns["stpredict"]
     sample = str(meta["sample_id"])
-    match = match_genes(models.genes, adata.var)
+    match = match_genes(models.genes, adata.var, models.card.get("gene_ids"))
     check_gene_match(
         match,
         min_gene_share,

@@ -40,6 +40,15 @@ def test_a_model_trained_on_ids_matches_a_section_read_with_symbols():
     assert m["matched"] == {"ENSG00000091831": "ESR1", "ENSG00000186081": "KRT5"}
 
 
+def test_a_renamed_symbol_matches_on_the_cards_gene_id():
+    # the training sections called it HER2 (an older symbol), the cohort ERBB2: same Ensembl id
+    var = _var(["ERBB2", "ESR1"], ["ENSG00000141736", "ENSG00000091831"])
+    ids = {"HER2": "ENSG00000141736", "ESR1": "ENSG00000091831", "KRT5": ""}
+    m = match_genes(["HER2", "ESR1", "KRT5"], var, ids)
+    assert m["matched"] == {"HER2": "ERBB2", "ESR1": "ESR1"} and m["missing"] == ["KRT5"]
+    assert match_genes(["HER2", "ESR1", "KRT5"], var)["missing"] == ["HER2", "KRT5"]
+
+
 def test_enough_genes_pass_and_too_few_are_refused_in_one_line():
     good = match_genes(MODEL, _var(["ESR1", "ERBB2", "KRT5"]))
     check_gene_match(good, 0.5, file="c.tsv", sample="S1")  # 75 % >= 50 %
