@@ -94,7 +94,11 @@ rule pseudobulk:
         ),
     output:
         tsv="results/wsi/pseudobulk_vs_bulk.tsv",
-        summary="results/wsi/pseudobulk_summary.tsv",
+        summary=report(
+            "results/wsi/pseudobulk_summary.tsv",
+            caption="../report/pseudobulk_summary.rst",
+            category="Whole slides",
+        ),
         means="results/wsi/pseudobulk.tsv",
     log:
         "results/logs/pseudobulk.log",
@@ -117,7 +121,11 @@ rule colocalisation:
     input:
         h5ad=slide_files(),
     output:
-        tsv="results/wsi/colocalisation.tsv",
+        tsv=report(
+            "results/wsi/colocalisation.tsv",
+            caption="../report/colocalisation.rst",
+            category="Whole slides",
+        ),
     log:
         "results/logs/colocalisation.log",
     benchmark:
@@ -141,7 +149,11 @@ rule subtype:
         h5ad=slide_files(LABELLED_SLIDES),
         bulk=[WSI["bulk"]] if WSI["bulk"] else [],
     output:
-        tsv="results/wsi/subtype.tsv",
+        tsv=report(
+            "results/wsi/subtype.tsv",
+            caption="../report/subtype.rst",
+            category="Whole slides",
+        ),
         scores="results/wsi/subtype_scores.tsv",
     log:
         "results/logs/subtype.log",

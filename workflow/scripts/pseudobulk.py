@@ -1,6 +1,7 @@
 from stpredict.io import read_table, write_table
 from stpredict.workflow import script_logging
 from stpredict.wsi.bulk import (
+    input_path,
     normalise_bulk,
     pseudobulk_vs_bulk,
     read_bulk,
@@ -11,11 +12,11 @@ from stpredict.wsi.bulk import (
 with script_logging(snakemake.log[0]) as log:
     slides = list(snakemake.params.slides)
     means, _, units = slide_summaries(dict(zip(slides, snakemake.input.h5ad, strict=True)))
-    bulk = read_bulk(snakemake.input.bulk, slides)
-    bulk = normalise_bulk(bulk, snakemake.params.bulk_units, snakemake.input.bulk)
+    path = input_path(snakemake.input.bulk)
+    bulk = normalise_bulk(read_bulk(path, slides), snakemake.params.bulk_units, path)
     groups = {}
-    if snakemake.input.get("gene_groups"):
-        g = read_table(snakemake.input.gene_groups)
+    if input_path(snakemake.input.get("gene_groups")):
+        g = read_table(input_path(snakemake.input.gene_groups))
         groups = dict(zip(g["gene"].astype(str), g["role"].astype(str), strict=True))
     fdr = float(snakemake.params.fdr)
     per_gene = pseudobulk_vs_bulk(means, bulk, fdr, groups)

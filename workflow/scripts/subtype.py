@@ -2,7 +2,7 @@ import pandas as pd
 
 from stpredict.io import write_table
 from stpredict.workflow import script_logging
-from stpredict.wsi.bulk import normalise_bulk, read_bulk, slide_summaries
+from stpredict.wsi.bulk import input_path, normalise_bulk, read_bulk, slide_summaries
 from stpredict.wsi.subtype import classify
 
 with script_logging(snakemake.log[0]) as log:
@@ -11,9 +11,8 @@ with script_logging(snakemake.log[0]) as log:
     slides = list(p.slides)
     means, emb, units = slide_summaries(dict(zip(slides, snakemake.input.h5ad, strict=True)))
     features = {"pseudobulk": means}
-    given = snakemake.input.get("bulk")
-    if given:
-        path = given if isinstance(given, str) else given[0]
+    path = input_path(snakemake.input.get("bulk"))
+    if path:
         bulk = normalise_bulk(read_bulk(path, slides), p.bulk_units, path)
         genes = [g for g in means.columns if g in set(bulk.columns)]
         features = {"pseudobulk": means[genes], "bulk": bulk[genes]}

@@ -49,7 +49,7 @@ __all__ = ["SUBTYPE_SHIFT", "COHORT_MPP", "cohort_layout", "cohort_paths", "task
 #: µm/px of the archive slides
 COHORT_MPP = 2.0
 #: class-logit shift (tumour, stroma, immune, fat) of each planted subtype
-SUBTYPE_SHIFT = {"basal": (-0.35, 0.0, 0.55, 0.0), "luminal": (0.35, 0.0, -0.45, 0.0)}
+SUBTYPE_SHIFT = {"basal": (-0.6, 0.0, 1.0, 0.0), "luminal": (0.6, 0.0, -0.8, 0.0)}
 #: slides per patient, in patient order (full and small cohorts)
 _SLIDES_PER_PATIENT = {False: [2, 2, 1, 2, 2, 2, 1, 2, 2, 2, 2, 2, 2, 2], True: [2, 1, 2, 1, 2, 1]}
 #: subtype of each patient (fixed, balanced)

@@ -53,12 +53,20 @@ __all__ = [
     "pseudobulk_vs_bulk",
     "summarise",
     "bh",
+    "input_path",
 ]
 
 log = logging.getLogger(__name__)
 
 #: how a bulk table's values are brought to a log scale before the correlation
 BULK_UNITS = {"counts": "log1p(counts per million)", "log": "as given (already log-scaled)"}
+
+
+def input_path(value: Any) -> str | None:
+    """Return the one path of a rule's named input (a str or a list of at most one), or None."""
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return None if value is None else str(value)
+    return str(value[0]) if len(value) else None
 
 
 def bh(p: np.ndarray) -> np.ndarray:

@@ -151,8 +151,6 @@ def choose_c(
     seed: int = 0,
 ) -> tuple[float, pd.DataFrame]:
     """C of the smallest mean held-out log loss over patient-grouped folds (training side only)."""
-    from sklearn.metrics import log_loss
-
     classes = np.unique(y)
     splits = _cv_splits(y, groups, n_folds, seed)
     rows = []
@@ -161,21 +159,33 @@ def choose_c(
         for tr, va in splits:
             model = make_model(c).fit(x[tr], y[tr])
             proba = model.predict_proba(x[va])
-            losses.append(log_loss(y[va], proba, labels=classes))
+            losses.append(_log_loss(y[va], proba, list(model.classes_), classes))
         rows.append({"C": float(c), "cv_log_loss": float(np.mean(losses)), "n_folds": len(splits)})
     table = pd.DataFrame(rows)
     best = table.sort_values(["cv_log_loss", "C"], kind="stable").iloc[0]
     return float(best["C"]), table
 
 
+def _log_loss(y: np.ndarray, proba: np.ndarray, fitted: list, classes: np.ndarray) -> float:
+    """Mean negative log probability of the true class (a class the fold lacks: p = 1e-15)."""
+    cols = {c: i for i, c in enumerate(fitted)}
+    p = np.array(
+        [proba[i, cols[c]] if c in cols else 0.0 for i, c in enumerate(y)], dtype=np.float64
+    )
+    return float(-np.log(np.clip(p, 1e-15, 1.0)).mean())
+
+
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
-    """AUROC of ``score`` for the binary labels ``y`` (NaN with one class)."""
-    from sklearn.metrics import roc_auc_score
+    """AUROC of ``score`` for the binary labels ``y`` (Mann-Whitney, ties half; NaN with one class)."""
+    from scipy.stats import rankdata
 
     y = np.asarray(y).astype(bool)
-    if y.all() or not y.any():
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
         return np.nan
-    return float(roc_auc_score(y, score))
+    ranks = rankdata(np.asarray(score, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def bootstrap_ci(
