@@ -19,7 +19,8 @@ Protocol (:func:`classify`)
    k-fold by patient (``cv_folds``, fewer when a class has fewer training patients), every C of
    ``wsi.subtype.C``; each fold fits the scaler (:class:`~sklearn.preprocessing.StandardScaler`)
    and the L2 logistic regression on its training part only (one pipeline); the score is the
-   mean held-out log loss (AUROC is undefined on folds of a few slides); ties go to the smaller C.
+   AUROC of the held-out probabilities pooled over the folds (a fold of a few slides has no
+   AUROC of its own); ties go to the smaller C.
 3. **Refit and test**: the pipeline with the chosen C is refitted on the whole training side
    (scaler included) and scores the held-out slides: AUROC with a percentile bootstrap CI over
    the test slides (``n_boot`` resamples, seeded; resamples with one class are redrawn). The test
@@ -32,7 +33,7 @@ All three use the same split and the same slides (those holding every feature se
 
 Table (``results/wsi/subtype.tsv``): one row per feature set (and class, for more than two):
 ``features, positive, n_features, n_train, n_test, n_train_patients, n_test_patients, C,
-cv_log_loss, auroc, ci_low, ci_high, n_boot``. Scores of the test slides (the ROC curves):
+cv_auroc, auroc, ci_low, ci_high, n_boot``. Scores of the test slides (the ROC curves):
 ``results/wsi/subtype_scores.tsv`` (``features, slide_id, patient_id, subtype, score``).
 """
 
@@ -150,29 +151,35 @@ def choose_c(
     n_folds: int = 5,
     seed: int = 0,
 ) -> tuple[float, pd.DataFrame]:
-    """C of the smallest mean held-out log loss over patient-grouped folds (training side only)."""
+    """C of the best pooled out-of-fold AUROC over patient-grouped folds (training side only).
+
+    Each fold's pipeline (scaler + logistic regression) is fitted on the fold's training part;
+    its held-out slides' probabilities are pooled over the folds and scored once (macro
+    one-vs-rest for more than two classes); ties go to the smaller C (the stronger penalty).
+    """
     classes = np.unique(y)
     splits = _cv_splits(y, groups, n_folds, seed)
     rows = []
     for c in cs:
-        losses = []
+        oof = np.zeros((len(y), len(classes)))
         for tr, va in splits:
             model = make_model(c).fit(x[tr], y[tr])
-            proba = model.predict_proba(x[va])
-            losses.append(_log_loss(y[va], proba, list(model.classes_), classes))
-        rows.append({"C": float(c), "cv_log_loss": float(np.mean(losses)), "n_folds": len(splits)})
+            cols = [list(classes).index(k) for k in model.classes_]
+            oof[np.ix_(va, cols)] = model.predict_proba(x[va])
+        score = _macro_auroc(y, oof, classes)
+        rows.append({"C": float(c), "cv_auroc": score, "n_folds": len(splits)})
     table = pd.DataFrame(rows)
-    best = table.sort_values(["cv_log_loss", "C"], kind="stable").iloc[0]
-    return float(best["C"]), table
-
-
-def _log_loss(y: np.ndarray, proba: np.ndarray, fitted: list, classes: np.ndarray) -> float:
-    """Mean negative log probability of the true class (a class the fold lacks: p = 1e-15)."""
-    cols = {c: i for i, c in enumerate(fitted)}
-    p = np.array(
-        [proba[i, cols[c]] if c in cols else 0.0 for i, c in enumerate(y)], dtype=np.float64
+    best = table.assign(neg=-table["cv_auroc"].fillna(-1.0)).sort_values(
+        ["neg", "C"], kind="stable"
     )
-    return float(-np.log(np.clip(p, 1e-15, 1.0)).mean())
+    return float(best["C"].iloc[0]), table
+
+
+def _macro_auroc(y: np.ndarray, proba: np.ndarray, classes: np.ndarray) -> float:
+    """AUROC of the positive class (two classes) or the macro one-vs-rest mean (more)."""
+    if len(classes) == 2:
+        return auroc(y == classes[1], proba[:, 1])
+    return float(np.nanmean([auroc(y == k, proba[:, i]) for i, k in enumerate(classes)]))
 
 
 def auroc(y: np.ndarray, score: np.ndarray) -> float:
@@ -239,7 +246,7 @@ def _one_set(
         "n_train_patients": groups.loc[train].nunique(),
         "n_test_patients": groups.loc[test].nunique(),
         "C": c,
-        "cv_log_loss": float(cv.set_index("C").loc[c, "cv_log_loss"]),
+        "cv_auroc": float(cv.set_index("C").loc[c, "cv_auroc"]),
         "n_boot": int(settings["n_boot"]),
     }
     rows, scores = [], []
@@ -281,7 +288,7 @@ COLUMNS = [
     "n_train_patients",
     "n_test_patients",
     "C",
-    "cv_log_loss",
+    "cv_auroc",
     "auroc",
     "ci_low",
     "ci_high",

@@ -233,7 +233,7 @@ def test_scaling_and_c_are_fitted_on_the_training_side_only(monkeypatch):
     wild.loc[test] = wild.loc[test] * 100 + 50
     res2, scores2, _ = subtype.classify({"f": wild}, table, SETTINGS)
     assert res2["C"].iloc[0] == res["C"].iloc[0]
-    assert res2["cv_log_loss"].iloc[0] == res["cv_log_loss"].iloc[0]
+    assert res2["cv_auroc"].iloc[0] == res["cv_auroc"].iloc[0]
     assert not np.allclose(scores["score"], scores2["score"])
 
 
