@@ -487,6 +487,9 @@ def test_html_report_builds_with_every_figure_and_table(demo_run):
         "purity.tsv",
         "P1_D2_summary.tsv",
         "P1_D2_maps.png",
+        "pseudobulk.png",
+        "pseudobulk_summary.tsv",
+        "subtype.tsv",
     ):
         assert name in html, f"{name} is not in the report"
 
@@ -685,13 +688,56 @@ def test_whole_slides_are_tiled_and_predicted_by_the_stnet_models(demo_run):
         assert (kept["background_frac"] <= 0.5).all()
         assert (tiles.loc[~tiles["keep"], "background_frac"] > 0.5).all()
         np.testing.assert_allclose(a.obsm["spatial"], kept[["x", "y"]].to_numpy())
+        assert a.obsm["embedding"].shape == (a.n_obs, meta["embedding"]["n_features"])
+    # heatmaps for the first wsi.heatmaps (5) slides only: W1 and U1..U4
+    for k, slide in enumerate(slides["slide_id"]):
         png = demo_run / f"results/wsi/{slide}.png"
-        assert json.loads(Image.open(png).text["colour_scales"])
-        assert (demo_run / f"results/wsi/{slide}.pdf").is_file()
-        assert (demo_run / f"results/wsi/report/{slide}.png").is_file()
+        assert png.is_file() == (k < 5), slide
+        if k < 5:
+            assert json.loads(Image.open(png).text["colour_scales"])
+            assert (demo_run / f"results/wsi/{slide}.pdf").is_file()
+            assert (demo_run / f"results/wsi/report/{slide}.png").is_file()
     w1 = ad.read_h5ad(demo_run / "results/wsi/W1.h5ad")
     assert w1.uns["stpredict"]["level"]["index"] == 0  # 2 µm/px: the finest level at or finer
     # the planted link reaches the new slide: morphology genes vary across its tiles, noise not
     roles = _roles(demo_run).reindex(w1.var_names)
     sd = pd.Series(w1.layers["predicted"].std(axis=0), index=w1.var_names).groupby(roles.values)
     assert sd.median()["morphology"] > 10 * sd.median()["noise"], sd.median()
+
+
+def test_pseudobulk_colocalisation_and_subtypes_find_the_planted_links(demo_run):
+    """ST-Net's TCGA analysis on the demo archive (26 slides, 14 patients) + W1 and U1..U4."""
+    from PIL import Image
+
+    res = demo_run / "results/wsi"
+    slides = pd.read_csv(demo_run / "results/demo/wsi/slides.tsv", sep="\t", keep_default_na=False)
+    per_gene = pd.read_csv(res / "pseudobulk_vs_bulk.tsv", sep="\t", keep_default_na=False)
+    summary = pd.read_csv(res / "pseudobulk_summary.tsv", sep="\t").set_index("group")
+    assert (per_gene["n_slides"] == len(slides)).all()  # every demo slide has bulk
+    assert summary.loc["all", "predicted_units"] == "log_proportion"
+    # the planted link: morphology genes follow the bulk across slides, noise genes do not
+    assert summary.loc["morphology", "median_r"] > 0.6, summary
+    assert summary.loc["morphology", "n_positive"] >= 0.8 * summary.loc["morphology", "n_genes"]
+    assert abs(summary.loc["noise", "median_r"]) < 0.3, summary
+    noise = per_gene[per_gene["group"] == "noise"]
+    assert (noise["significant"] != "none").mean() < 0.2
+    # tumour and immune segregate within slides (mutually exclusive tissue classes)
+    co = pd.read_csv(res / "colocalisation.tsv", sep="\t")
+    assert set(co["slide_id"]) == set(slides["slide_id"])
+    assert (co["set_a"] == "tumour").all() and (co["set_b"] == "immune").all()
+    assert co["r"].median() < 0 and (co["q"] < 0.05).mean() > 0.5, co.describe()
+    assert (co["n_perm"] == 1000).all() and (co["null_sd"] > 0).all()
+    # subtypes: bulk and pseudo-bulk carry the planted make-up
+    sub = pd.read_csv(res / "subtype.tsv", sep="\t").set_index("features")
+    assert list(sub.index) == ["pseudobulk", "bulk", "image"]
+    assert (sub["positive"] == "luminal").all() and (sub["n_boot"] == 1000).all()
+    assert ((sub["ci_low"] <= sub["auroc"]) & (sub["auroc"] <= sub["ci_high"])).all()
+    # (7 test slides of 4 patients: the CIs are wide; bulk, the noisiest, may miss on one split)
+    assert sub.loc["pseudobulk", "auroc"] >= 0.75 and (sub["cv_auroc"] >= 0.75).all(), sub
+    assert (sub["n_train"] + sub["n_test"] == (slides["subtype"] != "").sum()).all()
+    scores = pd.read_csv(res / "subtype_scores.tsv", sep="\t")
+    test_patients = set(scores["patient_id"])
+    train = slides[(slides["subtype"] != "") & ~slides["patient_id"].isin(test_patients)]
+    assert len(train) == sub["n_train"].iloc[0]  # the test patients' slides are all on one side
+    png = demo_run / "results/figures/pseudobulk.png"
+    assert Image.open(png).size[0] > 800 and (png.parent / "report/pseudobulk.png").is_file()

@@ -785,6 +785,7 @@ def get_pool_keys(wildcards):
 # (rules in wsi.smk: model cards, tiles of whole-slide images predicted by wsi.experiment)
 from stpredict.demo import demo_slides
 from stpredict.wsi.slides import read_slides, validate_slides
+from stpredict.wsi.subtype import check_labels
 
 WSI = config["wsi"]
 
@@ -825,6 +826,9 @@ try:
     SLIDES = _slide_table()
     if SLIDES is not None:
         _check_wsi_experiment(WSI["experiment"])
+        LABELLED_SLIDES = check_labels(SLIDES, WSI["slides"])["slide_id"].tolist()
+    else:
+        LABELLED_SLIDES = []
 except ConfigError as exc:
     raise WorkflowError(f"{exc} (config {CONFIG_FILES})") from None
 SLIDE_IDS = [] if SLIDES is None else SLIDES["slide_id"].tolist()
@@ -932,6 +936,65 @@ def get_slide_summary(wildcards):
     return experiment_metrics([WSI["experiment"]])
 
 
+def heatmap_slides():
+    """Slides with a heatmap: the first wsi.heatmaps of the table (null = all)."""
+    n = WSI["heatmaps"]
+    return SLIDE_IDS if n is None else SLIDE_IDS[: int(n)]
+
+
+def slide_files(slides=None):
+    """Prediction files of the slides (default: every slide of the table)."""
+    return [f"results/wsi/{s}.h5ad" for s in (SLIDE_IDS if slides is None else slides)]
+
+
+def wsi_seed(section):
+    """Seed of a pseudo-bulk analysis: its own, else the global seed."""
+    value = WSI[section]["seed"]
+    return int(config["seed"] if value is None else value)
+
+
+def subtype_table():
+    """patient_id and subtype of the labelled slides (the subtype rule's params)."""
+    cols = ["slide_id", "patient_id", "subtype"]
+    return SLIDES.loc[LABELLED_SLIDES, cols].to_dict(orient="list")
+
+
+def get_pseudobulk_figure_inputs(wildcards):
+    """The pseudo-bulk tables, the subtype scores and co-localisation when they are run."""
+    out = {
+        "tsv": "results/wsi/pseudobulk_vs_bulk.tsv",
+        "summary": "results/wsi/pseudobulk_summary.tsv",
+        "means": "results/wsi/pseudobulk.tsv",
+        "bulk": WSI["bulk"],
+    }
+    if LABELLED_SLIDES:
+        out |= {
+            "subtype": "results/wsi/subtype.tsv",
+            "scores": "results/wsi/subtype_scores.tsv",
+        }
+    if WSI["colocalisation"]["markers"]:
+        out["coloc"] = "results/wsi/colocalisation.tsv"
+    return out
+
+
+def wsi_analyses():
+    """Pseudo-bulk vs bulk (with wsi.bulk), co-localisation (with markers), subtypes (labels)."""
+    if not SLIDE_IDS:
+        return []
+    out = []
+    if WSI["bulk"]:
+        out += ["results/wsi/pseudobulk_vs_bulk.tsv", "results/figures/pseudobulk.png"]
+    if WSI["colocalisation"]["markers"]:
+        out.append("results/wsi/colocalisation.tsv")
+    if LABELLED_SLIDES:
+        out.append("results/wsi/subtype.tsv")
+    return out
+
+
 def wsi_outputs():
-    """Per-slide predictions and heatmaps."""
-    return [f"results/wsi/{s}.{ext}" for s in SLIDE_IDS for ext in ("h5ad", "png")]
+    """Per-slide predictions, the heatmaps of wsi.heatmaps slides, the pseudo-bulk analyses."""
+    return (
+        slide_files()
+        + [f"results/wsi/{s}.png" for s in heatmap_slides()]
+        + wsi_analyses()
+    )

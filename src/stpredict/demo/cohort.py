@@ -27,6 +27,7 @@ from scipy import ndimage as ndi
 from stpredict.config import SHEET_COLUMNS as CONFIG_SHEET_COLUMNS
 from stpredict.demo import formats as fmt
 from stpredict.demo.genes import Panel, expected_shares, make_panel
+from stpredict.demo.tcga import COHORT_MPP, cohort_layout, cohort_paths, task_cohort_slide
 from stpredict.demo.textures import render_texture
 from stpredict.demo.tissue import (
     BG,
@@ -235,6 +236,7 @@ def _misc_paths(outdir: str, small: bool) -> dict[str, Any]:
         "bulk": f"{outdir}/wsi/bulk_counts.tsv",
         "gene_roles": f"{outdir}/gene_roles.tsv",
         "gene_ids": f"{outdir}/gene_ids.tsv",
+        "archive": cohort_paths(outdir, small),
     }
 
 
@@ -298,18 +300,22 @@ def demo_sheet(outdir: str | Path = "results/demo", small: bool = False) -> pd.D
 
 
 def demo_slides(outdir: str | Path = "results/demo", small: bool = False) -> pd.DataFrame:
-    """Return the demo's slide table (``wsi/slides.tsv``): the whole slide W1 and unlabelled images.
+    """Return the demo's slide table (``wsi/slides.tsv``): W1, the unlabelled images, the archive.
 
-    Columns ``slide_id, image, mpp`` (µm/px, float), the rows :func:`make_demo` writes; known before the
-    files exist (the workflow's slide ids are fixed at parse time).
+    Columns ``slide_id, image, mpp`` (µm/px, float), ``patient_id`` and ``subtype`` (empty for
+    W1 and U*; the archive slides of :mod:`stpredict.demo.tcga`), the rows :func:`make_demo`
+    writes; known before the files exist (the workflow's slide ids are fixed at parse time).
     """
     m = _misc_paths(_o(outdir), small)
     n = _n_unlabeled(small)
+    arch = cohort_layout(small)
     return pd.DataFrame(
         {
-            "slide_id": ["W1"] + [f"U{i}" for i in range(1, n + 1)],
-            "image": [m["wsi"]] + list(m["unlabeled"]),
-            "mpp": [WSI_MPP] + [UNL_MPP] * n,
+            "slide_id": ["W1"] + [f"U{i}" for i in range(1, n + 1)] + [r["slide_id"] for r in arch],
+            "image": [m["wsi"]] + list(m["unlabeled"]) + list(m["archive"]["images"]),
+            "mpp": [WSI_MPP] + [UNL_MPP] * n + [COHORT_MPP] * len(arch),
+            "patient_id": [""] * (n + 1) + [r["patient_id"] for r in arch],
+            "subtype": [""] * (n + 1) + [r["subtype"] for r in arch],
         }
     )
 
@@ -338,6 +344,7 @@ def demo_outputs(outdir: str | Path = "results/demo", small: bool = False) -> di
     m = _misc_paths(od, small)
     files += m["unlabeled"] + [m["images_tsv"], m["wsi"], m["slides_tsv"], m["bulk"]]
     files += m["irrelevant"] + [m["irrelevant_tsv"]]
+    files += m["archive"]["images"] + [m["archive"]["truth"]]
     files += [m["gene_roles"], m["gene_ids"]]
     return {"files": files, "directories": dirs}
 
@@ -816,6 +823,11 @@ def make_demo(
     tasks += [(_task_st, (od, seed, small, s)) for s in _st_specs(small)]
     tasks += [(_task_unlabeled, (od, seed, small, i)) for i in range(1, _n_unlabeled(small) + 1)]
     tasks += [(_task_irrelevant, (od, seed, small, i)) for i in range(1, _n_irrelevant(small) + 1)]
+    arch = _misc_paths(od, small)["archive"]
+    tasks += [
+        (task_cohort_slide, (od, seed, small, row, path))
+        for row, path in zip(cohort_layout(small), arch["images"], strict=True)
+    ]
     if threads > 1:
         # fork, not spawn: spawn re-imports __main__, which under Snakemake is the rule's script
         with ProcessPoolExecutor(max_workers=threads, mp_context=get_context("fork")) as ex:
@@ -852,6 +864,8 @@ def make_demo(
         mu = np.asarray(expected[sid])
         bulk[sid] = rng.poisson(rng.gamma(20.0, mu / 20.0)).astype(np.int64)
     write_table(bulk, m["bulk"], index=True)
+    truth = pd.DataFrame([r["truth"] for r in results if "truth" in r])
+    write_table(truth.round(6), arch["truth"])
     return {
         "results": [{k: v for k, v in r.items() if k != "expected"} for r in results],
         "n_genes": panel.n_genes,

@@ -78,7 +78,13 @@ def _smooth(rng: np.random.Generator, n: int, sigma_um: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def make_block(
-    seed: int, block_id: str, half_um: float, a_um: float, b_um: float, tilt: float = 0.3
+    seed: int,
+    block_id: str,
+    half_um: float,
+    a_um: float,
+    b_um: float,
+    tilt: float = 0.3,
+    logit_shift: tuple[float, float, float, float] | None = None,
 ) -> Block:
     """Generate the coarse fields of a tissue block.
 
@@ -92,6 +98,9 @@ def make_block(
         Semi-axes of the elliptical tissue blob (irregularised by noise).
     tilt
         Rotation of the ellipse (radians).
+    logit_shift
+        Added to the class logits (tumour, stroma, immune, fat): shifts the tissue make-up
+        (the demo's planted subtypes, :mod:`stpredict.demo.tcga`); ``None`` = no shift.
     """
     rng = rng_for(seed, "block:" + block_id)
     n = sfft.next_fast_len(int(np.ceil(2 * half_um / BLOCK_RES)) + 1, real=True)
@@ -109,6 +118,10 @@ def make_block(
     mask += 0.08 * _smooth(rng, n, 150.0)
     nd = _smooth(rng, n, 300.0)
     hid = _smooth(rng, n, 800.0)
+    if logit_shift is not None:
+        tum, stro, imm, fat = (
+            f + d for f, d in zip((tum, stro, imm, fat), logit_shift, strict=True)
+        )
     fields = np.stack([tum, stro, imm, fat, mask, nd, hid]).astype(np.float32)
     return Block(block_id, fields, float(half_um))
 

@@ -17,8 +17,10 @@ models of their TTA predictions, in the experiment's target units (``uns["stpred
 super-resolution files); ``var_names`` = the genes every fold model predicts. One row per kept
 tile (or per given spot): ``obs`` ``slide_id, x, y`` (full-resolution px), ``background_frac``,
 ``mean_rgb`` and, for tiles, ``tile_row, tile_col`` (for spots ``pad_frac``);
-``obsm["spatial"]`` = ``[x, y]`` full-resolution px; ``uns["spatial"][slide_id]`` hires
-(1,000 px) and lowres (400 px) thumbnails with their scale factors and
+``obsm["spatial"]`` = ``[x, y]`` full-resolution px; ``obsm["embedding"]`` = the penultimate
+features (TTA-averaged) of the first fold model (``uns["stpredict"]["embedding"]``; the image
+features of the subtype classifier, :mod:`stpredict.wsi.subtype`); ``uns["spatial"][slide_id]``
+hires (1,000 px) and lowres (400 px) thumbnails with their scale factors and
 ``spot_diameter_fullres`` = the tile side (scanpy and squidpy draw the file directly);
 ``var["gene_ids"]`` from the card; ``uns["stpredict"]``: slide, image, µm/px and its source,
 level, experiment, folds, TTA, target transform, ``units`` (the one units key of
@@ -48,7 +50,7 @@ from stpredict.wsi.card import ModelSet, load_model_dir
 from stpredict.wsi.slides import choose_level, resolve_mpp, slide_levels
 from stpredict.wsi.tiles import kept_rows, spot_patches, tile_slide
 
-__all__ = ["predict_image", "wsi_defaults", "read_spots", "predict_store"]
+__all__ = ["predict_image", "wsi_defaults", "read_spots", "predict_store", "embedding_fold"]
 
 log = logging.getLogger(__name__)
 
@@ -126,19 +128,30 @@ def predict_store(
     tta: int,
     device: str | None = None,
     batch_size: int = 128,
-) -> np.ndarray:
+    embeddings: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Mean over the fold models of their TTA predictions of ``models.genes`` on store rows.
 
     Batched; CUDA when present (``device`` None); the backbone's precision is the experiment's.
 
+    Parameters
+    ----------
+    embeddings
+        Also return the penultimate-layer features (TTA-averaged) of the first fold model in
+        fold order (:func:`embedding_fold`): one feature space for every image (the fold
+        models' spaces differ, so they are not averaged).
+
     Returns
     -------
     numpy.ndarray
-        float32 ``(len(rows), len(models.genes))``.
+        float32 ``(len(rows), len(models.genes))``; with ``embeddings`` a tuple
+        ``(predictions, features)``, features float32 ``(len(rows), n_features)``.
     """
     from stpredict.learn.predict import load_model, predict
 
     total = np.zeros((len(rows), len(models.genes)), dtype=np.float64)
+    first = embedding_fold(models)
+    feats = None
     for fold, path in sorted(models.models.items()):
         model, meta = load_model(path, device=device)
         known = [str(g) for g in meta.get("genes") or []]
@@ -150,7 +163,7 @@ def predict_store(
                 file=path,
                 fix="copy the experiment folder whole, or rerun snakemake for the experiment",
             )
-        preds, _ = predict(
+        preds, emb = predict(
             model,
             [str(npy)],
             [np.asarray(rows, dtype=np.int64)],
@@ -160,7 +173,15 @@ def predict_store(
             precision=str(models.card.get("precision", "auto")),
         )
         total += preds[:, [known.index(g) for g in models.genes]]
-    return (total / len(models.models)).astype(np.float32)
+        if fold == first:
+            feats = emb
+    mean = (total / len(models.models)).astype(np.float32)
+    return (mean, np.asarray(feats, dtype=np.float32)) if embeddings else mean
+
+
+def embedding_fold(models: ModelSet) -> str:
+    """Return the fold whose model's penultimate features go to ``obsm["embedding"]`` (the first)."""
+    return sorted(models.models, key=lambda k: (len(str(k)), str(k)))[0]
 
 
 def _plain(obj: Any) -> Any:
@@ -184,6 +205,7 @@ def _anndata(
     slide: str,
     spatial: dict[str, Any],
     uns: dict[str, Any],
+    embedding: np.ndarray | None = None,
 ) -> Any:
     import anndata as ad
 
@@ -200,6 +222,8 @@ def _anndata(
     )
     out.layers["predicted"] = preds
     out.obsm["spatial"] = t[["x", "y"]].to_numpy(dtype=np.float64)
+    if embedding is not None:
+        out.obsm["embedding"] = embedding
     out.uns["spatial"] = {slide: spatial}
     out.uns["stpredict"] = _plain(uns)
     # the contract of every result file (stpredict.outputs): gene ids where the card has them,
@@ -363,13 +387,14 @@ def predict_image(
             table = _cut(img, level, models, prefix, spots, settings, name, progress)
             rows = kept_rows(table)
             n_tta = int(tta or models.card["tta"])
-            preds = predict_store(
+            preds, emb = predict_store(
                 models,
                 prefix.with_suffix(".npy"),
                 rows,
                 n_tta,
                 device=device,
                 batch_size=int(settings["batch_size"]),
+                embeddings=True,
             )
             meta = json.loads(prefix.with_suffix(".json").read_text())["wsi"]
             side = meta.get("tile_px_fullres") or models.spec.fov_um / value
@@ -391,10 +416,16 @@ def predict_image(
                 "patch_mpp": models.patch_mpp,
                 "size_px": models.spec.size_px,
                 "tiles": meta,
+                "embedding": {
+                    "fold": embedding_fold(models),
+                    "layer": "penultimate (the features before the head), TTA-averaged",
+                    "n_features": int(emb.shape[1]),
+                },
                 "note": "layers['predicted']: mean over the fold models of their TTA "
                 "predictions, in the experiment's target units; X is NaN (nothing measured)",
             }
-            adata = _anndata(table, rows, preds, models, name, _spatial(img, side), uns)
+            spatial = _spatial(img, side)
+            adata = _anndata(table, rows, preds, models, name, spatial, uns, emb)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -3,7 +3,8 @@
 Slide table (``wsi.slides``; ``workflow/schemas/slides.schema.yaml``)
 --------------------------------------------------------------------
 A TSV with columns ``slide_id``, ``image``, ``mpp`` (optional: empty = the image's resolution
-tags) and ``patient_id`` (optional), validated row by row like the sample sheet; an error names
+tags), ``patient_id`` and ``subtype`` (optional: the pseudo-bulk analyses' patient and label,
+:mod:`stpredict.wsi.subtype`), validated row by row like the sample sheet; an error names
 the table, the row, the slide and the column.
 
 Pixel size
@@ -56,7 +57,7 @@ __all__ = [
 #: (level sizes are rounded: 40,001 px halved is 20,000 px)
 LEVEL_RTOL = 0.01
 #: columns of a slide table (required: slide_id, image)
-SLIDE_COLUMNS = ("slide_id", "image", "mpp", "patient_id")
+SLIDE_COLUMNS = ("slide_id", "image", "mpp", "patient_id", "subtype")
 #: the JSON schema of one row
 SLIDES_SCHEMA = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "slides.schema.yaml"
 

@@ -230,12 +230,34 @@ def test_wsi_and_bulk(demo: Path) -> None:
         page = tif.pages[0]
         assert page.is_tiled and len(page.subifds or []) >= 1
     slides = pd.read_csv(demo / "wsi" / "slides.tsv", sep="\t")
-    assert list(slides.columns) == ["slide_id", "image", "mpp"]
+    assert list(slides.columns) == ["slide_id", "image", "mpp", "patient_id", "subtype"]
     bulk = pd.read_csv(demo / "wsi" / "bulk_counts.tsv", sep="\t", index_col=0)
     assert list(bulk.columns) == list(slides.slide_id)
     assert (bulk.to_numpy() >= 0).all() and bulk.to_numpy().dtype.kind == "i"
     unl = pd.read_csv(demo / "unlabeled" / "images.tsv", sep="\t")
     assert list(unl.columns) == ["image_id", "image", "mpp"]
+
+
+def test_archive_plants_subtypes_in_the_tissue_make_up(demo: Path) -> None:
+    """The archive slides: 1-2 per patient, one subtype per patient, basal more immune."""
+    slides = pd.read_csv(demo / "wsi" / "slides.tsv", sep="\t", keep_default_na=False)
+    arch = slides[slides["subtype"] != ""]
+    assert len(arch) >= 8 and arch.groupby("patient_id")["subtype"].nunique().max() == 1
+    assert arch.groupby("patient_id").size().between(1, 2).all()
+    assert set(arch["subtype"]) == {"basal", "luminal"}
+    for img in arch["image"]:
+        assert Path(img).is_file()
+    truth = pd.read_csv(demo / "wsi" / "cohort_truth.tsv", sep="\t").set_index("slide_id")
+    assert list(truth.index) == list(arch["slide_id"])
+    by = truth.groupby("subtype")[["immune_frac", "tumour_frac"]].mean()
+    assert by.loc["basal", "immune_frac"] > by.loc["luminal", "immune_frac"]
+    assert by.loc["basal", "tumour_frac"] < by.loc["luminal", "tumour_frac"]
+    # the bulk carries it: immune genes higher, tumour genes lower in basal slides (log CPM)
+    bulk = pd.read_csv(demo / "wsi" / "bulk_counts.tsv", sep="\t", index_col=0)[list(arch.slide_id)]
+    cpm = np.log1p(bulk / bulk.sum() * 1e6)
+    basal = (arch.set_index("slide_id")["subtype"] == "basal").to_numpy()
+    assert cpm.loc["PTPRC"].to_numpy()[basal].mean() > cpm.loc["PTPRC"].to_numpy()[~basal].mean()
+    assert cpm.loc["ESR1"].to_numpy()[basal].mean() < cpm.loc["ESR1"].to_numpy()[~basal].mean()
 
 
 def test_irrelevant_images_are_non_tissue_textures(demo: Path) -> None:

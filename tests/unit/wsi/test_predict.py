@@ -87,6 +87,12 @@ def test_the_command_tiles_a_slide_without_spots(model_dir, slide, tmp_path):
     f0 = predict_image(model_dir / "folds" / "0", slide).layers["predicted"]
     f1 = predict_image(model_dir / "folds" / "1", slide).layers["predicted"]
     assert np.allclose((f0 + f1) / 2, a.layers["predicted"], atol=1e-5)
+    # the image features: the first fold model's penultimate layer, one space for every image
+    assert a.uns["stpredict"]["embedding"]["fold"] == "0"
+    emb = a.obsm["embedding"]
+    assert emb.shape[0] == a.n_obs and emb.shape[1] == meta["embedding"]["n_features"] > 0
+    f0_emb = predict_image(model_dir / "folds" / "0", slide).obsm["embedding"]
+    assert np.allclose(f0_emb, emb, atol=1e-5) and emb.std(axis=0).max() > 0
 
 
 def test_the_command_predicts_given_spots(model_dir, slide, tmp_path):
