@@ -44,7 +44,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from stpredict.vocab import SMOOTHNESS_NOTE, SMOOTHNESS_NOTE_KEY, UNITS_KEY
 
@@ -111,6 +110,7 @@ def held_out_scores(adata: Any) -> pd.DataFrame:
         Benjamini-Hochberg over the genes with a p. Spots are treated as independent, which
         neighbouring spots are not: p and q are optimistic.
     """
+    from scipy import stats  # here, not at import: the workflow's parse imports this module
     from statsmodels.stats.multitest import multipletests
 
     from stpredict.evaluate.metrics import pearson_columns, scored_spots
