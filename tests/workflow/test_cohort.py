@@ -188,3 +188,32 @@ def test_genes_and_pixel_sizes_that_cannot_match_are_refused(cohort_run, demo_ru
     ]
     mpp = [ln for ln in out.splitlines() if "coarser than the" in ln]
     assert mpp and "BC50007_C2" in mpp[0] and "10 µm/px" in mpp[0], out[-3000:]
+
+
+def test_an_image_only_row_with_spots_is_predicted_there_and_tiled_for_superres(tmp_path):
+    # the row's spots are its predictions; its super-resolution tiles the whole image
+    # (it used to predict the same spots again: superres identical to the predictions)
+    from tests.conftest import REPO
+    from tests.unit.wsi.helpers import make_model_dir, tissue_image, write_png
+
+    exp = make_model_dir(tmp_path / "model", n_folds=1, epochs=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    write_png(work / "new.png", tissue_image(200, 240, seed=3))
+    pd.DataFrame({"x": [80.0, 120.0, 160.0], "y": [100.0] * 3, "id": ["a", "b", "c"]}).to_csv(
+        work / "spots.tsv", sep="\t", index=False
+    )
+    row = {"sample_id": "N1", "patient_id": "P9", "platform": "image", "raw": ""}
+    row |= {"spots": "spots.tsv", "image": "new.png", "mpp": "1.0"}
+    pd.DataFrame([row]).to_csv(work / "sheet.tsv", sep="\t", index=False)
+    cfg = {"cohorts": {"c": {"sheet": "sheet.tsv", "models": str(exp), "stride_um": 16}}}
+    (work / "c.yaml").write_text(yaml.safe_dump(cfg))
+    targets = [f"results/cohorts/c/{d}/N1.h5ad" for d in ("predictions", "superres")]
+    run_snakemake(
+        work, *targets, "-s", str(REPO / "Snakefile"), "--directory", str(work),
+        "--configfile", "c.yaml",
+    )  # fmt: skip
+    pred = ad_read(work / targets[0])
+    sr = ad_read(work / targets[1])
+    assert list(pred.obs_names) == ["a", "b", "c"]
+    assert sr.uns["stpredict"]["kind"] == "tiles" and sr.n_obs > 3 * pred.n_obs

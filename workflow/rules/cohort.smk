@@ -125,6 +125,16 @@ def get_cohort_image_inputs(wildcards):
     return inputs
 
 
+def cohort_tile_row(wildcards):
+    """An image-only row without its spots: its super-resolution tiles the whole image."""
+    return {**cohort_row(wildcards), "spots": ""}
+
+
+def get_cohort_tile_inputs(wildcards):
+    """Image of an image-only row and the model card (not its spots: the row is tiled)."""
+    return {"image": cohort_row(wildcards)["image"], "card": cohort_card(wildcards)}
+
+
 def get_cohort_grid(wildcards):
     return cohort_grid(wildcards.cohort, wildcards.section)
 
@@ -366,10 +376,11 @@ rule cohort_predict_image:
         "../scripts/cohort_predict_image.py"
 
 
-# super-resolution of an image-only row: overlapping tiles stride_um apart
+# super-resolution of an image-only row: overlapping tiles stride_um apart over the whole
+# image (also for a row with spots: those are its predictions, not a finer grid)
 rule cohort_superres_image:
     input:
-        unpack(get_cohort_image_inputs),
+        unpack(get_cohort_tile_inputs),
     output:
         h5ad="results/cohorts/{cohort}/superres/{section}.h5ad",
         npy="results/cohorts/{cohort}/patches/{section}/stride.npy",
@@ -389,7 +400,7 @@ rule cohort_superres_image:
         mem_mb=4000,
         runtime=60,
     params:
-        row=cohort_row,
+        row=cohort_tile_row,
         tile_um=lambda wc: COHORTS[wc.cohort]["stride_um"],
         background=WSI["background"],
         tta=lambda wc: COHORTS[wc.cohort]["tta"],

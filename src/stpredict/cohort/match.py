@@ -7,7 +7,8 @@ fitted on the training side of each fold). A section's genes are matched to them
 (``var_names``), then, for the rest, by gene id: the model's gene (a model trained on ids)
 or its id in the card (``gene_ids``: the training sections' ids, so symbols that differ
 between annotation versions still match on the Ensembl id) against the section's
-``var["gene_ids"]``. Matched genes are scored; a
+``var["gene_ids"]`` (Ensembl ids with or without their version suffix, ``ENSG….14``).
+Matched genes are scored; a
 model gene the section does not measure is predicted but not scored (the measured value would
 be a zero that nobody measured). A section measuring fewer than ``min_gene_share`` of the
 model's genes (``cohorts.{name}.min_gene_share``, default one half: most of the model's
@@ -25,6 +26,7 @@ be up-sampled, blurrier than anything the model saw: refused with one line.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,6 +35,8 @@ import pandas as pd
 from stpredict.errors import GeometryError, InputError
 
 __all__ = ["match_genes", "check_gene_match", "check_section_mpp", "matched_section"]
+
+_VERSIONED = re.compile(r"^(ENS[A-Z]*G\d{11})\.\d+$")
 
 
 def match_genes(
@@ -64,6 +68,9 @@ def match_genes(
         for name, gid in zip(names, var["gene_ids"].astype(str), strict=True):
             if gid and gid != "nan":
                 ids.setdefault(gid, name)
+    # versioned Ensembl ids (GENCODE: ENSG00000141736.14) match the model's unversioned ones
+    for gid, name in list(ids.items()):
+        ids.setdefault(_unversioned(gid), name)
     # a gene's symbol in the section may be the model's id and the other way round
     matched: dict[str, str] = {}
     n_name = n_id = 0
@@ -71,8 +78,8 @@ def match_genes(
         if g in by_name:
             matched[g] = g
             n_name += 1
-        elif g in ids or (model_ids or {}).get(g) in ids:
-            matched[g] = ids[g] if g in ids else ids[str((model_ids or {})[g])]
+        elif (key := _id_key(g, (model_ids or {}).get(g), ids)) is not None:
+            matched[g] = ids[key]
             n_id += 1
     missing = [str(g) for g in model_genes if str(g) not in matched]
     n = len(model_genes)
@@ -84,6 +91,19 @@ def match_genes(
         "share": (len(matched) / n) if n else 0.0,
         "n_model_genes": n,
     }
+
+
+def _unversioned(gid: str) -> str:
+    """Return an Ensembl id without its version suffix (``ENSG00000141736.14`` -> ``ENSG00000141736``)."""
+    return _VERSIONED.sub(r"\1", gid)
+
+
+def _id_key(gene: str, model_id: str | None, ids: Mapping[str, str]) -> str | None:
+    """Return the key of ``ids`` the model gene (or its card id) matches, versioned or not."""
+    for key in (gene, model_id, _unversioned(gene), _unversioned(str(model_id or ""))):
+        if key and key in ids:
+            return key
+    return None
 
 
 def check_gene_match(

@@ -400,7 +400,8 @@ def predict_image_row(
     )
     a.obs.insert(0, "sample_id", sample)
     a.obs.insert(1, "patient_id", str(row.get("patient_id", "")))
-    a.var["gene_ids"] = ""
+    if "gene_ids" not in a.var:  # predict_image gives the card's ids (training sections')
+        a.var["gene_ids"] = ""
     a.var["measured"] = False
     meta = dict(a.uns["stpredict"])
     meta.update(

@@ -150,14 +150,29 @@ def _orient(df: pd.DataFrame, slide_ids: list[str], path: Path) -> pd.DataFrame:
     return out
 
 
+def _refuse_duplicates(df: pd.DataFrame, path: Path) -> None:
+    """Refuse a repeated gene or slide label (pandas would rename or misalign it silently)."""
+    header = pd.read_csv(path, sep="\t", header=None, nrows=1, dtype=str).iloc[0, 1:]
+    for where, labels in (("header", pd.Index(header.astype(str))), ("first column", df.index)):
+        dup = pd.Index(labels.astype(str))[pd.Index(labels.astype(str)).duplicated()]
+        if len(dup):
+            raise InputError(
+                f"the bulk table's {where} repeats the label {dup[0]!r} "
+                f"({len(dup.unique())} label(s) repeated)",
+                file=path,
+                fix="give each gene and each slide one row or column (sum or drop the "
+                "duplicates, e.g. symbols shared by several Ensembl ids)",
+            )
+
+
 def read_bulk(path: str | os.PathLike[str], slide_ids: list[str]) -> pd.DataFrame:
     """Read a bulk table (module notes) and return it slides x genes (float64).
 
     Raises
     ------
     InputError
-        When the file cannot be parsed, holds non-numeric values, or none of its slide ids is
-        one of ``slide_ids``.
+        When the file cannot be parsed, repeats a gene or slide label, holds non-numeric
+        values, or none of its slide ids is one of ``slide_ids``.
     """
     path = Path(path)
     try:
@@ -168,6 +183,7 @@ def read_bulk(path: str | os.PathLike[str], slide_ids: list[str]) -> pd.DataFram
             file=path,
             fix="give a tab-separated table: genes x slides (first column the gene) or slides x genes",
         ) from None
+    _refuse_duplicates(df, path)
     out = _orient(df, slide_ids, path)
     values = out.apply(pd.to_numeric, errors="coerce")
     bad = values.isna() & out.notna()

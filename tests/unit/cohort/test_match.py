@@ -87,3 +87,15 @@ def test_matched_section_renames_id_matched_genes_to_the_models_names():
     b = matched_section(a, m)
     assert list(b.var_names) == ["ESR1", "ERBB2", "GAPDH"]
     assert list(a.var_names) == ["ESR1", "ENSG00000141736", "GAPDH"]  # a copy
+
+
+def test_versioned_ensembl_ids_match_the_cards_unversioned_ids():
+    # GENCODE-style counts (ENSG....14) against a card read from Space Ranger's ids: matched,
+    # not refused as "0 of the model's genes"
+    var = _var(["ENSG00000091831.24", "ENSG00000141736.14"])
+    ids = {"ESR1": "ENSG00000091831", "ERBB2": "ENSG00000141736", "KRT5": "", "CD74": ""}
+    m = match_genes(MODEL, var.assign(gene_ids=list(var.index)), ids)
+    assert m["matched"] == {"ESR1": "ENSG00000091831.24", "ERBB2": "ENSG00000141736.14"}
+    assert m["by_id"] == 2
+    m = match_genes(["ENSG00000091831"], _var(["ESR1"], ["ENSG00000091831.3"]))
+    assert m["matched"] == {"ENSG00000091831": "ESR1"}

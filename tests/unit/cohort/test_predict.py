@@ -49,3 +49,24 @@ def test_map_genes_uses_the_given_genes_else_the_most_variable_predictions():
     )
     assert map_genes(a, []) == ["C", "B"]
     assert map_genes(a, ["A", "Z"]) == ["A"]
+
+
+def test_an_image_only_row_keeps_the_cards_gene_ids(tmp_path):
+    # the row's file must be as self-contained as a whole-slide file: var["gene_ids"] from the
+    # card (the training sections' ids), not blanked
+    from stpredict.cohort.predict import predict_image_row
+    from stpredict.io import read_json, write_json
+    from tests.unit.wsi.helpers import make_model_dir, tissue_image, write_png
+
+    exp = make_model_dir(tmp_path / "model", n_folds=1, epochs=1)
+    card = read_json(exp / "model.json")
+    card["gene_ids"] = {"DARK": "ENSG00000000001", "FLAT": ""}
+    write_json(card, exp / "model.json")
+    image = write_png(tmp_path / "new.png", tissue_image(160, 200, seed=3))
+    row = {"sample_id": "N1", "patient_id": "P9", "image": str(image), "mpp": 1.0}
+    out = tmp_path / "N1.h5ad"
+    a = predict_image_row(exp, row, out, tmp_path / "tiles", cohort="c", device="cpu")
+    assert a.n_obs > 0
+    back = ad.read_h5ad(out)
+    assert list(back.var["gene_ids"]) == ["ENSG00000000001", ""]
+    assert not back.var["measured"].any()

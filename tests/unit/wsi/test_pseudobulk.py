@@ -85,6 +85,37 @@ def test_slides_without_bulk_are_skipped_and_a_table_of_other_slides_refused(tmp
     assert "match none" in msg and str(path) in msg and "Fix:" in msg and "\n" not in msg
 
 
+@pytest.mark.parametrize("orientation", ["genes x slides", "slides x genes"])
+@pytest.mark.parametrize("repeated", ["gene", "slide"])
+def test_a_repeated_gene_or_slide_is_refused_not_renamed_or_misaligned(
+    tmp_path, orientation, repeated
+):
+    # pandas renames a repeated header label (S00 -> S00.1, silently dropping that slide's
+    # bulk) and a repeated row label misaligned pseudo-bulk and bulk (a bare ValueError)
+    slides, pred, counts = _cohort()
+    table = counts if repeated == "gene" else counts.T
+    table = pd.concat([table, table.iloc[[0]]])  # repeat a row: one gene (or slide) twice
+    if repeated == "slide":
+        table = table.T
+    if orientation == "slides x genes":
+        table = table.T
+    path = tmp_path / "bulk.tsv"
+    table.to_csv(path, sep="\t")
+    with pytest.raises(InputError) as err:
+        read_bulk(path, slides)
+    msg = str(err.value)
+    label = "LINK" if repeated == "gene" else "S00"
+    assert f"repeats the label {label!r}" in msg and str(path) in msg and "\n" not in msg
+
+
+def test_both_orientations_give_the_same_table(tmp_path):
+    slides, pred, counts = _cohort()
+    a, b = tmp_path / "gxs.tsv", tmp_path / "sxg.tsv"
+    counts.to_csv(a, sep="\t")
+    counts.T.to_csv(b, sep="\t")
+    pd.testing.assert_frame_equal(read_bulk(a, slides), read_bulk(b, slides))
+
+
 def test_slide_summaries_average_the_tiles_and_embeddings(tmp_path):
     rng = np.random.default_rng(1)
     paths = {}
