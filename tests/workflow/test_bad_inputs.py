@@ -60,6 +60,7 @@ def base_config(cohort: Path) -> dict:
     cfg["samples"] = "sheet.tsv"
     cfg["experiments"] = {}
     cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
+    cfg["cohorts"] = {}  # the demo's external cohort is predicted by demo_stnet
     cfg["reading"]["gene_map"] = str(cohort / "gene_ids.tsv")
     cfg["evaluation"]["gene_groups"] = ""
     return cfg

@@ -175,9 +175,16 @@ def test_genes_and_pixel_sizes_that_cannot_match_are_refused(cohort_run, demo_ru
 
     def coarse(sheet):
         sheet.loc[sheet["platform"] == "image", "mpp"] = "10"
+        # a mouse section against the human model: no gene matches by name nor by id (the
+        # demo's human Ensembl ids match the card's gene ids even without a gene map)
+        raw = sheet.loc[sheet["platform"] == "st", "raw"].iloc[0]
+        counts = pd.read_csv(work / raw, sep="\t", index_col=0)
+        counts.columns = [f"ENSMUSG{i:011d}" for i in range(counts.shape[1])]
+        mouse = raw.replace(".tsv.gz", "_mouse.tsv.gz")
+        counts.to_csv(work / mouse, sep="\t")
+        sheet.loc[sheet["platform"] == "st", "raw"] = mouse
         return sheet
 
-    # no gene map: the section's Ensembl ids against the model's symbols
     cfg = _write_cohort(work, demo_run, "bad", edit=coarse, gene_map=False)
     proc = _run(work, demo_run, cfg, "--keep-going", "predict_cohort", check=False)
     out = proc.stdout + proc.stderr

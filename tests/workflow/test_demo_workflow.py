@@ -110,6 +110,7 @@ def _bad_run(demo_run: Path, tmp_path: Path, rows: pd.DataFrame, target: str):
     cfg["samples"] = str(p.relative_to(demo_run))
     cfg["experiments"] = {}
     cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
+    cfg["cohorts"] = {}  # the demo's external cohort is predicted by demo_stnet
     cfg_path = demo_run / f"config/bad_{tmp_path.name}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     return run_snakemake(
@@ -740,4 +741,5 @@ def test_pseudobulk_colocalisation_and_subtypes_find_the_planted_links(demo_run)
     train = slides[(slides["subtype"] != "") & ~slides["patient_id"].isin(test_patients)]
     assert len(train) == sub["n_train"].iloc[0]  # the test patients' slides are all on one side
     png = demo_run / "results/figures/pseudobulk.png"
-    assert Image.open(png).size[0] > 800 and (png.parent / "report/pseudobulk.png").is_file()
+    with Image.open(png) as im:
+        assert im.size[0] > 800 and (png.parent / "report/pseudobulk.png").is_file()

@@ -46,6 +46,7 @@ def _write_run(workdir: Path, cohort: Path) -> None:
     cfg["evaluation"]["baselines"] = ["mean"]
     cfg["ihc"]["known_affine"] = {}
     cfg["wsi"]["slides"] = ""  # no whole slides (the demo's are predicted by demo_stnet)
+    cfg["cohorts"] = {}  # the demo's external cohort is predicted by demo_stnet
     cfg["experiments"] = {
         EXP: {
             "sections": {"samples": ["P1_D1"]},

@@ -101,6 +101,7 @@ def _reduced_config(workdir: Path) -> Path:
     }
     cfg["experiments"] = {EXPERIMENT: exp}
     cfg["wsi"]["slides"] = ""  # the demo's slides need demo_stnet
+    cfg["cohorts"] = {}  # the demo's external cohort is predicted by demo_stnet
     path = workdir / "config_slurm.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

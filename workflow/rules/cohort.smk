@@ -5,160 +5,9 @@
 # against their measurements transformed with the folds' fitted transforms (external
 # validation, nothing refitted); image-only rows (platform image) are predicted only. Nothing
 # is trained: no rule here reads or writes results/experiments/ except the models folder.
-# Parse-time helpers live here (not in common.smk) so that the stage stays in one file.
-from stpredict.cohort.plan import (
-    check_models,
-    has_counts,
-    read_cohort_sheet,
-    resolve_cohort,
-    section_kinds,
-)
-from stpredict.patches.centres import grid_name as _grid_name
-from stpredict.patches.centres import resolve_grid as _resolve_grid
-
-try:
-    COHORTS = {
-        name: resolve_cohort(name, entry, config)
-        for name, entry in (config.get("cohorts") or {}).items()
-    }
-    COHORT_SHEETS = {}
-    for _name, _c in COHORTS.items():
-        _demo = (
-            (lambda: external_sheet(DEMO_DIR))
-            if os.path.normpath(_c["sheet"]) == os.path.normpath(DEMO_COHORT_SHEET)
-            else None
-        )
-        COHORT_SHEETS[_name] = read_cohort_sheet(
-            _c["sheet"],
-            load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
-            produced=DEMO_COHORT_FILES,
-            demo_sheet=_demo,
-        )
-        _c["card"] = check_models(_name, _c["models"], produced=model_cards())
-    COHORT_KINDS = section_kinds(COHORT_SHEETS)
-except ConfigError as exc:
-    raise WorkflowError(f"{exc} (config {CONFIG_FILES})") from None
+# Parse-time helpers: the end of common.smk (cohorts).
 
 
-def _alternatives(ids):
-    return "|".join(re.escape(s) for s in sorted(ids)) or "NO_SECTION"
-
-
-wildcard_constraints:
-    cohort="|".join(re.escape(c) for c in COHORTS) or "NO_COHORT",
-
-
-def cohort_row(wildcards):
-    """The cohort sheet's row of ``wildcards.section``, as a plain dict."""
-    sheet = COHORT_SHEETS[wildcards.cohort]
-    if wildcards.section not in sheet.index:
-        raise WorkflowError(
-            f"cohort '{wildcards.cohort}' has no section '{wildcards.section}' "
-            f"(its sheet {COHORTS[wildcards.cohort]['sheet']})"
-        )
-    return sheet.loc[wildcards.section].to_dict()
-
-
-def cohort_counted(name):
-    """Sections of a cohort with counts."""
-    return [s for s, row in COHORT_SHEETS[name].iterrows() if has_counts(row)]
-
-
-def cohort_image_only(name):
-    """Image-only rows of a cohort."""
-    return [s for s, row in COHORT_SHEETS[name].iterrows() if not has_counts(row)]
-
-
-def cohort_grid(name, section):
-    """Super-resolution grid (file name) of a section with counts."""
-    c = COHORTS[name]
-    kind = _resolve_grid(
-        c["grid"], COHORT_SHEETS[name].loc[section, "platform"], sample=section
-    )
-    return _grid_name(kind, c["stride_um"])
-
-
-def cohort_outputs(names=None):
-    """Every output of the given cohorts (all by default): target predict_cohort."""
-    out = []
-    for name in names or COHORTS:
-        base = f"results/cohorts/{name}"
-        sections = list(COHORT_SHEETS[name].index)
-        out += [f"{base}/predictions/{s}.h5ad" for s in sections]
-        out += [f"{base}/maps/{s}.png" for s in sections]
-        if COHORTS[name]["superres"]:
-            out += [f"{base}/superres/{s}.{e}" for s in sections for e in ("h5ad", "png")]
-        if cohort_counted(name):
-            out += [f"{base}/metrics/per_gene.tsv", f"{base}/metrics/summary.tsv"]
-    return out
-
-
-def cohort_card(wildcards):
-    """The model card of the cohort's models folder."""
-    return COHORTS[wildcards.cohort]["card"]
-
-
-def cohort_settings(wildcards):
-    """The cohort's resolved settings (its qc, tta, batch size, min_gene_share...)."""
-    return COHORTS[wildcards.cohort]
-
-
-def get_cohort_section_inputs(wildcards):
-    """Raw inputs of a cohort section with counts (the cells that are filled in)."""
-    row = cohort_row(wildcards)
-    inputs = {
-        col: row[col]
-        for col in ("raw", "spots", "image", "annotation", "clusters")
-        if row[col]
-    }
-    if config["reading"]["gene_map"]:
-        inputs["gene_map"] = config["reading"]["gene_map"]
-    return inputs
-
-
-def get_cohort_image_inputs(wildcards):
-    """Image (and spots) of an image-only row, and the model card."""
-    row = cohort_row(wildcards)
-    inputs = {"image": row["image"], "card": cohort_card(wildcards)}
-    if row["spots"]:
-        inputs["spots"] = row["spots"]
-    return inputs
-
-
-def cohort_tile_row(wildcards):
-    """An image-only row without its spots: its super-resolution tiles the whole image."""
-    return {**cohort_row(wildcards), "spots": ""}
-
-
-def get_cohort_tile_inputs(wildcards):
-    """Image of an image-only row and the model card (not its spots: the row is tiled)."""
-    return {"image": cohort_row(wildcards)["image"], "card": cohort_card(wildcards)}
-
-
-def get_cohort_grid(wildcards):
-    return cohort_grid(wildcards.cohort, wildcards.section)
-
-
-def get_cohort_superres_inputs(wildcards):
-    base = f"results/cohorts/{wildcards.cohort}"
-    grid = cohort_grid(wildcards.cohort, wildcards.section)
-    return {
-        "predictions": f"{base}/predictions/{wildcards.section}.h5ad",
-        "section": f"{base}/sections/{wildcards.section}.h5ad",
-        "grid": f"{base}/patches/{wildcards.section}/{grid}.npy",
-        "card": cohort_card(wildcards),
-    }
-
-
-def get_cohort_predictions(wildcards):
-    """Prediction files of the cohort's sections with counts (scored)."""
-    return [
-        f"results/cohorts/{wildcards.cohort}/predictions/{s}.h5ad"
-        for s in cohort_counted(wildcards.cohort)
-    ]
-
-
-# ---------------------------------------------------------------- sections with counts
 rule cohort_read_section:
     input:
         unpack(get_cohort_section_inputs),
@@ -285,7 +134,9 @@ rule cohort_grid:
         mem_mb=16000,
         runtime=30,
     params:
-        max_white_frac=lambda wc: COHORTS[wc.cohort]["qc"]["whiteness"]["max_white_frac"],
+        max_white_frac=lambda wc: COHORTS[wc.cohort]["qc"]["whiteness"][
+            "max_white_frac"
+        ],
         mpp_tolerance=config["reading"]["mpp_tolerance"],
     script:
         "../scripts/cohort_grid.py"

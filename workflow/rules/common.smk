@@ -141,6 +141,11 @@ def get_demo_outdir(wildcards, output):
     return str(Path(output.roles).parent)
 
 
+def get_demo_cohort_outdir(wildcards, output):
+    """The demo's root folder, derived from the external cohort's sheet ({demo}/cohort/samples.tsv)."""
+    return str(Path(output.sheet).parent.parent)
+
+
 def get_demo_files():
     """Every demo file the make_demo rule declares, except the named gene_roles.tsv."""
     return [f for f in DEMO_OUTPUTS["files"] if f != DEMO_ROLES]
@@ -741,7 +746,9 @@ def get_round_inputs(wildcards, student=False):
         grids = interspot_grids(exp, SAMPLES)  # crops between spots (extract_grid)
         inputs["interspot_stores"] = [f"results/patches/{s}/{g}.npy" for s, g in grids]
         inputs["interspot_spots"] = [f"results/patches/{s}/spots.tsv" for s, _ in grids]
-        inputs["wsi_stores"] = pool_slide_stores(name)  # whole-slide tiles (tile_pool_slide)
+        inputs["wsi_stores"] = pool_slide_stores(
+            name
+        )  # whole-slide tiles (tile_pool_slide)
     if student:
         base = round_dir(name, wildcards.round, wildcards.control, fold)
         inputs["pseudo"] = f"{base}/pseudo.tsv"
@@ -778,7 +785,9 @@ def get_round_keys(wildcards):
 
 def get_pool_keys(wildcards):
     """(control, round, fold) of every student round (the pool summaries), in input order."""
-    return [[r["control"], r["round"], r["fold"]] for r in _records(wildcards) if r["pool"]]
+    return [
+        [r["control"], r["round"], r["fold"]] for r in _records(wildcards) if r["pool"]
+    ]
 
 
 # ----------------------------------------------------------------------- whole slides (wsi)
@@ -837,9 +846,9 @@ SLIDE_IDS = [] if SLIDES is None else SLIDES["slide_id"].tolist()
 POOL_SLIDES = {}
 for _name in semi_supervised_experiments():
     try:
-        POOL_SLIDES[_name] = pool_slides(EXPERIMENTS[_name], _read_slide_table).set_index(
-            "slide_id", drop=False
-        )
+        POOL_SLIDES[_name] = pool_slides(
+            EXPERIMENTS[_name], _read_slide_table
+        ).set_index("slide_id", drop=False)
     except ConfigError as exc:
         raise WorkflowError(
             f"experiment '{_name}' (in {CONFIG_FILES}): {exc}"
@@ -851,7 +860,9 @@ def pool_slide_stores(name):
     table = POOL_SLIDES.get(name)
     if table is None:
         return []
-    return [f"results/experiments/{name}/pool/wsi/{s}/tiles.npy" for s in table["slide_id"]]
+    return [
+        f"results/experiments/{name}/pool/wsi/{s}/tiles.npy" for s in table["slide_id"]
+    ]
 
 
 def pool_slide_row(wildcards):
@@ -869,7 +880,8 @@ def get_pool_slide_inputs(wildcards):
     return {
         "image": pool_slide_row(wildcards)["image"],
         "stores": [
-            f"results/patches/{s}/spots.json" for s in EXPERIMENT_SAMPLES[wildcards.experiment]
+            f"results/patches/{s}/spots.json"
+            for s in EXPERIMENT_SAMPLES[wildcards.experiment]
         ],
     }
 
@@ -998,3 +1010,162 @@ def wsi_outputs():
         + [f"results/wsi/{s}.png" for s in heatmap_slides()]
         + wsi_analyses()
     )
+
+
+# ------------------------------------------------------------------------------------- cohorts
+# Predict-only cohorts (cohorts:, rules in cohort.smk): resolved cohorts, their sheets and model
+# cards at parse time, and the input functions of the cohort rules.
+from stpredict.cohort.plan import (
+    check_models,
+    has_counts,
+    read_cohort_sheet,
+    resolve_cohort,
+    section_kinds,
+)
+from stpredict.patches.centres import grid_name as _grid_name
+from stpredict.patches.centres import resolve_grid as _resolve_grid
+
+try:
+    COHORTS = {
+        name: resolve_cohort(name, entry, config)
+        for name, entry in (config.get("cohorts") or {}).items()
+    }
+    COHORT_SHEETS = {}
+    for _name, _c in COHORTS.items():
+        _demo = (
+            (lambda: external_sheet(DEMO_DIR))
+            if os.path.normpath(_c["sheet"]) == os.path.normpath(DEMO_COHORT_SHEET)
+            else None
+        )
+        COHORT_SHEETS[_name] = read_cohort_sheet(
+            _c["sheet"],
+            load_schema(workflow.source_path("../schemas/samples.schema.yaml")),
+            produced=DEMO_COHORT_FILES,
+            demo_sheet=_demo,
+        )
+        _c["card"] = check_models(_name, _c["models"], produced=model_cards())
+    COHORT_KINDS = section_kinds(COHORT_SHEETS)
+except ConfigError as exc:
+    raise WorkflowError(f"{exc} (config {CONFIG_FILES})") from None
+
+
+def _alternatives(ids):
+    return "|".join(re.escape(s) for s in sorted(ids)) or "NO_SECTION"
+
+
+wildcard_constraints:
+    cohort="|".join(re.escape(c) for c in COHORTS) or "NO_COHORT",
+
+
+def cohort_row(wildcards):
+    """The cohort sheet's row of ``wildcards.section``, as a plain dict."""
+    sheet = COHORT_SHEETS[wildcards.cohort]
+    if wildcards.section not in sheet.index:
+        raise WorkflowError(
+            f"cohort '{wildcards.cohort}' has no section '{wildcards.section}' "
+            f"(its sheet {COHORTS[wildcards.cohort]['sheet']})"
+        )
+    return sheet.loc[wildcards.section].to_dict()
+
+
+def cohort_counted(name):
+    """Sections of a cohort with counts."""
+    return [s for s, row in COHORT_SHEETS[name].iterrows() if has_counts(row)]
+
+
+def cohort_image_only(name):
+    """Image-only rows of a cohort."""
+    return [s for s, row in COHORT_SHEETS[name].iterrows() if not has_counts(row)]
+
+
+def cohort_grid(name, section):
+    """Super-resolution grid (file name) of a section with counts."""
+    c = COHORTS[name]
+    kind = _resolve_grid(
+        c["grid"], COHORT_SHEETS[name].loc[section, "platform"], sample=section
+    )
+    return _grid_name(kind, c["stride_um"])
+
+
+def cohort_outputs(names=None):
+    """Every output of the given cohorts (all by default): target predict_cohort."""
+    out = []
+    for name in names or COHORTS:
+        base = f"results/cohorts/{name}"
+        sections = list(COHORT_SHEETS[name].index)
+        out += [f"{base}/predictions/{s}.h5ad" for s in sections]
+        out += [f"{base}/maps/{s}.png" for s in sections]
+        if COHORTS[name]["superres"]:
+            out += [
+                f"{base}/superres/{s}.{e}" for s in sections for e in ("h5ad", "png")
+            ]
+        if cohort_counted(name):
+            out += [f"{base}/metrics/per_gene.tsv", f"{base}/metrics/summary.tsv"]
+    return out
+
+
+def cohort_card(wildcards):
+    """The model card of the cohort's models folder."""
+    return COHORTS[wildcards.cohort]["card"]
+
+
+def cohort_settings(wildcards):
+    """The cohort's resolved settings (its qc, tta, batch size, min_gene_share...)."""
+    return COHORTS[wildcards.cohort]
+
+
+def get_cohort_section_inputs(wildcards):
+    """Raw inputs of a cohort section with counts (the cells that are filled in)."""
+    row = cohort_row(wildcards)
+    inputs = {
+        col: row[col]
+        for col in ("raw", "spots", "image", "annotation", "clusters")
+        if row[col]
+    }
+    if config["reading"]["gene_map"]:
+        inputs["gene_map"] = config["reading"]["gene_map"]
+    return inputs
+
+
+def get_cohort_image_inputs(wildcards):
+    """Image (and spots) of an image-only row, and the model card."""
+    row = cohort_row(wildcards)
+    inputs = {"image": row["image"], "card": cohort_card(wildcards)}
+    if row["spots"]:
+        inputs["spots"] = row["spots"]
+    return inputs
+
+
+def cohort_tile_row(wildcards):
+    """An image-only row without its spots: its super-resolution tiles the whole image."""
+    return {**cohort_row(wildcards), "spots": ""}
+
+
+def get_cohort_tile_inputs(wildcards):
+    """Image of an image-only row and the model card (not its spots: the row is tiled)."""
+    return {"image": cohort_row(wildcards)["image"], "card": cohort_card(wildcards)}
+
+
+def get_cohort_grid(wildcards):
+    return cohort_grid(wildcards.cohort, wildcards.section)
+
+
+def get_cohort_superres_inputs(wildcards):
+    base = f"results/cohorts/{wildcards.cohort}"
+    grid = cohort_grid(wildcards.cohort, wildcards.section)
+    return {
+        "predictions": f"{base}/predictions/{wildcards.section}.h5ad",
+        "section": f"{base}/sections/{wildcards.section}.h5ad",
+        "grid": f"{base}/patches/{wildcards.section}/{grid}.npy",
+        "card": cohort_card(wildcards),
+    }
+
+
+def get_cohort_predictions(wildcards):
+    """Prediction files of the cohort's sections with counts (scored)."""
+    return [
+        f"results/cohorts/{wildcards.cohort}/predictions/{s}.h5ad"
+        for s in cohort_counted(wildcards.cohort)
+    ]
+
+# ---------------------------------------------------------------- sections with counts

@@ -41,7 +41,7 @@ rule make_demo_cohort:
         mem_mb=4000,
         runtime=10,
     params:
-        outdir=DEMO_DIR,
+        outdir=get_demo_cohort_outdir,
         seed=config["demo"]["seed"],
     script:
         "../scripts/make_demo_cohort.py"
