@@ -29,7 +29,7 @@ rule cohort_read_section:
         mpp_tolerance=config["reading"]["mpp_tolerance"],
         bounds_check=config["reading"]["bounds_check"],
     script:
-        "../scripts/cohort_read_section.py"
+        "../scripts/read_section.py"
 
 
 rule cohort_patches:
@@ -80,7 +80,7 @@ rule cohort_qc:
     params:
         qc=lambda wc: COHORTS[wc.cohort]["qc"],
     script:
-        "../scripts/cohort_qc.py"
+        "../scripts/filter_spots.py"
 
 
 rule cohort_predict:

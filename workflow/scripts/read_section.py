@@ -13,9 +13,10 @@ with script_logging(snakemake.log[0]) as log:
         bounds_check=snakemake.params.bounds_check,
         gene_map=gene_map,
     )
+    wc = snakemake.wildcards  # a run's section {sample}, or a cohort's {cohort}/{section}
     log.info(
         "%s: %d spots x %d genes, %.3f µm/px (%s)",
-        snakemake.wildcards.sample,
+        wc.get("sample") or f"cohort {wc.cohort}, {wc.section}",
         adata.n_obs,
         adata.n_vars,
         adata.uns["stpredict"]["mpp"],
