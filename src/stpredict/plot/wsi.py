@@ -168,7 +168,7 @@ def _r_histogram(ax: Any, per_gene: Any) -> None:
     ax.set_xlabel("Pearson r across slides (pseudo-bulk vs bulk)")
     ax.set_ylabel("genes")
     ax.set_title(f"per-gene r (median {per_gene['r'].median():.2f}, {len(per_gene)} genes)")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
 
 
 def _roc(ax: Any, scores: Any, results: Any) -> None:
@@ -209,7 +209,7 @@ def _coloc(ax: Any, coloc: Any) -> None:
     ax.set_yticks([])
     ax.set_xlabel(f"neighbourhood r, {pair[0]} vs {pair[1]} (grey: null ± 2 sd)")
     ax.set_title(f"co-localisation in {len(d)} slides")
-    ax.legend(fontsize=7, frameon=False)
+    ax.legend(loc="lower right", fontsize=7, frameon=False)
 
 
 @_styled
