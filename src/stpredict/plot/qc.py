@@ -139,7 +139,7 @@ def plot_section_qc(
         axh.hist(v, bins=min(50, max(5, len(v) // 10 or 5)), color="#7f7f7f", edgecolor="white")
         if thr is not None:
             axh.axvline(thr, color="#d62728", lw=1.5, ls="--", label=thr_label)
-            axh.legend(loc="upper right", fontsize=8)
+            axh.legend(loc="upper center", fontsize=8)  # clear of the bars on both sides
         axh.set_xlabel(xlabel)
         axh.set_ylabel("spots")
 
